@@ -1,0 +1,105 @@
+"""Versioned schema migrations, applied in order and recorded in ``schema_version``.
+
+Each migration is a function of the database, written against a frozen snapshot
+of the schema it starts from (never against today's models), so a database made
+by any earlier version upgrades without losing data.  Append only: never edit a
+migration that has shipped.  ``intunnel-admin db migrate`` and every service
+start call ``migrate``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import peewee as pw
+
+from .timeutil import utcnow
+
+
+def _v1_initial(db: pw.Database) -> None:
+    """Users, tunnels, sessions and API tokens."""
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+
+    class User(Base):
+        username = pw.CharField(max_length=64, unique=True)
+        email = pw.CharField(max_length=254, unique=True)
+        password_hash = pw.CharField(max_length=255)
+        is_admin = pw.BooleanField(default=False)
+        disabled = pw.BooleanField(default=False)
+        created_at = pw.DateTimeField()
+
+    class Tunnel(Base):
+        owner = pw.ForeignKeyField(User, on_delete="CASCADE", index=True)
+        name = pw.CharField(max_length=100)
+        subdomain = pw.CharField(max_length=63, unique=True)
+        local_port = pw.IntegerField()
+        token = pw.CharField(max_length=128, unique=True)
+        status = pw.CharField(max_length=16, default="inactive")
+        created_at = pw.DateTimeField()
+        last_connected = pw.DateTimeField(null=True)
+        disconnect_requested_at = pw.DateTimeField(null=True)
+
+    class Session(Base):
+        id_hash = pw.CharField(max_length=64, primary_key=True)
+        user = pw.ForeignKeyField(User, on_delete="CASCADE", index=True)
+        csrf_token = pw.CharField(max_length=64)
+        created_at = pw.DateTimeField()
+        expires_at = pw.DateTimeField(index=True)
+
+    class ApiToken(Base):
+        user = pw.ForeignKeyField(User, on_delete="CASCADE", index=True)
+        name = pw.CharField(max_length=100)
+        prefix = pw.CharField(max_length=16)
+        token_hash = pw.CharField(max_length=64, unique=True)
+        created_at = pw.DateTimeField()
+        last_used_at = pw.DateTimeField(null=True)
+
+    db.create_tables([User, Tunnel, Session, ApiToken])
+
+
+# (version, migration); versions are 1, 2, 3... with no gaps.
+MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
+    (1, _v1_initial),
+]
+LATEST = MIGRATIONS[-1][0]
+
+
+class SchemaVersion(pw.Model):
+    version = pw.IntegerField(primary_key=True)
+    description = pw.CharField(max_length=200)
+    applied_at = pw.DateTimeField()
+
+    class Meta:
+        table_name = "schema_version"
+
+
+def current_version(db: pw.Database) -> int:
+    with SchemaVersion.bind_ctx(db):
+        if not SchemaVersion.table_exists():
+            return 0
+        return SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 0
+
+
+def migrate(db: pw.Database, target: int | None = None) -> list[int]:
+    """Apply pending migrations up to ``target`` (default: latest); return those applied."""
+    target = LATEST if target is None else target
+    applied = []
+    with SchemaVersion.bind_ctx(db):
+        db.create_tables([SchemaVersion])
+        for version, step in MIGRATIONS:
+            if version > target:
+                break
+            # One transaction per step; the version check inside it makes two
+            # processes starting at once apply each step exactly once.
+            with db.atomic(lock_type="IMMEDIATE") if isinstance(db, pw.SqliteDatabase) else db.atomic():
+                if SchemaVersion.get_or_none(SchemaVersion.version == version):
+                    continue
+                step(db)
+                SchemaVersion.create(version=version, description=(step.__doc__ or step.__name__).strip(),
+                                     applied_at=utcnow())
+                applied.append(version)
+    return applied

@@ -1,0 +1,86 @@
+"""The data: users, tunnels, login sessions and personal API tokens.
+
+The database is declared late (a proxy bound by ``open_database``) so the same
+models serve the web app, the relay, the admin CLI and tests on a fresh file.
+Keep every query in peewee: no SQLite-only SQL outside ``migrations``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import peewee as pw
+
+from .timeutil import utcnow
+
+database = pw.DatabaseProxy()
+
+SQLITE_PRAGMAS = {
+    "journal_mode": "wal",
+    "foreign_keys": 1,
+    # Web app and relay share the file: wait for a writer instead of failing.
+    "busy_timeout": 5000,
+    "synchronous": "normal",
+}
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = database
+        legacy_table_names = False
+
+
+class User(BaseModel):
+    username = pw.CharField(max_length=64, unique=True)
+    email = pw.CharField(max_length=254, unique=True)
+    password_hash = pw.CharField(max_length=255)
+    is_admin = pw.BooleanField(default=False)
+    disabled = pw.BooleanField(default=False)
+    created_at = pw.DateTimeField(default=utcnow)
+
+
+class Tunnel(BaseModel):
+    owner = pw.ForeignKeyField(User, backref="tunnels", on_delete="CASCADE", index=True)
+    name = pw.CharField(max_length=100)
+    subdomain = pw.CharField(max_length=63, unique=True)
+    local_port = pw.IntegerField()
+    token = pw.CharField(max_length=128, unique=True)
+    # Written by the relay that holds the agent session.
+    status = pw.CharField(max_length=16, default="inactive")
+    created_at = pw.DateTimeField(default=utcnow)
+    last_connected = pw.DateTimeField(null=True)
+    # Set by `intunnel-admin tunnel disconnect`; the relay cuts sessions older than it.
+    disconnect_requested_at = pw.DateTimeField(null=True)
+
+
+class Session(BaseModel):
+    """A web login.  Only the SHA-256 of the cookie value is stored."""
+    id_hash = pw.CharField(max_length=64, primary_key=True)
+    user = pw.ForeignKeyField(User, backref="sessions", on_delete="CASCADE", index=True)
+    csrf_token = pw.CharField(max_length=64)
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField(index=True)
+
+
+class ApiToken(BaseModel):
+    """A personal API token.  Only its SHA-256 is stored; ``prefix`` identifies it."""
+    user = pw.ForeignKeyField(User, backref="api_tokens", on_delete="CASCADE", index=True)
+    name = pw.CharField(max_length=100)
+    prefix = pw.CharField(max_length=16)
+    token_hash = pw.CharField(max_length=64, unique=True)
+    created_at = pw.DateTimeField(default=utcnow)
+    last_used_at = pw.DateTimeField(null=True)
+
+
+MODELS = (User, Tunnel, Session, ApiToken)
+
+
+def open_database(path: str | Path, migrate: bool = True) -> pw.SqliteDatabase:
+    """Bind the models to the SQLite file at ``path`` (and bring its schema up to date)."""
+    db = pw.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+    database.initialize(db)
+    if migrate:
+        from .migrations import migrate as run_migrations
+        with db.connection_context():
+            run_migrations(db)
+    return db

@@ -1,0 +1,264 @@
+"""Every setting, declared once: name, type, default and help text.
+
+Sources, later ones winning: the defaults below, the TOML config file
+(``--config FILE``, or ``/etc/intunnel/intunnel.toml`` when it exists), then
+environment variables ``INTUNNEL_<NAME>``.  A bad value fails at start with one
+line naming the key (``ConfigError``), never a traceback.
+
+The README's configuration reference is checked against ``SETTINGS`` by a test,
+so a new setting must be documented there too.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = Path("/etc/intunnel/intunnel.toml")
+ENV_PREFIX = "INTUNNEL_"
+SECRET_KEY_FILE = "secret_key"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type  # str, int, float, bool or list (of str)
+    default: Any
+    help: str
+    choices: tuple = ()
+    secret: bool = False  # never printed by `doctor` or logs
+
+
+def _default_data_dir() -> str:
+    xdg = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return os.path.join(xdg, "intunnel")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- core ---
+    Setting("data_dir", str, _default_data_dir(), "Directory for the database, secret key and backups."),
+    Setting("database", str, "", "Path of the SQLite database file (default: <data_dir>/intunnel.db)."),
+    Setting("domain", str, "localhost", "The owner's domain: web app on <domain>, tunnels on <subdomain>.<domain>."),
+    Setting("public_scheme", str, "http", "Scheme visitors use for public URLs and the web app.", choices=("http", "https")),
+    Setting("public_port", int, 0, "Port shown in public URLs; 0 = automatic (relay port for http, none for https)."),
+    Setting("secret_key", str, "", "Key for signing; generated and kept in <data_dir>/secret_key (0600) when empty.", secret=True),
+    Setting("log_level", str, "info", "Log level of the services.", choices=("debug", "info", "warning", "error")),
+    # --- web app ---
+    Setting("web_listen", str, "127.0.0.1:8000", "HOST:PORT the web app (waitress) listens on."),
+    Setting("web_threads", int, 8, "Worker threads of the web app."),
+    Setting("reserved_subdomains", list, ["www", "api", "admin", "app", "mail", "static"],
+            "Subdomains users may not claim (the web host's own label is always reserved)."),
+    Setting("session_lifetime", int, 14 * 24 * 3600, "Seconds a login session lasts."),
+    Setting("api_max_body", int, 64 * 1024, "Largest accepted API request body, in bytes."),
+    Setting("rate_limit_get", int, 100, "GET requests per minute per user (per address before login)."),
+    Setting("rate_limit_write", int, 20, "POST/PUT/PATCH/DELETE requests per minute per user."),
+    Setting("rate_limit_regenerate", int, 5, "Token regenerations per hour per user."),
+    Setting("login_max_failures", int, 5, "Failed logins per account and per address before throttling (15 min window)."),
+    Setting("admin_email", str, "", "Email of the first admin created by `intunnel serve` when no user exists."),
+    Setting("admin_password", str, "", "Password of that first admin (generated and printed once when empty).", secret=True),
+    # --- relay ---
+    Setting("relay_listen", str, "127.0.0.1:8080", "HOST:PORT the relay listens on (public and agent endpoint)."),
+    Setting("relay_trust_proxy", bool, False, "Trust X-Forwarded-For/-Proto from the proxy in front (nginx)."),
+    Setting("relay_max_header_size", int, 64 * 1024, "Largest request head (request line + headers) in bytes."),
+    Setting("relay_handshake_timeout", float, 10.0, "Seconds a visitor or agent has to send a complete head."),
+    Setting("relay_heartbeat_interval", float, 10.0, "Seconds between application pings on the agent channel."),
+    Setting("relay_dead_peer_timeout", float, 30.0, "Seconds of silence after which an agent is dropped."),
+    Setting("relay_upstream_timeout", float, 60.0, "Seconds to wait for the local app's response head before a 504."),
+    Setting("relay_max_visitors_per_tunnel", int, 256, "Concurrent visitor connections per tunnel."),
+    Setting("relay_max_agents", int, 10000, "Concurrently connected agents."),
+    Setting("relay_revocation_poll", float, 0.25, "Seconds between checks for revoked or deleted tunnels."),
+    # --- backups ---
+    Setting("backup_dir", str, "", "Where backups go (default: <data_dir>/backups)."),
+    Setting("backup_keep_daily", int, 7, "Daily backups to keep."),
+    Setting("backup_keep_weekly", int, 4, "Weekly backups to keep."),
+    # --- deploy ---
+    Setting("tls_cert", str, "", "TLS certificate for the generated nginx config (empty: plain HTTP)."),
+    Setting("tls_key", str, "", "TLS private key for the generated nginx config.", secret=True),
+    Setting("nginx_http_port", int, 80, "Port nginx listens on for HTTP."),
+    Setting("nginx_https_port", int, 443, "Port nginx listens on for HTTPS."),
+    Setting("tunnel_max_body", str, "0", "nginx client_max_body_size for tunnel traffic (0 = unlimited)."),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class Settings:
+    """Resolved settings; attribute access (``settings.domain``)."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def replace(self, **changes: Any) -> "Settings":
+        for key in changes:
+            if key not in BY_NAME:
+                raise ConfigError(f"unknown setting {key!r}")
+        return Settings({**self._values, **changes})
+
+    def as_dict(self, redact: bool = True) -> dict[str, Any]:
+        return {k: ("***" if redact and BY_NAME[k].secret and v else v) for k, v in self._values.items()}
+
+    # --- derived values ---
+    @property
+    def db_path(self) -> Path:
+        return Path(self.database) if self.database else Path(self.data_dir) / "intunnel.db"
+
+    @property
+    def backup_path(self) -> Path:
+        return Path(self.backup_dir) if self.backup_dir else Path(self.data_dir) / "backups"
+
+    @property
+    def web_address(self) -> tuple[str, int]:
+        return parse_listen(self.web_listen, "web_listen")
+
+    @property
+    def relay_address(self) -> tuple[str, int]:
+        return parse_listen(self.relay_listen, "relay_listen")
+
+    @property
+    def url_port_suffix(self) -> str:
+        port = self.public_port
+        if port == 0:
+            port = self.relay_address[1] if self.public_scheme == "http" else 443
+        default = 80 if self.public_scheme == "http" else 443
+        return "" if port == default else f":{port}"
+
+    def tunnel_url(self, subdomain: str) -> str:
+        """The public address that really reaches a tunnel."""
+        return f"{self.public_scheme}://{subdomain}.{self.domain}{self.url_port_suffix}"
+
+    @property
+    def relay_url(self) -> str:
+        """The URL a client passes as ``--server``."""
+        return f"{self.public_scheme}://{self.domain}{self.url_port_suffix}"
+
+    @property
+    def cookie_secure(self) -> bool:
+        return self.public_scheme == "https"
+
+
+def parse_listen(value: str, key: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(f"setting {key!r}: expected HOST:PORT, got {value!r}")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _coerce(setting: Setting, value: Any, source: str) -> Any:
+    """Convert a TOML or environment value to the setting's type, or fail naming the key."""
+    where = f"setting {setting.name!r} ({source})"
+    t = setting.type
+    try:
+        if t is bool:
+            if isinstance(value, bool):
+                result = value
+            elif isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                result = True
+            elif isinstance(value, str) and value.lower() in ("0", "false", "no", "off", ""):
+                result = False
+            else:
+                raise ValueError
+        elif t is int:
+            if isinstance(value, bool) or not isinstance(value, (int, str)):
+                raise ValueError
+            result = int(value)
+        elif t is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                raise ValueError
+            result = float(value)
+        elif t is list:
+            if isinstance(value, str):
+                result = [v.strip() for v in value.split(",") if v.strip()]
+            elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+                result = list(value)
+            else:
+                raise ValueError
+        else:
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise ValueError
+            result = str(value)
+    except ValueError:
+        raise ConfigError(f"{where}: expected {t.__name__}, got {value!r}") from None
+    if setting.choices and result not in setting.choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(setting.choices)}, got {result!r}")
+    return result
+
+
+def load_settings(config_file: str | os.PathLike | None = None,
+                  env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Defaults < config file < environment < explicit overrides (tests)."""
+    env = os.environ if env is None else env
+    values = {s.name: s.default for s in SETTINGS}
+
+    explicit = config_file or env.get(ENV_PREFIX + "CONFIG")
+    path = Path(explicit) if explicit else DEFAULT_CONFIG_FILE
+    if explicit or path.exists():
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {str(path)!r} not found") from None
+        except PermissionError:
+            raise ConfigError(f"config file {str(path)!r} is not readable") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {str(path)!r}: {e}") from None
+        for key, value in data.items():
+            if key not in BY_NAME:
+                raise ConfigError(f"config file {str(path)!r}: unknown setting {key!r}")
+            values[key] = _coerce(BY_NAME[key], value, str(path))
+
+    for setting in SETTINGS:
+        raw = env.get(ENV_PREFIX + setting.name.upper())
+        if raw is not None:
+            values[setting.name] = _coerce(setting, raw, ENV_PREFIX + setting.name.upper())
+
+    for key, value in (overrides or {}).items():
+        if key not in BY_NAME:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(BY_NAME[key], value, "override")
+
+    settings = Settings(values)
+    settings.web_address, settings.relay_address  # validate now, not at first use
+    return settings
+
+
+def prepare_data_dir(settings: Settings) -> Settings:
+    """Create the data dir (0700) and resolve the secret key; fail naming the key.
+
+    Called by every service at start.  Returns settings with ``secret_key`` set.
+    """
+    data_dir = Path(settings.data_dir)
+    try:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        probe = data_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"setting 'data_dir': {str(data_dir)!r} is not writable ({e.strerror})") from None
+    if settings.secret_key:
+        return settings
+    key_file = data_dir / SECRET_KEY_FILE
+    try:
+        # O_EXCL: two services starting at once must not write two different keys.
+        fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(48))
+    except FileExistsError:
+        pass
+    except OSError as e:
+        raise ConfigError(f"setting 'secret_key': cannot create {str(key_file)!r} ({e.strerror})") from None
+    key = key_file.read_text().strip()
+    if not key:
+        raise ConfigError(f"setting 'secret_key': {str(key_file)!r} is empty")
+    return settings.replace(secret_key=key)

@@ -1,0 +1,106 @@
+"""Business rules for tunnels, shared by the REST API, the dashboard and the admin CLI.
+
+Every function takes the acting user and enforces ownership: another user's
+tunnel is NotFound, exactly like a missing one (no existence leak).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import peewee as pw
+
+from . import validation
+from .errors import NotFound, SubdomainTaken, ValidationError
+from .models import Tunnel, User, database
+from .security import new_tunnel_token
+from .timeutil import iso, utcnow
+
+
+def parse_id(value: Any) -> int:
+    """A path id: a positive decimal integer, or NotFound (never a 500)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:
+        n = int(value)
+    else:
+        raise NotFound("Tunnel not found")
+    if n <= 0:
+        raise NotFound("Tunnel not found")
+    return n
+
+
+def list_for(user: User) -> list[Tunnel]:
+    return list(Tunnel.select().where(Tunnel.owner == user).order_by(Tunnel.id))
+
+
+def get_owned(user: User, tunnel_id: Any) -> Tunnel:
+    tunnel = Tunnel.get_or_none((Tunnel.id == parse_id(tunnel_id)) & (Tunnel.owner == user))
+    if tunnel is None:
+        raise NotFound("Tunnel not found")
+    return tunnel
+
+
+def create(settings, user: User, name: Any, subdomain: Any, local_port: Any) -> Tunnel:
+    name = validation.name(name)
+    subdomain = validation.subdomain(subdomain, validation.reserved_subdomains(settings))
+    local_port = validation.local_port(local_port)
+    try:
+        # The UNIQUE index decides: two concurrent creates can't both win.
+        with database.atomic():
+            return Tunnel.create(owner=user, name=name, subdomain=subdomain,
+                                 local_port=local_port, token=new_tunnel_token(), created_at=utcnow())
+    except pw.IntegrityError:
+        raise SubdomainTaken(f"Subdomain '{subdomain}' is already in use") from None
+
+
+def update(user: User, tunnel_id: Any, changes: dict[str, Any]) -> Tunnel:
+    tunnel = get_owned(user, tunnel_id)
+    allowed = {"name", "local_port"}
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise ValidationError(f"{unknown[0]} cannot be changed", field=unknown[0])
+    if not changes:
+        raise ValidationError("nothing to change: give name or local_port", field="name")
+    if "name" in changes:
+        tunnel.name = validation.name(changes["name"])
+    if "local_port" in changes:
+        tunnel.local_port = validation.local_port(changes["local_port"])
+    tunnel.save()
+    return tunnel
+
+
+def regenerate_token(user: User, tunnel_id: Any) -> Tunnel:
+    """New token; the relay notices the change and cuts the old agent session."""
+    tunnel = get_owned(user, tunnel_id)
+    tunnel.token = new_tunnel_token()
+    tunnel.save()
+    return tunnel
+
+
+def delete(user: User, tunnel_id: Any) -> None:
+    tunnel = get_owned(user, tunnel_id)
+    tunnel.delete_instance()
+
+
+def summary(tunnel: Tunnel) -> dict[str, Any]:
+    """The seed's list item."""
+    return {
+        "id": tunnel.id,
+        "name": tunnel.name,
+        "subdomain": tunnel.subdomain,
+        "local_port": tunnel.local_port,
+        "token": tunnel.token,
+        "status": tunnel.status,
+        "created_at": iso(tunnel.created_at),
+        "last_connected": iso(tunnel.last_connected),
+    }
+
+
+def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
+    """The seed's details object: summary plus domain and the URL that reaches it."""
+    return {
+        **summary(tunnel),
+        "domain": settings.domain,
+        "url": settings.tunnel_url(tunnel.subdomain),
+    }
