@@ -51,3 +51,52 @@ def authenticate(login: Any, password: Any) -> User | None:
     if not ok or user is None or user.disabled:
         return None
     return user
+
+
+# --- administration (admin CLI and the dashboard's user admin) ---
+
+class LastAdmin(Conflict):
+    """Refused: the change would leave no enabled admin."""
+
+
+def _is_last_enabled_admin(user: User) -> bool:
+    if not user.is_admin or user.disabled:
+        return False
+    others = User.select().where(User.is_admin & ~User.disabled & (User.id != user.id))
+    return not others.exists()
+
+
+def set_admin(user: User, is_admin: bool) -> None:
+    if not is_admin and _is_last_enabled_admin(user):
+        raise LastAdmin(f"'{user.username}' is the last enabled admin; promote someone else first")
+    user.is_admin = is_admin
+    user.save()
+
+
+def set_disabled(user: User, disabled: bool) -> None:
+    """Disable (or re-enable) an account.
+
+    Disabling ends its login sessions and asks the relay to cut its live tunnels;
+    the web app refuses disabled users' cookies and API tokens.
+    """
+    from .models import Session
+    from .tunnels import request_disconnect_all
+    if disabled and _is_last_enabled_admin(user):
+        raise LastAdmin(f"'{user.username}' is the last enabled admin; promote someone else first")
+    with database.atomic():
+        user.disabled = disabled
+        user.save()
+        if disabled:
+            Session.delete().where(Session.user == user).execute()
+            request_disconnect_all(user)
+
+
+def delete_user(user: User) -> int:
+    """Delete a user with their tunnels, sessions and tokens; return how many tunnels went."""
+    from .models import Tunnel
+    if _is_last_enabled_admin(user):
+        raise LastAdmin(f"'{user.username}' is the last enabled admin; promote someone else first")
+    with database.atomic():
+        count = Tunnel.select().where(Tunnel.owner == user).count()
+        user.delete_instance()  # ON DELETE CASCADE takes tunnels, sessions and tokens
+    return count

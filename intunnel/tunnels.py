@@ -6,6 +6,7 @@ tunnel is NotFound, exactly like a missing one (no existence leak).
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import peewee as pw
@@ -104,3 +105,21 @@ def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
         "domain": settings.domain,
         "url": settings.tunnel_url(tunnel.subdomain),
     }
+
+
+def request_disconnect(tunnel: Tunnel) -> datetime:
+    """Ask the relay to cut the tunnel's live agent session (it polls for this).
+
+    Stored with microseconds so a request is later than a session that started
+    earlier in the same second.
+    """
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    Tunnel.update(disconnect_requested_at=now).where(Tunnel.id == tunnel.id).execute()
+    tunnel.disconnect_requested_at = now
+    return now
+
+
+def request_disconnect_all(user: User) -> int:
+    """The same for every tunnel of ``user``; returns how many."""
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    return Tunnel.update(disconnect_requested_at=now).where(Tunnel.owner == user).execute()
