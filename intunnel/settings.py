@@ -62,6 +62,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("login_max_failures", int, 5, "Failed logins per account and per address before throttling (15 min window)."),
     Setting("admin_email", str, "", "Email of the first admin created by `intunnel serve` when no user exists."),
     Setting("admin_password", str, "", "Password of that first admin (generated and printed once when empty).", secret=True),
+    Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
     # --- relay ---
     Setting("relay_listen", str, "127.0.0.1:8080", "HOST:PORT the relay listens on (public and agent endpoint)."),
     Setting("relay_trust_proxy", bool, False, "Trust X-Forwarded-For/-Proto from the proxy in front (nginx)."),
