@@ -83,6 +83,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("tls_key", str, "", "TLS private key for the generated nginx config.", secret=True),
     Setting("nginx_http_port", int, 80, "Port nginx listens on for HTTP."),
     Setting("nginx_https_port", int, 443, "Port nginx listens on for HTTPS."),
+    Setting("nginx_ipv6", bool, True, "Also listen on IPv6 in the generated nginx config."),
+    Setting("nginx_acme_root", str, "/var/www/intunnel-acme", "Web root nginx serves ACME HTTP-01 challenges from."),
     Setting("tunnel_max_body", str, "0", "nginx client_max_body_size for tunnel traffic (0 = unlimited)."),
 )
 
