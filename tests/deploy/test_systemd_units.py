@@ -1,0 +1,80 @@
+"""The systemd units: what they run, how they are hardened, and systemd's own checks."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import require_tool
+
+UNITS_DIR = Path(__file__).resolve().parents[2] / "systemd"
+UNITS = {"intunnel-web.service": "web", "intunnel-relay.service": "relay"}
+INSTALLED_ENTRY_POINT = "/opt/intunnel/venv/bin/intunnel"
+# systemd-analyze security: 0 is best, 10 worst; the issue asks for better than 4.0.
+MAX_EXPOSURE = 4.0
+
+
+def unit_options(text: str) -> dict[str, list[str]]:
+    options: dict[str, list[str]] = {}
+    for line in text.splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, _, value = line.partition("=")
+            options.setdefault(key.strip(), []).append(value.strip())
+    return options
+
+
+@pytest.mark.parametrize("unit, command", sorted(UNITS.items()))
+def test_unit_runs_the_service_unprivileged_and_hardened(unit, command):
+    options = unit_options((UNITS_DIR / unit).read_text())
+    assert options["ExecStart"] == [f"{INSTALLED_ENTRY_POINT} {command} --config /etc/intunnel/intunnel.toml"]
+    assert options["User"] == ["intunnel"] and options["Restart"] == ["on-failure"]
+    assert options["StandardOutput"] == ["journal"] and options["KillSignal"] == ["SIGTERM"]
+    for key, value in {"NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes",
+                       "PrivateTmp": "yes", "PrivateDevices": "yes", "CapabilityBoundingSet": "",
+                       "ReadWritePaths": "/var/lib/intunnel",
+                       "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX"}.items():
+        assert options[key] == [value], key
+
+
+@pytest.fixture
+def units_runnable_here(tmp_path):
+    """Copies of the units whose ExecStart is this checkout's entry point (same program, same
+    arguments), since `systemd-analyze verify` insists that the executable exists."""
+    entry_point = Path(sys.prefix) / "bin" / "intunnel"
+    if not entry_point.exists():
+        pytest.skip("the intunnel entry point is not installed in this environment")
+    copies = []
+    for unit in UNITS:
+        copy = tmp_path / unit
+        copy.write_text((UNITS_DIR / unit).read_text().replace(INSTALLED_ENTRY_POINT, str(entry_point)))
+        copies.append(copy)
+    return copies
+
+
+def test_systemd_analyze_verify_is_clean(units_runnable_here):
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run([analyze, "verify", *map(str, units_runnable_here)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.strip() == "" and result.stdout.strip() == "", result.stderr
+
+
+def test_bad_unit_is_caught_by_verify(units_runnable_here):
+    """The check above can fail: an unknown key is reported."""
+    analyze = require_tool("systemd-analyze")
+    broken = units_runnable_here[0]
+    broken.write_text(broken.read_text().replace("[Service]", "[Service]\nNoSuchKey=1"))
+    result = subprocess.run([analyze, "verify", str(broken)], capture_output=True, text=True)
+    assert "NoSuchKey" in result.stderr
+
+
+@pytest.mark.parametrize("unit", sorted(UNITS))
+def test_security_exposure_is_below_four(unit):
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(UNITS_DIR / unit)],
+                            capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) < MAX_EXPOSURE, result.stdout
