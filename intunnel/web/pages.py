@@ -1,0 +1,361 @@
+"""The dashboard: server-rendered HTML pages over the same business rules as the API.
+
+Every action is a plain HTML form: POST -> (CSRF check) -> business rule ->
+303 redirect with a flash message, so it all works without JavaScript.  A form
+with invalid input is rendered again (status 400) with the message next to the
+field.  ``static/app.js`` only adds copy buttons and live tunnel status.
+
+Routes
+    GET  /login                       styled login page (POST /login is login.py's)
+    GET  /                            tunnels, live status
+    GET  /tunnels/new, POST /tunnels  create
+    GET  /tunnels/<id>                commands, token, settings, danger zone
+    POST /tunnels/<id>/edit           rename / change port
+    GET|POST /tunnels/<id>/regenerate confirm, then new token (the relay cuts the old client)
+    GET|POST /tunnels/<id>/delete     confirm, then delete
+    GET  /tokens, POST /tokens, POST /tokens/<id>/revoke
+    GET  /profile, POST /profile/password
+    GET  /admin/users, POST /admin/users, POST /admin/users/<id>/(disable|enable)
+    GET  /static/<file>
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlencode
+
+import bottle
+import peewee as pw
+
+from .. import __version__, accounts, apitokens, tunnels, validation
+from ..errors import AppError, Forbidden, NotFound, RateLimited, SubdomainTaken, ValidationError
+from ..models import Tunnel, User
+from ..security import verify_password
+from . import auth, login
+from .flash import Flash
+from .render import STATIC_DIR, make_environment
+from .state import current as current_state
+
+# Field names as people read them, for messages raised by the validation module.
+FIELD_LABELS = {"name": "Name", "subdomain": "Subdomain", "local_port": "Local port",
+                "email": "Email", "username": "Username", "password": "Password"}
+
+
+class Pages:
+    """The dashboard bound to one app's settings (templates, flash cookie)."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self.env = make_environment()
+        self.flash = Flash(settings.secret_key, settings.cookie_secure)
+
+    # --- rendering ----------------------------------------------------------
+
+    def render(self, template: str, status: int = 200, **context: Any) -> str:
+        user = context.pop("user", None) or auth.current_user()
+        context.setdefault("nav", "")
+        flashes = self.flash.pop()
+        page = self.env.get_template(template).render(
+            user=user, csrf_token=auth.csrf_token() or "", flashes=flashes,
+            domain=self.settings.domain, relay_url=self.settings.relay_url,
+            version=__version__, url_for=self.settings.tunnel_url,
+            poll_seconds=self.settings.dashboard_poll_interval, **context)
+        bottle.response.status = status
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return page
+
+    def error_page(self, status: int, message: str) -> str:
+        """The HTML error page (the app calls it for every browser-facing error)."""
+        try:
+            user = auth.current_user()
+        except Exception:  # the database may be what failed: still show a page
+            user = None
+        title = bottle.HTTP_CODES.get(status, "Error")
+        template = self.env.get_template("error.html")
+        return template.render(user=user, csrf_token="", flashes=[], status=status, title=title,
+                               message=message, nav="", domain=self.settings.domain,
+                               version=__version__)
+
+    # --- request helpers ----------------------------------------------------
+
+    @staticmethod
+    def user_or_login() -> User:
+        """The logged-in user, or a redirect to the login page that comes back here."""
+        user = auth.current_user()
+        if user is None:
+            path = bottle.request.fullpath if bottle.request.method == "GET" else "/"
+            query = {"next": path} if path != "/" else {}
+            bottle.redirect("/login" + ("?" + urlencode(query) if query else ""), 303)
+        return user
+
+    def form_user(self) -> User:
+        """For a form POST: the user, after the form's CSRF token checks out."""
+        user = self.user_or_login()
+        auth.check_csrf_form()
+        return user
+
+    @staticmethod
+    def field(name: str) -> str:
+        return bottle.request.forms.getunicode(name) or ""
+
+    def done(self, message: str, location: str, kind: str = "success"):
+        self.flash.add(kind, message)
+        bottle.redirect(location, 303)
+
+    # --- login --------------------------------------------------------------
+
+    def login_page(self):
+        query = bottle.request.query
+        next_path = login.safe_next(query.getunicode("next"))
+        if auth.current_user() is not None:
+            bottle.redirect(next_path, 303)
+        error = login.ERROR_MESSAGES.get(query.getunicode("error") or "", "")
+        return self.render("login.html", status=429 if query.get("error") == "throttled" else 200,
+                           error=error, next=next_path, email="")
+
+    # --- tunnels ------------------------------------------------------------
+
+    def dashboard(self):
+        user = self.user_or_login()
+        return self.render("dashboard.html", user=user, nav="tunnels", tunnels=tunnels.list_for(user))
+
+    def new_tunnel(self):
+        user = self.user_or_login()
+        return self.render("tunnel_new.html", user=user, nav="tunnels", errors={},
+                           form={"name": "", "subdomain": "", "local_port": ""}, host_suffix=self.host_suffix)
+
+    @property
+    def host_suffix(self) -> str:
+        return self.settings.tunnel_url("x").split("://", 1)[1][2:]
+
+    def create_tunnel(self):
+        user = self.form_user()
+        form = {k: self.field(k) for k in ("name", "subdomain", "local_port")}
+        # Check each field on its own first, so every mistake is shown at once.
+        errors = field_errors(
+            name=lambda: validation.name(form["name"]),
+            subdomain=lambda: validation.subdomain(form["subdomain"], validation.reserved_subdomains(self.settings)),
+            local_port=lambda: validation.local_port(port_value(form["local_port"])))
+        if not errors:
+            try:
+                tunnel = tunnels.create(self.settings, user, form["name"], form["subdomain"],
+                                        port_value(form["local_port"]))
+            except SubdomainTaken as err:
+                errors = {"subdomain": human(err.message)}
+        if errors:
+            return self.render("tunnel_new.html", status=400, user=user, nav="tunnels",
+                               errors=errors, form=form, host_suffix=self.host_suffix)
+        self.done(f"Tunnel “{tunnel.name}” created. Connect a client to bring it online.",
+                  f"/tunnels/{tunnel.id}")
+
+    def tunnel_page(self, tunnel_id):
+        user = self.user_or_login()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        return self.render_tunnel(user, tunnel, {}, {"name": tunnel.name, "local_port": str(tunnel.local_port)})
+
+    def render_tunnel(self, user, tunnel, errors, form, status=200):
+        return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
+                           url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form)
+
+    def edit_tunnel(self, tunnel_id):
+        user = self.form_user()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        form = {"name": self.field("name"), "local_port": self.field("local_port")}
+        errors = field_errors(name=lambda: validation.name(form["name"]),
+                              local_port=lambda: validation.local_port(port_value(form["local_port"])))
+        if errors:
+            return self.render_tunnel(user, tunnel, errors, form, status=400)
+        tunnels.update(user, tunnel.id, {"name": form["name"], "local_port": port_value(form["local_port"])})
+        self.done("Tunnel settings saved.", f"/tunnels/{tunnel.id}")
+
+    def confirm_regenerate(self, tunnel_id):
+        user = self.user_or_login()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        return self.render(
+            "confirm.html", user=user, nav="tunnels", subject=tunnel.subdomain,
+            heading="Regenerate the token?", button="Regenerate token",
+            message=(f"“{tunnel.name}” gets a new token. A client connected with the old token is "
+                     "disconnected right away and must be started again with the new one."),
+            action=f"/tunnels/{tunnel.id}/regenerate", cancel_url=f"/tunnels/{tunnel.id}")
+
+    def regenerate(self, tunnel_id):
+        user = self.form_user()
+        self.regenerate_limit(user)
+        tunnel = tunnels.regenerate_token(user, tunnel_id)
+        self.done("New token created. The old one no longer works; update your client.",
+                  f"/tunnels/{tunnel.id}")
+
+    @staticmethod
+    def regenerate_limit(user: User) -> None:
+        """The same hourly budget as the API's regenerate-token endpoint."""
+        state = current_state()
+        decision = state.regenerate_limiter.hit(f"user:{user.id}")
+        if not decision.allowed:
+            raise RateLimited("Too many token regenerations; try again later",
+                              retry_after=decision.retry_after(state.clock()))
+
+    def confirm_delete(self, tunnel_id):
+        user = self.user_or_login()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        return self.render(
+            "confirm.html", user=user, nav="tunnels", subject=tunnel.subdomain,
+            heading=f"Delete “{tunnel.name}”?", button="Delete tunnel",
+            message=(f"{self.settings.tunnel_url(tunnel.subdomain)} stops working at once and its "
+                     "client is disconnected. The subdomain becomes free for anyone to claim."),
+            action=f"/tunnels/{tunnel.id}/delete", cancel_url=f"/tunnels/{tunnel.id}")
+
+    def delete(self, tunnel_id):
+        user = self.form_user()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        name = tunnel.name
+        tunnels.delete(user, tunnel.id)
+        self.done(f"Tunnel “{name}” deleted.", "/")
+
+    # --- API tokens ---------------------------------------------------------
+
+    def tokens_page(self, errors=None, form=None, status=200):
+        user = self.user_or_login()
+        # A new token's secret arrives once, as a "secret" flash message (see flash.py).
+        return self.render("tokens.html", status=status, user=user, nav="tokens",
+                           tokens=apitokens.list_for(user), errors=errors or {}, form=form or {"name": ""})
+
+    def create_token(self):
+        user = self.form_user()
+        name = self.field("name")
+        try:
+            _, secret = apitokens.create(user, name)
+        except ValidationError as err:
+            return self.tokens_page({"name": human(err.message)}, {"name": name}, status=400)
+        self.flash.add("secret", secret)
+        self.done(f"Token “{name.strip()}” created.", "/tokens")
+
+    def revoke_token(self, token_id):
+        user = self.form_user()
+        token = apitokens.get_owned(user, token_id)
+        apitokens.revoke(user, token.id)
+        self.done(f"Token “{token.name}” revoked. Scripts using it now get 401.", "/tokens")
+
+    # --- profile ------------------------------------------------------------
+
+    def profile_page(self, errors=None, status=200):
+        user = self.user_or_login()
+        count = Tunnel.select().where(Tunnel.owner == user).count()
+        return self.render("profile.html", status=status, user=user, nav="profile",
+                           tunnel_count=count, errors=errors or {})
+
+    def change_password(self):
+        user = self.form_user()
+        current, new, repeat = (self.field(k) for k in ("current_password", "new_password", "confirm_password"))
+        if not verify_password(current, user.password_hash):
+            return self.profile_page({"current_password": "Current password is wrong."}, status=400)
+        if new != repeat:
+            return self.profile_page({"confirm_password": "The two new passwords differ."}, status=400)
+        try:
+            accounts.set_password(user, new)
+        except ValidationError as err:
+            return self.profile_page({"new_password": human(err.message)}, status=400)
+        self.done("Password changed.", "/profile")
+
+    # --- admin --------------------------------------------------------------
+
+    def admin_user(self, post: bool = False) -> User:
+        user = self.form_user() if post else self.user_or_login()
+        if not user.is_admin:
+            raise Forbidden("Only administrators can manage users")
+        return user
+
+    def users_page(self, errors=None, form=None, status=200):
+        user = self.admin_user()
+        counts = dict(Tunnel.select(Tunnel.owner, pw.fn.COUNT(Tunnel.id)).group_by(Tunnel.owner).tuples())
+        return self.render("admin_users.html", status=status, user=user, nav="users",
+                           users=list(User.select().order_by(User.id)), counts=counts,
+                           errors=errors or {}, form=form or {"email": "", "username": "", "is_admin": False})
+
+    def create_user(self):
+        self.admin_user(post=True)
+        form = {"email": self.field("email"), "username": self.field("username"),
+                "is_admin": self.field("is_admin") == "1"}
+        try:
+            created = accounts.create_user(form["email"], form["username"], self.field("password"),
+                                           is_admin=form["is_admin"])
+        except AppError as err:
+            if err.status not in (400, 409):
+                raise
+            return self.users_page({err.field or "email": human(err.message)}, form, status=400)
+        self.done(f"User {created.username} created.", "/admin/users")
+
+    def set_disabled(self, user_id, action):
+        admin = self.admin_user(post=True)
+        target = User.get_or_none(User.id == tunnels.parse_id(user_id))
+        if target is None:
+            raise NotFound("User not found")
+        if target.id == admin.id:
+            raise Forbidden("You can't disable your own account")
+        accounts.set_disabled(target, action == "disable")
+        verb = "disabled" if action == "disable" else "enabled"
+        self.done(f"User {target.username} {verb}.", "/admin/users")
+
+    # --- static -------------------------------------------------------------
+
+    @staticmethod
+    def static(filename):
+        response = bottle.static_file(filename, root=str(STATIC_DIR))
+        if isinstance(response, bottle.HTTPError):
+            raise NotFound("No such file")
+        # Templates link with ?v=<content hash>, so a long cache is safe.
+        response.set_header("Cache-Control", "public, max-age=31536000, immutable"
+                            if bottle.request.query.get("v") else "no-cache")
+        return response
+
+
+def port_value(text: str) -> Any:
+    """A form's port: an int when it is digits, else the text (validation names the error)."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 6 else text
+
+
+def field_errors(**checks) -> dict[str, str]:
+    """Run each field's check; field -> readable message for those that fail."""
+    errors = {}
+    for field, check in checks.items():
+        try:
+            check()
+        except ValidationError as err:
+            errors[field] = human(err.message)
+    return errors
+
+
+def human(message: str) -> str:
+    """'local_port must be ...' -> 'Local port must be ...'."""
+    head, sep, rest = message.partition(" ")
+    if head in FIELD_LABELS and sep:
+        return f"{FIELD_LABELS[head]} {rest}"
+    return message[:1].upper() + message[1:]
+
+
+def install(app: bottle.Bottle, settings) -> None:
+    pages = Pages(settings)
+    app.intunnel.error_page = pages.error_page
+    routes = (
+        ("/login", "GET", pages.login_page),
+        ("/", "GET", pages.dashboard),
+        ("/tunnels/new", "GET", pages.new_tunnel),
+        ("/tunnels", "POST", pages.create_tunnel),
+        ("/tunnels/<tunnel_id>", "GET", pages.tunnel_page),
+        ("/tunnels/<tunnel_id>/edit", "POST", pages.edit_tunnel),
+        ("/tunnels/<tunnel_id>/regenerate", "GET", pages.confirm_regenerate),
+        ("/tunnels/<tunnel_id>/regenerate", "POST", pages.regenerate),
+        ("/tunnels/<tunnel_id>/delete", "GET", pages.confirm_delete),
+        ("/tunnels/<tunnel_id>/delete", "POST", pages.delete),
+        ("/tokens", "GET", lambda: pages.tokens_page()),
+        ("/tokens", "POST", pages.create_token),
+        ("/tokens/<token_id>/revoke", "POST", pages.revoke_token),
+        ("/profile", "GET", lambda: pages.profile_page()),
+        ("/profile/password", "POST", pages.change_password),
+        ("/admin/users", "GET", lambda: pages.users_page()),
+        ("/admin/users", "POST", pages.create_user),
+        ("/admin/users/<user_id>/<action:re:disable|enable>", "POST", pages.set_disabled),
+        ("/static/<filename:path>", "GET", pages.static),
+    )
+    for path, method, callback in routes:
+        app.route(path, method, callback)
