@@ -52,6 +52,7 @@ SETTINGS: tuple[Setting, ...] = (
     # --- web app ---
     Setting("web_listen", str, "127.0.0.1:8000", "HOST:PORT the web app (waitress) listens on."),
     Setting("web_threads", int, 8, "Worker threads of the web app."),
+    Setting("web_trust_proxy", bool, False, "Trust X-Forwarded-For/-Proto from a proxy on loopback (nginx) for client addresses."),
     Setting("reserved_subdomains", list, ["www", "api", "admin", "app", "mail", "static"],
             "Subdomains users may not claim (the web host's own label is always reserved)."),
     Setting("session_lifetime", int, 14 * 24 * 3600, "Seconds a login session lasts."),

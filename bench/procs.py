@@ -1,0 +1,108 @@
+"""Process and port helpers for the benchmark: start, wait, measure, stop.
+
+Everything runs on loopback; every process started here is stopped by
+``stop()`` (its whole process group), also when the bench fails half-way.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A currently free loopback TCP port (small race window, fine for a bench)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str, interval: float = 0.02):
+    """Poll ``condition()`` until it returns a truthy value, or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start(argv: list[str], log: Path, env: dict | None = None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+    """Start ``argv`` in its own process group with stdout+stderr going to ``log``."""
+    out = open(log, "ab")
+    try:
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
+                                env=env, start_new_session=True)
+    finally:
+        out.close()
+
+
+def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:
+    """Stop a process started by ``start`` and its group; SIGKILL if it lingers."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout)
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A ``/proc/PID/status`` memory field (VmRSS, VmHWM) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, grandchildren, ... (from /proc/*/stat)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def tree_rss_kib(pid: int) -> int:
+    """RSS of a process plus all its descendants, in KiB."""
+    total = 0
+    for p in [pid, *descendants(pid)]:
+        try:
+            total += status_kib(p, "VmRSS")
+        except (OSError, KeyError):
+            pass
+    return total

@@ -1,0 +1,121 @@
+"""Pure presentation of bench results: the figures, the ratio table, the targets.
+
+``results`` maps a target name to ``{figure key: value}``; a missing figure
+is "n/a" (e.g. nginx-hop has no agent, ssh has no automatic restart).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Figure:
+    key: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    fmt: str = "{:,.0f}"
+
+
+FIGURES = (
+    Figure("ka_rps", "keep-alive 1 KiB GET, 32 conns", "req/s", True),
+    Figure("ka_p50", "keep-alive p50", "ms", False, "{:.2f}"),
+    Figure("ka_p99", "keep-alive p99", "ms", False, "{:.2f}"),
+    Figure("close_rps", "new connection per request", "req/s", True),
+    Figure("down_mbs", "64 MiB download", "MB/s", True),
+    Figure("up_mbs", "64 MiB upload", "MB/s", True),
+    Figure("relay_rss", "idle RSS, relay/server side", "MiB", False, "{:.1f}"),
+    Figure("client_rss", "idle RSS, client side", "MiB", False, "{:.1f}"),
+    Figure("kib_per_agent", "relay memory per idle agent", "KiB", False, "{:.1f}"),
+    Figure("restart_s", "relay restart to serving", "s", False, "{:.2f}"),
+)
+
+TARGET_ORDER = ("direct", "nginx-hop", "ssh-R -N", "ssh-R -tt", "intunnel", "intunnel-nginx")
+SSH_BASELINE = "ssh-R -tt"  # the usable ssh -R (Nagle off); the "ratio to ssh-R" column
+
+
+def ratio(value, base):
+    if value is None or base in (None, 0):
+        return None
+    return value / base
+
+
+def _cell(fig: Figure, value, base_direct, base_ssh) -> str:
+    if value is None:
+        return "n/a"
+    text = fig.fmt.format(value)
+    parts = []
+    for base in (base_direct, base_ssh):
+        r = ratio(value, base)
+        parts.append("-" if r is None else f"{r:.2f}")
+    return f"{text} ({parts[0]} / {parts[1]})"
+
+
+def table(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown table: one row per figure, one column per target; cells 'value (x direct / x ssh-R)'."""
+    targets = [t for t in TARGET_ORDER if t in results] + [t for t in results if t not in TARGET_ORDER]
+    direct = results.get("direct", {})
+    ssh = results.get(SSH_BASELINE, {})
+    lines = ["| figure | unit | " + " | ".join(targets) + " |",
+             "|---|---|" + "---|" * len(targets)]
+    for fig in FIGURES:
+        cells = [_cell(fig, results[t].get(fig.key), direct.get(fig.key), ssh.get(fig.key)) for t in targets]
+        lines.append(f"| {fig.label} | {fig.unit} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    text: str
+    target: str  # which bench target the goal is about
+    check: object  # callable(results) -> float | None (the measured quantity)
+    limit: float
+    at_least: bool  # True: measured >= limit; False: measured <= limit
+
+
+def _rel(target, key):
+    return lambda r: ratio(r.get(target, {}).get(key), r.get("direct", {}).get(key))
+
+
+def _abs(target, key):
+    return lambda r: r.get(target, {}).get(key)
+
+
+def _sum(target, *keys):
+    def get(r):
+        values = [r.get(target, {}).get(k) for k in keys]
+        return None if None in values else sum(values)
+    return get
+
+
+# The issue's targets for `intunnel` (embedded relay) and `intunnel-nginx`.
+TARGETS = (
+    Target("keep-alive req/s >= 0.25x direct", "intunnel", _rel("intunnel", "ka_rps"), 0.25, True),
+    Target("keep-alive p99 <= 4x direct", "intunnel", _rel("intunnel", "ka_p99"), 4.0, False),
+    Target("new-connection req/s >= 0.20x direct", "intunnel", _rel("intunnel", "close_rps"), 0.20, True),
+    Target("64 MiB download >= 0.35x direct", "intunnel", _rel("intunnel", "down_mbs"), 0.35, True),
+    Target("64 MiB upload >= 0.35x direct", "intunnel", _rel("intunnel", "up_mbs"), 0.35, True),
+    Target("relay + client idle RSS <= 60 MiB", "intunnel", _sum("intunnel", "relay_rss", "client_rss"), 60, False),
+    Target("relay memory per idle agent <= 64 KiB", "intunnel", _abs("intunnel", "kib_per_agent"), 64, False),
+    Target("serving again <= 3 s after a relay restart", "intunnel", _abs("intunnel", "restart_s"), 3.0, False),
+    Target("intunnel-nginx keep-alive req/s >= 0.20x direct", "intunnel-nginx",
+           _rel("intunnel-nginx", "ka_rps"), 0.20, True),
+    # Where we are heading: beat the best peer (bore / ssh -tt) on small requests.
+    Target("stretch: keep-alive req/s > 0.5x direct", "intunnel", _rel("intunnel", "ka_rps"), 0.5, True),
+    Target("stretch: new-connection req/s > 0.3x direct", "intunnel", _rel("intunnel", "close_rps"), 0.3, True),
+)
+
+
+def targets_report(results: dict[str, dict[str, float]]) -> str:
+    """A Markdown list: each target, the measured value, met / not met / not measured."""
+    lines = []
+    for t in TARGETS:
+        value = t.check(results)
+        if value is None:
+            verdict, shown = "not measured", "n/a"
+        else:
+            ok = value >= t.limit if t.at_least else value <= t.limit
+            verdict, shown = ("met" if ok else "NOT met"), f"{value:.2f}"
+        lines.append(f"- {t.text}: {shown} -> **{verdict}**")
+    return "\n".join(lines)

@@ -1,0 +1,206 @@
+"""An InTunnel relay and clients as real subprocesses, for the bench and the heavy tests.
+
+Subprocesses (``intunnel relay``, ``intunnel http``) rather than in-process
+servers so that memory (VmRSS, VmHWM from /proc) is each service's own, and a
+restart is a real process restart.  Settings go through a TOML config file,
+exactly like production; the database is a real SQLite file prepared here with
+the project's own business rules.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+from . import procs
+
+PYTHON = sys.executable
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    """The environment for our subprocesses: no INTUNNEL_* leaking in, private config home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INTUNNEL_")}
+    env["XDG_CONFIG_HOME"] = str(home / "xdg-config")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def http_request(port: int, host: str, path: str = "/", method: str = "GET", tls: bool = False,
+                 headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 request with ``Connection: close``; returns (status, headers, body)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock = raw
+    if tls:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        sock = ctx.wrap_socket(raw, server_hostname=host.split(":")[0])
+    with sock:
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
+        data = bytearray()
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > 16 << 20:
+                raise ValueError("response too large for http_request")
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    if not lines or len(lines[0].split()) < 2:
+        raise ConnectionError("no HTTP response")
+    status = int(lines[0].split()[1])
+    hdrs = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        hdrs[k.strip().lower()] = v.strip()
+    return status, hdrs, body
+
+
+class Stack:
+    """A data dir with a database, one relay subprocess and any number of clients."""
+
+    def __init__(self, home: Path, relay_port: int | None = None, settings: dict | None = None,
+                 domain: str = "localhost"):
+        from intunnel.settings import load_settings, prepare_data_dir
+
+        self.home = Path(home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.relay_port = relay_port or procs.free_port()
+        self.domain = domain
+        values = {"data_dir": str(self.home / "data"), "domain": domain,
+                  "relay_listen": f"127.0.0.1:{self.relay_port}", "web_listen": "127.0.0.1:0",
+                  "log_level": "warning", **(settings or {})}
+        self.config = self.home / "intunnel.toml"
+        self.config.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
+        self.settings = prepare_data_dir(load_settings(self.config, env={}))
+        self.env = clean_env(self.home)
+        self.relay: subprocess.Popen | None = None
+        self.clients: list[subprocess.Popen] = []
+        self._user = None
+        self._db = None
+        self._logs = 0
+
+    # --- database ---
+    def _open_db(self):
+        from intunnel.models import database, open_database
+        if self._db is None or database.obj is not self._db:
+            self._db = open_database(self.settings.db_path)
+        database.connect(reuse_if_open=True)
+
+    def add_tunnel(self, subdomain: str, local_port: int) -> str:
+        """Create a tunnel (and the owner on first use); return its token."""
+        from intunnel import accounts, tunnels
+        self._open_db()
+        if self._user is None:
+            self._user = accounts.create_user("bench@example.com", "bench", "bench-password-123")
+        return tunnels.create(self.settings, self._user, subdomain, subdomain, local_port).token
+
+    def add_many_tunnels(self, prefix: str, count: int, local_port: int) -> list[str]:
+        """``count`` tunnels in one transaction (for the idle-agent figure)."""
+        from intunnel.models import Tunnel, database
+        from intunnel.security import new_tunnel_token
+        from intunnel.timeutil import utcnow
+        self.add_tunnel(f"{prefix}-owner", local_port)
+        tokens = [new_tunnel_token() for _ in range(count)]
+        now = utcnow()
+        with database.atomic():
+            for i in range(0, count, 200):
+                Tunnel.insert_many([{"owner": self._user, "name": f"{prefix}{j}", "subdomain": f"{prefix}{j}",
+                                     "local_port": local_port, "token": tokens[j], "created_at": now}
+                                    for j in range(i, min(count, i + 200))]).execute()
+        return tokens
+
+    def close_db(self):
+        if self._db is not None and not self._db.is_closed():
+            self._db.close()
+
+    # --- processes ---
+    def _log(self, name: str) -> Path:
+        self._logs += 1
+        return self.home / f"{self._logs:02d}-{name}.log"
+
+    @property
+    def relay_url(self) -> str:
+        return f"http://{self.domain}:{self.relay_port}"
+
+    def public_host(self, subdomain: str) -> str:
+        return f"{subdomain}.{self.domain}:{self.relay_port}"
+
+    def start_relay(self) -> subprocess.Popen:
+        self.relay = procs.start([PYTHON, "-m", "intunnel.cli", "relay", "--config", str(self.config)],
+                                 self._log("relay"), env=self.env)
+        procs.wait_until(lambda: self.relay.poll() is not None or self.relay_healthy(), 20, "the relay to listen")
+        if self.relay.poll() is not None:
+            raise RuntimeError(f"relay exited with {self.relay.returncode}: {self.logs()}")
+        return self.relay
+
+    def relay_healthy(self) -> bool:
+        try:
+            return http_request(self.relay_port, f"{self.domain}:{self.relay_port}", "/_intunnel/healthz",
+                                timeout=1)[0] == 200
+        except (OSError, ValueError):
+            return False
+
+    def agents(self) -> int:
+        import json
+        status, _, body = http_request(self.relay_port, f"{self.domain}:{self.relay_port}", "/_intunnel/healthz")
+        return int(json.loads(body)["agents"]) if status == 200 else -1
+
+    def stop_relay(self, sig: int = signal.SIGTERM) -> None:
+        procs.stop(self.relay, timeout=10, sig=sig)
+
+    def start_client(self, local_port: int, token: str, server: str | None = None,
+                     extra: list[str] = ()) -> subprocess.Popen:
+        argv = [PYTHON, "-m", "intunnel.cli", "http", str(local_port), "--server", server or self.relay_url,
+                "--token", token, *extra]
+        proc = procs.start(argv, self._log("client"), env=self.env)
+        self.clients.append(proc)
+        return proc
+
+    def wait_serving(self, port: int, host: str, path: str = "/", tls: bool = False, timeout: float = 20,
+                     watch: subprocess.Popen | None = None) -> float:
+        """Poll until a request through the tunnel gets a non-5xx answer; return the seconds it took."""
+        import time
+        start = time.monotonic()
+
+        def ok():
+            if watch is not None and watch.poll() is not None:
+                raise RuntimeError(f"process exited with {watch.returncode}: {self.logs()}")
+            try:
+                return http_request(port, host, path, tls=tls, timeout=2)[0] < 500
+            except (OSError, ValueError):
+                return False
+        procs.wait_until(ok, timeout, f"the tunnel {host} to serve", interval=0.01)
+        return time.monotonic() - start
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.home.glob("*.log")))
+
+    def close(self) -> None:
+        for proc in self.clients:
+            procs.stop(proc)
+        self.stop_relay()
+        self.close_db()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,256 @@
+"""Tunnel benchmark: direct, nginx-hop, ssh -R (-N and -tt), intunnel, intunnel-nginx.
+
+    .venv/bin/python -m bench.tunnel                 # everything, ~4 minutes
+    .venv/bin/python -m bench.tunnel --quick         # shorter runs, fewer agents
+    .venv/bin/python -m bench.tunnel --only direct,intunnel --no-write
+
+Prints a table (each figure as a ratio to ``direct`` and to ``ssh -R -tt``)
+and the issue's targets, and writes them to bench/RESULTS.md.  Loopback only;
+every run is bounded in time; every process started here is stopped at exit.
+See bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from . import load, procs, report, servers, stack
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_tools() -> None:
+    """wrk is a bench-only tool: install it from Debian when it is missing."""
+    if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        log("installing wrk (apt-get)")
+        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+        if shutil.which("wrk") is None:
+            subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
+    missing = [t for t in ("wrk", "nginx", "sshd", "ssh", "ssh-keygen", "openssl") if shutil.which(t) is None]
+    if missing:
+        sys.exit("bench: missing tools: " + ", ".join(missing))
+
+
+def serving(port: int, host: str, tls: bool = False) -> bool:
+    """True when GET /1k through ``port`` answers 200 with the 1 KiB body."""
+    try:
+        elapsed, n = load.download_once(port, "/1k", host, tls)
+        return n == servers.SMALL_BODY
+    except (OSError, RuntimeError, ValueError, KeyError):
+        return False
+
+
+def measure_http(name: str, port: int, host: str, opts, tls: bool = False) -> dict[str, float]:
+    """The traffic figures for one target: keep-alive, new connections, bulk both ways."""
+    scheme = "https" if tls else "http"
+    url = f"{scheme}://127.0.0.1:{port}/1k"
+    out: dict[str, float] = {}
+    load.wrk(url, host, 32, 1)  # warm-up: connections, pools, caches
+    ka = load.wrk(url, host, 32, opts.duration)
+    log(f"{name}: keep-alive {ka.rps:,.0f} req/s p50 {ka.p50_ms} ms p99 {ka.p99_ms} ms errors {ka.errors}")
+    if ka.errors:
+        log(f"{name}: WARNING {ka.errors} errors in the keep-alive run")
+    out.update(ka_rps=ka.rps, ka_p50=ka.p50_ms, ka_p99=ka.p99_ms)
+    cl = load.wrk(url, host, 32, opts.duration, close=True)
+    log(f"{name}: new connection per request {cl.rps:,.0f} req/s errors {cl.errors}")
+    if cl.errors:
+        log(f"{name}: WARNING {cl.errors} errors in the new-connection run")
+    out["close_rps"] = cl.rps
+    out["down_mbs"] = load.best_rate(lambda: load.download_once(port, "/64m", host, tls), opts.bulk_seconds)
+    out["up_mbs"] = load.best_rate(lambda: load.upload_once(port, "/dav/up.bin", host, servers.BULK_BODY, tls),
+                                   opts.bulk_seconds)
+    log(f"{name}: 64 MiB download {out['down_mbs']:,.0f} MB/s, upload {out['up_mbs']:,.0f} MB/s")
+    return out
+
+
+def run_ssh(results, work: Path, app: servers.App, opts) -> None:
+    sshd = servers.start_sshd(work / "sshd")
+    try:
+        for name, interactive in (("ssh-R -N", False), ("ssh-R -tt", True)):
+            if not opts.wants(name):
+                continue
+            remote = procs.free_port()
+            ssh = servers.ssh_forward(sshd, remote, app.port, interactive, work / f"{name.replace(' ', '')}.log")
+            try:
+                procs.wait_until(lambda: ssh.poll() is not None or serving(remote, f"127.0.0.1:{remote}"),
+                                 15, f"{name} forwarding")
+                if ssh.poll() is not None:
+                    raise RuntimeError(f"{name} exited")
+                # Memory: the sshd listener and its session processes / the ssh client.
+                figures = {"relay_rss": procs.tree_rss_kib(sshd.proc.pid) / 1024,
+                           "client_rss": procs.status_kib(ssh.pid, "VmRSS") / 1024}
+                figures.update(measure_http(name, remote, f"127.0.0.1:{remote}", opts))
+                results[name] = figures
+            finally:
+                procs.stop(ssh)
+    finally:
+        procs.stop(sshd.proc)
+
+
+def idle_rss(st: stack.Stack, client) -> dict[str, float]:
+    """RSS of the relay and the client once the tunnel serves and both are idle."""
+    time.sleep(1)  # let start-up garbage settle; a bench figure, not a test assertion
+    return {"relay_rss": procs.status_kib(st.relay.pid, "VmRSS") / 1024,
+            "client_rss": procs.status_kib(client.pid, "VmRSS") / 1024}
+
+
+def kib_per_idle_agent(st: stack.Stack, app: servers.App, count: int) -> float | None:
+    """Relay RSS growth per connected idle agent (control channel + warm data pool each)."""
+    from . import agents
+    tokens = st.add_many_tunnels("idle", count, app.port)
+    before_agents = st.agents()
+    before = procs.status_kib(st.relay.pid, "VmRSS")
+    swarm = agents.start_swarm(st, tokens)
+    try:
+        procs.wait_until(lambda: swarm.poll() is not None or st.agents() >= before_agents + count,
+                         120, f"{count} agents to connect")
+        if swarm.poll() is not None:
+            log("agent swarm exited early: " + st.logs()[-2000:])
+            return None
+        agents.wait_settled(st.relay.pid)
+        after = procs.status_kib(st.relay.pid, "VmRSS")
+    finally:
+        procs.stop(swarm)
+    per_agent = (after - before) / count
+    log(f"intunnel: relay RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB with {count} idle agents "
+        f"({per_agent:.1f} KiB each)")
+    procs.wait_until(lambda: st.agents() <= before_agents, 60, "the idle agents to be dropped")
+    return per_agent
+
+
+def restart_time(st: stack.Stack, host: str) -> float:
+    """Seconds from starting a new relay (after a graceful stop) until the tunnel serves /1k again."""
+    st.stop_relay()
+    start = time.monotonic()
+    st.start_relay()
+    procs.wait_until(lambda: serving(st.relay_port, host), 30, "the tunnel to serve after the restart",
+                     interval=0.01)
+    elapsed = time.monotonic() - start
+    log(f"intunnel: serving again {elapsed:.2f} s after the relay restart")
+    return elapsed
+
+
+def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | None, relay_port: int, opts) -> None:
+    with stack.Stack(work / "intunnel", relay_port) as st:
+        token = st.add_tunnel("bench", app.port)
+        st.start_relay()
+        client = st.start_client(app.port, token)
+        host = st.public_host("bench")
+        procs.wait_until(lambda: client.poll() is not None or serving(relay_port, host), 20, "the tunnel to serve")
+        if client.poll() is not None:
+            raise RuntimeError("client exited: " + st.logs())
+        if opts.wants("intunnel"):
+            figures = idle_rss(st, client)
+            figures.update(measure_http("intunnel", relay_port, host, opts))
+            if opts.agents:
+                figures["kib_per_agent"] = kib_per_idle_agent(st, app, opts.agents)
+            figures["restart_s"] = restart_time(st, host)
+            results["intunnel"] = figures
+        if front is not None and opts.wants("intunnel-nginx"):
+            token = st.add_tunnel("benchtls", app.port)
+            client = st.start_client(app.port, token, server=f"https://localhost:{front.tls_port}",
+                                     extra=["--insecure"])
+            host = f"benchtls.localhost:{front.tls_port}"
+            procs.wait_until(lambda: client.poll() is not None or serving(front.tls_port, host, tls=True),
+                             20, "the tunnel to serve through nginx")
+            if client.poll() is not None:
+                raise RuntimeError("client exited: " + st.logs())
+            results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True)
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    ssh = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
+    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}, "
+            f"Python {platform.python_version()}, {nginx}, {ssh}")
+
+
+def write_results(path: Path, text: str, opts) -> None:
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = (f"# Tunnel benchmark results\n\nLatest run: {stamp}, `python -m bench.tunnel"
+            f"{' ' + ' '.join(opts.argv) if opts.argv else ''}`.\n\nMachine: {machine_line()}\n\n{text}\n")
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        body += "\n" + notes.read_text()
+    path.write_text(body)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench.tunnel", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5, help="seconds of each wrk run (default 5)")
+    p.add_argument("--bulk-seconds", type=float, default=2, help="seconds of repeated 64 MiB transfers per direction")
+    p.add_argument("--agents", type=int, default=1000, help="idle agents for the per-agent memory figure (0: skip)")
+    p.add_argument("--only", default="", help="comma-separated targets: " + ",".join(report.TARGET_ORDER))
+    p.add_argument("--quick", action="store_true", help="2 s runs, 1 s bulk, 200 agents")
+    p.add_argument("--app-workers", type=int, default=1, help="nginx workers of the local app (default 1)")
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="results file (default bench/RESULTS.md)")
+    p.add_argument("--no-write", action="store_true", help="print only, don't write the results file")
+    opts = p.parse_args(argv)
+    opts.argv = list(argv)
+    if opts.quick:
+        opts.duration, opts.bulk_seconds, opts.agents = 2, 1, min(opts.agents, 200)
+    wanted = {t.strip() for t in opts.only.split(",") if t.strip()}
+    unknown = wanted - set(report.TARGET_ORDER)
+    if unknown:
+        p.error("unknown target(s): " + ", ".join(sorted(unknown)))
+    opts.wants = lambda name: not wanted or name in wanted or name == "direct"
+    return opts
+
+
+def main(argv=None) -> int:
+    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    ensure_tools()
+    results: dict[str, dict[str, float]] = {}
+    base = Path("/dev/shm") if Path("/dev/shm").is_dir() else None  # bodies in RAM, not on disk
+    with tempfile.TemporaryDirectory(prefix="intunnel-bench-", dir=base) as tmp:
+        work = Path(tmp)
+        app = servers.start_app(work / "app", opts.app_workers)
+        front = None
+        try:
+            log(f"local app (nginx) on 127.0.0.1:{app.port}")
+            results["direct"] = measure_http("direct", app.port, f"127.0.0.1:{app.port}", opts)
+            relay_port = procs.free_port()
+            front = servers.start_front(work / "front", app.port, relay_port)
+            if opts.wants("nginx-hop"):
+                results["nginx-hop"] = measure_http("nginx-hop", front.hop_port, f"127.0.0.1:{front.hop_port}", opts)
+            if opts.wants("ssh-R -N") or opts.wants("ssh-R -tt"):
+                run_ssh(results, work, app, opts)
+            if opts.wants("intunnel") or opts.wants("intunnel-nginx"):
+                run_intunnel(results, work, app, front, relay_port, opts)
+        finally:
+            procs.stop(front.proc if front else None)
+            procs.stop(app.proc)
+    text = ("Each cell: value (ratio to `direct` / ratio to `ssh-R -tt`).\n\n" + report.table(results)
+            + "\n\n## Targets (issue 3)\n\n" + report.targets_report(results))
+    print(text)
+    if not opts.no_write:
+        write_results(Path(opts.out), text, opts)
+        log(f"wrote {opts.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The REST API of the seed (``/api/tunnels``, ``/api/user/profile``) plus
+``PATCH``/``PUT /api/tunnels/<id>``, ``/api/tokens`` and ``/api/openapi.json``.
+
+Handlers only read the request, call the business rules (``tunnels``,
+``apitokens``) and shape the seed's envelopes; authentication, rate limits and
+error rendering happen around them (see ``app``).  Successful creates answer 200
+with the seed's bodies.
+"""
+
+from __future__ import annotations
+
+import bottle
+
+from .. import apitokens, tunnels
+from ..models import Tunnel
+from ..timeutil import iso
+from . import jsonbody, openapi
+from .auth import require_user
+from .state import current as current_state
+
+TUNNEL_FIELDS = ("name", "subdomain", "local_port")
+TUNNEL_CHANGEABLE = ("name", "local_port")
+
+
+def _body(required=(), optional=()) -> dict:
+    data = jsonbody.read_object(current_state().settings.api_max_body)
+    jsonbody.check_fields(data, required, optional)
+    return data
+
+
+def list_tunnels():
+    user = require_user()
+    return {"tunnels": [tunnels.summary(t) for t in tunnels.list_for(user)]}
+
+
+def create_tunnel():
+    user = require_user()
+    data = _body(required=TUNNEL_FIELDS)
+    tunnel = tunnels.create(current_state().settings, user, data["name"], data["subdomain"], data["local_port"])
+    return {"success": True, "tunnel": tunnels.detail(current_state().settings, tunnel)}
+
+
+def get_tunnel(id):
+    user = require_user()
+    return tunnels.detail(current_state().settings, tunnels.get_owned(user, id))
+
+
+def update_tunnel(id):
+    user = require_user()
+    tunnels.get_owned(user, id)  # 404 before looking at the body
+    data = _body(optional=TUNNEL_CHANGEABLE + ("subdomain",))
+    tunnel = tunnels.update(user, id, data)
+    return {"success": True, "tunnel": tunnels.detail(current_state().settings, tunnel)}
+
+
+def delete_tunnel(id):
+    user = require_user()
+    tunnels.delete(user, id)
+    return {"success": True, "message": "Tunnel deleted"}
+
+
+def regenerate_token(id):
+    user = require_user()
+    tunnel = tunnels.regenerate_token(user, id)
+    return {"success": True, "token": tunnel.token}
+
+
+def profile():
+    user = require_user()
+    return {
+        "id": user.id,
+        "username": user.username,
+        "email": user.email,
+        "tunnels_count": Tunnel.select().where(Tunnel.owner == user).count(),
+        "created_at": iso(user.created_at),
+    }
+
+
+def list_tokens():
+    user = require_user()
+    return {"tokens": [apitokens.summary(t) for t in apitokens.list_for(user)]}
+
+
+def create_token():
+    user = require_user()
+    data = _body(required=("name",))
+    row, secret = apitokens.create(user, data["name"])
+    return {"success": True, "token": secret, "api_token": apitokens.summary(row)}
+
+
+def revoke_token(id):
+    user = require_user()
+    apitokens.revoke(user, id)
+    return {"success": True, "message": "Token revoked"}
+
+
+def openapi_document():
+    return openapi.document(current_state().settings)
+
+
+# (method, rule, handler): the single list the OpenAPI test compares with the document.
+ROUTES = (
+    ("GET", "/api/tunnels", list_tunnels),
+    ("POST", "/api/tunnels", create_tunnel),
+    ("GET", "/api/tunnels/<id>", get_tunnel),
+    ("PATCH", "/api/tunnels/<id>", update_tunnel),
+    ("PUT", "/api/tunnels/<id>", update_tunnel),
+    ("DELETE", "/api/tunnels/<id>", delete_tunnel),
+    ("POST", "/api/tunnels/<id>/regenerate-token", regenerate_token),
+    ("GET", "/api/user/profile", profile),
+    ("GET", "/api/tokens", list_tokens),
+    ("POST", "/api/tokens", create_token),
+    ("DELETE", "/api/tokens/<id>", revoke_token),
+    ("GET", "/api/openapi.json", openapi_document),
+)
+
+
+def install(app: bottle.Bottle, settings) -> None:
+    for method, rule, handler in ROUTES:
+        app.route(rule, method, handler)

@@ -1,0 +1,180 @@
+"""The web app factory: ``create_app(settings) -> bottle.Bottle``.
+
+Per request, in this order (before-request hooks):
+  1. a database connection is opened (closed again after the request);
+  2. a body larger than ``api_max_body`` is refused with 413 before it is read;
+  3. for ``/api/*``: the caller is identified (user, or client address before
+     login) and counted against the rate limits (429 with Retry-After);
+  4. a state-changing request from another site's page is refused (403, see auth).
+Every error, whether raised by our code (AppError), by Bottle (404, 405) or
+unexpected (500), is rendered once by ``errors_render`` in the client's format.
+Every response gets the security headers, ``X-RateLimit-*`` for the API, and one
+access-log line (no query string, no credentials).
+
+Pages: if ``intunnel/web/pages.py`` exists, ``pages.install(app, settings)`` runs
+last, so the dashboard can add its routes and restyle ``GET /login`` and the
+HTML error page (``app.intunnel.error_page``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import math
+import re
+import time
+from urllib.parse import quote
+
+import bottle
+
+from ..errors import AppError, InternalError, PayloadTooLarge, RateLimited
+from ..models import database, open_database
+from ..ratelimit import Clock
+from . import api, auth, errors_render, login
+from .state import ENVIRON_KEY, WebState
+
+log = logging.getLogger("intunnel.web")
+access_log = logging.getLogger("intunnel.web.access")
+
+# No inline script or style anywhere: the dashboard ships its CSS/JS as files.
+CONTENT_SECURITY_POLICY = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
+                           "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("X-Frame-Options", "DENY"),
+)
+REGENERATE_PATH = re.compile(r"^/api/tunnels/[^/]+/regenerate-token$")
+_RATE_KEY = "intunnel.ratelimit"
+
+
+class IntunnelApp(bottle.Bottle):
+    """Bottle plus what every response needs: security headers, rate headers, access log."""
+
+    intunnel: WebState
+
+    def wsgi(self, environ, start_response):
+        started = time.perf_counter()
+        raw_path = environ.get("PATH_INFO", "")
+        seen = {}
+
+        def start(status, headers, exc_info=None):
+            present = {name.lower() for name, _ in headers}
+            for name, value in SECURITY_HEADERS:
+                if name.lower() not in present:
+                    headers.append((name, value))
+            if "cache-control" not in present and not raw_path.startswith("/static/"):
+                headers.append(("Cache-Control", "no-store"))
+            decision = environ.get(_RATE_KEY)
+            if decision is not None:
+                headers.extend((
+                    ("X-RateLimit-Limit", str(decision.limit)),
+                    ("X-RateLimit-Remaining", str(decision.remaining)),
+                    ("X-RateLimit-Reset", str(math.ceil(decision.reset_at))),
+                ))
+            seen["status"] = status
+            seen["length"] = next((v for n, v in headers if n.lower() == "content-length"), "-")
+            return start_response(status, headers, exc_info)
+
+        try:
+            return super().wsgi(environ, start)
+        finally:
+            access_log.info("%s %s %s %s %s %.1fms user=%s", auth.client_address(environ),
+                            environ.get("REQUEST_METHOD", "-"), quote(raw_path, safe="/:@!$&'()*+,;=-._~"),
+                            seen.get("status", "-")[:3], seen.get("length", "-"),
+                            (time.perf_counter() - started) * 1000, environ.get("intunnel.user_id", "-"))
+
+    def default_error_handler(self, res: bottle.HTTPError):
+        """Bottle's own errors (no route, wrong method, a crash in a hook) in our format."""
+        if res.status_code >= 500 and res.traceback:
+            log.error("unhandled error in %s %s", bottle.request.method, bottle.request.path)
+        rendered = errors_render.error_response(errors_render.from_bottle_error(res))
+        for name, value in rendered.headerlist:
+            bottle.response.set_header(name, value)
+        return rendered.body
+
+
+def render_app_errors(callback):
+    """Route plugin: an AppError becomes its response; anything else a logged 500."""
+    def wrapper(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except bottle.HTTPResponse:
+            raise
+        except AppError as err:
+            return errors_render.error_response(err)
+        except Exception:
+            log.exception("unhandled error in %s %s", bottle.request.method, bottle.request.path)
+            return errors_render.error_response(InternalError())
+    return wrapper
+
+
+def _rate_limit(state: WebState, environ: dict) -> None:
+    """Count this /api request for its caller; raise RateLimited when over a limit."""
+    user = auth.current_user()
+    key = f"user:{user.id}" if user is not None else f"addr:{auth.client_address(environ)}"
+    method = environ.get("REQUEST_METHOD", "GET")
+    now = state.clock()
+    if method in auth.SAFE_METHODS:
+        decision = state.get_limiter.hit(key)
+    elif method == "POST" and REGENERATE_PATH.match(environ.get("PATH_INFO", "")):
+        decision = state.regenerate_limiter.peek(key)
+        if decision.allowed:
+            write = state.write_limiter.hit(key)
+            decision = write if not write.allowed else state.regenerate_limiter.hit(key)
+            if decision.allowed and write.remaining < decision.remaining:
+                decision = write
+    else:
+        decision = state.write_limiter.hit(key)
+    environ[_RATE_KEY] = decision
+    if not decision.allowed:
+        raise RateLimited(retry_after=decision.retry_after(now))
+
+
+def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
+    """Build the web app on ``settings`` (database migrated); ``clock`` drives rate limits."""
+    open_database(settings.db_path)
+    state = WebState.build(settings, clock or time.time)
+    app = IntunnelApp()
+    app.intunnel = state
+
+    @app.hook("before_request")
+    def before_request():
+        environ = bottle.request.environ
+        environ[ENVIRON_KEY] = state
+        database.connect(reuse_if_open=True)
+        try:
+            if bottle.request.content_length > settings.api_max_body:
+                raise PayloadTooLarge(f"Request body larger than {settings.api_max_body} bytes")
+            if errors_render.is_api_path(environ.get("PATH_INFO", "")):
+                _rate_limit(state, environ)
+            auth.check_origin(environ, settings)
+        except AppError as err:
+            raise errors_render.error_response(err, environ) from None
+
+    @app.hook("after_request")
+    def after_request():
+        if not database.is_closed():
+            database.close()
+
+    app.install(render_app_errors)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    login.install(app)
+    api.install(app, settings)
+    _install_pages(app, settings)
+    return app
+
+
+def _install_pages(app: bottle.Bottle, settings) -> None:
+    try:
+        pages = importlib.import_module("intunnel.web.pages")
+    except ModuleNotFoundError as e:
+        if e.name != "intunnel.web.pages":
+            raise
+        return
+    pages.install(app, settings)

@@ -1,0 +1,235 @@
+"""Who is making this request: login sessions, API tokens, CSRF checks.
+
+Credentials
+    * Session cookie ``intunnel_session`` (HttpOnly, SameSite=Lax, Secure when
+      ``public_scheme`` is https).  The cookie holds a random id; the database
+      keeps only its SHA-256 (``Session.id_hash``) with an expiry.  Every login
+      gets a new id (``start_session``), logout deletes the row (``end_session``).
+    * ``Authorization: Bearer itk_...`` personal API tokens (``ApiToken``, stored
+      as SHA-256).  When an Authorization header is present it is the only
+      credential looked at: a malformed or revoked token is 401 even if a valid
+      cookie came along.
+    A disabled user's sessions and tokens stop working at the next request.
+
+Use from a route (the result is cached for the request, one query at most):
+    user = current_user()        # User or None
+    user = require_user()        # User, or raises Unauthorized (401)
+
+CSRF, in two layers:
+    1. Automatic, in the app's before-request hook (``check_origin``): a
+       state-changing request (POST/PUT/PATCH/DELETE) not authenticated by a
+       bearer token whose Origin (or, lacking it, Referer) names another site is
+       refused with 403 FORBIDDEN.  Requests with neither header pass (curl,
+       scripts); browsers always send Origin on a cross-site POST.
+    2. For HTML forms (the dashboard): put the session's token in every form
+           <input type="hidden" name="csrf_token" value="{{csrf_token()}}">
+       and start each POST handler with ``check_csrf_form()``, which raises
+       Forbidden (403) unless the posted ``csrf_token`` matches the session's.
+       ``csrf_token()`` is None for anonymous visitors (no session, no form).
+
+Login failures are throttled per account and per client address
+(``LoginThrottle``; counters in memory of the web process).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import urlsplit
+
+import bottle
+
+from .. import security
+from ..errors import Forbidden, RateLimited, Unauthorized
+from ..models import ApiToken, Session, User
+from ..timeutil import utcnow
+from . import state as web_state
+
+SESSION_COOKIE = "intunnel_session"
+CSRF_FIELD = "csrf_token"
+# last_used_at of an API token is written at most this often (seconds), so a busy
+# script does not turn every read into a database write.
+TOKEN_TOUCH_INTERVAL = 60
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_ENV_KEY = "intunnel.auth"
+_MAX_CREDENTIAL_LENGTH = 256
+
+
+@dataclass(frozen=True)
+class Auth:
+    """The outcome of authenticating one request."""
+    user: User | None = None
+    method: str | None = None          # "session", "token" or None
+    session: Session | None = None
+    api_token: ApiToken | None = None
+    error: str | None = None           # why a presented credential was refused
+
+
+ANONYMOUS = Auth()
+
+
+def client_address(environ: dict | None = None) -> str:
+    """The peer address (waitress rewrites it from X-Forwarded-For only for a trusted proxy)."""
+    environ = bottle.request.environ if environ is None else environ
+    return environ.get("REMOTE_ADDR") or "unknown"
+
+
+# --- resolving the credential -------------------------------------------------
+
+def authenticate_request() -> Auth:
+    environ = bottle.request.environ
+    cached = environ.get(_ENV_KEY)
+    if cached is None:
+        header = environ.get("HTTP_AUTHORIZATION")
+        if header is not None:
+            cached = _from_bearer(header)
+        else:
+            cookie = bottle.request.get_cookie(SESSION_COOKIE)
+            cached = _from_session_cookie(cookie) if cookie else ANONYMOUS
+        environ[_ENV_KEY] = cached
+        if cached.user is not None:
+            environ["intunnel.user_id"] = cached.user.id  # for the access log
+    return cached
+
+
+def _from_session_cookie(cookie: str) -> Auth:
+    if len(cookie) > _MAX_CREDENTIAL_LENGTH:
+        return ANONYMOUS
+    row = (Session.select(Session, User).join(User)
+           .where((Session.id_hash == security.sha256_hex(cookie)) & (Session.expires_at > utcnow()))
+           .first())
+    if row is None or row.user.disabled:
+        return ANONYMOUS
+    return Auth(user=row.user, method="session", session=row)
+
+
+def _from_bearer(header: str) -> Auth:
+    scheme, _, secret = header.strip().partition(" ")
+    secret = secret.strip()
+    refused = Auth(error="Invalid or revoked API token")
+    if (scheme.lower() != "bearer" or not secret.startswith(security.API_TOKEN_PREFIX)
+            or len(secret) > _MAX_CREDENTIAL_LENGTH):
+        return refused
+    row = (ApiToken.select(ApiToken, User).join(User)
+           .where(ApiToken.token_hash == security.sha256_hex(secret)).first())
+    if row is None or row.user.disabled:
+        return refused
+    now = utcnow()
+    if row.last_used_at is None or (now - row.last_used_at).total_seconds() >= TOKEN_TOUCH_INTERVAL:
+        ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
+        row.last_used_at = now
+    return Auth(user=row.user, method="token", api_token=row)
+
+
+def current_user() -> User | None:
+    return authenticate_request().user
+
+
+def require_user() -> User:
+    auth = authenticate_request()
+    if auth.user is None:
+        raise Unauthorized(auth.error)
+    return auth.user
+
+
+# --- sessions -------------------------------------------------------------------
+
+def start_session(user: User) -> Session:
+    """Log ``user`` in: a new session id (never reuse one), cookie set on the response."""
+    settings = web_state.current().settings
+    end_session(clear_cookie=False)
+    now = utcnow()
+    Session.delete().where(Session.expires_at <= now).execute()  # housekeeping
+    session_id = security.new_session_id()
+    session = Session.create(id_hash=security.sha256_hex(session_id), user=user,
+                             csrf_token=security.new_session_id(), created_at=now,
+                             expires_at=now + timedelta(seconds=settings.session_lifetime))
+    bottle.response.set_cookie(SESSION_COOKIE, session_id, path="/", httponly=True, samesite="lax",
+                               secure=settings.cookie_secure, max_age=settings.session_lifetime)
+    bottle.request.environ[_ENV_KEY] = Auth(user=user, method="session", session=session)
+    bottle.request.environ["intunnel.user_id"] = user.id
+    return session
+
+
+def end_session(clear_cookie: bool = True) -> None:
+    """Delete the current session row (if any) and, by default, the cookie."""
+    cookie = bottle.request.get_cookie(SESSION_COOKIE)
+    if cookie and len(cookie) <= _MAX_CREDENTIAL_LENGTH:
+        Session.delete().where(Session.id_hash == security.sha256_hex(cookie)).execute()
+    if clear_cookie:
+        settings = web_state.current().settings
+        bottle.response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
+                                      secure=settings.cookie_secure)
+    bottle.request.environ[_ENV_KEY] = ANONYMOUS
+
+
+# --- CSRF -----------------------------------------------------------------------
+
+def csrf_token() -> str | None:
+    """The current session's form token (None without a session)."""
+    session = authenticate_request().session
+    return session.csrf_token if session is not None else None
+
+
+def check_csrf_form() -> None:
+    """Raise Forbidden unless the posted ``csrf_token`` field matches the session's."""
+    expected = csrf_token()
+    posted = bottle.request.forms.getunicode(CSRF_FIELD) or ""
+    if expected is None or not security.constant_time_equal(posted, expected):
+        raise Forbidden("Invalid or missing CSRF token; reload the page and try again")
+
+
+def request_origin(environ: dict) -> str | None:
+    """host[:port] named by Origin, else by Referer; "null" for an opaque origin; None if neither."""
+    origin = environ.get("HTTP_ORIGIN")
+    if origin is None:
+        origin = environ.get("HTTP_REFERER")
+        if origin is None:
+            return None
+    if origin.strip().lower() == "null":
+        return "null"
+    try:
+        return urlsplit(origin.strip()).netloc.lower() or "null"
+    except ValueError:
+        return "null"
+
+
+def check_origin(environ: dict, settings) -> None:
+    """Refuse (403) a state-changing request sent by another site's page."""
+    if environ.get("REQUEST_METHOD", "GET") in SAFE_METHODS:
+        return
+    if environ.get("HTTP_AUTHORIZATION") is not None:
+        return  # bearer tokens are never sent by a browser on its own
+    origin = request_origin(environ)
+    if origin is None:
+        return
+    own = {environ.get("HTTP_HOST", "").lower(), settings.domain.lower()}
+    if origin not in own:
+        raise Forbidden("Cross-site request refused")
+
+
+# --- login throttle -------------------------------------------------------------
+
+class LoginThrottle:
+    """Failed logins per account and per client address, from the web state's counters."""
+
+    def __init__(self, state: web_state.WebState):
+        self.by_account = state.login_failures_by_account
+        self.by_address = state.login_failures_by_address
+        self.clock = state.clock
+
+    def check(self, account: str, address: str) -> None:
+        for limiter, key in ((self.by_account, account.strip().lower()), (self.by_address, address)):
+            decision = limiter.peek(key)
+            if not decision.allowed:
+                raise RateLimited("Too many failed logins; try again later",
+                                  retry_after=decision.retry_after(self.clock()))
+
+    def failed(self, account: str, address: str) -> None:
+        self.by_account.hit(account.strip().lower())
+        self.by_address.hit(address)
+
+    def succeeded(self, account: str) -> None:
+        # The address counter is kept: logging into one's own account must not
+        # reset the count of guesses made at others.
+        self.by_account.reset(account.strip().lower())

@@ -1,0 +1,122 @@
+"""POST /login, POST /logout and a minimal GET /login page.
+
+``POST /login`` takes form fields ``email`` and ``password`` (the seed's Python
+example) or the same as a JSON object, plus an optional ``next`` (a local path).
+A browser (Accept: text/html) gets a 303 to ``next`` or ``/``; on failure a 303
+back to ``/login?error=invalid`` (or ``error=throttled``) so the page can say
+why.  Any other client gets JSON: ``{"success": true, "user": {...}}``, or 401
+UNAUTHORIZED / 429 RATE_LIMITED in the seed's error format.
+"""
+
+from __future__ import annotations
+
+import html
+from urllib.parse import urlencode
+
+import bottle
+
+from .. import accounts
+from ..errors import RateLimited, Unauthorized, UnsupportedMedia
+from ..timeutil import iso
+from . import auth, jsonbody
+from . import state as web_state
+
+ERROR_MESSAGES = {
+    "invalid": "Wrong email or password.",
+    "throttled": "Too many failed attempts. Please wait a few minutes and try again.",
+}
+
+
+def safe_next(value: str | None) -> str:
+    """A local path to go to after login; anything else (other sites, //host) is '/'."""
+    if (not value or not value.startswith("/") or value.startswith("//") or "\\" in value
+            or any(ord(c) < 32 for c in value)):
+        return "/"
+    return value
+
+
+def is_browser() -> bool:
+    return "text/html" in bottle.request.environ.get("HTTP_ACCEPT", "")
+
+
+def user_json(user) -> dict:
+    return {"id": user.id, "username": user.username, "email": user.email,
+            "is_admin": bool(user.is_admin), "created_at": iso(user.created_at)}
+
+
+def _read_credentials(max_body: int) -> tuple[str, str, str]:
+    request = bottle.request
+    if jsonbody.is_json_media_type(request.environ.get("CONTENT_TYPE", "")):
+        data = jsonbody.read_object(max_body)
+        jsonbody.check_fields(data, required=("email", "password"), optional=("next",))
+        values = data.get("email"), data.get("password"), data.get("next")
+        return tuple(v if isinstance(v, str) else "" for v in values)  # type: ignore[return-value]
+    mime = request.content_type.split(";", 1)[0].strip()
+    if mime not in ("application/x-www-form-urlencoded", "multipart/form-data") and request.content_length > 0:
+        raise UnsupportedMedia("Content-Type must be application/json or a form")
+    forms = request.forms
+    return (forms.getunicode("email") or "", forms.getunicode("password") or "",
+            forms.getunicode("next") or request.query.getunicode("next") or "")
+
+
+def _redirect_to_login(error: str, next_path: str) -> None:
+    query = {"error": error}
+    if next_path != "/":
+        query["next"] = next_path
+    bottle.redirect("/login?" + urlencode(query), 303)
+
+
+def login():
+    state = web_state.current()
+    email, password, next_path = _read_credentials(state.settings.api_max_body)
+    next_path = safe_next(next_path)
+    throttle = auth.LoginThrottle(state)
+    address = auth.client_address()
+    try:
+        throttle.check(email, address)
+    except RateLimited:
+        if is_browser():
+            _redirect_to_login("throttled", next_path)
+        raise
+    user = accounts.authenticate(email, password)
+    if user is None:
+        throttle.failed(email, address)
+        if is_browser():
+            _redirect_to_login("invalid", next_path)
+        raise Unauthorized("Invalid email or password")
+    throttle.succeeded(email)
+    auth.start_session(user)
+    if is_browser():
+        bottle.redirect(next_path, 303)
+    return {"success": True, "user": user_json(user)}
+
+
+def logout():
+    auth.end_session()
+    if is_browser():
+        bottle.redirect("/login", 303)
+    return {"success": True, "message": "Logged out"}
+
+
+def login_page():
+    """Minimal page (the dashboard replaces it with a styled one)."""
+    query = bottle.request.query
+    error = ERROR_MESSAGES.get(query.getunicode("error") or "", "")
+    next_path = safe_next(query.getunicode("next"))
+    bottle.response.content_type = "text/html; charset=utf-8"
+    return (
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Log in · InTunnel</title>"
+        "</head>\n<body><h1>Log in to InTunnel</h1>\n"
+        + (f"<p role=\"alert\">{html.escape(error)}</p>\n" if error else "")
+        + "<form method=\"post\" action=\"/login\">\n"
+        f"<input type=\"hidden\" name=\"next\" value=\"{html.escape(next_path)}\">\n"
+        "<p><label>Email <input type=\"email\" name=\"email\" autocomplete=\"username\" required></label></p>\n"
+        "<p><label>Password <input type=\"password\" name=\"password\" autocomplete=\"current-password\""
+        " required></label></p>\n<p><button type=\"submit\">Log in</button></p>\n</form></body></html>\n"
+    )
+
+
+def install(app: bottle.Bottle) -> None:
+    app.route("/login", "GET", login_page)
+    app.route("/login", "POST", login)
+    app.route("/logout", "POST", logout)

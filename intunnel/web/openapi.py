@@ -1,0 +1,144 @@
+"""The OpenAPI 3 document of the REST API, served at ``/api/openapi.json``.
+
+Written by hand next to the handlers; ``tests/web/test_openapi.py`` checks that
+every route is documented and every documented route exists.
+"""
+
+from __future__ import annotations
+
+from .. import __version__
+
+
+def _ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict, description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict:
+    return _json(_ref("Error"), description)
+
+
+ERRORS = {
+    "400": _error("VALIDATION_ERROR (the message names the field) or SUBDOMAIN_TAKEN"),
+    "401": _error("UNAUTHORIZED: no valid session cookie or API token"),
+    "403": _error("FORBIDDEN: e.g. a cross-site request"),
+    "404": _error("NOT_FOUND: no such id, or it belongs to another user"),
+    "413": _error("PAYLOAD_TOO_LARGE"),
+    "415": _error("UNSUPPORTED_MEDIA_TYPE: the body must be application/json"),
+    "429": _error("RATE_LIMITED (see Retry-After)"),
+}
+
+ID_PARAM = {"name": "id", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 1}}
+
+
+def _op(summary: str, ok: dict, errors: tuple[str, ...] = ("401", "429"), body: dict | None = None,
+        params: bool = False, public: bool = False) -> dict:
+    op: dict = {"summary": summary, "responses": {"200": ok, **{c: ERRORS[c] for c in errors}}}
+    if body is not None:
+        op["requestBody"] = {"required": True, "content": {"application/json": {"schema": body}}}
+    if params:
+        op["parameters"] = [ID_PARAM]
+    if public:
+        op["security"] = []
+    return op
+
+
+def _obj(required: list[str], **props) -> dict:
+    return {"type": "object", "required": required, "additionalProperties": False, "properties": props}
+
+
+STR = {"type": "string"}
+INT = {"type": "integer"}
+TIME = {"type": "string", "format": "date-time", "example": "2026-01-15T10:30:00Z"}
+NULL_TIME = {**TIME, "nullable": True}
+NAME = {"type": "string", "minLength": 1, "maxLength": 100}
+PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
+SUBDOMAIN = {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}
+
+SCHEMAS = {
+    "Error": {"type": "object", "required": ["error", "message", "code"], "properties": {
+        "error": {"type": "boolean", "enum": [True]}, "message": STR,
+        "code": {"type": "string", "enum": ["UNAUTHORIZED", "FORBIDDEN", "NOT_FOUND", "VALIDATION_ERROR",
+                                            "SUBDOMAIN_TAKEN", "RATE_LIMITED", "METHOD_NOT_ALLOWED",
+                                            "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "INTERNAL_ERROR"]}}},
+    "TunnelSummary": {"type": "object", "properties": {
+        "id": INT, "name": STR, "subdomain": STR, "local_port": INT, "token": STR,
+        "status": {"type": "string", "enum": ["active", "inactive"]},
+        "created_at": TIME, "last_connected": NULL_TIME}},
+    "TunnelDetail": {"allOf": [_ref("TunnelSummary"), {"type": "object", "properties": {
+        "domain": STR, "url": {"type": "string", "format": "uri"}}}]},
+    "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT),
+    "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT), "minProperties": 1},
+    "ApiToken": {"type": "object", "properties": {
+        "id": INT, "name": STR, "prefix": STR, "created_at": TIME, "last_used_at": NULL_TIME}},
+    "Profile": {"type": "object", "properties": {
+        "id": INT, "username": STR, "email": STR, "tunnels_count": INT, "created_at": TIME}},
+    "Success": {"type": "object", "properties": {"success": {"type": "boolean"}, "message": STR}},
+}
+
+
+def _paths() -> dict:
+    tunnel_ok = _json({"type": "object", "properties": {"success": {"type": "boolean"},
+                                                          "tunnel": _ref("TunnelDetail")}}, "The tunnel")
+    update = _op("Change a tunnel's name and/or local_port", tunnel_ok,
+                 ("400", "401", "404", "413", "415", "429"), body=_ref("TunnelUpdate"), params=True)
+    return {
+        "/api/tunnels": {
+            "get": _op("List your tunnels", _json({"type": "object", "properties": {
+                "tunnels": {"type": "array", "items": _ref("TunnelSummary")}}}, "Your tunnels")),
+            "post": _op("Create a tunnel", tunnel_ok, ("400", "401", "413", "415", "429"),
+                        body=_ref("TunnelCreate")),
+        },
+        "/api/tunnels/{id}": {
+            "get": _op("Get a tunnel's details", _json(_ref("TunnelDetail"), "The tunnel"),
+                       ("401", "404", "429"), params=True),
+            "patch": update,
+            "put": {**update, "summary": "Same as PATCH"},
+            "delete": _op("Delete a tunnel (its agent is disconnected)", _json(_ref("Success"), "Deleted"),
+                          ("401", "404", "429"), params=True),
+        },
+        "/api/tunnels/{id}/regenerate-token": {
+            "post": _op("Replace a tunnel's token (the old agent is disconnected)", _json(
+                {"type": "object", "properties": {"success": {"type": "boolean"}, "token": STR}}, "New token"),
+                ("401", "404", "429"), params=True),
+        },
+        "/api/user/profile": {"get": _op("Your account", _json(_ref("Profile"), "Your profile"))},
+        "/api/tokens": {
+            "get": _op("List your API tokens (never their secrets)", _json({"type": "object", "properties": {
+                "tokens": {"type": "array", "items": _ref("ApiToken")}}}, "Your tokens")),
+            "post": _op("Create an API token; the secret is in the response, once", _json(
+                {"type": "object", "properties": {"success": {"type": "boolean"}, "token": STR,
+                                                  "api_token": _ref("ApiToken")}}, "The new token"),
+                ("400", "401", "413", "415", "429"), body=_obj(["name"], name=NAME)),
+        },
+        "/api/tokens/{id}": {
+            "delete": _op("Revoke an API token", _json(_ref("Success"), "Revoked"),
+                          ("401", "404", "429"), params=True),
+        },
+        "/api/openapi.json": {
+            "get": _op("This document", _json({"type": "object"}, "OpenAPI 3 document"), ("429",), public=True),
+        },
+    }
+
+
+def document(settings) -> dict:
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "InTunnel API", "version": __version__,
+                 "description": "Manage tunnels and API tokens. Authenticate with the session cookie "
+                                "from POST /login or with `Authorization: Bearer <API token>`. "
+                                "Rate limits are reported in X-RateLimit-Limit/-Remaining/-Reset."},
+        "servers": [{"url": "/"}],  # the web app's own origin, whatever proxy is in front
+        "security": [{"session": []}, {"bearer": []}],
+        "components": {
+            "securitySchemes": {
+                "session": {"type": "apiKey", "in": "cookie", "name": "intunnel_session"},
+                "bearer": {"type": "http", "scheme": "bearer"},
+            },
+            "schemas": SCHEMAS,
+        },
+        "paths": _paths(),
+    }

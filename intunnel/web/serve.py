@@ -1,0 +1,87 @@
+"""`intunnel web`: serve the web app with waitress; ``make_server`` for embedding.
+
+    server = make_server(settings)        # bound and listening (port 0 works)
+    thread = start_in_thread(server)      # or server.run() in the foreground
+    ...
+    stop_server(server, thread)
+
+Behind nginx (``web_trust_proxy``), waitress takes the client address and scheme
+from X-Forwarded-For/-Proto sent by the proxy on loopback, so rate limits and the
+login throttle see real clients.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+
+import waitress
+from waitress import wasyncore
+
+from ..settings import load_settings, prepare_data_dir
+
+HELP = "Run the web app (dashboard and REST API) with waitress."
+log = logging.getLogger("intunnel.web")
+
+# waitress buffers a whole request body before the app sees it; the app refuses
+# bodies above api_max_body with a JSON 413, so waitress only needs a hard ceiling.
+BODY_CEILING_FACTOR = 4
+PROXY_ADDRESSES = "127.0.0.1 ::1"
+
+
+def add_arguments(parser) -> None:
+    from ..cli import add_config_argument
+    add_config_argument(parser)
+
+
+def make_server(settings, app=None, **adjustments):
+    """A waitress server for ``app`` (default: ``create_app(settings)``) on ``web_listen``."""
+    if app is None:
+        from .app import create_app
+        app = create_app(settings)
+    host, port = settings.web_address
+    options = dict(host=host, port=port, threads=settings.web_threads, ident="intunnel",
+                   max_request_body_size=max(settings.api_max_body * BODY_CEILING_FACTOR, 1 << 20),
+                   clear_untrusted_proxy_headers=True)
+    if getattr(settings, "web_trust_proxy", False):
+        options.update(trusted_proxy=PROXY_ADDRESSES,
+                       trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"})
+    options.update(adjustments)
+    server = waitress.create_server(app, **options)
+    log.info("web app listening on http://%s:%s", server.effective_host, server.effective_port)
+    return server
+
+
+def start_in_thread(server) -> threading.Thread:
+    thread = threading.Thread(target=server.run, name="intunnel-web", daemon=True)
+    thread.start()
+    return thread
+
+
+def stop_server(server, thread: threading.Thread | None = None, timeout: float = 5.0) -> None:
+    """Close the listener and every connection from the server's own loop, then join."""
+    server_map = server._map
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server_map))
+    if thread is not None:
+        thread.join(timeout)
+    server.task_dispatcher.shutdown(timeout=timeout)
+
+
+def configure_logging(settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def run(args) -> int:
+    settings = prepare_data_dir(load_settings(args.config))
+    configure_logging(settings)
+    server = make_server(settings)
+
+    def terminate(signum, frame):
+        raise SystemExit(0)  # waitress's run() shuts its workers down on SystemExit
+
+    signal.signal(signal.SIGTERM, terminate)
+    server.run()
+    return 0

@@ -1,0 +1,50 @@
+"""Per-app state shared by the web modules: settings, clock, limiters, hooks.
+
+One ``WebState`` per ``create_app``; it is reachable as ``app.intunnel`` and,
+during a request, through ``current()``.  Rate-limit and login-throttle counters
+live here, in the memory of the web process (a restart forgets them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import bottle
+
+from ..ratelimit import Clock, RateLimiter
+
+ENVIRON_KEY = "intunnel.state"
+
+# Failed logins are counted over this window (the login_max_failures setting's help says 15 min).
+LOGIN_FAILURE_WINDOW = 15 * 60
+
+
+@dataclass
+class WebState:
+    settings: object
+    clock: Clock
+    get_limiter: RateLimiter
+    write_limiter: RateLimiter
+    regenerate_limiter: RateLimiter
+    login_failures_by_account: RateLimiter
+    login_failures_by_address: RateLimiter
+    # (status, message) -> HTML text for browser-facing errors; the dashboard may replace it.
+    error_page: Callable[[int, str], str] | None = field(default=None)
+
+    @classmethod
+    def build(cls, settings, clock: Clock) -> "WebState":
+        return cls(
+            settings=settings,
+            clock=clock,
+            get_limiter=RateLimiter(settings.rate_limit_get, 60, clock),
+            write_limiter=RateLimiter(settings.rate_limit_write, 60, clock),
+            regenerate_limiter=RateLimiter(settings.rate_limit_regenerate, 3600, clock),
+            login_failures_by_account=RateLimiter(settings.login_max_failures, LOGIN_FAILURE_WINDOW, clock),
+            login_failures_by_address=RateLimiter(settings.login_max_failures, LOGIN_FAILURE_WINDOW, clock),
+        )
+
+
+def current() -> WebState:
+    """The state of the app serving the current request."""
+    return bottle.request.environ[ENVIRON_KEY]

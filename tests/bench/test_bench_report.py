@@ -1,0 +1,85 @@
+"""The bench's pure parts: wrk report parsing, the ratio table, the target verdicts."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench import load, report
+
+WRK_KEEPALIVE = """\
+Running 5s test @ http://127.0.0.1:41211/1k
+  2 threads and 32 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency   312.45us  401.10us  12.50ms   93.12%
+    Req/Sec    61.80k     4.10k   70.11k    71.00%
+  Latency Distribution
+     50%  245.00us
+     75%  310.00us
+     90%  520.00us
+     99%    1.38ms
+  614950 requests in 5.00s, 752.31MB read
+Requests/sec: 122990.12
+Transfer/sec:    150.46MB
+"""
+
+WRK_CLOSE_WITH_ERRORS = """\
+Running 5s test @ http://127.0.0.1:41211/1k
+  2 threads and 32 connections
+  Latency Distribution
+     50%    1.20ms
+     99%    1.10s
+  240000 requests in 5.00s, 300.00MB read
+  Socket errors: connect 3, read 120, write 2, timeout 1
+  Non-2xx or 3xx responses: 10
+Requests/sec:  48000.50
+"""
+
+
+def test_parse_wrk_keepalive():
+    r = load.parse_wrk(WRK_KEEPALIVE)
+    assert r.rps == pytest.approx(122990.12)
+    assert r.p50_ms == pytest.approx(0.245)
+    assert r.p99_ms == pytest.approx(1.38)
+    assert r.requests == 614950
+    assert r.errors == 0
+
+
+def test_parse_wrk_counts_real_errors_and_converts_seconds():
+    r = load.parse_wrk(WRK_CLOSE_WITH_ERRORS)
+    assert r.p99_ms == pytest.approx(1100.0)
+    # read errors are the server's normal close with Connection: close; the rest count
+    assert r.errors == 3 + 2 + 1 + 10
+
+
+def test_parse_wrk_rejects_garbage():
+    with pytest.raises(ValueError):
+        load.parse_wrk("unable to connect to 127.0.0.1:1 Connection refused")
+
+
+RESULTS = {
+    "direct": {"ka_rps": 100_000, "ka_p99": 1.0, "close_rps": 40_000, "down_mbs": 2000, "up_mbs": 2000},
+    "ssh-R -tt": {"ka_rps": 50_000, "ka_p99": 2.0, "close_rps": 10_000, "down_mbs": 400, "up_mbs": 400,
+                  "relay_rss": 20.0, "client_rss": 8.0},
+    "intunnel": {"ka_rps": 30_000, "ka_p99": 5.0, "close_rps": 7_000, "down_mbs": 800, "up_mbs": 600,
+                 "relay_rss": 30.0, "client_rss": 25.0, "kib_per_agent": 80.0, "restart_s": 1.5},
+}
+
+
+def test_table_cells_carry_both_ratios():
+    text = report.table(RESULTS)
+    header, _, ka_row = text.splitlines()[:3]
+    assert header.split("|")[3:6] == [" direct ", " ssh-R -tt ", " intunnel "]
+    assert "30,000 (0.30 / 0.60)" in ka_row
+    assert "n/a" in text  # direct has no memory figures
+
+
+def test_targets_verdicts():
+    lines = report.targets_report(RESULTS).splitlines()
+    verdict = {line.split(":")[0][2:]: line.rsplit("**", 2)[1] for line in lines}
+    assert verdict["keep-alive req/s >= 0.25x direct"] == "met"             # 0.30
+    assert verdict["keep-alive p99 <= 4x direct"] == "NOT met"              # 5.0x
+    assert verdict["new-connection req/s >= 0.20x direct"] == "NOT met"     # 0.175
+    assert verdict["64 MiB upload >= 0.35x direct"] == "NOT met"            # 0.30
+    assert verdict["relay + client idle RSS <= 60 MiB"] == "met"            # 55
+    assert verdict["relay memory per idle agent <= 64 KiB"] == "NOT met"    # 80
+    assert verdict["intunnel-nginx keep-alive req/s >= 0.20x direct"] == "not measured"

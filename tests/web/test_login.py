@@ -1,0 +1,144 @@
+"""POST /login, POST /logout, GET /login, sessions, CSRF origin check, login throttle."""
+
+from __future__ import annotations
+
+import requests
+
+from intunnel.models import Session, database
+from intunnel.security import sha256_hex
+
+from conftest import PASSWORD, create_user
+
+
+def test_healthz(web):
+    r = requests.get(web.url + "/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
+    assert "unsafe-inline" not in r.headers["Content-Security-Policy"]
+    assert r.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_login_page_is_html_form(web):
+    r = requests.get(web.url + "/login", headers={"Accept": "text/html"})
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert 'name="email"' in r.text and 'name="password"' in r.text
+
+
+def test_form_login_script_gets_json_and_cookie_flags(web, alice):
+    r = requests.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    assert r.status_code == 200
+    assert r.json()["success"] is True and r.json()["user"]["username"] == "alice"
+    cookie = r.headers["Set-Cookie"]
+    assert cookie.startswith("intunnel_session=") and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
+    assert "Secure" not in cookie  # public_scheme http
+    value = r.cookies["intunnel_session"]
+    with database.connection_context():
+        row = Session.get(Session.id_hash == sha256_hex(value))  # only the hash is stored
+        assert row.user_id == alice.id and row.expires_at > row.created_at
+
+
+def test_json_login(web, alice):
+    r = requests.post(web.url + "/login", json={"email": "alice@example.com", "password": PASSWORD})
+    assert r.status_code == 200 and r.json()["user"]["email"] == "alice@example.com"
+
+
+def test_secure_cookie_under_https(settings, alice_factory=None):
+    from support.web_server import running_web_app
+    with running_web_app(settings, public_scheme="https") as web:
+        create_user("bob@example.com", "bob")
+        r = requests.post(web.url + "/login", json={"email": "bob@example.com", "password": PASSWORD})
+        assert "Secure" in r.headers["Set-Cookie"]
+
+
+def test_browser_login_redirects_to_safe_next(web, alice):
+    html = {"Accept": "text/html"}
+    r = requests.post(web.url + "/login", headers=html, allow_redirects=False,
+                      data={"email": "alice@example.com", "password": PASSWORD, "next": "/tokens"})
+    assert r.status_code == 303 and r.headers["Location"].endswith("/tokens")
+    r = requests.post(web.url + "/login", headers=html, allow_redirects=False,
+                      data={"email": "alice@example.com", "password": PASSWORD, "next": "//evil.example/x"})
+    assert r.status_code == 303 and r.headers["Location"] == web.url + "/"
+    r = requests.post(web.url + "/login", headers=html, allow_redirects=False,
+                      data={"email": "alice@example.com", "password": "wrong"})
+    assert r.status_code == 303 and "/login?error=invalid" in r.headers["Location"]
+
+
+def test_new_session_id_at_every_login_and_logout_ends_it(web, alice):
+    s = requests.Session()
+    s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    first = s.cookies["intunnel_session"]
+    s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    second = s.cookies["intunnel_session"]
+    assert first != second
+    # the old id is dead
+    r = requests.get(web.url + "/api/user/profile", cookies={"intunnel_session": first})
+    assert r.status_code == 401
+    assert s.get(web.url + "/api/user/profile").status_code == 200
+    r = s.post(web.url + "/logout")
+    assert r.status_code == 200 and r.json() == {"success": True, "message": "Logged out"}
+    r = requests.get(web.url + "/api/user/profile", cookies={"intunnel_session": second})
+    assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+
+
+def test_wrong_password_and_unknown_user_are_401(web, alice):
+    for email, password in (("alice@example.com", "nope-nope"), ("ghost@example.com", PASSWORD)):
+        r = requests.post(web.url + "/login", data={"email": email, "password": password})
+        assert r.status_code == 401
+        assert r.json() == {"error": True, "message": "Invalid email or password", "code": "UNAUTHORIZED"}
+
+
+def test_disabled_user_cannot_log_in(web):
+    create_user("dis@example.com", "dis", disabled=True)
+    r = requests.post(web.url + "/login", data={"email": "dis@example.com", "password": PASSWORD})
+    assert r.status_code == 401
+
+
+def test_login_throttled_per_account(web, alice):
+    limit = web.settings.login_max_failures
+    for _ in range(limit):
+        assert requests.post(web.url + "/login", data={"email": "alice@example.com", "password": "x"}).status_code == 401
+    # even the right password is refused now, with Retry-After
+    r = requests.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    assert r.status_code == 429 and r.json()["code"] == "RATE_LIMITED"
+    assert int(r.headers["Retry-After"]) > 0
+
+
+def test_login_throttle_window_passes(web, alice, clock):
+    for _ in range(web.settings.login_max_failures):
+        requests.post(web.url + "/login", data={"email": "alice@example.com", "password": "x"})
+    assert requests.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD}).status_code == 429
+    clock.advance(15 * 60)
+    assert requests.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD}).status_code == 200
+
+
+def test_login_throttled_per_address(web):
+    # failures spread over many accounts still stop one address
+    for i in range(web.settings.login_max_failures):
+        requests.post(web.url + "/login", data={"email": f"u{i}@example.com", "password": "x"})
+    create_user("late@example.com", "late")
+    r = requests.post(web.url + "/login", data={"email": "late@example.com", "password": PASSWORD})
+    assert r.status_code == 429
+
+
+def test_cross_site_post_with_cookie_is_403(web, alice_session):
+    for header in ({"Origin": "http://evil.example"}, {"Referer": "http://evil.example/page"}, {"Origin": "null"}):
+        r = alice_session.post(web.url + "/api/tunnels", headers=header,
+                               json={"name": "x", "subdomain": "csrf", "local_port": 80})
+        assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN", header
+    r = alice_session.post(web.url + "/api/tunnels", headers={"Origin": web.url},
+                           json={"name": "x", "subdomain": "same", "local_port": 80})
+    assert r.status_code == 200
+
+
+def test_cross_site_logout_refused(web, alice_session):
+    r = alice_session.post(web.url + "/logout", headers={"Origin": "https://evil.example"})
+    assert r.status_code == 403
+    assert alice_session.get(web.url + "/api/user/profile").status_code == 200
+
+
+def test_unknown_page_is_html_for_browsers_json_for_api(web):
+    r = requests.get(web.url + "/no-such-page", headers={"Accept": "text/html"})
+    assert r.status_code == 404 and r.headers["Content-Type"].startswith("text/html")
+    r = requests.get(web.url + "/api/no-such-endpoint", headers={"Accept": "text/html"})
+    assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
