@@ -1,0 +1,123 @@
+"""`intunnel-admin tunnel ...`: list, show, delete, disconnect (any user's tunnels)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from .. import tunnels as rules
+from ..models import Tunnel, User
+from ..timeutil import iso
+from .common import AdminError, Context, find_tunnel, find_user
+
+HEADERS = ("ID", "OWNER", "NAME", "SUBDOMAIN", "PORT", "STATUS", "LAST CONNECTED")
+POLL_INTERVAL = 0.1
+
+
+def tunnel_dict(settings, tunnel: Tunnel, show_token: bool = False) -> dict:
+    """The API's detail object plus the owner; the token only when asked for."""
+    d = rules.detail(settings, tunnel)
+    d["owner"] = tunnel.owner.username
+    d["disconnect_requested_at"] = iso(tunnel.disconnect_requested_at)
+    if not show_token:
+        d.pop("token", None)
+    return d
+
+
+def cmd_list(ctx: Context, args) -> int:
+    ctx.open_db()
+    query = Tunnel.select(Tunnel, User).join(User).order_by(Tunnel.id)
+    if args.user:
+        query = query.where(Tunnel.owner == find_user(args.user))
+    if args.status:
+        query = query.where(Tunnel.status == args.status)
+    items = [tunnel_dict(ctx.settings, t) for t in query]
+    rows = [[d["id"], d["owner"], d["name"], d["subdomain"], d["local_port"], d["status"], d["last_connected"]]
+            for d in items]
+    ctx.emit_list("tunnels", items, HEADERS, rows)
+    return 0
+
+
+def cmd_show(ctx: Context, args) -> int:
+    ctx.open_db()
+    d = tunnel_dict(ctx.settings, find_tunnel(args.tunnel), show_token=args.show_token)
+    pairs = [("id", d["id"]), ("owner", d["owner"]), ("name", d["name"]), ("subdomain", d["subdomain"]),
+             ("url", d["url"]), ("local port", d["local_port"]), ("status", d["status"]),
+             ("created", d["created_at"]), ("last connected", d["last_connected"])]
+    if args.show_token:
+        pairs.append(("token", d["token"]))
+    ctx.emit_object("tunnel", d, pairs)
+    return 0
+
+
+def cmd_delete(ctx: Context, args) -> int:
+    ctx.open_db()
+    tunnel = find_tunnel(args.tunnel)
+    label = f"'{tunnel.subdomain}' ({tunnel.name}, owner {tunnel.owner.username})"
+    ctx.confirm(f"Delete tunnel {label}?", args.yes)
+    tunnel.delete_instance()  # the relay notices the row is gone and cuts the agent
+    ctx.done(f"deleted tunnel {label}", {"deleted": {"id": tunnel.id, "subdomain": tunnel.subdomain}})
+    return 0
+
+
+def wait_for_cut(tunnel_id: int, requested_at: datetime, timeout: float) -> str:
+    """Poll until the relay reacts: 'inactive', 'reconnected' (a new session began), or 'timeout'."""
+    deadline = time.monotonic() + timeout
+    while True:
+        t = Tunnel.get_or_none(Tunnel.id == tunnel_id)
+        if t is None or t.status != "active":
+            return "inactive"
+        if t.last_connected and t.last_connected > requested_at:
+            return "reconnected"
+        if time.monotonic() >= deadline:
+            return "timeout"
+        time.sleep(POLL_INTERVAL)
+
+
+def cmd_disconnect(ctx: Context, args) -> int:
+    ctx.open_db()
+    tunnel = find_tunnel(args.tunnel)
+    was = tunnel.status
+    requested_at = rules.request_disconnect(tunnel)
+    name = f"'{tunnel.subdomain}'"
+    if was != "active":
+        ctx.done(f"tunnel {name} was not connected; a session starting later is unaffected",
+                 {"result": "not-connected"})
+        return 0
+    result = wait_for_cut(tunnel.id, requested_at, args.wait)
+    if result == "timeout":
+        raise AdminError(f"disconnect requested, but tunnel {name} is still active after {args.wait:g} s "
+                         "(is the relay running? 'intunnel-admin doctor' checks)")
+    message = {
+        "inactive": f"tunnel {name} disconnected",
+        "reconnected": f"tunnel {name} was disconnected and its client connected again "
+                       "(regenerate the token or delete the tunnel to keep it out)",
+    }[result]
+    ctx.done(message, {"result": result})
+    return 0
+
+
+def register(groups, common) -> None:
+    p = groups.add_parser("tunnel", help="manage tunnels", description="Manage every user's tunnels.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    ls = sub.add_parser("list", parents=[common], help="list tunnels")
+    ls.add_argument("--user", metavar="USER", help="only this user's (email, username or id)")
+    ls.add_argument("--status", choices=("active", "inactive"))
+    ls.set_defaults(func=cmd_list)
+
+    s = sub.add_parser("show", parents=[common], help="show one tunnel")
+    s.add_argument("tunnel", metavar="TUNNEL", help="id or subdomain")
+    s.add_argument("--show-token", action="store_true", help="include the tunnel's token")
+    s.set_defaults(func=cmd_show)
+
+    d = sub.add_parser("delete", parents=[common], help="delete a tunnel (cuts its live session)")
+    d.add_argument("tunnel", metavar="TUNNEL", help="id or subdomain")
+    d.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    d.set_defaults(func=cmd_delete)
+
+    dc = sub.add_parser("disconnect", parents=[common], help="cut the tunnel's live agent session")
+    dc.add_argument("tunnel", metavar="TUNNEL", help="id or subdomain")
+    dc.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
+                    help="how long to wait for the relay to cut it (default 5)")
+    dc.set_defaults(func=cmd_disconnect)
