@@ -1,0 +1,320 @@
+"""The client agent: keeps a control channel to the relay and splices visitors to the local app.
+
+``Agent.run()`` reconnects forever (capped exponential backoff with jitter,
+resolving the server name again on every attempt) and returns only when the
+relay refuses or revokes the token, or when cancelled (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Callable
+from urllib.parse import urlsplit
+
+from .. import __version__
+from .. import protocol as p
+from ..http1 import HttpError, RequestStream, ResponseTracker
+from ..netio import Conn, ConnClosed, splice
+
+
+class TokenRefused(Exception):
+    """The relay refused or revoked the token: retrying won't help."""
+
+
+class HandshakeFailed(Exception):
+    """The relay answered, but not with an upgrade (wrong URL, restarting...): retry later."""
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    scheme: str
+    host: str
+    port: int
+
+    @property
+    def host_header(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+def parse_server(url: str) -> ServerAddress:
+    """``https://example.com`` / ``http://localhost:8080`` -> address; ValueError when unusable."""
+    parts = urlsplit(url if "://" in url else "https://" + url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"server URL must look like https://example.com, got {url!r}")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise ValueError(f"bad port in server URL {url!r}") from None
+    return ServerAddress(parts.scheme, parts.hostname, port)
+
+
+class Agent:
+    def __init__(self, server: str, token: str, local_port: int, upstream_host: str = "127.0.0.1",
+                 host_header: str = "preserve", insecure: bool = False, verbose: bool = False,
+                 say: Callable[[str], None] = print, handshake_timeout: float = 10.0):
+        self.server = parse_server(server)
+        self.token = token
+        self.local_port = local_port
+        self.upstream_host = upstream_host
+        self.host_header = "" if host_header == "preserve" else (
+            f"{upstream_host}:{local_port}" if host_header == "rewrite" else host_header)
+        self.verbose = verbose
+        self.say = say
+        self.handshake_timeout = handshake_timeout
+        self.ssl = None
+        if self.server.scheme == "https":
+            self.ssl = ssl.create_default_context()
+            if insecure:
+                self.ssl.check_hostname = False
+                self.ssl.verify_mode = ssl.CERT_NONE
+        self.url: str | None = None
+        self.connected: asyncio.Event | None = None  # created in run() (needs a running loop)
+        self._session: str | None = None
+        self._idle = 0
+        self._dialing = 0
+        self._pool_size = p.DEFAULT_POOL_SIZE
+        self._tasks: set[asyncio.Task] = set()
+        self._data_conns: set[Conn] = set()
+
+    # --- the reconnect loop ---
+    async def run(self) -> int:
+        self.connected = asyncio.Event()
+        attempt = 0
+        was_connected = False
+        while True:
+            reason, up = await self._one_session(was_connected)
+            if reason is None:  # final: token refused/revoked
+                return 1
+            was_connected = was_connected or up
+            if up:
+                attempt = 0
+            delay = p.backoff_delay(attempt)
+            attempt += 1
+            self.say(f"disconnected: {reason}; reconnecting in {delay:.1f}s" if up else
+                     f"cannot connect to {self.server.scheme}://{self.server.host_header}: {reason}; "
+                     f"retrying in {delay:.1f}s")
+            await asyncio.sleep(delay)
+
+    async def _one_session(self, reconnecting: bool) -> tuple[str | None, bool]:
+        """Run one control session; return (reason it ended, whether it got connected)."""
+        up = False
+        control_conn = None
+        try:
+            control_conn = await self._dial(p.AGENT_PATH, {"Authorization": f"Bearer {self.token}"})
+            control = p.ControlSession(p.AGENT, time.monotonic())
+            control_conn.write(control.send(p.Hello(client=f"intunnel/{__version__}",
+                                                    local_port=self.local_port,
+                                                    host_header=self.host_header)))
+            messages = await asyncio.wait_for(control_conn.read_messages(control.decoder, limit=1),
+                                              self.handshake_timeout)
+            first = control.receive_messages(messages)[0]
+            if isinstance(first, p.Revoked):
+                raise TokenRefused(first.reason)
+            if not isinstance(first, p.Welcome):
+                return f"relay said: {getattr(first, 'reason', '') or getattr(first, 'message', '')}", False
+            up = True
+            control.dead_peer_timeout = first.dead_peer_timeout
+            self.url = first.url
+            self._session = first.session
+            self._pool_size = max(0, min(first.pool_size, p.MAX_POOL_SIZE))
+            self.say(f"{'reconnected' if reconnecting else 'connected'}: {first.url} -> "
+                     f"http://{self.upstream_host}:{self.local_port}")
+            self.connected.set()
+            self._top_up()
+            return await self._serve_control(control_conn, control), True
+        except TokenRefused as e:
+            self.say(f"intunnel: {e}. Not retrying: get the tunnel's current token from the dashboard "
+                     "and run the command again.")
+            return None, up
+        except asyncio.TimeoutError:
+            return "the relay did not answer in time", up
+        except HandshakeFailed as e:
+            return str(e), up
+        except (OSError, ConnClosed, p.ProtocolError) as e:
+            return _describe(e), up
+        finally:
+            self.connected.clear()
+            self._session = None
+            if control_conn is not None:
+                control_conn.close()
+            for task in list(self._tasks):
+                task.cancel()
+            for conn in list(self._data_conns):
+                conn.close()  # idle pool connections; spliced ones are owned by their visitors
+
+    async def _serve_control(self, conn: Conn, control: p.ControlSession) -> str:
+        """Answer pings and OpenData until the channel ends; return why it ended."""
+        ended: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def finish(reason):
+            if not ended.done():
+                ended.set_result(reason)
+
+        def on_bytes(data: bytes):
+            try:
+                messages = control.receive_data(data, time.monotonic())
+            except p.ProtocolError as e:
+                finish(f"protocol error: {e}")
+                return
+            for m in messages:
+                if isinstance(m, p.Ping):
+                    conn.write(control.send(p.Pong(m.seq)))
+                elif isinstance(m, p.OpenData):
+                    for _ in range(max(0, min(m.count, p.MAX_OPEN_DATA_BATCH))):
+                        self._spawn(self._data_connection(counted=False))
+                elif isinstance(m, p.Revoked):
+                    ended.done() or ended.set_exception(TokenRefused(f"the relay cut this tunnel: {m.reason}"))
+                elif isinstance(m, p.GoAway):
+                    finish(f"the relay is going away ({m.reason})")
+                elif isinstance(m, p.Error):
+                    finish(f"relay error: {m.message}")
+
+        conn.on_close = lambda: finish("connection to the relay lost")
+        conn.on_eof = lambda: finish("the relay closed the connection")
+        conn.forward_to(on_bytes)
+        on_bytes(b"")
+        while not ended.done():
+            await asyncio.wait([ended], timeout=1.0)
+            if control.is_dead(time.monotonic()):
+                finish(f"no heartbeat from the relay for {control.dead_peer_timeout:.0f}s")
+        return ended.result()
+
+    # --- data connections ---
+    def _spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _top_up(self) -> None:
+        while self._session and self._idle + self._dialing < self._pool_size:
+            self._dialing += 1
+            self._spawn(self._data_connection(counted=True))
+
+    async def _data_connection(self, counted: bool) -> None:
+        """One data connection: dial, wait idle for a Bind, then serve that visitor."""
+        counted_dialing = counted
+        session = self._session
+        conn = None
+        try:
+            conn = await self._dial(p.DATA_PATH, {p.SESSION_HEADER: session})
+        except (OSError, ConnClosed, HandshakeFailed, TokenRefused, asyncio.TimeoutError):
+            if counted_dialing:
+                self._dialing -= 1
+            return
+        if counted_dialing:
+            self._dialing -= 1
+        self._idle += 1
+        self._data_conns.add(conn)
+        decoder = p.FrameDecoder()
+        try:
+            messages = await conn.read_messages(decoder, limit=1)
+        except (ConnClosed, p.ProtocolError, asyncio.CancelledError):
+            self._idle -= 1
+            self._data_conns.discard(conn)
+            conn.close()
+            return
+        self._idle -= 1
+        self._data_conns.discard(conn)
+        self._top_up()
+        if not isinstance(messages[0], p.Bind):
+            conn.close()
+            return
+        await self._serve_visitor(conn, decoder.take_rest())
+
+    async def _serve_visitor(self, conn: Conn, first_bytes: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, local = await asyncio.wait_for(
+                loop.create_connection(Conn, self.upstream_host, self.local_port), p.LOCAL_CONNECT_TIMEOUT)
+        except (OSError, asyncio.TimeoutError) as e:
+            conn.write(p.encode(p.DataRefused(self.local_port, _describe(e))))
+            conn.close()
+            self.say(f"local app on {self.upstream_host}:{self.local_port} refused a visitor: {_describe(e)}")
+            return
+        conn.write(p.encode(p.DataReady()))
+        if self.verbose:
+            self._log_exchanges(conn, local)
+        if first_bytes:
+            local.write(first_bytes)
+        splice(conn, local)
+
+    def _log_exchanges(self, relay_side: Conn, local: Conn) -> None:
+        """-v: one line per request, from a passive look at both directions (never blocks traffic)."""
+        requests = RequestStream(1 << 20)
+        tracker = ResponseTracker()
+
+        def seen_request(data: bytes):
+            try:
+                for event in requests.feed(data):
+                    if not isinstance(event, (bytes, bytearray, memoryview)):
+                        tracker.request(event, time.monotonic())
+            except HttpError:
+                pass
+
+        def seen_response(data: bytes):
+            for ex in tracker.feed(data):
+                self.say(f"{ex.method} {ex.path} -> {ex.status} {ex.bytes} B "
+                         f"{(time.monotonic() - ex.started) * 1000:.1f} ms")
+
+        relay_side.taps = seen_request
+        local.taps = seen_response
+
+    # --- dialing the relay ---
+    async def _dial(self, path: str, headers: dict[str, str]) -> Conn:
+        loop = asyncio.get_running_loop()
+        kwargs = {"ssl": self.ssl, "server_hostname": self.server.host} if self.ssl else {}
+        _, conn = await asyncio.wait_for(
+            loop.create_connection(Conn, self.server.host, self.server.port, **kwargs),
+            self.handshake_timeout)
+        try:
+            lines = [f"GET {path} HTTP/1.1", f"Host: {self.server.host_header}",
+                     f"Upgrade: {p.UPGRADE_TOKEN}", "Connection: Upgrade",
+                     f"User-Agent: intunnel/{__version__}"]
+            lines += [f"{k}: {v}" for k, v in headers.items()]
+            conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+            raw = await asyncio.wait_for(conn.read_head(p.MAX_HANDSHAKE_RESPONSE), self.handshake_timeout)
+            status_line = raw.split(b"\r\n", 1)[0].decode("latin-1")
+            parts = status_line.split(" ", 2)
+            status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+            if status == 101:
+                return conn
+            message = await self._error_message(conn, raw) or status_line
+            if status in (401, 403):
+                raise TokenRefused(f"the relay refused the token ({message})")
+            raise HandshakeFailed(f"the relay answered {status or status_line!r}: {message}")
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _error_message(self, conn: Conn, raw: bytes) -> str:
+        """The ``message`` of a JSON error body, if one comes within a moment."""
+        length = 0
+        for line in raw.split(b"\r\n")[1:]:
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"content-length" and value.strip().isdigit():
+                length = int(value.strip())
+        if not 0 < length <= p.MAX_HANDSHAKE_RESPONSE:
+            return ""
+        try:
+            body = await asyncio.wait_for(conn.read_exactly(length), 2.0)
+            return str(json.loads(body).get("message", ""))[:200]
+        except (asyncio.TimeoutError, ConnClosed, ValueError, AttributeError):
+            return ""
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate not trusted ({exc.verify_message}); use --insecure only for a self-signed test server"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, ConnClosed):
+        return "connection closed"
+    return str(exc) or type(exc).__name__

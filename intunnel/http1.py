@@ -1,0 +1,374 @@
+"""HTTP/1.1 message framing, pure and bounded: just enough to route requests and log them.
+
+The relay parses visitor request *heads* (to route by Host and add
+X-Forwarded-*) and follows request *bodies* by their framing (Content-Length
+or chunked) without copying or decoding them, so it can see the next request
+head on a keep-alive connection.  After an Upgrade everything is raw bytes.
+Responses are never parsed by the relay; the client's ``-v`` log uses
+``ResponseTracker`` to find where each response ends.
+
+Everything here works on bytes already received and keeps at most one head
+(bounded by ``max_head``) or one chunk-size line in memory.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+MAX_CHUNK_LINE = 4096          # chunk-size line incl. extensions
+MAX_TRAILER = 16 * 1024        # all trailer lines together
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(rb"[\x00\r\n]")
+_METHOD = re.compile(rb"^[A-Z][A-Z0-9_-]{0,31}$")
+_VERSION = re.compile(rb"^HTTP/1\.[01]$")
+_HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
+
+
+class HttpError(Exception):
+    """A visitor sent something that isn't acceptable HTTP/1.1; ``status`` is the answer."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class RequestHead:
+    method: str
+    target: str
+    version: str
+    headers: list[tuple[str, str]]
+    body: str = "none"          # "none", "length", "chunked" or "upgrade"
+    length: int = 0
+    size: int = 0               # bytes the head took on the wire
+
+    def get(self, name: str) -> str | None:
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    @property
+    def host(self) -> str:
+        """The Host header's name part, lowercased, without port or trailing dot."""
+        value = (self.get("host") or "").strip().lower()
+        if value.startswith("["):
+            return value[: value.find("]") + 1]
+        return value.rsplit(":", 1)[0].rstrip(".") if ":" in value else value.rstrip(".")
+
+    def wire(self, remove: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None,
+             replace: dict[str, str] | None = None) -> bytes:
+        """Serialize, dropping headers named in ``remove``, replacing and appending some."""
+        drop = {n.lower() for n in remove}
+        replace = {k.lower(): v for k, v in (replace or {}).items()}
+        lines = [f"{self.method} {self.target} {self.version}"]
+        for k, v in self.headers:
+            lk = k.lower()
+            if lk in drop:
+                continue
+            lines.append(f"{k}: {replace.pop(lk)}" if lk in replace else f"{k}: {v}")
+        lines.extend(f"{k}: {v}" for k, v in list(replace.items()) + (add or []))
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _split_headers(lines: list[bytes]) -> list[tuple[str, str]]:
+    headers = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            raise HttpError(400, "obsolete header line folding is not accepted")
+        name, sep, value = line.partition(b":")
+        if not sep or not _TOKEN.match(name):
+            raise HttpError(400, "malformed header line")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise HttpError(400, "invalid character in header value")
+        headers.append((name.decode("ascii"), value.decode("latin-1")))
+    return headers
+
+
+def parse_request_head(raw: bytes) -> RequestHead:
+    """Parse a request head (up to and excluding the blank line) and decide its body framing."""
+    lines = raw.split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or not _METHOD.match(parts[0]) or not parts[1] or not _VERSION.match(parts[2]):
+        raise HttpError(400, "malformed request line")
+    if any(c < 0x21 or c == 0x7F for c in parts[1]):
+        raise HttpError(400, "invalid character in request target")
+    head = RequestHead(parts[0].decode("ascii"), parts[1].decode("latin-1"),
+                       parts[2].decode("ascii"), _split_headers(lines[1:]))
+    if head.method == "CONNECT":
+        raise HttpError(405, "CONNECT is not supported")
+    hosts = [v for k, v in head.headers if k.lower() == "host"]
+    if len(hosts) != 1 or not _HOST.match(hosts[0].strip()):
+        raise HttpError(400, "exactly one valid Host header is required")
+    lengths = {v.strip() for k, v in head.headers if k.lower() == "content-length"}
+    te = [v for k, v in head.headers if k.lower() == "transfer-encoding"]
+    connection = {t.strip().lower() for k, v in head.headers if k.lower() == "connection" for t in v.split(",")}
+    if te:
+        if lengths:
+            raise HttpError(400, "both Transfer-Encoding and Content-Length")
+        codings = [c.strip().lower() for v in te for c in v.split(",")]
+        if codings[-1] != "chunked" or codings.count("chunked") != 1:
+            raise HttpError(501, "unsupported Transfer-Encoding")
+        head.body = "chunked"
+    elif lengths:
+        if len(lengths) != 1:
+            raise HttpError(400, "conflicting Content-Length headers")
+        value = lengths.pop()
+        if not value.isdigit() or len(value) > 18:
+            raise HttpError(400, "invalid Content-Length")
+        head.length = int(value)
+        head.body = "length" if head.length else "none"
+    if "upgrade" in connection and head.get("upgrade"):
+        head.body = "upgrade"
+    return head
+
+
+class ChunkedScanner:
+    """Finds the end of a chunked body in a stream without copying the chunk data."""
+
+    def __init__(self):
+        self._state = "size"
+        self._line = bytearray()
+        self._remaining = 0
+        self._trailer_bytes = 0
+
+    def feed(self, data: bytes, pos: int = 0) -> int:
+        """Scan ``data[pos:]``; return the index just past the body's end, or -1 if not there yet."""
+        n = len(data)
+        while pos < n:
+            if self._state == "data":
+                take = min(self._remaining, n - pos)
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._state = "data_crlf"
+                    self._line.clear()
+                continue
+            # line-oriented states: size, data_crlf, trailer
+            end = data.find(b"\n", pos)
+            chunk = data[pos:] if end < 0 else data[pos:end + 1]
+            self._line += chunk
+            pos += len(chunk)
+            limit = MAX_TRAILER if self._state == "trailer" else MAX_CHUNK_LINE
+            if len(self._line) > limit:
+                raise HttpError(400, "chunk line too long")
+            if end < 0:
+                break
+            line = bytes(self._line).rstrip(b"\r\n")
+            self._line.clear()
+            if self._state == "data_crlf":
+                if line:
+                    raise HttpError(400, "missing CRLF after chunk data")
+                self._state = "size"
+            elif self._state == "size":
+                size = line.split(b";", 1)[0].strip()
+                if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size):
+                    raise HttpError(400, "invalid chunk size")
+                self._remaining = int(size, 16)
+                self._state = "data" if self._remaining else "trailer"
+            else:  # trailer: header lines until an empty one
+                if not line:
+                    self._state = "size"
+                    return pos
+                self._trailer_bytes += len(line)
+                if self._trailer_bytes > MAX_TRAILER:
+                    raise HttpError(400, "trailer too large")
+        return -1
+
+
+class RequestStream:
+    """Splits a visitor's byte stream into events: ``RequestHead`` objects and body ``bytes``.
+
+    Body bytes are slices of the input, in order; after an Upgrade request
+    every following byte is body.  Raises ``HttpError`` for bad or oversized heads.
+    """
+
+    def __init__(self, max_head: int):
+        self.max_head = max_head
+        self._buf = bytearray()
+        self._mode = "head"     # head, length, chunked, raw
+        self._remaining = 0
+        self._chunks: ChunkedScanner | None = None
+
+    @property
+    def between_requests(self) -> bool:
+        return self._mode == "head" and not self._buf
+
+    def feed(self, data: bytes) -> list:
+        events: list = []
+        pos, n = 0, len(data)
+        while pos < n:
+            mode = self._mode
+            if mode == "raw":
+                events.append(data if pos == 0 else data[pos:])
+                break
+            if mode == "length":
+                take = min(self._remaining, n - pos)
+                events.append(data if take == n else data[pos:pos + take])
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    self._mode = "head"
+                continue
+            if mode == "chunked":
+                end = self._chunks.feed(data, pos)
+                stop = n if end < 0 else end
+                events.append(data if (pos == 0 and stop == n) else data[pos:stop])
+                pos = stop
+                if end >= 0:
+                    self._mode = "head"
+                continue
+            # head: accumulate until the blank line
+            if not self._buf:
+                while pos < n and data[pos] in (13, 10):  # stray CRLF between requests
+                    pos += 1
+                if pos == n:
+                    break
+            start = max(0, len(self._buf) - 3)
+            self._buf += data[pos:]
+            end = self._buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(self._buf) > self.max_head:
+                    raise HttpError(431, "request head too large")
+                break
+            if end + 4 > self.max_head:
+                raise HttpError(431, "request head too large")
+            consumed = end + 4 - (len(self._buf) - (n - pos))
+            head = parse_request_head(bytes(self._buf[:end]))
+            head.size = end + 4
+            self._buf.clear()
+            pos += consumed
+            events.append(head)
+            self.after_head(head)
+        return events
+
+    def after_head(self, head: RequestHead) -> None:
+        """Expect ``head``'s body next (also used when the first head was read elsewhere)."""
+        if head.body == "length":
+            self._mode, self._remaining = "length", head.length
+        elif head.body == "chunked":
+            self._mode, self._chunks = "chunked", ChunkedScanner()
+        elif head.body == "upgrade":
+            self._mode = "raw"
+
+    @property
+    def partial_head(self) -> bool:
+        """True while a head has started arriving but isn't complete (slowloris check)."""
+        return self._mode == "head" and bool(self._buf)
+
+
+@dataclass
+class Exchange:
+    """One request/response seen by ``ResponseTracker``, for the client's -v log."""
+    method: str
+    path: str
+    started: float
+    status: int = 0
+    bytes: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class ResponseTracker:
+    """Follows responses on a connection to report each finished exchange (client -v).
+
+    ``request(head, now)`` queues a request; ``feed(data)`` returns the exchanges
+    whose responses completed.  Knows HEAD, 1xx, 204/304, 101 (then stops),
+    Content-Length, chunked and read-until-close.  Gives up quietly (stops
+    reporting) on anything it doesn't understand: it must never break traffic.
+    """
+
+    def __init__(self, max_head: int = 64 * 1024):
+        self.max_head = max_head
+        self.pending: list[Exchange] = []
+        self._buf = bytearray()
+        self._mode = "head"     # head, length, chunked, close, off
+        self._remaining = 0
+        self._chunks: ChunkedScanner | None = None
+
+    def request(self, head: RequestHead, now: float) -> None:
+        if self._mode != "off":
+            self.pending.append(Exchange(head.method, head.target, now))
+
+    def feed(self, data: bytes) -> list[Exchange]:
+        done: list[Exchange] = []
+        try:
+            self._feed(data, done)
+        except (HttpError, ValueError, IndexError):
+            self._mode = "off"
+        return done
+
+    def close(self) -> list[Exchange]:
+        if self._mode == "close" and self.pending:
+            return [self.pending.pop(0)]
+        return []
+
+    def _feed(self, data: bytes, done: list[Exchange]) -> None:
+        pos, n = 0, len(data)
+        while pos < n and self._mode != "off":
+            if self._mode == "close":
+                self.pending[0].bytes += n - pos
+                return
+            if self._mode == "length":
+                take = min(self._remaining, n - pos)
+                self.pending[0].bytes += take
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    done.append(self.pending.pop(0))
+                    self._mode = "head"
+                continue
+            if self._mode == "chunked":
+                end = self._chunks.feed(data, pos)
+                stop = n if end < 0 else end
+                self.pending[0].bytes += stop - pos
+                pos = stop
+                if end >= 0:
+                    done.append(self.pending.pop(0))
+                    self._mode = "head"
+                continue
+            start = max(0, len(self._buf) - 3)
+            self._buf += data[pos:]
+            end = self._buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(self._buf) > self.max_head:
+                    self._mode = "off"
+                return
+            consumed = end + 4 - (len(self._buf) - (n - pos))
+            raw = bytes(self._buf[:end])
+            self._buf.clear()
+            pos += consumed
+            if not self.pending:
+                self._mode = "off"
+                return
+            self._start_response(raw, done)
+
+    def _start_response(self, raw: bytes, done: list[Exchange]) -> None:
+        lines = raw.split(b"\r\n")
+        status = int(lines[0].split(b" ")[1])
+        headers = _split_headers(lines[1:])
+        exchange = self.pending[0]
+        if 100 <= status < 200:
+            if status == 101:
+                exchange.status = 101
+                done.append(self.pending.pop(0))
+                self._mode = "off"
+            return
+        exchange.status = status
+        names = {k.lower(): v for k, v in headers}
+        if exchange.method == "HEAD" or status in (204, 304):
+            done.append(self.pending.pop(0))
+        elif "chunked" in names.get("transfer-encoding", "").lower():
+            self._mode, self._chunks = "chunked", ChunkedScanner()
+        elif "content-length" in names:
+            self._remaining = int(names["content-length"])
+            if self._remaining:
+                self._mode = "length"
+            else:
+                done.append(self.pending.pop(0))
+        else:
+            self._mode = "close"

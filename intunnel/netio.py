@@ -1,0 +1,230 @@
+"""asyncio glue shared by the relay and the client: one Protocol for every socket.
+
+A ``Conn`` starts in *handshake* mode, where coroutines ``await`` heads and
+frames from a bounded buffer.  Then it is switched to *forwarding* mode,
+where each received chunk goes straight to a callback (usually the peer's
+``transport.write``) with no coroutine per chunk: the cheapest path asyncio
+offers.  Backpressure is TCP's own: when a peer's write buffer passes the high
+water mark, the connections feeding it stop reading until it drains, so
+memory per connection stays bounded by the read size plus the write limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Callable
+
+from .protocol import FrameDecoder, Message, ProtocolError
+
+WRITE_HIGH_WATER = 256 * 1024
+WRITE_LOW_WATER = 64 * 1024
+HANDSHAKE_BUFFER_LIMIT = 128 * 1024  # handshake mode stops reading past this
+
+
+class ConnClosed(Exception):
+    """The connection closed (or sent EOF) before the expected bytes arrived."""
+
+
+class Conn(asyncio.Protocol):
+    def __init__(self):
+        self.transport: asyncio.Transport | None = None
+        self.peername = ""
+        self.buffer = bytearray()
+        self.eof = False
+        self.closed = False
+        self.on_data: Callable[[bytes], None] | None = None
+        self.on_eof: Callable[[], None] | None = None
+        self.on_close: Callable[[], None] | None = None
+        self.on_made: Callable[[], None] | None = None
+        self.taps: Callable[[bytes], None] | None = None  # splice: also show received bytes here
+        self.feeders: list["Conn"] = []  # connections whose bytes we write: pause them when full
+        self._waiter: asyncio.Future | None = None
+        self._writing_paused = False
+        self.eof_sent = False
+
+    # --- asyncio.Protocol ---
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.set_write_buffer_limits(WRITE_HIGH_WATER, WRITE_LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        peer = transport.get_extra_info("peername")
+        self.peername = peer[0] if isinstance(peer, tuple) else str(peer or "")
+        if self.on_made is not None:
+            self.on_made()
+
+    def data_received(self, data: bytes) -> None:
+        if self.on_data is not None:
+            self.on_data(data)
+            return
+        self.buffer += data
+        if len(self.buffer) > HANDSHAKE_BUFFER_LIMIT:
+            self.transport.pause_reading()
+        self._wake()
+
+    def eof_received(self):
+        self.eof = True
+        self._wake()
+        if self.on_eof is not None:
+            self.on_eof()
+        if self.eof_sent:
+            self.close()  # both directions are done
+        return True  # keep the write side open (half-close); the handler decides
+
+    def connection_lost(self, exc):
+        self.closed = True
+        self.eof = True
+        self._wake()
+        for feeder in self.feeders:
+            feeder.resume()
+        if self.on_close is not None:
+            callback, self.on_close = self.on_close, None
+            callback()
+
+    def pause_writing(self):
+        self._writing_paused = True
+        for feeder in self.feeders:
+            feeder.pause()
+
+    def resume_writing(self):
+        self._writing_paused = False
+        for feeder in self.feeders:
+            feeder.resume()
+
+    # --- helpers ---
+    def pause(self):
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume(self):
+        if self.transport is not None and not self.closed and self.transport.is_reading() is False:
+            self.transport.resume_reading()
+
+    def _wake(self):
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _wait(self):
+        if self.closed or self.eof:
+            raise ConnClosed()
+        self.resume()
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def write(self, data) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def close(self):
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self):
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    def write_eof(self):
+        """Half-close when the transport can (plain TCP); over TLS, do nothing."""
+        if self.transport is not None and not self.closed and self.transport.can_write_eof():
+            try:
+                self.transport.write_eof()
+            except (OSError, RuntimeError):
+                pass
+            self.eof_sent = True
+            if self.eof:
+                self.close()
+
+    async def read_head(self, limit: int) -> bytes:
+        """Bytes up to a blank line (excluded, consumed); ValueError past ``limit``."""
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end >= 0:
+                if end + 4 > limit:
+                    raise ValueError("head too large")
+                head = bytes(self.buffer[:end])
+                del self.buffer[:end + 4]
+                return head
+            if len(self.buffer) > limit:
+                raise ValueError("head too large")
+            await self._wait()
+
+    async def read_exactly(self, n: int) -> bytes:
+        while len(self.buffer) < n:
+            await self._wait()
+        data = bytes(self.buffer[:n])
+        del self.buffer[:n]
+        return data
+
+    async def read_messages(self, decoder: FrameDecoder, limit: int | None = None) -> list[Message]:
+        """Wait for at least one whole frame; raises ProtocolError, ConnClosed."""
+        while True:
+            data, self.buffer = bytes(self.buffer), bytearray()
+            messages = decoder.feed(data, limit)
+            if messages:
+                return messages
+            await self._wait()
+
+    def forward_to(self, on_data: Callable[[bytes], None], initial: bytes = b"") -> None:
+        """Switch to forwarding mode: every chunk (and what's buffered) goes to ``on_data``."""
+        pending = initial + bytes(self.buffer) if self.buffer else initial
+        self.buffer = bytearray()
+        self.on_data = on_data
+        if pending:
+            on_data(pending)
+        self.resume()
+
+
+def splice(a: Conn, b: Conn, on_close: Callable[[], None] | None = None) -> None:
+    """Copy raw bytes both ways until either side closes; mirror half-closes."""
+    b.feeders.append(a)
+    a.feeders.append(b)
+
+    def closer(other: Conn):
+        def closed():
+            other.close()
+            if on_close is not None:
+                on_close()
+        return closed
+
+    a.on_close, b.on_close = closer(b), closer(a)
+    a.on_eof, b.on_eof = b.write_eof, a.write_eof
+    if a.eof:
+        b.write_eof()
+    if b.eof:
+        a.write_eof()
+    a.forward_to(_forwarder(a, b))
+    b.forward_to(_forwarder(b, a))
+    if a.closed:
+        b.close()
+    if b.closed:
+        a.close()
+
+
+def _forwarder(src: Conn, dst: Conn) -> Callable[[bytes], None]:
+    tap = src.taps
+    if tap is None:
+        return dst.write
+
+    def forward(data: bytes) -> None:
+        dst.write(data)
+        try:
+            tap(data)
+        except Exception:  # an observer must never break traffic
+            src.taps = None
+    return forward
+
+
+def frame_error(exc: Exception) -> str:
+    if isinstance(exc, ProtocolError):
+        return f"protocol error: {exc}"
+    if isinstance(exc, ConnClosed):
+        return "connection closed"
+    return str(exc) or type(exc).__name__

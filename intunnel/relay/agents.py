@@ -1,0 +1,126 @@
+"""One connected agent on the relay: its control channel and its pool of data connections."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from datetime import datetime, timezone
+
+from .. import protocol as p
+from ..netio import Conn
+from .store import LiveSession, TunnelInfo
+
+log = logging.getLogger("intunnel.relay")
+
+
+class AgentSession:
+    def __init__(self, relay, conn: Conn, tunnel: TunnelInfo, hello: p.Hello, control: p.ControlSession):
+        self.relay = relay
+        self.conn = conn
+        self.tunnel = tunnel
+        self.subdomain = tunnel.subdomain
+        self.local_port = hello.local_port or tunnel.local_port
+        self.host_header = hello.host_header
+        self.control = control
+        self.secret = secrets.token_urlsafe(24)
+        self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
+        self.idle: deque[Conn] = deque()
+        self.waiters: deque[asyncio.Future] = deque()
+        self.visitors = 0
+        self.closed = False
+        self.last_ping = time.monotonic()
+
+    @property
+    def live(self) -> LiveSession:
+        return LiveSession(self.tunnel.id, self.tunnel.token, self.started_at)
+
+    # --- control channel ---
+    def on_control_bytes(self, data: bytes) -> None:
+        try:
+            messages = self.control.receive_data(data, time.monotonic())
+        except p.ProtocolError as e:
+            log.warning("agent %s: %s", self.subdomain, e)
+            self.end(p.Error(str(e)))
+            return
+        for message in messages:
+            if isinstance(message, p.Ping):
+                self.send(p.Pong(message.seq))
+            elif isinstance(message, p.Error):
+                log.info("agent %s reported: %s", self.subdomain, message.message[:200])
+                self.conn.close()
+
+    def send(self, message: p.Message) -> None:
+        if not self.closed:
+            try:
+                self.conn.write(self.control.send(message))
+            except p.ProtocolError as e:
+                log.error("relay bug: %s", e)
+
+    def heartbeat(self, now: float) -> None:
+        """Called by the relay's single heartbeat timer."""
+        if self.control.is_dead(now):
+            log.info("agent %s: no heartbeat for %.0fs, dropping it", self.subdomain, now - self.control.last_seen)
+            self.conn.abort()
+        elif now - self.last_ping >= self.relay.settings.relay_heartbeat_interval:
+            self.last_ping = now
+            self.send(self.control.next_ping())
+
+    def end(self, final: p.Message | None = None) -> None:
+        """Say why (GoAway/Revoked/Error) and close the control channel."""
+        if final is not None:
+            self.send(final)
+        self.conn.close()
+
+    def on_closed(self) -> None:
+        """The control channel is gone: drop the pool and fail waiting visitors."""
+        if self.closed:
+            return
+        self.closed = True
+        while self.idle:
+            self.idle.popleft().close()
+        while self.waiters:
+            w = self.waiters.popleft()
+            if not w.done():
+                w.set_result(None)
+        self.relay.session_ended(self)
+
+    # --- data connections ---
+    def add_data(self, conn: Conn) -> None:
+        while self.waiters:
+            w = self.waiters.popleft()
+            if not w.done():
+                w.set_result(conn)
+                return
+        if len(self.idle) >= p.MAX_POOL_SIZE:
+            conn.close()
+            return
+        self.idle.append(conn)
+        conn.on_close = lambda: self._forget(conn)
+
+    def _forget(self, conn: Conn) -> None:
+        try:
+            self.idle.remove(conn)
+        except ValueError:
+            pass
+
+    async def acquire_data(self, timeout: float) -> Conn | None:
+        while self.idle:
+            conn = self.idle.popleft()
+            if not conn.closed and not conn.eof:
+                conn.on_close = None
+                return conn
+        if self.closed:
+            return None
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        self.send(p.OpenData(1))
+        try:
+            conn = await asyncio.wait_for(waiter, timeout)
+        except asyncio.TimeoutError:
+            return None
+        if conn is not None:
+            conn.on_close = None
+        return conn

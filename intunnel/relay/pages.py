@@ -1,0 +1,102 @@
+"""The relay's own answers to visitors: fault pages (HTML, or the seed's JSON error format)."""
+
+from __future__ import annotations
+
+import html
+import json
+
+REASONS = {
+    101: "Switching Protocols", 200: "OK", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large", 501: "Not Implemented",
+    502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+}
+CODES = {
+    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
+    405: "METHOD_NOT_ALLOWED", 408: "REQUEST_TIMEOUT", 429: "RATE_LIMITED",
+    431: "HEADERS_TOO_LARGE", 501: "NOT_IMPLEMENTED", 502: "BAD_GATEWAY",
+    503: "TUNNEL_OFFLINE", 504: "GATEWAY_TIMEOUT",
+}
+
+
+def wants_json(accept: str | None) -> bool:
+    """True when the visitor prefers JSON over HTML (API clients, fetch() calls)."""
+    if not accept:
+        return False
+    best_json = best_html = 0.0
+    for part in accept.split(","):
+        media, *params = [p.strip() for p in part.split(";")]
+        q = 1.0
+        for param in params:
+            if param.startswith("q="):
+                try:
+                    q = float(param[2:])
+                except ValueError:
+                    q = 0.0
+        media = media.lower()
+        if media == "application/json" or media.endswith("+json"):
+            best_json = max(best_json, q)
+        elif media in ("text/html", "application/xhtml+xml"):
+            best_html = max(best_html, q)
+    return best_json > best_html
+
+
+def response(status: int, message: str, accept: str | None = None, title: str | None = None,
+             code: str | None = None, head_only: bool = False, extra_headers: tuple = ()) -> bytes:
+    """A complete HTTP/1.1 response that closes the connection."""
+    reason = REASONS.get(status, "Error")
+    if wants_json(accept):
+        body = json.dumps({"error": True, "message": message, "code": code or CODES.get(status, "ERROR")})
+        ctype = "application/json"
+    else:
+        title = title or f"{status} {reason}"
+        body = (
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(title)}</title>"
+            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"></head>\n"
+            f"<body><h1>{html.escape(title)}</h1>\n<p>{html.escape(message)}</p>\n"
+            "<hr><p><small>InTunnel relay</small></p></body></html>\n")
+        ctype = "text/html; charset=utf-8"
+    data = body.encode("utf-8")
+    headers = [
+        f"HTTP/1.1 {status} {reason}",
+        f"Content-Type: {ctype}",
+        f"Content-Length: {len(data)}",
+        "Cache-Control: no-store",
+        "X-Content-Type-Options: nosniff",
+        "Connection: close",
+        *extra_headers,
+    ]
+    return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else data)
+
+
+def tunnel_offline(subdomain: str, accept: str | None, head_only: bool = False) -> bytes:
+    return response(503, f"The tunnel '{subdomain}' is offline: no client is connected right now. "
+                    "Start it with `intunnel http PORT` and reload this page.", accept,
+                    title=f"Tunnel {subdomain} is offline", code="TUNNEL_OFFLINE",
+                    head_only=head_only, extra_headers=("Retry-After: 5",))
+
+
+def unknown_tunnel(host: str, accept: str | None, head_only: bool = False) -> bytes:
+    return response(404, f"There is no tunnel at {host}.", accept, title="Tunnel not found",
+                    code="NOT_FOUND", head_only=head_only)
+
+
+def local_refused(subdomain: str, port: int, accept: str | None, head_only: bool = False) -> bytes:
+    where = f"port {port}" if port else "its local port"
+    return response(502, f"The tunnel '{subdomain}' is connected, but nothing answered on {where} "
+                    "of the client's machine (connection refused). Start the local app.", accept,
+                    title=f"Local app on {where} is not responding", code="BAD_GATEWAY",
+                    head_only=head_only)
+
+
+def upstream_timeout(subdomain: str, seconds: float, accept: str | None, head_only: bool = False) -> bytes:
+    return response(504, f"The local app behind '{subdomain}' did not answer within {seconds:g} seconds.",
+                    accept, title="Local app timed out", code="GATEWAY_TIMEOUT", head_only=head_only)
+
+
+def json_response(status: int, payload: dict) -> bytes:
+    data = json.dumps(payload).encode()
+    return (f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+            ).encode() + data

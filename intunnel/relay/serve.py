@@ -1,0 +1,43 @@
+"""`intunnel relay`: run the relay until SIGTERM/SIGINT, then stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from ..cli import add_config_argument
+from ..settings import load_settings, prepare_data_dir
+from .server import Relay
+
+HELP = "Run the relay: public tunnel traffic and agent connections (asyncio)."
+
+
+def add_arguments(parser) -> None:
+    add_config_argument(parser)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def serve(relay: Relay, extra_start=None) -> None:
+    """Start ``relay``, wait for SIGTERM/SIGINT, stop it within its grace period."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await relay.start()
+    if extra_start is not None:
+        extra_start(relay)
+    await stop.wait()
+    logging.getLogger("intunnel.relay").info("stopping: telling agents to reconnect later")
+    await relay.stop()
+
+
+def run(args) -> int:
+    settings = prepare_data_dir(load_settings(args.config))
+    setup_logging(settings.log_level)
+    asyncio.run(serve(Relay(settings)))
+    return 0

@@ -1,0 +1,261 @@
+"""The relay: one listening socket, dispatch by Host, agents, visitors, live state, shutdown.
+
+Host = the main domain (any port): the relay's own endpoints (agent control
+channel, data connections, health).  Host = ``<sub>.<domain>``: a visitor for
+that tunnel.  Anything else: 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from .. import protocol as p
+from ..http1 import HttpError, parse_request_head
+from ..netio import Conn, ConnClosed
+from ..security import redact
+from . import pages
+from .agents import AgentSession
+from .store import Store
+from .visitor import Visitor
+
+log = logging.getLogger("intunnel.relay")
+
+SWITCHING = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + p.UPGRADE_TOKEN +
+             "\r\nConnection: Upgrade\r\n\r\n").encode()
+
+
+class Relay:
+    def __init__(self, settings, store: Store | None = None):
+        self.settings = settings
+        self.domain = settings.domain.lower().rstrip(".")
+        self.store = store or Store(settings.db_path)
+        self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
+        self.by_secret: dict[str, AgentSession] = {}
+        self.visitors: set[Visitor] = set()
+        self.conns: set[Conn] = set()
+        self.server: asyncio.AbstractServer | None = None
+        self.address: tuple[str, int] | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+
+    # --- lifecycle ---
+    async def start(self, sock=None) -> tuple[str, int]:
+        await self.store.open()
+        loop = asyncio.get_running_loop()
+        if sock is not None:
+            self.server = await loop.create_server(self._make_conn, sock=sock, backlog=1024)
+        else:
+            host, port = self.settings.relay_address
+            self.server = await loop.create_server(self._make_conn, host, port, backlog=1024,
+                                                   reuse_address=True)
+        self.address = self.server.sockets[0].getsockname()[:2]
+        if self.settings.relay_address[1] == 0 or sock is not None:
+            # Public URLs must name the port we really got.
+            self.settings = self.settings.replace(relay_listen=f"{self.address[0]}:{self.address[1]}")
+        self._spawn(self._heartbeats())
+        self._spawn(self._revocations())
+        log.info("relay listening on http://%s:%d (tunnels at %s)", *self.address,
+                 self.settings.tunnel_url("<subdomain>"))
+        return self.address
+
+    async def stop(self, grace: float = p.SHUTDOWN_GRACE) -> None:
+        """Stop accepting, tell agents to go away, give visitors ``grace`` seconds, close."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self.server is not None:
+            self.server.close()
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.end(p.GoAway("the relay is restarting"))
+            session.on_closed()
+        for session in sessions:
+            await self.store.set_status(session.tunnel.id, False)
+        deadline = time.monotonic() + grace
+        while self.visitors and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.conns):
+            conn.abort()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.store.close()
+
+    def _spawn(self, coro) -> asyncio.Task:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _make_conn(self) -> Conn:
+        conn = Conn()
+        conn.on_made = lambda: (self.conns.add(conn), self._spawn(self._handle(conn)))
+        conn.on_close = lambda: self.conns.discard(conn)
+        return conn
+
+    # --- dispatch ---
+    def subdomain_of(self, host: str) -> str | None:
+        suffix = "." + self.domain
+        if host.endswith(suffix):
+            label = host[: -len(suffix)]
+            if label and "." not in label:
+                return label
+        return None
+
+    async def _handle(self, conn: Conn) -> None:
+        conn.on_close = lambda: self.conns.discard(conn)
+        try:
+            raw = await asyncio.wait_for(conn.read_head(self.settings.relay_max_header_size),
+                                         self.settings.relay_handshake_timeout)
+        except ValueError:
+            self._reply(conn, pages.response(431, "Request head too large."))
+            return
+        except (asyncio.TimeoutError, ConnClosed):
+            conn.abort()
+            return
+        try:
+            head = parse_request_head(raw)
+        except HttpError as e:
+            self._reply(conn, pages.response(e.status, e.message))
+            return
+        head.size = len(raw) + 4
+        host = head.host
+        if host == self.domain:
+            await self._relay_endpoint(conn, head)
+        elif self.subdomain_of(host) is not None:
+            visitor = Visitor(self, conn, head)
+            self.visitors.add(visitor)
+            if visitor.done:
+                self.visitors.discard(visitor)
+        else:
+            self._reply(conn, pages.unknown_tunnel(host, head.get("accept"), head.method == "HEAD"))
+
+    def _reply(self, conn: Conn, data: bytes) -> None:
+        conn.write(data)
+        conn.close()
+
+    async def _relay_endpoint(self, conn: Conn, head) -> None:
+        path = head.target.split("?", 1)[0]
+        if path == p.HEALTH_PATH and head.method in ("GET", "HEAD"):
+            self._reply(conn, pages.json_response(200, {"status": "ok", "agents": len(self.sessions)}))
+        elif path == p.AGENT_PATH and head.method == "GET":
+            await self._agent(conn, head)
+        elif path == p.DATA_PATH and head.method == "GET":
+            self._data(conn, head)
+        else:
+            self._reply(conn, pages.response(404, "Not found. The relay serves tunnels at "
+                                             f"<name>.{self.domain}; the web app is elsewhere.",
+                                             head.get("accept")))
+
+    def _error(self, conn: Conn, status: int, message: str, code: str) -> None:
+        self._reply(conn, pages.response(status, message, "application/json", code=code))
+
+    async def _agent(self, conn: Conn, head) -> None:
+        if (head.get("upgrade") or "").lower() != p.UPGRADE_TOKEN:
+            self._error(conn, 400, "expected Upgrade: intunnel", "BAD_REQUEST")
+            return
+        if self._stopping:
+            self._error(conn, 503, "the relay is restarting", "GOING_AWAY")
+            return
+        auth = head.get("authorization") or ""
+        scheme, _, token = auth.partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or len(token) > 256:
+            self._error(conn, 401, "missing tunnel token", "UNAUTHORIZED")
+            return
+        if len(self.sessions) >= self.settings.relay_max_agents:
+            self._error(conn, 503, "the relay has too many connected agents", "TOO_MANY_AGENTS")
+            return
+        tunnel = await self.store.find_by_token(token)
+        if tunnel is None:
+            log.info("agent from %s refused: unknown token %s", conn.peername, redact(token))
+            self._error(conn, 401, "invalid or revoked tunnel token", "UNAUTHORIZED")
+            return
+        conn.write(SWITCHING)
+        control = p.ControlSession(p.RELAY, time.monotonic(), self.settings.relay_dead_peer_timeout)
+        try:
+            data = await asyncio.wait_for(conn.read_messages(control.decoder, limit=1),
+                                          self.settings.relay_handshake_timeout)
+            hello = control.receive_messages(data)[0]
+            if not isinstance(hello, p.Hello):
+                raise p.ProtocolError("expected hello")
+        except (asyncio.TimeoutError, ConnClosed, p.ProtocolError) as e:
+            log.info("agent for %s failed its handshake: %s", tunnel.subdomain, e)
+            conn.abort()
+            return
+        session = AgentSession(self, conn, tunnel, hello, control)
+        old = self.sessions.get(tunnel.subdomain)
+        if old is not None:
+            log.info("tunnel %s: a new agent connected with the same token; closing the old one",
+                     tunnel.subdomain)
+            old.end(p.Revoked("replaced: another client connected with this tunnel's token"))
+            old.on_closed()
+        self.sessions[tunnel.subdomain] = session
+        self.by_secret[session.secret] = session
+        conn.on_close = lambda: (self.conns.discard(conn), session.on_closed())
+        session.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain), subdomain=tunnel.subdomain,
+                               session=session.secret,
+                               heartbeat_interval=self.settings.relay_heartbeat_interval,
+                               dead_peer_timeout=self.settings.relay_dead_peer_timeout,
+                               pool_size=p.DEFAULT_POOL_SIZE))
+        log.info("tunnel %s: agent connected from %s (token %s)", tunnel.subdomain, conn.peername,
+                 redact(token))
+        conn.forward_to(session.on_control_bytes)
+        session.on_control_bytes(b"")  # frames that came right behind the hello
+        await self.store.set_status(tunnel.id, True)
+        if session.closed and self.sessions.get(tunnel.subdomain) is None:
+            await self.store.set_status(tunnel.id, False)
+
+    def _data(self, conn: Conn, head) -> None:
+        session = self.by_secret.get(head.get(p.SESSION_HEADER) or "")
+        if session is None or session.closed or (head.get("upgrade") or "").lower() != p.UPGRADE_TOKEN:
+            self._error(conn, 401, "unknown session", "UNAUTHORIZED")
+            return
+        conn.write(SWITCHING)
+        session.add_data(conn)
+        if conn.on_close is None:  # handed to a waiting visitor
+            return
+        forget = conn.on_close
+        conn.on_close = lambda: (self.conns.discard(conn), forget())
+
+    def session_ended(self, session: AgentSession) -> None:
+        self.by_secret.pop(session.secret, None)
+        if self.sessions.get(session.subdomain) is session:
+            del self.sessions[session.subdomain]
+            log.info("tunnel %s: agent disconnected", session.subdomain)
+            if not self._stopping:
+                self._spawn(self._mark_inactive(session))
+
+    async def _mark_inactive(self, session: AgentSession) -> None:
+        try:
+            if session.subdomain not in self.sessions:
+                await self.store.set_status(session.tunnel.id, False)
+        except Exception:
+            log.exception("could not record tunnel %s as inactive", session.subdomain)
+
+    # --- timers ---
+    async def _heartbeats(self) -> None:
+        tick = min(1.0, self.settings.relay_heartbeat_interval / 2, self.settings.relay_dead_peer_timeout / 4)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for session in list(self.sessions.values()):
+                session.heartbeat(now)
+
+    async def _revocations(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.relay_revocation_poll)
+            sessions = list(self.sessions.values())
+            try:
+                cut = dict(await self.store.revoked([s.live for s in sessions]))
+            except Exception:
+                log.exception("revocation check failed")
+                continue
+            for session in sessions:
+                reason = cut.get(session.tunnel.id)
+                if reason and not session.closed:
+                    log.info("tunnel %s: cutting the agent: %s", session.subdomain, reason)
+                    session.end(p.Revoked(reason))
+                    session.on_closed()

@@ -1,0 +1,256 @@
+"""One visitor connection on the relay: route each request by its Host, then move bytes.
+
+Request heads are parsed (routing, X-Forwarded-*), request bodies are followed
+by their framing and forwarded untouched, responses flow back raw.  When a
+keep-alive connection names another Host, the current data connection is
+half-closed (the local app finishes its response and closes) before the new
+request goes to the other tunnel, so a request only ever reaches the tunnel
+its own Host names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+
+from .. import protocol as p
+from ..http1 import HttpError, RequestHead, RequestStream
+from ..netio import Conn, ConnClosed
+from . import pages
+
+log = logging.getLogger("intunnel.relay")
+
+FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+
+
+class Visitor:
+    def __init__(self, relay, conn: Conn, first: RequestHead):
+        self.relay = relay
+        self.settings = relay.settings
+        self.conn = conn
+        self.stream = RequestStream(self.settings.relay_max_header_size)
+        self.stream.after_head(first)
+        self.pending: deque = deque([first])
+        self.session = None
+        self.data: Conn | None = None
+        self.host = None
+        self.busy = False          # waiting for a data connection: visitor reading paused
+        self.timer: asyncio.TimerHandle | None = None
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.last_head: RequestHead = first
+        self.counted = False
+        self.done = False
+        self.loop = asyncio.get_running_loop()
+        self.last_activity = 0.0
+        conn.on_close = self.on_visitor_closed
+        conn.on_eof = self.on_visitor_eof
+        conn.forward_to(self.on_bytes)
+        self.pump()
+
+    # --- visitor -> agent ---
+    def on_bytes(self, data: bytes) -> None:
+        try:
+            events = self.stream.feed(data)
+        except HttpError as e:
+            self.fail(pages.response(e.status, e.message, self.last_head.get("accept")))
+            return
+        self.pending.extend(events)
+        if self.stream.partial_head and self.head_timer is None:
+            self.head_timer = asyncio.get_running_loop().call_later(
+                self.settings.relay_handshake_timeout, self._head_too_slow)
+        elif not self.stream.partial_head and self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+        self.pump()
+
+    def _head_too_slow(self):
+        self.head_timer = None
+        if self.stream.partial_head:
+            self.conn.abort()
+
+    def pump(self) -> None:
+        while self.pending and not self.busy and not self.done:
+            event = self.pending[0]
+            if isinstance(event, RequestHead):
+                if self.data is None or self.data.closed or event.host != self.host:
+                    self.busy = True
+                    self.conn.pause()
+                    asyncio.ensure_future(self.route(event))
+                    return
+                self.pending.popleft()
+                self.send_head(event)
+            else:
+                self.pending.popleft()
+                self.last_activity = self.loop.time()
+                self.data.write(event)
+
+    def send_head(self, head: RequestHead) -> None:
+        self.last_head = head
+        s = self.session
+        peer = self.conn.peername
+        if self.settings.relay_trust_proxy:
+            xff = head.get("x-forwarded-for")
+            add = [("X-Forwarded-For", f"{xff}, {peer}" if xff else peer),
+                   ("X-Forwarded-Proto", head.get("x-forwarded-proto") or self.settings.public_scheme),
+                   ("X-Forwarded-Host", head.get("x-forwarded-host") or head.get("host"))]
+        else:
+            add = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", self.settings.public_scheme),
+                   ("X-Forwarded-Host", head.get("host"))]
+        replace = {"host": s.host_header} if s.host_header else None
+        self.data.write(head.wire(remove=FORWARDED, add=add, replace=replace))
+        self.last_activity = self.loop.time()
+        if self.timer is None:
+            self.timer = self.loop.call_later(self.settings.relay_upstream_timeout, self._upstream_timeout)
+
+    async def route(self, head: RequestHead) -> None:
+        try:
+            await self._route(head)
+        except Exception:  # never let one visitor take the relay down
+            log.exception("visitor %s: routing failed", self.conn.peername)
+            self.fail(pages.response(502, "The relay could not reach the tunnel.", head.get("accept")))
+
+    async def _route(self, head: RequestHead) -> None:
+        accept, head_only = head.get("accept"), head.method == "HEAD"
+        if self.data is not None:  # another Host on this keep-alive connection
+            old = self.data
+            self.data = None
+            self._release()
+            old.write_eof()
+            await self._wait_closed(old, self.settings.relay_upstream_timeout)
+            old.close()
+            if self.done:
+                return
+        subdomain = self.relay.subdomain_of(head.host)
+        if subdomain is None:
+            self.fail(pages.unknown_tunnel(head.host, accept, head_only))
+            return
+        session = self.relay.sessions.get(subdomain)
+        if session is None:
+            known = await self.relay.store.exists(subdomain)
+            page = pages.tunnel_offline(subdomain, accept, head_only) if known else \
+                pages.unknown_tunnel(head.host, accept, head_only)
+            self.fail(page)
+            return
+        if session.visitors >= self.settings.relay_max_visitors_per_tunnel:
+            self.fail(pages.response(503, f"The tunnel '{subdomain}' has too many open connections; "
+                                     "try again shortly.", accept, code="TOO_MANY_CONNECTIONS",
+                                     head_only=head_only))
+            return
+        session.visitors += 1
+        self.counted, self.session = True, session
+        data = await session.acquire_data(p.DATA_CONNECT_TIMEOUT)
+        if self.done:
+            if data is not None:
+                data.close()
+            return
+        if data is None:
+            self.fail(pages.tunnel_offline(subdomain, accept, head_only))
+            return
+        data.write(p.encode(p.Bind(self.conn.peername)))
+        self.data, self.host = data, head.host
+        # Send the head (and whatever body is here) now; the agent answers while it flows.
+        self.pending.popleft()
+        self.send_head(head)
+        decoder = p.FrameDecoder()
+        try:
+            messages = await data.read_messages(decoder, limit=1)
+        except (ConnClosed, p.ProtocolError) as e:
+            log.info("tunnel %s: data connection failed: %s", subdomain, e)
+            self.fail(pages.tunnel_offline(subdomain, accept, head_only))
+            return
+        reply = messages[0]
+        if isinstance(reply, p.DataRefused):
+            self.fail(pages.local_refused(subdomain, reply.port or session.local_port, accept, head_only))
+            return
+        if not isinstance(reply, p.DataReady):
+            self.fail(pages.response(502, "The tunnel client misbehaved.", accept))
+            return
+        if self.done:
+            data.close()
+            return
+        # Wire the two sockets: responses raw to the visitor, backpressure both ways.
+        data.feeders.append(self.conn)
+        self.conn.feeders.append(data)
+        data.on_close = self.on_data_closed
+        data.on_eof = None
+        data.forward_to(self.on_response, decoder.take_rest())
+        self.busy = False
+        self.conn.resume()
+        self.pump()
+        if self.conn.eof and not self.pending:
+            data.write_eof()
+
+    async def _wait_closed(self, conn: Conn, timeout: float) -> None:
+        closed = asyncio.get_running_loop().create_future()
+        conn.on_close = lambda: closed.done() or closed.set_result(None)
+        if conn.closed:
+            return
+        try:
+            await asyncio.wait_for(closed, timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # --- agent -> visitor ---
+    def on_response(self, data: bytes) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.conn.write(data)
+
+    def _upstream_timeout(self) -> None:
+        # The clock runs from the last request byte sent: a slow upload is not a slow app.
+        left = self.last_activity + self.settings.relay_upstream_timeout - self.loop.time()
+        if left > 0.01:
+            self.timer = self.loop.call_later(left, self._upstream_timeout)
+            return
+        self.timer = None
+        s = self.session
+        h = self.last_head
+        self.fail(pages.upstream_timeout(s.subdomain if s else "?", self.settings.relay_upstream_timeout,
+                                         h.get("accept"), h.method == "HEAD"))
+
+    def on_data_closed(self) -> None:
+        if self.busy:  # we are switching hosts; route() handles it
+            return
+        self.finish()
+
+    def on_visitor_eof(self) -> None:
+        if self.data is not None and not self.busy and not self.pending:
+            self.data.write_eof()
+        elif self.data is None and not self.busy:
+            self.finish()
+
+    def on_visitor_closed(self) -> None:
+        self.done = True
+        if self.data is not None:
+            self.data.close()
+        self._cleanup()
+
+    # --- endings ---
+    def fail(self, page: bytes) -> None:
+        """Answer with a relay page and close (its Connection: close says so)."""
+        self.done = True
+        if self.data is not None:
+            self.data.close()
+        self.conn.write(page)
+        self.conn.close()
+        self._cleanup()
+
+    def finish(self) -> None:
+        self.done = True
+        self.conn.close()
+        self._cleanup()
+
+    def _release(self) -> None:
+        if self.counted:
+            self.counted = False
+            self.session.visitors -= 1
+
+    def _cleanup(self) -> None:
+        for t in (self.timer, self.head_timer):
+            if t is not None:
+                t.cancel()
+        self.timer = self.head_timer = None
+        self._release()
+        self.relay.visitors.discard(self)

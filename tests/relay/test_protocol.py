@@ -1,0 +1,104 @@
+"""The agent/relay wire protocol, byte for byte, without sockets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from intunnel import protocol as p
+
+
+def test_hello_encodes_to_exact_bytes():
+    frame = p.encode(p.Hello(version=1, client="intunnel/1", local_port=3000, host_header=""))
+    body = b'{"type":"hello","version":1,"client":"intunnel/1","local_port":3000,"host_header":""}'
+    assert frame == len(body).to_bytes(4, "big") + body
+
+
+def test_every_message_round_trips():
+    messages = [
+        p.Hello(client="x", local_port=1, host_header="localhost:3000"),
+        p.Welcome(url="https://a.example.com", subdomain="a", session="s3cret", heartbeat_interval=10.0,
+                  dead_peer_timeout=30.0, pool_size=4),
+        p.Ping(7), p.Pong(7), p.OpenData(3), p.GoAway("restart"), p.Revoked("the token was regenerated"),
+        p.Error("bad"), p.Bind("203.0.113.9"), p.DataReady(), p.DataRefused(3000, "connection refused"),
+    ]
+    stream = b"".join(p.encode(m) for m in messages)
+    decoder = p.FrameDecoder()
+    got = []
+    for i in range(len(stream)):  # one byte at a time: framing must not care
+        got += decoder.feed(stream[i:i + 1])
+    assert got == messages
+
+
+def test_decoder_keeps_raw_bytes_after_a_frame():
+    decoder = p.FrameDecoder()
+    assert decoder.feed(p.encode(p.DataReady()) + b"HTTP/1.1 200 OK\r\n", limit=1) == [p.DataReady()]
+    assert decoder.take_rest() == b"HTTP/1.1 200 OK\r\n"
+
+
+@pytest.mark.parametrize("frame, error", [
+    ((p.MAX_FRAME_SIZE + 1).to_bytes(4, "big"), "exceeds"),
+    (b"\x00\x00\x00\x03abc", "not UTF-8 JSON"),
+    (b"\x00\x00\x00\x02[]", "object with a type"),
+    (b'\x00\x00\x00\x0f{"type":"nope"}', "unknown message type"),
+    (b'\x00\x00\x00\x0f{"type":"ping"}', "missing field 'seq'"),
+    (b'\x00\x00\x00\x18{"type":"ping","seq":"1"}', "must be int"),
+    (b'\x00\x00\x00\x19{"type":"ping","seq":true}', "must be int"),
+])
+def test_bad_frames_are_protocol_errors(frame, error):
+    with pytest.raises(p.ProtocolError, match=error):
+        p.FrameDecoder().feed(frame)
+
+
+def test_unknown_fields_are_ignored_for_forward_compatibility():
+    body = b'{"type":"ping","seq":1,"future":true}'
+    assert p.FrameDecoder().feed(len(body).to_bytes(4, "big") + body) == [p.Ping(1)]
+
+
+def test_relay_session_requires_hello_first_and_rejects_agent_only_messages():
+    relay = p.ControlSession(p.RELAY)
+    with pytest.raises(p.ProtocolError, match="received 'ping' in state await_hello"):
+        relay.receive_data(p.encode(p.Ping(1)), now=1.0)
+    relay = p.ControlSession(p.RELAY)
+    assert relay.receive_data(p.encode(p.Hello()), now=1.0) == [p.Hello()]
+    assert relay.state == p.ACTIVE
+    relay.send(p.Welcome(url="u", subdomain="s", session="x", heartbeat_interval=1, dead_peer_timeout=3))
+    with pytest.raises(p.ProtocolError):
+        relay.receive_data(p.encode(p.Hello()), now=2.0)  # a second hello
+    with pytest.raises(p.ProtocolError):
+        p.ControlSession(p.RELAY).send(p.Ping(1))  # the relay can't ping before the hello
+
+
+def test_agent_session_final_messages_close_it():
+    agent = p.ControlSession(p.AGENT)
+    agent.send(p.Hello())
+    assert agent.state == p.AWAIT_WELCOME
+    agent.receive_data(p.encode(p.Welcome(url="u", subdomain="s", session="x",
+                                          heartbeat_interval=1, dead_peer_timeout=3)), now=0)
+    assert agent.state == p.ACTIVE
+    out = agent.receive_data(p.encode(p.Ping(1)) + p.encode(p.Revoked("gone")) + p.encode(p.Ping(2)), now=1)
+    assert out == [p.Ping(1), p.Revoked("gone")] and agent.state == p.CLOSED
+    assert agent.receive_data(p.encode(p.Ping(3)), now=2) == []
+
+
+def test_dead_peer_detection_uses_last_received_bytes():
+    s = p.ControlSession(p.RELAY, now=100.0, dead_peer_timeout=30.0)
+    assert not s.is_dead(129.0) and s.is_dead(130.5)
+    s.receive_data(b"\x00", now=129.0)  # any bytes are proof of life
+    assert not s.is_dead(150.0)
+
+
+def test_backoff_is_capped_exponential_with_jitter():
+    rng = random.Random(1)
+    delays = [p.backoff_delay(n, rng) for n in range(30)]
+    for n, d in enumerate(delays):
+        ceiling = min(p.RECONNECT_MAX_DELAY, p.RECONNECT_MIN_DELAY * 2 ** n)
+        assert ceiling / 2 <= d <= ceiling
+    assert max(delays) <= p.RECONNECT_MAX_DELAY
+    assert len({round(d, 6) for d in delays[-10:]}) > 1  # jittered, not constant
+
+
+def test_oversized_outgoing_message_is_refused():
+    with pytest.raises(p.ProtocolError):
+        p.encode(p.Error("x" * (p.MAX_FRAME_SIZE + 1)))
