@@ -83,7 +83,7 @@
       var active = t.status === "active";
       pill.setAttribute("data-status", t.status);
       pill.classList.toggle("is-active", active);
-      var label = pill.querySelector(".label");
+      var label = pill.querySelector(".pill-text");
       if (label) label.textContent = active ? "Active" : "Inactive";
       if (previous && previous !== t.status) {
         announce((t.name || t.subdomain) + " is now " + (active ? "active" : "inactive"));

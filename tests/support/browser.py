@@ -1,0 +1,154 @@
+"""Browser fixtures: Debian's headless Chromium driven by Playwright, against the real app.
+
+Import the fixtures a test module uses (not a conftest.py: a nested conftest
+would shadow tests/conftest.py for the ``from conftest import ...`` of others):
+
+    from support.browser import browser, web, users, page, login, shot  # noqa: F401
+
+The web app runs under waitress on 127.0.0.1:0 (``support.web_server``) on a
+fresh SQLite file per test.  ``shot(page, name)`` saves the screenshots the
+README shows (docs/screenshots/).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from intunnel import accounts
+from intunnel.models import database
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+    # Tunnels live on <sub>.localhost: make sure those names reach loopback.
+    "--host-resolver-rules=MAP *.localhost 127.0.0.1",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DESKTOP = {"width": 1280, "height": 800}
+PHONE = {"width": 360, "height": 740}
+PASSWORD = "correct horse battery"
+# Live status polling in tests: fast, so "turns active" is seen within a second or two.
+POLL_INTERVAL = 0.3
+
+# Same rule as tests/conftest.py's require_tool (not importable from here: both are "conftest").
+IN_CI = os.environ.get("CI") == "true"
+
+
+def _require(what: str, present: bool) -> None:
+    if not present:
+        if IN_CI:
+            pytest.fail(f"{what} is required in CI but not installed")
+        pytest.skip(f"{what} not installed")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    _require(CHROMIUM, shutil.which(CHROMIUM) is not None)
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _require("playwright (pip install -e .[test])", False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def web(settings):
+    from support.web_server import running_web_app
+    with running_web_app(settings, dashboard_poll_interval=POLL_INTERVAL) as running:
+        yield running
+
+
+@pytest.fixture
+def users(web):
+    """An admin (alice) and a regular user (bob), both with PASSWORD."""
+    with database.connection_context():
+        alice = accounts.create_user("alice@example.com", "alice", PASSWORD, is_admin=True)
+        bob = accounts.create_user("bob@example.com", "bob", PASSWORD)
+    return {"alice": alice, "bob": bob}
+
+
+class PageErrors:
+    """Console errors and CSP violations seen by a page; a test ends with none."""
+
+    def __init__(self):
+        self.messages: list[str] = []
+
+    def attach(self, page):
+        page.on("console", lambda msg: msg.type == "error" and self.messages.append(msg.text))
+        page.on("pageerror", lambda exc: self.messages.append(str(exc)))
+
+
+def _context(browser, web, viewport, **options):
+    return browser.new_context(base_url=web.url, viewport=viewport, **options)
+
+
+@pytest.fixture
+def page_errors():
+    return PageErrors()
+
+
+@pytest.fixture
+def page(browser, web, page_errors):
+    context = _context(browser, web, DESKTOP)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page_errors.attach(page)
+    try:
+        yield page
+    finally:
+        context.close()
+    # Errors from pages a test expects to fail (403, 404) are not script errors.
+    unexpected = [m for m in page_errors.messages if "Failed to load resource" not in m]
+    assert not unexpected, f"browser console errors: {unexpected}"
+
+
+@pytest.fixture
+def phone_page(browser, web, page_errors):
+    context = _context(browser, web, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    page_errors.attach(page)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def no_js_page(browser, web):
+    context = _context(browser, web, DESKTOP, java_script_enabled=False)
+    page = context.new_page()
+    page.set_default_timeout(10_000)
+    try:
+        yield page
+    finally:
+        context.close()
+
+
+def login(page, who: str = "alice", password: str = PASSWORD) -> None:
+    page.goto("/login")
+    page.get_by_label("Email or username").fill(who)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def shot(page, name: str) -> Path:
+    """Save docs/screenshots/<name>.png (whole page, animations frozen)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True, animations="disabled")
+    return path
+
+
+def no_horizontal_scroll(page) -> bool:
+    return page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
