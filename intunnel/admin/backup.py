@@ -18,7 +18,7 @@ from pathlib import Path
 from ..settings import SECRET_KEY_FILE
 from . import retention
 from .common import AdminError, Context, config_file_in_use, owner_of
-from .dbfiles import admin_lock, atomic_output, gzip_to, integrity_problems, online_copy
+from .dbfiles import admin_lock, atomic_output, gzip_to, integrity_problems, online_copy, set_owner
 
 STALE_TEMP_AGE = 3600  # seconds; older temp files are leftovers of a killed run
 
@@ -104,7 +104,9 @@ def take_backup(ctx: Context, args) -> dict:
     owner = owner_of(Path(settings.data_dir))
 
     with admin_lock(db_path, args.lock_timeout, owner):
-        dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not dest.is_dir():
+            dest.mkdir(mode=0o700, parents=True)
+            set_owner(dest, owner)  # the service user must be able to read its backups
         remove_stale_temp_files(dest)
         final = dest / retention.backup_name(now)
         snapshot = dest / f".intunnel-{retention.stamp(now)}.db.tmp-{os.getpid()}"

@@ -81,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     except AppError as e:  # validation, duplicates, last admin... from the business rules
         return fail(e.message, EXIT_FAILURE)
     except (pw.OperationalError, sqlite3.OperationalError, pw.DatabaseError, sqlite3.DatabaseError) as e:
+        if os.environ.get("INTUNNEL_ADMIN_DEBUG"):
+            traceback.print_exc()
         return fail(describe_db_error(e), EXIT_FAILURE)
     except KeyboardInterrupt:
         return fail("interrupted", 130)

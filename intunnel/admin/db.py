@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
+
+import peewee as pw
+
 from .. import migrations
-from .common import Context
+from .common import AdminError, Context
 from .table import format_table
 
 
@@ -20,29 +24,56 @@ def cmd_migrate(ctx: Context, args) -> int:
     return 0
 
 
+def _rows(db, sql: str) -> list:
+    return db.execute_sql(sql).fetchall()
+
+
 def check_database(db) -> dict:
-    """Integrity, foreign keys and schema version of an open database."""
-    integrity = [row[0] for row in db.execute_sql("PRAGMA integrity_check").fetchall()]
-    fk_rows = db.execute_sql("PRAGMA foreign_key_check").fetchall()
-    foreign_keys = [{"table": r[0], "rowid": r[1], "parent": r[2]} for r in fk_rows]
-    version = migrations.current_version(db)
+    """Integrity, foreign keys and schema version of an open database.
+
+    A file too damaged to answer a check counts as failing it, not as a crash.
+    """
+    try:
+        integrity = [row[0] for row in _rows(db, "PRAGMA integrity_check")]
+    except (pw.DatabaseError, sqlite3.DatabaseError) as e:
+        integrity = [f"unreadable: {e}"]
+    try:
+        foreign_keys = [{"table": r[0], "rowid": r[1], "parent": r[2]}
+                        for r in _rows(db, "PRAGMA foreign_key_check")]
+    except (pw.DatabaseError, sqlite3.DatabaseError) as e:
+        foreign_keys = [{"table": f"unreadable: {e}", "rowid": None, "parent": None}]
+    try:
+        version = migrations.current_version(db)
+        journal_mode = _rows(db, "PRAGMA journal_mode")[0][0]
+    except (pw.DatabaseError, sqlite3.DatabaseError):
+        version, journal_mode = -1, "unknown"
     return {
         "integrity": integrity,
         "foreign_key_violations": foreign_keys,
         "schema_version": version,
         "latest_version": migrations.LATEST,
-        "journal_mode": db.execute_sql("PRAGMA journal_mode").fetchone()[0],
-        "ok": integrity == ["ok"] and not foreign_keys and version <= migrations.LATEST,
+        "journal_mode": journal_mode,
+        "ok": integrity == ["ok"] and not foreign_keys and 0 <= version <= migrations.LATEST,
     }
 
 
 def cmd_check(ctx: Context, args) -> int:
-    result = check_database(ctx.open_db(migrate=False))
+    path = ctx.settings.db_path
+    if not path.exists():
+        raise AdminError(f"database {path} does not exist (wrong --config?)")
+    # A bare connection: no pragmas or migrations that could fail before the checks run.
+    db = pw.SqliteDatabase(str(path), pragmas={"busy_timeout": 5000})
+    try:
+        result = check_database(db)
+    finally:
+        db.close()
     if ctx.json:
         ctx.emit_json(result)
         return 0 if result["ok"] else 1
     version, latest = result["schema_version"], result["latest_version"]
-    if version < latest:
+    if version < 0:
+        schema = "fail: unreadable"
+    elif version < latest:
         schema = f"warn: version {version}, code expects {latest} (run 'intunnel-admin db migrate')"
     elif version > latest:
         schema = f"fail: version {version} is newer than this code ({latest}); upgrade InTunnel"
