@@ -74,8 +74,8 @@ def wrk(url: str, host: str | None, connections: int, seconds: float, close: boo
 CHUNK = 1 << 20
 
 
-def _connect(port: int, tls: bool) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+def connect(port: int, tls: bool, timeout: float = 30) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if tls:
         ctx = ssl.create_default_context()
@@ -85,7 +85,7 @@ def _connect(port: int, tls: bool) -> socket.socket:
     return sock
 
 
-def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+def read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """Read a response head; return (status, lower-cased headers, bytes already read past it)."""
     buf = b""
     while b"\r\n\r\n" not in buf:
@@ -105,14 +105,32 @@ def _read_head(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     return status, headers, rest
 
 
+def read_response(sock: socket.socket, head_only_body: bool = False, limit: int = 16 << 20
+                  ) -> tuple[int, dict[str, str], bytes]:
+    """Read a whole (small) response: by Content-Length when given, else until EOF."""
+    status, headers, body = read_head(sock)
+    body = bytearray(body)
+    want = int(headers["content-length"]) if "content-length" in headers else None
+    if head_only_body or status in (204, 304):
+        want = 0
+    while want is None or len(body) < want:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+        if len(body) > limit:
+            raise ValueError("response body too large")
+    return status, headers, bytes(body)
+
+
 def download_once(port: int, path: str, host: str, tls: bool = False) -> tuple[float, int]:
     """GET ``path``; return (seconds, body bytes) for the whole response."""
     buf = bytearray(CHUNK)
     view = memoryview(buf)
-    with _connect(port, tls) as sock:
+    with connect(port, tls) as sock:
         start = time.perf_counter()
         sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-        status, headers, got = _read_head(sock)
+        status, headers, got = read_head(sock)
         if status != 200:
             raise RuntimeError(f"download got HTTP {status}")
         want = int(headers["content-length"])
@@ -128,7 +146,7 @@ def download_once(port: int, path: str, host: str, tls: bool = False) -> tuple[f
 def upload_once(port: int, path: str, host: str, size: int, tls: bool = False) -> tuple[float, int]:
     """PUT ``size`` bytes to ``path``; the timer stops when the app has answered (after the whole body)."""
     block = memoryview(bytes(range(256)) * (CHUNK // 256))
-    with _connect(port, tls) as sock:
+    with connect(port, tls) as sock:
         start = time.perf_counter()
         sock.sendall(f"PUT {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n"
                      f"Connection: close\r\n\r\n".encode())
@@ -137,7 +155,7 @@ def upload_once(port: int, path: str, host: str, size: int, tls: bool = False) -
             piece = block[:min(CHUNK, size - sent)]
             sock.sendall(piece)
             sent += len(piece)
-        status, _, _ = _read_head(sock)
+        status, _, _ = read_head(sock)
         if status not in (200, 201, 204):
             raise RuntimeError(f"upload got HTTP {status}")
         return time.perf_counter() - start, sent

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import ssl
 import subprocess
 import sys
 from pathlib import Path
 
-from . import procs
+from . import load, procs
 
 PYTHON = sys.executable
 
@@ -42,35 +40,11 @@ def toml_value(value) -> str:
 
 def http_request(port: int, host: str, path: str = "/", method: str = "GET", tls: bool = False,
                  headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 request with ``Connection: close``; returns (status, headers, body)."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    sock = raw
-    if tls:
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-        sock = ctx.wrap_socket(raw, server_hostname=host.split(":")[0])
-    with sock:
+    """One small HTTP/1.1 request with ``Connection: close``; returns (status, headers, body)."""
+    with load.connect(port, tls, timeout) as sock:
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
         sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n".encode())
-        data = bytearray()
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-            if len(data) > 16 << 20:
-                raise ValueError("response too large for http_request")
-    head, _, body = bytes(data).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    if not lines or len(lines[0].split()) < 2:
-        raise ConnectionError("no HTTP response")
-    status = int(lines[0].split()[1])
-    hdrs = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        hdrs[k.strip().lower()] = v.strip()
-    return status, hdrs, body
+        return load.read_response(sock, head_only_body=method == "HEAD")
 
 
 class Stack:
@@ -167,10 +141,10 @@ class Stack:
         procs.stop(self.relay, timeout=10, sig=sig)
 
     def start_client(self, local_port: int, token: str, server: str | None = None,
-                     extra: list[str] = ()) -> subprocess.Popen:
+                     extra: list[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
         argv = [PYTHON, "-m", "intunnel.cli", "http", str(local_port), "--server", server or self.relay_url,
                 "--token", token, *extra]
-        proc = procs.start(argv, self._log("client"), env=self.env)
+        proc = procs.start(argv, self._log("client"), env={**self.env, **(env or {})})
         self.clients.append(proc)
         return proc
 
@@ -187,7 +161,10 @@ class Stack:
                 return http_request(port, host, path, tls=tls, timeout=2)[0] < 500
             except (OSError, ValueError):
                 return False
-        procs.wait_until(ok, timeout, f"the tunnel {host} to serve", interval=0.01)
+        try:
+            procs.wait_until(ok, timeout, f"the tunnel {host} to serve", interval=0.01)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n{self.logs()}") from None
         return time.monotonic() - start
 
     def logs(self) -> str:
