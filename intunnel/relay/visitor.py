@@ -173,7 +173,7 @@ class Visitor:
         data.feeders.append(self.conn)
         self.conn.feeders.append(data)
         data.on_close = self.on_data_closed
-        data.on_eof = None
+        data.on_eof = self.on_data_eof
         data.forward_to(self.on_response, decoder.take_rest())
         self.busy = False
         self.conn.resume()
@@ -214,6 +214,11 @@ class Visitor:
         if self.busy:  # we are switching hosts; route() handles it
             return
         self.finish()
+
+    def on_data_eof(self) -> None:
+        """The local app half-closed (e.g. a WebSocket server after the close handshake): pass it on."""
+        if not self.busy:
+            self.conn.write_eof()
 
     def on_visitor_eof(self) -> None:
         if self.data is not None and not self.busy and not self.pending:

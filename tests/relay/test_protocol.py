@@ -37,14 +37,20 @@ def test_decoder_keeps_raw_bytes_after_a_frame():
     assert decoder.take_rest() == b"HTTP/1.1 200 OK\r\n"
 
 
+def _frame(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + body
+
+
 @pytest.mark.parametrize("frame, error", [
     ((p.MAX_FRAME_SIZE + 1).to_bytes(4, "big"), "exceeds"),
-    (b"\x00\x00\x00\x03abc", "not UTF-8 JSON"),
-    (b"\x00\x00\x00\x02[]", "object with a type"),
-    (b'\x00\x00\x00\x0f{"type":"nope"}', "unknown message type"),
-    (b'\x00\x00\x00\x0f{"type":"ping"}', "missing field 'seq'"),
-    (b'\x00\x00\x00\x18{"type":"ping","seq":"1"}', "must be int"),
-    (b'\x00\x00\x00\x19{"type":"ping","seq":true}', "must be int"),
+    (_frame(b"\xff\xfe"), "not UTF-8 JSON"),
+    (_frame(b"abc"), "not UTF-8 JSON"),
+    (_frame(b"[]"), "object with a type"),
+    (_frame(b'{"type":"nope"}'), "unknown message type"),
+    (_frame(b'{"type":"ping"}'), "missing field 'seq'"),
+    (_frame(b'{"type":"ping","seq":"1"}'), "must be int"),
+    (_frame(b'{"type":"ping","seq":true}'), "must be int"),
+    (_frame(b'{"type":"welcome","url":1}'), "must be str"),
 ])
 def test_bad_frames_are_protocol_errors(frame, error):
     with pytest.raises(p.ProtocolError, match=error):
