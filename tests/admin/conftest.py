@@ -114,6 +114,14 @@ def admin(tmp_path):
 
 
 @pytest.fixture
+def in_process(monkeypatch):
+    """For calling ``main()`` in this process: the machine's INTUNNEL_* must not leak in."""
+    for key in list(os.environ):
+        if key.startswith("INTUNNEL_"):
+            monkeypatch.delenv(key)
+
+
+@pytest.fixture
 def installed(admin):
     """An installation with a migrated database and an admin account."""
     admin.ok("db", "migrate")

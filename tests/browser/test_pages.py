@@ -158,6 +158,7 @@ def test_dashboard_lists_tunnels_and_updates_status_without_reload(page, users, 
     set_status(quiet.id, "active")
     expect(pill).to_have_attribute("data-status", "active", timeout=5000)
     expect(pill).to_have_text("Active")
+    expect(page.locator("#active-count")).to_have_text("2")
     expect(rows.nth(2).locator("td[data-label='Last connected']")).to_have_text("just now")
     set_status(quiet.id, "inactive")
     expect(pill).to_have_text("Inactive", timeout=5000)

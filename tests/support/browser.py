@@ -46,7 +46,9 @@ def _require(what: str, present: bool) -> None:
         pytest.skip(f"{what} not installed")
 
 
-@pytest.fixture(scope="session")
+# Module scope: each test module imports its own copy of this fixture, and only one
+# sync Playwright may run at a time, so each must end with its module.
+@pytest.fixture(scope="module")
 def browser():
     _require(CHROMIUM, shutil.which(CHROMIUM) is not None)
     try:

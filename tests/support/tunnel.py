@@ -109,6 +109,7 @@ class LoopThread:
             await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             self.call(cancel_all(), 10)
+            self.call(asyncio.sleep(0.02), 5)  # let closing transports really close their sockets
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         self.loop.close()

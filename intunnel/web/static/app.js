@@ -119,6 +119,10 @@
         .then(function (data) {
           if (data && data.tunnels) {
             data.tunnels.forEach(applyTunnel);
+            var counter = document.getElementById("active-count");
+            if (counter) {
+              counter.textContent = String(data.tunnels.filter(function (t) { return t.status === "active"; }).length);
+            }
             root.setAttribute("data-last-poll", new Date().toISOString());
           }
           refreshTimes();

@@ -1,0 +1,301 @@
+"""The playbook against a real systemd host, exactly as against a VPS (issue 6, item 5).
+
+A Debian bookworm root (debootstrap, cached) boots with systemd-nspawn; the
+playbook runs over SSH with TLS mode `selfsigned` and domain `intunnel.test` on
+free ports; then, from outside: log in over HTTPS, create a tunnel through the
+API, run the client on this machine against the container's nginx, fetch a page
+and a WebSocket echo through https://<sub>.intunnel.test, check the units, run
+the backup job as cron would, restore it, and run the playbook again: changed=0.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from http import HTTPStatus
+from pathlib import Path
+
+import pytest
+
+from conftest import require_tool
+from container_support import Container, prepare_root
+from nginx_support import free_port
+
+pytestmark = [pytest.mark.deploy, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+DOMAIN = "intunnel.test"
+ADMIN_EMAIL = "admin@intunnel.test"
+UNITS = ("intunnel-web.service", "intunnel-relay.service")
+PLAYBOOK_TIMEOUT = 900
+
+
+def run_playbook(inventory: Path, log: Path) -> str:
+    ansible_playbook = Path(sys.prefix) / "bin" / "ansible-playbook"
+    if not ansible_playbook.exists():
+        ansible_playbook = Path(require_tool("ansible-playbook"))
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_HOST_KEY_CHECKING": "False",
+           "ANSIBLE_RETRY_FILES_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    env.pop("INTUNNEL_CONFIG", None)
+    result = subprocess.run([str(ansible_playbook), "-i", str(inventory), str(REPO / "deploy" / "site.yml")],
+                            capture_output=True, text=True, env=env, timeout=PLAYBOOK_TIMEOUT)
+    with open(log, "a") as f:
+        f.write(result.stdout + result.stderr)
+    assert result.returncode == 0, f"ansible-playbook failed (log {log}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def recap(output: str) -> dict[str, int]:
+    match = re.search(r"PLAY RECAP \*+\s*\n\S+\s*:\s*(.*)", output)
+    assert match, output[-3000:]
+    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
+
+
+class Site:
+    """What the tests need to reach the deployed host."""
+
+    def __init__(self, container, https_port, ca_file, admin_password, inventory, log):
+        self.container, self.https_port, self.ca_file = container, https_port, ca_file
+        self.admin_password, self.inventory, self.log = admin_password, inventory, log
+        self.cookie = None
+
+    @property
+    def server_url(self) -> str:
+        return f"https://{DOMAIN}:{self.https_port}"
+
+    def tls_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def connection(self, host: str) -> http.client.HTTPSConnection:
+        """HTTPS to the container's nginx, with SNI and Host = host (which no DNS knows)."""
+        port, context = self.https_port, self.tls_context()
+
+        class Connection(http.client.HTTPSConnection):
+            def connect(self):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
+                self.sock = context.wrap_socket(sock, server_hostname=host)
+
+        return Connection(host, port, timeout=15, context=context)
+
+    def request(self, method, path, body=None, host=DOMAIN, headers=None):
+        conn = self.connection(host)
+        try:
+            all_headers = {"Accept": "application/json", **(headers or {})}
+            if self.cookie and host == DOMAIN:
+                all_headers["Cookie"] = self.cookie
+            data = None
+            if body is not None:
+                data = json.dumps(body).encode()
+                all_headers["Content-Type"] = "application/json"
+            conn.request(method, path, body=data, headers=all_headers)
+            response = conn.getresponse()
+            return response.status, response.getheaders(), response.read()
+        finally:
+            conn.close()
+
+    def login(self):
+        status, headers, body = self.request("POST", "/login", {"email": ADMIN_EMAIL, "password": self.admin_password})
+        assert status == 200, (status, body)
+        cookies = [v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie"]
+        self.cookie = "; ".join(c for c in cookies if c.startswith("intunnel_session="))
+        assert self.cookie, headers
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    for tool in ("debootstrap", "systemd-nspawn", "ssh", "ssh-keygen", "openssl"):
+        require_tool(tool)
+    if os.geteuid() != 0:
+        pytest.skip("the deploy test boots a container: run it as root")
+    work = tmp_path_factory.mktemp("deploy")
+    timings = {}
+    started = time.monotonic()
+    key = work / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    ssh_port, http_port, https_port = free_port(), free_port(), free_port()
+    root = work / "root"
+    prepare_root(root, ssh_port, (work / "id_ed25519.pub").read_text())
+    timings["root"] = time.monotonic() - started
+    container = Container(root, ssh_port, key, work / "console.log")
+    try:
+        container.wait_ready()
+        timings["boot"] = time.monotonic() - started - timings["root"]
+        inventory = work / "inventory.ini"
+        inventory.write_text(f"""[intunnel]
+testhost ansible_host=127.0.0.1 ansible_port={ssh_port} ansible_user=root ansible_ssh_private_key_file={key} \
+ansible_ssh_common_args='-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
+ansible_python_interpreter=/usr/bin/python3
+
+[intunnel:vars]
+intunnel_domain={DOMAIN}
+intunnel_admin_email={ADMIN_EMAIL}
+intunnel_tls_mode=selfsigned
+intunnel_nginx_http_port={http_port}
+intunnel_nginx_https_port={https_port}
+intunnel_web_listen=127.0.0.1:{free_port()}
+intunnel_relay_listen=127.0.0.1:{free_port()}
+""")
+        log = work / "ansible.log"
+        t0 = time.monotonic()
+        first = run_playbook(inventory, log)
+        timings["first_playbook"] = time.monotonic() - t0
+        assert recap(first)["failed"] == 0
+        ca_file = work / "ca.pem"
+        ca_file.write_text(container.ssh("cat /etc/intunnel/tls/fullchain.pem").stdout)
+        password = container.ssh("cat /etc/intunnel/admin-password").stdout.strip()
+        assert password and password in first, "the generated admin password is shown at the end of the run"
+        s = Site(container, https_port, ca_file, password, inventory, log)
+        s.timings = timings
+        yield s
+    finally:
+        container.stop()
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"deploy test timings (s): { {k: round(v, 1) for k, v in timings.items()} }")
+
+
+def test_units_are_active_and_hardened(site):
+    for unit in UNITS:
+        assert site.container.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", \
+            site.container.ssh(f"journalctl -u {unit} --no-pager -n 50", check=False).stdout
+        assert site.container.ssh(f"systemctl show -P User {unit}").stdout.strip() == "intunnel"
+        verify = site.container.ssh(f"systemd-analyze verify /etc/systemd/system/{unit}", check=False)
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+        security = site.container.ssh(f"systemd-analyze security --no-pager {unit}", check=False).stdout
+        exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security)
+        assert exposure and float(exposure.group(1)) < 4.0, security
+    assert site.container.ssh("systemctl is-active nginx").stdout.strip() == "active"
+    config = site.container.ssh("stat -c '%a %U %G' /etc/intunnel/intunnel.toml").stdout.split()
+    assert config == ["640", "root", "intunnel"]
+
+
+class Upstream:
+    """The "local app" on this machine: a page at / and a WebSocket echo at /ws, one port."""
+
+    def __init__(self):
+        from websockets.sync.server import serve
+
+        def process_request(connection, request):
+            if request.headers.get("Upgrade", "").lower() != "websocket":
+                return connection.respond(HTTPStatus.OK, f"hello from the laptop, path {request.path}\n")
+            return None
+
+        def echo(ws):
+            for message in ws:
+                ws.send(message)
+
+        self.server = serve(echo, "127.0.0.1", 0, process_request=process_request)
+        self.port = self.server.socket.getsockname()[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.thread.join(10)
+
+
+def wait_until(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_tunnel_through_the_deployed_host(site):
+    from websockets.sync.client import connect
+
+    site.login()
+    status, _, body = site.request("POST", "/api/tunnels", {"name": "My Web App", "subdomain": "myapp",
+                                                            "local_port": 3000})
+    assert status in (200, 201), body
+    tunnel = json.loads(body)
+    token = tunnel.get("token") or tunnel.get("tunnel", {}).get("token")
+    assert token, tunnel
+    upstream = Upstream()
+    env = {**os.environ, "INTUNNEL_TEST_HOSTS": f"{DOMAIN}=127.0.0.1", "PYTHONUNBUFFERED": "1"}
+    env.pop("INTUNNEL_CONFIG", None)
+    client_log = open(site.log.with_name("client.log"), "w+")
+    client = subprocess.Popen([sys.executable, str(HERE / "resolving_client.py"), "http", str(upstream.port),
+                               "--server", site.server_url, "--token", token, "--insecure"],
+                              stdout=client_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        host = f"myapp.{DOMAIN}"
+
+        def page_served():
+            status, _, body = site.request("GET", "/hello?x=1", host=host)
+            return status == 200 and body == b"hello from the laptop, path /hello?x=1\n"
+        wait_until(page_served, 30, "the page through the tunnel (client log: " + client_log.name + ")")
+
+        sock = socket.create_connection(("127.0.0.1", site.https_port), timeout=10)
+        with connect(f"wss://{host}:{site.https_port}/ws", sock=sock, ssl=site.tls_context(),
+                     server_hostname=host, open_timeout=10, proxy=None) as ws:
+            ws.send("ping through the appliance")
+            assert ws.recv(timeout=10) == "ping through the appliance"
+            ws.send(b"\x00\x01binary")
+            assert ws.recv(timeout=10) == b"\x00\x01binary"
+
+        status, _, body = site.request("GET", "/api/tunnels")
+        assert status == 200 and b"active" in body
+    finally:
+        client.terminate()
+        try:
+            client.wait(10)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait()
+        client_log.close()
+        upstream.close()
+
+
+def test_backup_as_cron_runs_it_and_restore(site):
+    c = site.container
+    line = next(l for l in c.ssh("cat /etc/cron.d/intunnel-backup").stdout.splitlines()
+                if l.strip() and not l.startswith("#"))
+    fields = line.split(None, 6)
+    user, command = fields[5], fields[6]
+    assert user == "intunnel" and (fields[0], fields[1]) == ("17", "3")
+    # cron: the user's uid, /bin/sh -c, almost no environment.
+    c.ssh(f"cd / && env -i runuser -u {user} -- /bin/sh -c {shlex.quote(command)}")
+    backups = c.ssh("ls /var/lib/intunnel/backups/").stdout.split()
+    backup = next(b for b in backups if b.endswith(".db.gz"))
+
+    site.login()
+    status, _, body = site.request("POST", "/api/tunnels", {"name": "After backup", "subdomain": "later",
+                                                            "local_port": 4000})
+    assert status in (200, 201), body
+    c.ssh("systemctl stop intunnel-web intunnel-relay")
+    c.ssh(f"runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin restore "
+          f"--config /etc/intunnel/intunnel.toml /var/lib/intunnel/backups/{backup}")
+    c.ssh("systemctl start intunnel-web intunnel-relay")
+
+    def web_up():
+        try:
+            return site.request("GET", "/healthz")[0] == 200
+        except OSError:
+            return False
+    wait_until(web_up, 30, "the web app after the restore")
+    site.login()
+    status, _, body = site.request("GET", "/api/tunnels")
+    names = [t["subdomain"] for t in json.loads(body)["tunnels"]] if status == 200 else body
+    assert names == ["myapp"], names
+
+
+def test_second_run_changes_nothing(site):
+    t0 = time.monotonic()
+    second = run_playbook(site.inventory, site.log)
+    site.timings["second_playbook"] = time.monotonic() - t0
+    counts = recap(second)
+    assert counts["changed"] == 0 and counts["failed"] == 0, second[-8000:]
+    for unit in UNITS:
+        assert site.container.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
