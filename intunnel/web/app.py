@@ -2,9 +2,9 @@
 
 Per request, in this order (before-request hooks):
   1. a database connection is opened (closed again after the request);
-  2. a body larger than ``api_max_body`` is refused with 413 before it is read;
-  3. for ``/api/*``: the caller is identified (user, or client address before
+  2. for ``/api/*``: the caller is identified (user, or client address before
      login) and counted against the rate limits (429 with Retry-After);
+  3. a body larger than ``api_max_body`` is refused with 413 before it is read;
   4. a state-changing request from another site's page is refused (403, see auth).
 Every error, whether raised by our code (AppError), by Bottle (404, 405) or
 unexpected (500), is rendered once by ``errors_render`` in the client's format.
@@ -145,10 +145,10 @@ def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
         environ[ENVIRON_KEY] = state
         database.connect(reuse_if_open=True)
         try:
-            if bottle.request.content_length > settings.api_max_body:
-                raise PayloadTooLarge(f"Request body larger than {settings.api_max_body} bytes")
             if errors_render.is_api_path(environ.get("PATH_INFO", "")):
                 _rate_limit(state, environ)
+            if bottle.request.content_length > settings.api_max_body:
+                raise PayloadTooLarge(f"Request body larger than {settings.api_max_body} bytes")
             auth.check_origin(environ, settings)
         except AppError as err:
             raise errors_render.error_response(err, environ) from None

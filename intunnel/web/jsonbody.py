@@ -39,6 +39,11 @@ def read_object(max_bytes: int) -> dict[str, Any]:
         raise ValidationError("request body is not valid JSON", field="body") from None
     if not isinstance(data, dict):
         raise ValidationError("request body must be a JSON object", field="body")
+    try:
+        # JSON may carry lone surrogates ("\ud800") that no database or page can store.
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("request body contains invalid Unicode", field="body") from None
     return data
 
 

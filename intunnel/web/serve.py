@@ -54,18 +54,32 @@ def make_server(settings, app=None, **adjustments):
     return server
 
 
+# How often a server run by start_in_thread looks at its stop flag (seconds).
+STOP_POLL_INTERVAL = 0.05
+
+
 def start_in_thread(server) -> threading.Thread:
-    thread = threading.Thread(target=server.run, name="intunnel-web", daemon=True)
+    """Serve in a daemon thread until ``stop_server``; the loop checks a flag, so
+    stopping needs no cross-thread write to waitress's trigger pipe."""
+    server.intunnel_stop = threading.Event()
+
+    def serve() -> None:
+        server_map = server._map
+        try:
+            while server_map and not server.intunnel_stop.is_set():
+                wasyncore.loop(timeout=STOP_POLL_INTERVAL, map=server_map, use_poll=True, count=1)
+        finally:
+            wasyncore.close_all(server_map, ignore_all=True)
+
+    thread = threading.Thread(target=serve, name="intunnel-web", daemon=True)
     thread.start()
     return thread
 
 
-def stop_server(server, thread: threading.Thread | None = None, timeout: float = 5.0) -> None:
-    """Close the listener and every connection from the server's own loop, then join."""
-    server_map = server._map
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server_map))
-    if thread is not None:
-        thread.join(timeout)
+def stop_server(server, thread: threading.Thread, timeout: float = 5.0) -> None:
+    """Stop a server started by ``start_in_thread``: listener and connections closed, workers joined."""
+    server.intunnel_stop.set()
+    thread.join(timeout)
     server.task_dispatcher.shutdown(timeout=timeout)
 
 
