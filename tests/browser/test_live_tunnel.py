@@ -101,7 +101,7 @@ def test_log_in_create_connect_open_regenerate_delete(stack, tmp_path):
     page.get_by_label("Subdomain").fill("myapp")
     page.get_by_role("button", name="Create tunnel").click()
     expect(page.get_by_role("heading", name="My Web App")).to_be_visible()
-    page.get_by_text("Show command").click()
+    page.locator("#cmd-token-reveal > summary").click()
     add_token = page.locator("#cmd-add-token").inner_text()
     start = page.locator("#cmd-http").inner_text()
     assert add_token.endswith(f"--server {relay.url}")

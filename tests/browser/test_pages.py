@@ -116,7 +116,7 @@ def test_create_tunnel_inline_errors_then_tunnel_page(page, users, web):
     page.get_by_text("Reveal token").click()
     expect(token).to_be_visible()
     expect(token).to_have_text(tunnel.token)
-    page.get_by_text("Show command").click()
+    page.locator("#cmd-token-reveal > summary").click()
     expect(page.locator("#cmd-add-token")).to_have_text(
         f"intunnel config add-token {tunnel.token} --server {relay_url}")
     page.locator("#tunnel-reveal, #token-reveal").first.scroll_into_view_if_needed()
