@@ -70,8 +70,9 @@ class Conn(asyncio.Protocol):
     def eof_received(self):
         self.eof = True
         self._wake()
-        if self.on_eof is not None:
-            self.on_eof()
+        if self.on_eof is None:
+            return False  # nobody wants a half-open socket: let the transport close
+        self.on_eof()
         if self.eof_sent:
             self.close()  # both directions are done
         return True  # keep the write side open (half-close); the handler decides

@@ -28,6 +28,7 @@ class AgentSession:
         self.secret = secrets.token_urlsafe(24)
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
         self.idle: deque[Conn] = deque()
+        self.active: set[Conn] = set()   # data connections carrying a visitor right now
         self.waiters: deque[asyncio.Future] = deque()
         self.visitors = 0
         self.closed = False
@@ -81,6 +82,10 @@ class AgentSession:
         self.closed = True
         while self.idle:
             self.idle.popleft().close()
+        if not self.relay.stopping:  # a graceful stop lets visitors finish first
+            # The agent is gone: its in-flight data connections would otherwise hang forever.
+            for conn in list(self.active):
+                conn.abort()
         while self.waiters:
             w = self.waiters.popleft()
             if not w.done():
@@ -111,6 +116,7 @@ class AgentSession:
             conn = self.idle.popleft()
             if not conn.closed and not conn.eof:
                 conn.on_close = None
+                self.active.add(conn)
                 return conn
         if self.closed:
             return None
@@ -123,4 +129,5 @@ class AgentSession:
             return None
         if conn is not None:
             conn.on_close = None
+            self.active.add(conn)
         return conn

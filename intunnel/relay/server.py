@@ -38,7 +38,7 @@ class Relay:
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
         self._tasks: set[asyncio.Task] = set()
-        self._stopping = False
+        self.stopping = False
 
     # --- lifecycle ---
     async def start(self, sock=None) -> tuple[str, int]:
@@ -62,9 +62,9 @@ class Relay:
 
     async def stop(self, grace: float = p.SHUTDOWN_GRACE) -> None:
         """Stop accepting, tell agents to go away, give visitors ``grace`` seconds, close."""
-        if self._stopping:
+        if self.stopping:
             return
-        self._stopping = True
+        self.stopping = True
         if self.server is not None:
             self.server.close()
         sessions = list(self.sessions.values())
@@ -156,7 +156,7 @@ class Relay:
         if (head.get("upgrade") or "").lower() != p.UPGRADE_TOKEN:
             self._error(conn, 400, "expected Upgrade: intunnel", "BAD_REQUEST")
             return
-        if self._stopping:
+        if self.stopping:
             self._error(conn, 503, "the relay is restarting", "GOING_AWAY")
             return
         auth = head.get("authorization") or ""
@@ -225,7 +225,7 @@ class Relay:
         if self.sessions.get(session.subdomain) is session:
             del self.sessions[session.subdomain]
             log.info("tunnel %s: agent disconnected", session.subdomain)
-            if not self._stopping:
+            if not self.stopping:
                 self._spawn(self._mark_inactive(session))
 
     async def _mark_inactive(self, session: AgentSession) -> None:

@@ -115,6 +115,7 @@ class Visitor:
         if self.data is not None:  # another Host on this keep-alive connection
             old = self.data
             self.data = None
+            self.session.active.discard(old)
             self._release()
             old.write_eof()
             await self._wait_closed(old, self.settings.relay_upstream_timeout)
@@ -211,6 +212,8 @@ class Visitor:
                                          h.get("accept"), h.method == "HEAD"))
 
     def on_data_closed(self) -> None:
+        if self.session is not None:
+            self.session.active.discard(self.data)
         if self.busy:  # we are switching hosts; route() handles it
             return
         self.finish()
@@ -230,6 +233,8 @@ class Visitor:
         self.done = True
         if self.data is not None:
             self.data.close()
+            if self.session is not None:
+                self.session.active.discard(self.data)
         self._cleanup()
 
     # --- endings ---
