@@ -3,6 +3,9 @@ SQLite file per test, a manual clock for the rate limits, users to log in as."""
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
 import requests
 
@@ -49,3 +52,14 @@ def alice(web):
 def alice_session(web, alice):
     with login_session(web, "alice@example.com") as s:
         yield s
+
+
+@pytest.fixture
+def curl_binary():
+    """The real curl (scripts/test.sh installs it); skip on a laptop without it, fail in CI."""
+    found = shutil.which("curl")
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("curl is required in CI but not installed")
+    pytest.skip("curl not installed")
