@@ -14,7 +14,7 @@ from playwright.sync_api import expect
 from intunnel import tunnels
 from intunnel.models import ApiToken, Tunnel, User, database
 from intunnel.timeutil import utcnow
-from support.browser import (PASSWORD, browser, login, no_horizontal_scroll, no_js_page, page,  # noqa: F401
+from support.browser import (DESKTOP, PASSWORD, browser, login, no_horizontal_scroll, no_js_page, page,  # noqa: F401
                              page_errors, phone_page, shot, users, web)
 
 pytestmark = pytest.mark.browser
@@ -182,6 +182,21 @@ def test_phone_layout(phone_page, users, web):
         assert no_horizontal_scroll(phone_page), f"{path} scrolls sideways at 360 px"
         if name:
             shot(phone_page, name)
+
+
+def test_dark_mode_follows_the_system(browser, web, users):
+    context = browser.new_context(base_url=web.url, viewport=DESKTOP, color_scheme="dark")
+    try:
+        page = context.new_page()
+        make_tunnel(web.settings, users["alice"], "Marketing site", "marketing", 3000, "active", timedelta(minutes=2))
+        make_tunnel(web.settings, users["alice"], "API staging", "api-staging", 8080, "inactive", timedelta(days=2))
+        login(page)
+        expect(page.locator("#tunnels tbody tr")).to_have_count(2)
+        background = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert background == "rgb(13, 17, 23)", background
+        shot(page, "dark-dashboard")
+    finally:
+        context.close()
 
 
 def test_rename_change_port_regenerate_and_delete_with_confirmation(page, users, web):
