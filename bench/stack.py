@@ -18,6 +18,7 @@ from pathlib import Path
 from . import load, procs
 
 PYTHON = sys.executable
+REPO = Path(__file__).resolve().parent.parent
 
 
 def clean_env(home: Path) -> dict[str, str]:
@@ -25,6 +26,8 @@ def clean_env(home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("INTUNNEL_")}
     env["XDG_CONFIG_HOME"] = str(home / "xdg-config")
     env["PYTHONUNBUFFERED"] = "1"
+    # `python -m bench.agents` / `bench.with_uvloop` from any working directory
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 
@@ -51,7 +54,7 @@ class Stack:
     """A data dir with a database, one relay subprocess and any number of clients."""
 
     def __init__(self, home: Path, relay_port: int | None = None, settings: dict | None = None,
-                 domain: str = "localhost"):
+                 domain: str = "localhost", uvloop: bool = False):
         from intunnel.settings import load_settings, prepare_data_dir
 
         self.home = Path(home)
@@ -70,6 +73,8 @@ class Stack:
         self._user = None
         self._db = None
         self._logs = 0
+        # The command that runs `intunnel ...`; bench.with_uvloop swaps the event loop (experiment).
+        self.intunnel = [PYTHON, "-m", "bench.with_uvloop" if uvloop else "intunnel.cli"]
 
     # --- database ---
     def _open_db(self):
@@ -118,7 +123,7 @@ class Stack:
         return f"{subdomain}.{self.domain}:{self.relay_port}"
 
     def start_relay(self) -> subprocess.Popen:
-        self.relay = procs.start([PYTHON, "-m", "intunnel.cli", "relay", "--config", str(self.config)],
+        self.relay = procs.start([*self.intunnel, "relay", "--config", str(self.config)],
                                  self._log("relay"), env=self.env)
         procs.wait_until(lambda: self.relay.poll() is not None or self.relay_healthy(), 20, "the relay to listen")
         if self.relay.poll() is not None:
@@ -142,7 +147,7 @@ class Stack:
 
     def start_client(self, local_port: int, token: str, server: str | None = None,
                      extra: list[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
-        argv = [PYTHON, "-m", "intunnel.cli", "http", str(local_port), "--server", server or self.relay_url,
+        argv = [*self.intunnel, "http", str(local_port), "--server", server or self.relay_url,
                 "--token", token, *extra]
         proc = procs.start(argv, self._log("client"), env={**self.env, **(env or {})})
         self.clients.append(proc)
