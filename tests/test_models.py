@@ -1,0 +1,55 @@
+"""The data model on a real SQLite file: WAL, foreign keys, uniqueness by the database."""
+
+from __future__ import annotations
+
+import peewee as pw
+import pytest
+
+from intunnel.models import ApiToken, Session, Tunnel, User, database
+from intunnel.timeutil import utcnow
+
+
+def user(n: int) -> User:
+    return User.create(username=f"user{n}", email=f"user{n}@example.com", password_hash="x")
+
+
+def test_pragmas(db):
+    assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("field", ["username", "email"])
+def test_user_uniqueness_enforced_by_database(db, field):
+    user(1)
+    values = {"username": "other", "email": "other@example.com", "password_hash": "x"}
+    values[field] = "user1" if field == "username" else "user1@example.com"
+    with pytest.raises(pw.IntegrityError), database.atomic():
+        User.create(**values)
+
+
+def test_subdomain_and_token_unique(db):
+    owner = user(1)
+    Tunnel.create(owner=owner, name="a", subdomain="myapp", local_port=1, token="t1")
+    with pytest.raises(pw.IntegrityError), database.atomic():
+        Tunnel.create(owner=owner, name="b", subdomain="myapp", local_port=1, token="t2")
+    with pytest.raises(pw.IntegrityError), database.atomic():
+        Tunnel.create(owner=owner, name="b", subdomain="other", local_port=1, token="t1")
+
+
+def test_foreign_keys_enforced_and_cascade(db):
+    with pytest.raises(pw.IntegrityError), database.atomic():
+        Tunnel.create(owner=9999, name="a", subdomain="orphan", local_port=1, token="t")
+    owner = user(1)
+    Tunnel.create(owner=owner, name="a", subdomain="myapp", local_port=1, token="t1")
+    Session.create(id_hash="h", user=owner, csrf_token="c", expires_at=utcnow())
+    ApiToken.create(user=owner, name="n", prefix="itk_", token_hash="th")
+    owner.delete_instance()
+    assert (Tunnel.select().count(), Session.select().count(), ApiToken.select().count()) == (0, 0, 0)
+
+
+def test_defaults(db):
+    owner = user(1)
+    t = Tunnel.create(owner=owner, name="a", subdomain="myapp", local_port=1, token="t1")
+    t = Tunnel.get_by_id(t.id)
+    assert t.status == "inactive" and t.last_connected is None and t.created_at is not None
+    assert owner.is_admin is False and owner.disabled is False
