@@ -1,0 +1,99 @@
+"""`intunnel serve`: the whole appliance in one process, on loopback, for a laptop or a demo.
+
+The web app (waitress, in a thread) on ``web_listen`` and the relay (asyncio,
+main thread) on ``relay_listen``, with domain ``localhost`` by default, so
+``http://<subdomain>.localhost:8080`` works in any browser with no DNS and no
+nginx.  On first run (no users yet) it creates an admin account from
+``admin_email``/``admin_password`` or a generated password printed once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from .cli import add_config_argument
+from .models import User, open_database
+from .relay.serve import serve as serve_relay, setup_logging
+from .relay.server import Relay
+from .settings import load_settings, prepare_data_dir
+
+HELP = "Run the web app and the relay together on loopback (embedded mode)."
+DEFAULT_ADMIN_LOCAL_PART = "admin"
+
+
+def add_arguments(parser) -> None:
+    add_config_argument(parser)
+
+
+def default_admin_email(settings) -> str:
+    domain = settings.domain if "." in settings.domain else f"intunnel.{settings.domain}"
+    return f"{DEFAULT_ADMIN_LOCAL_PART}@{domain}"
+
+
+def ensure_first_admin(settings) -> tuple[str, str | None] | None:
+    """Create the first admin when there is no user at all.
+
+    Returns (email, password) where password is None when it came from the
+    settings (the operator knows it), or None when users already exist.
+    """
+    from . import accounts
+    if User.select().exists():
+        return None
+    email = settings.admin_email or default_admin_email(settings)
+    given = settings.admin_password or None
+    password = given or secrets.token_urlsafe(12)
+    accounts.create_user(email, email.split("@", 1)[0], password, is_admin=True)
+    return email, (None if given else password)
+
+
+def _host_for_humans(host: str, settings) -> str:
+    if host in ("127.0.0.1", "::1", "0.0.0.0", "") and settings.domain == "localhost":
+        return "localhost"
+    return host
+
+
+def next_steps(settings, web_address, relay_address, admin) -> str:
+    web = f"http://{_host_for_humans(web_address[0], settings)}:{web_address[1]}"
+    relay = settings.relay_url
+    lines = ["", "InTunnel is running.",
+             f"  Dashboard and API: {web}",
+             f"  Tunnels:           {settings.tunnel_url('<subdomain>')}"]
+    if admin is not None:
+        email, password = admin
+        lines.append(f"  Admin account:     {email}")
+        if password:
+            lines.append(f"  Admin password:    {password}   (shown once: keep it)")
+    lines += ["",
+              "Next steps:",
+              f"  1. Log in at {web}",
+              "  2. Create a tunnel, e.g. subdomain 'myapp' for local port 3000",
+              f"  3. Next to your app on port 3000, run:",
+              f"       intunnel http 3000 --server {relay} --token <the tunnel's token>",
+              f"  4. Open {settings.tunnel_url('myapp')}",
+              ""]
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    settings = prepare_data_dir(load_settings(args.config))
+    setup_logging(settings.log_level)
+    db = open_database(settings.db_path)
+    with db.connection_context():
+        admin = ensure_first_admin(settings)
+
+    from .web.serve import make_server, start_in_thread, stop_server
+    web = make_server(settings)
+    web_thread = start_in_thread(web)
+    web_address = (web.effective_host, int(web.effective_port))
+
+    def announce(relay: Relay) -> None:
+        print(next_steps(relay.settings, web_address, relay.address, admin), flush=True)
+
+    try:
+        asyncio.run(serve_relay(Relay(settings), extra_start=announce))
+    finally:
+        stop_server(web, web_thread)
+        logging.getLogger("intunnel").info("stopped")
+    return 0

@@ -1,0 +1,107 @@
+"""`intunnel serve` (web + relay on loopback) and `intunnel config add-token`, as real processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import stat
+import subprocess
+import sys
+import urllib.request
+
+from tests.support.tunnel import HttpUpstream, _Process, _python_env, free_port, visit, wait_for
+
+
+class ServeProcess(_Process):
+    def __init__(self, settings, web_port, relay_port, env=None):
+        super().__init__(["serve"], _python_env({
+            "INTUNNEL_DATA_DIR": str(settings.data_dir),
+            "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{web_port}",
+            "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{relay_port}", **(env or {})}))
+
+
+def api(web_port, method, path, body=None, cookie=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{web_port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body is not None else None,
+                                 headers={"Content-Type": "application/json", "Accept": "application/json",
+                                          **({"Cookie": cookie} if cookie else {})})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.loads(resp.read()), resp.headers
+
+
+def test_serve_creates_the_first_admin_once_and_tunnels_work(settings, tmp_path):
+    web_port, relay_port = free_port(), free_port()
+    serve = ServeProcess(settings, web_port, relay_port)
+    try:
+        serve.wait_line(r"Next steps:")
+        out = "\n".join(serve.lines)
+        email = re.search(r"Admin account:\s+(\S+)", out).group(1)
+        password = re.search(r"Admin password:\s+(\S+)", out).group(1)
+        assert f"--server http://localhost:{relay_port} --token" in out
+        assert f"http://myapp.localhost:{relay_port}" in out
+        # Log in, create a tunnel through the API, run the exact client command.
+        login, headers = api(web_port, "POST", "/login", {"email": email, "password": password})
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        created, _ = api(web_port, "POST", "/api/tunnels",
+                         {"name": "My App", "subdomain": "myapp", "local_port": 3000}, cookie)
+        token = created["tunnel"]["token"]
+        with HttpUpstream() as up:
+            client = _Process(["http", str(up.port), "--server", f"http://localhost:{relay_port}",
+                               "--token", token], _python_env({}))
+            try:
+                client.wait_line(rf"^connected: http://myapp\.localhost:{relay_port}")
+                status, _, body = visit(relay_port, f"myapp.localhost:{relay_port}", "/hi")
+                assert status == 200 and json.loads(body)["path"] == "/hi"
+                tunnel_list, _ = api(web_port, "GET", "/api/tunnels", cookie=cookie)
+                assert tunnel_list["tunnels"][0]["status"] == "active"
+            finally:
+                client.close()
+        assert serve.stop() == 0
+    finally:
+        serve.close()
+    # Second run: users exist, no new admin and no password printed.
+    serve = ServeProcess(settings, web_port, relay_port)
+    try:
+        serve.wait_line(r"Next steps:")
+        assert "Admin password" not in "\n".join(serve.lines)
+        assert serve.stop() == 0
+    finally:
+        serve.close()
+
+
+def test_serve_takes_the_admin_from_the_environment(settings):
+    web_port, relay_port = free_port(), free_port()
+    serve = ServeProcess(settings, web_port, relay_port, env={
+        "INTUNNEL_ADMIN_EMAIL": "boss@example.com", "INTUNNEL_ADMIN_PASSWORD": "a long secret pw"})
+    try:
+        serve.wait_line(r"Next steps:")
+        out = "\n".join(serve.lines)
+        assert "boss@example.com" in out and "a long secret pw" not in out
+        login, _ = api(web_port, "POST", "/login", {"email": "boss@example.com", "password": "a long secret pw"})
+        assert login["success"] is True
+    finally:
+        serve.close()
+
+
+def test_config_add_token_then_http_port_alone(settings, db, tmp_path):
+    from tests.support.tunnel import RelayThread, make_tunnel
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "cfg")}
+    with HttpUpstream() as up, RelayThread(settings) as relay:
+        tunnel = make_tunnel(settings, "myapp", up.port)
+        done = subprocess.run([sys.executable, "-m", "intunnel.cli", "config", "add-token", tunnel.token,
+                               "--server", relay.url], env=_python_env(env), capture_output=True, text=True,
+                              timeout=30)
+        assert done.returncode == 0, done.stderr
+        path = tmp_path / "cfg" / "intunnel" / "config.toml"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert tunnel.token not in done.stdout  # secrets are not echoed
+        client = _Process(["http", str(up.port)], _python_env(env))
+        try:
+            client.wait_line(r"^connected: http://myapp\.localhost")
+            assert visit(relay.port, "myapp.localhost", "/")[0] == 200
+        finally:
+            client.close()
+    bad = subprocess.run([sys.executable, "-m", "intunnel.cli", "http", "3000"],
+                         env=_python_env({"XDG_CONFIG_HOME": str(tmp_path / "empty")}),
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and "add-token" in bad.stderr
