@@ -29,7 +29,7 @@ import peewee as pw
 
 from .. import __version__, accounts, apitokens, tunnels, validation
 from ..errors import AppError, Forbidden, NotFound, RateLimited, SubdomainTaken, ValidationError
-from ..models import Tunnel, User
+from ..models import Session, Tunnel, User
 from ..security import verify_password
 from . import auth, login
 from .flash import Flash
@@ -89,10 +89,21 @@ class Pages:
         return user
 
     def form_user(self) -> User:
-        """For a form POST: the user, after the form's CSRF token checks out."""
+        """For a form POST: the user, after the form's CSRF token checks out.
+
+        Form posts share the API's per-user write budget (rate_limit_write a minute).
+        """
         user = self.user_or_login()
         auth.check_csrf_form()
+        self.spend(current_state().write_limiter, user, "Too many changes in a minute; try again shortly")
         return user
+
+    @staticmethod
+    def spend(limiter, user: User, message: str) -> None:
+        """Count one action against ``limiter`` (keyed like the API's); RateLimited when over."""
+        decision = limiter.hit(f"user:{user.id}")
+        if not decision.allowed:
+            raise RateLimited(message, retry_after=decision.retry_after(current_state().clock()))
 
     @staticmethod
     def field(name: str) -> str:
@@ -180,19 +191,10 @@ class Pages:
 
     def regenerate(self, tunnel_id):
         user = self.form_user()
-        self.regenerate_limit(user)
+        self.spend(current_state().regenerate_limiter, user, "Too many token regenerations; try again later")
         tunnel = tunnels.regenerate_token(user, tunnel_id)
         self.done("New token created. The old one no longer works; update your client.",
                   f"/tunnels/{tunnel.id}")
-
-    @staticmethod
-    def regenerate_limit(user: User) -> None:
-        """The same hourly budget as the API's regenerate-token endpoint."""
-        state = current_state()
-        decision = state.regenerate_limiter.hit(f"user:{user.id}")
-        if not decision.allowed:
-            raise RateLimited("Too many token regenerations; try again later",
-                              retry_after=decision.retry_after(state.clock()))
 
     def confirm_delete(self, tunnel_id):
         user = self.user_or_login()
@@ -254,7 +256,10 @@ class Pages:
             accounts.set_password(user, new)
         except ValidationError as err:
             return self.profile_page({"new_password": human(err.message)}, status=400)
-        self.done("Password changed.", "/profile")
+        # Whoever else knew the old password is logged out everywhere else.
+        this_session = auth.authenticate_request().session
+        Session.delete().where((Session.user == user) & (Session.id_hash != this_session.id_hash)).execute()
+        self.done("Password changed. Your other sessions were logged out.", "/profile")
 
     # --- admin --------------------------------------------------------------
 

@@ -289,11 +289,18 @@ def test_profile_and_password_change_needs_the_current_password(page, users, web
     page.get_by_label("Repeat new password").fill("short")
     page.get_by_role("button", name="Change password").click()
     expect(page.locator("#e-new_password")).to_have_text("Password must be at least 8 characters")
+    elsewhere = page.context.browser.new_context(base_url=web.url)  # bob on another device
+    other_device = elsewhere.new_page()
+    login(other_device, "bob")
+    expect(other_device.get_by_role("heading", name="Tunnels")).to_be_visible()
     page.get_by_label("Current password").fill(PASSWORD)
     page.get_by_label("New password", exact=True).fill("a brand new password")
     page.get_by_label("Repeat new password").fill("a brand new password")
     page.get_by_role("button", name="Change password").click()
-    expect(page.get_by_role("status").first).to_have_text("Password changed.")
+    expect(page.get_by_role("status").first).to_have_text("Password changed. Your other sessions were logged out.")
+    other_device.goto("/profile")
+    expect(other_device).to_have_url(re.compile(r"/login\?next=%2Fprofile$"))
+    elsewhere.close()
 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login$"))
@@ -363,6 +370,20 @@ def test_form_without_csrf_token_is_refused(page, users, web):
     assert response.status == 403
     with database.connection_context():
         assert Tunnel.select().count() == 0
+
+
+def test_form_posts_share_the_write_rate_limit(page, users, web):
+    login(page)
+    page.goto("/tunnels/new")
+    token = page.locator("form[action='/tunnels'] input[name=csrf_token]").input_value()
+    form = {"csrf_token": token, "name": "x", "subdomain": "www", "local_port": "1"}
+    statuses = [page.request.post("/tunnels", form=form).status for _ in range(web.settings.rate_limit_write + 1)]
+    assert statuses == [400] * web.settings.rate_limit_write + [429]
+    page.goto("/tunnels/new")
+    page.get_by_label("Name").fill("One more")
+    page.get_by_role("button", name="Create tunnel").click()
+    expect(page.get_by_role("heading", name="Too Many Requests")).to_be_visible()
+    expect(page.get_by_text("Too many changes in a minute; try again shortly")).to_be_visible()
 
 
 def test_everything_works_without_javascript(no_js_page, users):
