@@ -20,7 +20,7 @@ from playwright.sync_api import expect
 
 from intunnel import accounts, tunnels
 from intunnel.models import Tunnel, database, open_database
-from support.browser import DESKTOP, PASSWORD, POLL_INTERVAL, browser, login, shot  # noqa: F401
+from support.browser import PASSWORD, POLL_INTERVAL, browser, login, open_page, shot  # noqa: F401
 from support.tunnel import RelayThread, _Process, _python_env
 from support.web_server import running_web_app
 
@@ -71,10 +71,7 @@ def stack(settings, browser):
             settings, relay_listen=f"127.0.0.1:{relay.port}", dashboard_poll_interval=POLL_INTERVAL))
         app = LocalApp()
         stack.callback(app.close)
-        context = browser.new_context(base_url=web.url, viewport=DESKTOP)
-        stack.callback(context.close)
-        page = context.new_page()
-        page.set_default_timeout(10_000)
+        page = stack.enter_context(open_page(browser, web))
         yield relay, web, app, page, stack
 
 

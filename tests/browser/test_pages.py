@@ -14,8 +14,8 @@ from playwright.sync_api import expect
 from intunnel import tunnels
 from intunnel.models import ApiToken, Tunnel, User, database
 from intunnel.timeutil import utcnow
-from support.browser import (DESKTOP, PASSWORD, browser, login, no_horizontal_scroll, no_js_page, page,  # noqa: F401
-                             page_errors, phone_page, shot, users, web)
+from support.browser import (PASSWORD, browser, login, no_horizontal_scroll, no_js_page, open_page,  # noqa: F401
+                             page, phone_page, shot, users, web)
 
 pytestmark = pytest.mark.browser
 
@@ -185,9 +185,7 @@ def test_phone_layout(phone_page, users, web):
 
 
 def test_dark_mode_follows_the_system(browser, web, users):
-    context = browser.new_context(base_url=web.url, viewport=DESKTOP, color_scheme="dark")
-    try:
-        page = context.new_page()
+    with open_page(browser, web, color_scheme="dark") as page:
         make_tunnel(web.settings, users["alice"], "Marketing site", "marketing", 3000, "active", timedelta(minutes=2))
         make_tunnel(web.settings, users["alice"], "API staging", "api-staging", 8080, "inactive", timedelta(days=2))
         login(page)
@@ -195,8 +193,6 @@ def test_dark_mode_follows_the_system(browser, web, users):
         background = page.evaluate("getComputedStyle(document.body).backgroundColor")
         assert background == "rgb(13, 17, 23)", background
         shot(page, "dark-dashboard")
-    finally:
-        context.close()
 
 
 def test_rename_change_port_regenerate_and_delete_with_confirmation(page, users, web):
@@ -289,18 +285,17 @@ def test_profile_and_password_change_needs_the_current_password(page, users, web
     page.get_by_label("Repeat new password").fill("short")
     page.get_by_role("button", name="Change password").click()
     expect(page.locator("#e-new_password")).to_have_text("Password must be at least 8 characters")
-    elsewhere = page.context.browser.new_context(base_url=web.url)  # bob on another device
-    other_device = elsewhere.new_page()
-    login(other_device, "bob")
-    expect(other_device.get_by_role("heading", name="Tunnels")).to_be_visible()
-    page.get_by_label("Current password").fill(PASSWORD)
-    page.get_by_label("New password", exact=True).fill("a brand new password")
-    page.get_by_label("Repeat new password").fill("a brand new password")
-    page.get_by_role("button", name="Change password").click()
-    expect(page.get_by_role("status").first).to_have_text("Password changed. Your other sessions were logged out.")
-    other_device.goto("/profile")
-    expect(other_device).to_have_url(re.compile(r"/login\?next=%2Fprofile$"))
-    elsewhere.close()
+    with open_page(page.context.browser, web) as other_device:  # bob on another device
+        login(other_device, "bob")
+        expect(other_device.get_by_role("heading", name="Tunnels")).to_be_visible()
+        page.get_by_label("Current password").fill(PASSWORD)
+        page.get_by_label("New password", exact=True).fill("a brand new password")
+        page.get_by_label("Repeat new password").fill("a brand new password")
+        page.get_by_role("button", name="Change password").click()
+        expect(page.get_by_role("status").first).to_have_text(
+            "Password changed. Your other sessions were logged out.")
+        other_device.goto("/profile")
+        expect(other_device).to_have_url(re.compile(r"/login\?next=%2Fprofile$"))
 
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/login$"))
@@ -335,9 +330,7 @@ def test_admin_manages_users_and_others_cannot(page, users, web):
         assert User.get_by_id(2).disabled
 
     # bob can't log in while disabled; after enabling he can, and sees no Users page.
-    other = page.context.browser.new_context(base_url=web.url)
-    try:
-        bob_page = other.new_page()
+    with open_page(page.context.browser, web) as bob_page:
         login(bob_page, "bob")
         expect(bob_page.get_by_role("alert")).to_have_text("Wrong email or password.")
         page.get_by_role("button", name="Enable bob").click()
@@ -348,8 +341,6 @@ def test_admin_manages_users_and_others_cannot(page, users, web):
         assert response.status == 403
         expect(bob_page.get_by_role("heading", name="Forbidden")).to_be_visible()
         shot(bob_page, "error-403")
-    finally:
-        other.close()
 
 
 def test_form_without_csrf_token_is_refused(page, users, web):

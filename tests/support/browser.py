@@ -12,6 +12,7 @@ README shows (docs/screenshots/).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -90,51 +91,45 @@ class PageErrors:
         page.on("pageerror", lambda exc: self.messages.append(str(exc)))
 
 
-def _context(browser, web, viewport, **options):
-    return browser.new_context(base_url=web.url, viewport=viewport, **options)
+@contextlib.contextmanager
+def open_page(browser, web, viewport=DESKTOP, errors: "PageErrors | None" = None, **options):
+    """A page in a fresh browser context (own cookies) on the app; closed afterwards.
 
-
-@pytest.fixture
-def page_errors():
-    return PageErrors()
-
-
-@pytest.fixture
-def page(browser, web, page_errors):
-    context = _context(browser, web, DESKTOP)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    page_errors.attach(page)
+    With ``errors``, console errors and CSP violations are collected, and the
+    block fails if any happened.
+    """
+    context = browser.new_context(base_url=web.url, viewport=viewport, **options)
     try:
+        page = context.new_page()
+        page.set_default_timeout(10_000)
+        if errors is not None:
+            errors.attach(page)
         yield page
     finally:
         context.close()
-    # Errors from pages a test expects to fail (403, 404) are not script errors.
-    unexpected = [m for m in page_errors.messages if "Failed to load resource" not in m]
-    assert not unexpected, f"browser console errors: {unexpected}"
+    if errors is not None:
+        # Errors from pages a test expects to fail (403, 404) are not script errors.
+        unexpected = [m for m in errors.messages if "Failed to load resource" not in m]
+        assert not unexpected, f"browser console errors: {unexpected}"
 
 
 @pytest.fixture
-def phone_page(browser, web, page_errors):
-    context = _context(browser, web, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    page_errors.attach(page)
-    try:
+def page(browser, web):
+    with open_page(browser, web, errors=PageErrors()) as page:
         yield page
-    finally:
-        context.close()
+
+
+@pytest.fixture
+def phone_page(browser, web):
+    with open_page(browser, web, PHONE, errors=PageErrors(), is_mobile=True, has_touch=True,
+                   device_scale_factor=2) as page:
+        yield page
 
 
 @pytest.fixture
 def no_js_page(browser, web):
-    context = _context(browser, web, DESKTOP, java_script_enabled=False)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    try:
+    with open_page(browser, web, java_script_enabled=False) as page:
         yield page
-    finally:
-        context.close()
 
 
 def login(page, who: str = "alice", password: str = PASSWORD) -> None:
