@@ -56,19 +56,43 @@ def serving(port: int, host: str, tls: bool = False) -> bool:
         return False
 
 
-def measure_http(name: str, port: int, host: str, opts, tls: bool = False) -> dict[str, float]:
-    """The traffic figures for one target: keep-alive, new connections, bulk both ways."""
+def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int]):
+    """Best of --repeat wrk runs, with the CPU microseconds per request each side spent in it."""
+    best = None
+    for _ in range(opts.repeat):
+        before = {side: procs.tree_cpu_seconds(pid) for side, pid in sides.items()}
+        result = load.wrk(url, host, 32, opts.duration, close=close)
+        used = {side: procs.tree_cpu_seconds(pid) - before[side] for side, pid in sides.items()}
+        per_request = {side: 1e6 * cpu / max(1, result.requests) for side, cpu in used.items()}
+        # Best of --repeat runs: other work on a shared machine only ever makes a run slower.
+        if best is None or result.rps > best[0].rps:
+            best = (result, per_request)
+    return best
+
+
+def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
+                 sides: dict[str, int] | None = None) -> dict[str, float]:
+    """The traffic figures for one target: keep-alive, new connections, bulk both ways.
+
+    ``sides`` names the processes of the tunnel ("relay", "client" -> pid) whose
+    CPU time per request is reported too.
+    """
     scheme = "https" if tls else "http"
     url = f"{scheme}://127.0.0.1:{port}/1k"
+    sides = sides or {}
     out: dict[str, float] = {}
     load.wrk(url, host, 32, 1)  # warm-up: connections, pools, caches
-    # Best of --repeat runs: other work on a shared machine only ever makes a run slower.
-    ka = max((load.wrk(url, host, 32, opts.duration) for _ in range(opts.repeat)), key=lambda r: r.rps)
-    log(f"{name}: keep-alive {ka.rps:,.0f} req/s p50 {ka.p50_ms} ms p99 {ka.p99_ms} ms errors {ka.errors}")
+    ka, ka_cpu = wrk_with_cpu(url, host, opts, False, sides)
+    log(f"{name}: keep-alive {ka.rps:,.0f} req/s p50 {ka.p50_ms} ms p99 {ka.p99_ms} ms errors {ka.errors}"
+        + "".join(f", {side} {us:.0f} us CPU/req" for side, us in ka_cpu.items()))
     out.update(ka_rps=ka.rps, ka_p50=ka.p50_ms, ka_p99=ka.p99_ms)
-    cl = max((load.wrk(url, host, 32, opts.duration, close=True) for _ in range(opts.repeat)), key=lambda r: r.rps)
-    log(f"{name}: new connection per request {cl.rps:,.0f} req/s errors {cl.errors}")
+    cl, cl_cpu = wrk_with_cpu(url, host, opts, True, sides)
+    log(f"{name}: new connection per request {cl.rps:,.0f} req/s errors {cl.errors}"
+        + "".join(f", {side} {us:.0f} us CPU/req" for side, us in cl_cpu.items()))
     out["close_rps"] = cl.rps
+    for side in sides:
+        out[f"{side}_us_ka"] = ka_cpu[side]
+        out[f"{side}_us_close"] = cl_cpu[side]
     for run, what in ((ka, "keep-alive"), (cl, "new-connection")):
         if run.errors:
             log(f"{name}: WARNING {run.errors} errors in the {what} run")
@@ -95,7 +119,8 @@ def run_ssh(results, work: Path, app: servers.App, opts) -> None:
                 # Memory: the sshd listener and its session processes / the ssh client.
                 figures = {"relay_rss": procs.tree_rss_kib(sshd.proc.pid) / 1024,
                            "client_rss": procs.status_kib(ssh.pid, "VmRSS") / 1024}
-                figures.update(measure_http(name, remote, f"127.0.0.1:{remote}", opts))
+                figures.update(measure_http(name, remote, f"127.0.0.1:{remote}", opts,
+                                            sides={"relay": sshd.proc.pid, "client": ssh.pid}))
                 results[name] = figures
             finally:
                 procs.stop(ssh)
@@ -177,7 +202,8 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
             raise RuntimeError("client exited: " + st.logs())
         if opts.wants("intunnel"):
             figures = idle_rss(st, client)
-            figures.update(measure_http("intunnel", relay_port, host, opts))
+            figures.update(measure_http("intunnel", relay_port, host, opts,
+                                        sides={"relay": st.relay.pid, "client": client.pid}))
             if opts.profile:
                 profile(st, client, host, opts)
             if opts.agents:
@@ -193,7 +219,8 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
                              20, "the tunnel to serve through nginx")
             if client.poll() is not None:
                 raise RuntimeError("client exited: " + st.logs())
-            results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True)
+            results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True,
+                                                     sides={"relay": st.relay.pid, "client": client.pid})
 
 
 def machine_line() -> str:
@@ -261,7 +288,8 @@ def main(argv=None) -> int:
             relay_port = procs.free_port()
             front = servers.start_front(work / "front", app.port, relay_port)
             if opts.wants("nginx-hop"):
-                results["nginx-hop"] = measure_http("nginx-hop", front.hop_port, f"127.0.0.1:{front.hop_port}", opts)
+                results["nginx-hop"] = measure_http("nginx-hop", front.hop_port, f"127.0.0.1:{front.hop_port}", opts,
+                                                    sides={"relay": front.proc.pid})
             if opts.wants("ssh-R -N") or opts.wants("ssh-R -tt"):
                 run_ssh(results, work, app, opts)
             if opts.wants("intunnel") or opts.wants("intunnel-nginx"):

@@ -1,0 +1,291 @@
+"""REST API benchmark: the web app under waitress, 8 keep-alive clients on loopback.
+
+    .venv/bin/python -m bench.api_bench                 # 5 s per endpoint; updates the "API" section of bench/RESULTS.md
+    .venv/bin/python -m bench.api_bench --duration 2 --no-write
+
+Measures ``GET /api/tunnels`` for a user with 50 tunnels and ``GET /api/user/profile``:
+requests per second, p50 and p99 latency, and SQL queries per request (counted
+with a hook on peewee's ``execute_sql``, for a user with 1 and with 50 tunnels,
+which must give the same count).  The app runs as a real ``intunnel web``
+subprocess (its own interpreter, so the clients don't share its GIL) on a fresh
+SQLite file, with the rate limits raised out of the way and the access log on
+as in production (written to a file).  The clients are threads with one
+``http.client`` keep-alive connection each, logged in by session cookie.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+EMAIL, PASSWORD = "bench@example.com", "bench-password"
+TARGET_P99_MS = 25.0
+ENDPOINTS = ("/api/tunnels", "/api/user/profile")
+SECTION_START, SECTION_END = "<!-- api-bench -->", "<!-- /api-bench -->"
+UNLIMITED = str(10 ** 9)
+
+
+@dataclass(frozen=True)
+class Result:
+    path: str
+    requests: int
+    errors: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds
+
+
+def bench_settings(data_dir: str, port: int = 0):
+    from intunnel.settings import load_settings, prepare_data_dir
+    return prepare_data_dir(load_settings(env={}, overrides={
+        "data_dir": data_dir, "web_listen": f"127.0.0.1:{port}", "rate_limit_get": UNLIMITED,
+        "rate_limit_write": UNLIMITED, "login_max_failures": UNLIMITED}))
+
+
+def seed_database(settings, tunnels_per_user: int) -> None:
+    """The benchmark user with N tunnels, and a user with 1 (for the query-count check)."""
+    from intunnel import accounts, tunnels
+    from intunnel.models import database, open_database
+    open_database(settings.db_path)
+    with database.connection_context():
+        user = accounts.create_user(EMAIL, "bench", PASSWORD)
+        for i in range(tunnels_per_user):
+            tunnels.create(settings, user, f"Tunnel {i}", f"bench{i}", 3000 + i)
+        small = accounts.create_user("one@example.com", "one", PASSWORD)
+        tunnels.create(settings, small, "Only", "only", 3000)
+
+
+def login_cookie(host: str, port: int, email: str) -> str:
+    conn = http.client.HTTPConnection(host, port, timeout=10)
+    conn.request("POST", "/login", body=json.dumps({"email": email, "password": PASSWORD}),
+                 headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    response.read()
+    conn.close()
+    if response.status != 200:
+        raise RuntimeError(f"login failed: {response.status}")
+    cookie = response.getheader("Set-Cookie", "")
+    return cookie.split(";", 1)[0]
+
+
+def count_queries(settings) -> dict[tuple[str, str], float]:
+    """SQL statements per request for each endpoint, users with 1 and with N tunnels."""
+    from intunnel.models import database
+    from intunnel.web.app import create_app
+    from intunnel.web.serve import make_server, start_in_thread, stop_server
+
+    app = create_app(settings.replace(web_listen="127.0.0.1:0"))
+    server = make_server(settings.replace(web_listen="127.0.0.1:0"), app=app, threads=1)
+    thread = start_in_thread(server)
+    db = database.obj
+    counter = {"n": 0}
+    original = db.execute_sql
+
+    def counting(sql, params=None, *args, **kwargs):
+        counter["n"] += 1
+        return original(sql, params, *args, **kwargs)
+
+    counts = {}
+    try:
+        host, port = server.effective_host, server.effective_port
+        for email, label in ((EMAIL, "50 tunnels"), ("one@example.com", "1 tunnel")):
+            cookie = login_cookie(host, port, email)
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            db.execute_sql = counting
+            for path in ENDPOINTS:
+                counter["n"] = 0
+                repeats = 20
+                for _ in range(repeats):
+                    conn.request("GET", path, headers={"Cookie": cookie})
+                    r = conn.getresponse()
+                    r.read()
+                    assert r.status == 200, (path, r.status)
+                counts[(path, label)] = counter["n"] / repeats
+            db.execute_sql = original
+            conn.close()
+    finally:
+        db.execute_sql = original
+        stop_server(server, thread)
+    return counts
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def web_subprocess(data_dir: str, port: int, log_path: Path):
+    env = {**os.environ, "INTUNNEL_DATA_DIR": data_dir, "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{port}",
+           "INTUNNEL_RATE_LIMIT_GET": UNLIMITED, "INTUNNEL_RATE_LIMIT_WRITE": UNLIMITED,
+           "INTUNNEL_LOGIN_MAX_FAILURES": UNLIMITED, "INTUNNEL_LOG_LEVEL": "info"}
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", "web"], env=env, stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+                conn.request("GET", "/healthz")
+                if conn.getresponse().status == 200:
+                    conn.close()
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"intunnel web did not start; see {log_path}")
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def run_clients(port: int, path: str, cookie: str, clients: int, seconds: float) -> Result:
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors = [0] * clients
+    start_barrier = threading.Barrier(clients + 1)
+    stop_at = [0.0]
+
+    def client(i: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        headers = {"Cookie": cookie}
+        mine = latencies[i]
+        start_barrier.wait()
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at[0]:
+                break
+            try:
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+            except (OSError, http.client.HTTPException):
+                ok = False
+                conn.close()
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            if ok:
+                mine.append(time.perf_counter() - t0)
+            else:
+                errors[i] += 1
+        conn.close()
+
+    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(clients)]
+    for t in threads:
+        t.start()
+    began = time.perf_counter()
+    stop_at[0] = began + seconds
+    start_barrier.wait()
+    for t in threads:
+        t.join(seconds + 30)
+    elapsed = time.perf_counter() - began
+    merged = sorted(x for per in latencies for x in per)
+    if not merged:
+        raise RuntimeError(f"no successful request to {path}")
+    q = statistics.quantiles(merged, n=100, method="inclusive")
+    return Result(path, len(merged), sum(errors), elapsed, q[49] * 1000, q[98] * 1000)
+
+
+def machine_line() -> str:
+    cpu = "unknown CPU"
+    with contextlib.suppress(OSError):
+        m = re.search(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), re.M)
+        cpu = m.group(1).strip() if m else cpu
+    load = os.getloadavg()[0]
+    return f"{os.cpu_count()} cores ({cpu}), Linux {platform.release()}, Python {platform.python_version()}, " \
+           f"load average {load:.1f} at start"
+
+
+def report(results: list[Result], counts: dict, opts, machine: str) -> str:
+    lines = [
+        f"## API\n\n{SECTION_START}\n",
+        f"`python -m bench.api_bench --duration {opts.duration:g} --clients {opts.clients}` "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); {machine}.",
+        f"`intunnel web` (waitress, {opts.threads} threads) on a fresh SQLite file, {opts.clients} keep-alive "
+        f"clients on loopback (threads, `http.client`), session cookie, rate limits raised, access log on; "
+        f"after a {opts.warmup:g} s warm-up.\n",
+        "| endpoint | req/s | p50 | p99 | errors | SQL queries/request (1 tunnel / 50 tunnels) | p99 < 25 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        label = f"GET {r.path}" + (f" ({opts.tunnels} tunnels)" if r.path == "/api/tunnels" else "")
+        q1, qn = counts[(r.path, "1 tunnel")], counts[(r.path, "50 tunnels")]
+        lines.append(f"| {label} | {r.rps:,.0f} | {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms | {r.errors} | "
+                     f"{q1:g} / {qn:g} | {'met' if r.p99_ms < TARGET_P99_MS else 'NOT met'} |")
+    lines.append(f"\n{SECTION_END}\n")
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    """Replace (or append) the API section of the results file, leaving the rest alone."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(r"## API\n\n" + re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n",
+                         re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.api_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="measured seconds per endpoint (default 5)")
+    p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per endpoint (default 1)")
+    p.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients (default 8)")
+    p.add_argument("--tunnels", type=int, default=50, help="tunnels of the benchmark user (default 50)")
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="results file (default bench/RESULTS.md)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+    opts = p.parse_args(argv)
+    from intunnel.settings import load_settings
+    opts.threads = load_settings(env={}).web_threads
+
+    machine = machine_line()
+    with tempfile.TemporaryDirectory(prefix="intunnel-api-bench-") as tmp:
+        data_dir = os.path.join(tmp, "data")
+        settings = bench_settings(data_dir)
+        seed_database(settings, opts.tunnels)
+        counts = count_queries(settings)
+        port = free_port()
+        results = []
+        with web_subprocess(data_dir, port, Path(tmp) / "web.log"):
+            for path in ENDPOINTS:
+                cookie = login_cookie("127.0.0.1", port, EMAIL)
+                run_clients(port, path, cookie, opts.clients, opts.warmup)
+                results.append(run_clients(port, path, cookie, opts.clients, opts.duration))
+    section = report(results, counts, opts, machine)
+    print(section)
+    if not opts.no_write:
+        write_section(Path(opts.out), section)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
