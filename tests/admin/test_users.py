@@ -150,3 +150,18 @@ def test_database_locked_is_one_line(installed):
 def test_new_database_is_private(admin):
     admin.ok("db", "migrate")
     assert stat.S_IMODE(os.stat(admin.db_path).st_mode) == 0o600
+
+
+def test_missing_config_file_and_version(admin, tmp_path):
+    r = admin.run("--config", str(tmp_path / "nope.toml"), "user", "list", config=False)
+    assert r.returncode == 2 and r.stderr.strip().endswith("nope.toml' not found") and "Traceback" not in r.stderr
+    r = admin.run("--version", config=False)
+    assert r.returncode == 0 and r.stdout.startswith("intunnel-admin ")
+
+
+def test_python_dash_m_works_too(installed):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "intunnel.admin", "--config", str(installed.config), "user", "list",
+                        "--json"], capture_output=True, text=True, env=installed.env, timeout=60)
+    assert r.returncode == 0 and '"root"' in r.stdout
