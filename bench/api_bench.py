@@ -89,6 +89,8 @@ def login_cookie(host: str, port: int, email: str) -> str:
 
 def count_queries(settings) -> dict[tuple[str, str], float]:
     """SQL statements per request for each endpoint, users with 1 and with N tunnels."""
+    import logging
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # one worker thread: queueing is expected
     from intunnel.models import database
     from intunnel.web.app import create_app
     from intunnel.web.serve import make_server, start_in_thread, stop_server

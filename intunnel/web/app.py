@@ -1,7 +1,7 @@
 """The web app factory: ``create_app(settings) -> bottle.Bottle``.
 
 Per request, in this order (before-request hooks):
-  1. a database connection is opened (closed again after the request);
+  1. the worker thread's database connection is made ready (see ThreadConnections);
   2. for ``/api/*``: the caller is identified (user, or client address before
      login) and counted against the rate limits (429 with Retry-After);
   3. a body larger than ``api_max_body`` is refused with 413 before it is read;
@@ -21,7 +21,9 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import os
 import re
+import threading
 import time
 from urllib.parse import quote
 
@@ -132,9 +134,46 @@ def _rate_limit(state: WebState, environ: dict) -> None:
         raise RateLimited(retry_after=decision.retry_after(now))
 
 
+class ThreadConnections:
+    """One SQLite connection per worker thread, kept between requests.
+
+    Opening a connection costs about 1 ms (pragmas, then SQLite parsing the
+    schema at the first query): most of a small API request.  So each waitress
+    thread keeps its connection; it is reopened when the database file was
+    replaced (``intunnel-admin restore``: a new inode) and closed after a
+    request that left a transaction open or failed.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        self.local = threading.local()
+
+    def _file_identity(self):
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return st.st_dev, st.st_ino
+
+    def ensure(self) -> None:
+        identity = self._file_identity()
+        if not database.is_closed() and getattr(self.local, "identity", None) != identity:
+            database.close()
+        if database.is_closed():
+            database.connect()
+            self.local.identity = identity
+
+    def release(self) -> None:
+        if database.is_closed():
+            return
+        if database.in_transaction() or bottle.response.status_code >= 500:
+            database.close()  # start the next request from a clean connection
+
+
 def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
     """Build the web app on ``settings`` (database migrated); ``clock`` drives rate limits."""
     open_database(settings.db_path)
+    connections = ThreadConnections(settings.db_path)
     state = WebState.build(settings, clock or time.time)
     app = IntunnelApp()
     app.intunnel = state
@@ -143,7 +182,7 @@ def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
     def before_request():
         environ = bottle.request.environ
         environ[ENVIRON_KEY] = state
-        database.connect(reuse_if_open=True)
+        connections.ensure()
         try:
             if errors_render.is_api_path(environ.get("PATH_INFO", "")):
                 _rate_limit(state, environ)
@@ -155,8 +194,7 @@ def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
 
     @app.hook("after_request")
     def after_request():
-        if not database.is_closed():
-            database.close()
+        connections.release()
 
     app.install(render_app_errors)
 

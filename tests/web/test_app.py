@@ -1,0 +1,105 @@
+"""The app around the routes: access log without secrets, per-thread connections
+that follow a replaced database file, the fast tunnel list, `intunnel web`."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import requests
+
+from intunnel import tunnels
+from intunnel.models import Tunnel, User, database
+from intunnel.timeutil import utcnow
+from intunnel.web.api import tunnel_summaries
+
+from conftest import PASSWORD, create_user
+
+
+def test_access_log_one_line_per_request_without_secrets(web, alice, caplog):
+    caplog.set_level(logging.INFO, logger="intunnel.web.access")
+    s = requests.Session()
+    s.post(web.url + "/login?next=/x", data={"email": "alice@example.com", "password": PASSWORD})
+    cookie = s.cookies["intunnel_session"]
+    token = s.post(web.url + "/api/tokens", json={"name": "t"}).json()["token"]
+    requests.get(web.url + "/api/tunnels", headers={"Authorization": f"Bearer {token}"})
+    lines = [r.getMessage() for r in caplog.records if r.name == "intunnel.web.access"]
+    assert len(lines) == 3
+    assert lines[0].startswith("127.0.0.1 POST /login 200 ")
+    assert lines[2].startswith("127.0.0.1 GET /api/tunnels 200 ") and f"user={alice.id}" in lines[2]
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    for secret in (PASSWORD, cookie, token, "next=/x"):
+        assert secret not in text
+
+
+def test_tunnel_list_fast_path_equals_summary(web, alice):
+    with database.connection_context():
+        for i in range(3):
+            tunnels.create(web.settings, alice, f"T{i}", f"fast{i}", 3000 + i)
+        Tunnel.update(status="active", last_connected=utcnow()).where(Tunnel.subdomain == "fast1").execute()
+        assert tunnel_summaries(alice) == [tunnels.summary(t) for t in tunnels.list_for(alice)]
+
+
+def test_replaced_database_file_is_picked_up(web, alice_session, tmp_path):
+    """`intunnel-admin restore` swaps the file: kept connections must follow it."""
+    assert alice_session.post(web.url + "/api/tunnels",
+                              json={"name": "old", "subdomain": "before", "local_port": 1}).status_code == 200
+    snapshot = tmp_path / "snapshot.db"
+    with database.connection_context():
+        database.execute_sql("VACUUM INTO ?", (str(snapshot),))
+    alice_session.post(web.url + "/api/tunnels", json={"name": "new", "subdomain": "after", "local_port": 1})
+    assert len(alice_session.get(web.url + "/api/tunnels").json()["tunnels"]) == 2
+    for suffix in ("-wal", "-shm"):
+        if os.path.exists(str(web.settings.db_path) + suffix):
+            os.unlink(str(web.settings.db_path) + suffix)
+    restored = tmp_path / "restored.db"
+    shutil.copy(snapshot, restored)
+    os.replace(restored, web.settings.db_path)
+    subs = [t["subdomain"] for t in alice_session.get(web.url + "/api/tunnels").json()["tunnels"]]
+    assert subs == ["before"]
+
+
+def test_disabled_mid_session(web, alice, alice_session):
+    assert alice_session.get(web.url + "/api/user/profile").status_code == 200
+    with database.connection_context():
+        User.update(disabled=True).where(User.id == alice.id).execute()
+    assert alice_session.get(web.url + "/api/user/profile").status_code == 401
+
+
+def test_intunnel_web_command(tmp_path):
+    env = {**os.environ, "INTUNNEL_DATA_DIR": str(tmp_path / "data"), "INTUNNEL_WEB_LISTEN": "127.0.0.1:0",
+           "INTUNNEL_CONFIG": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", "web"], env=env, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 20
+        while "web app listening on" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "intunnel web exited"
+        assert "web app listening on http://127.0.0.1:" in line
+        url = line.rsplit(" ", 1)[1].strip()
+        assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
+        access = ""
+        while "GET /healthz 200" not in access and time.monotonic() < deadline:
+            access = proc.stderr.readline()
+        assert "GET /healthz 200" in access
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+
+
+def test_intunnel_web_bad_config_is_one_line(tmp_path):
+    env = {**os.environ, "INTUNNEL_DATA_DIR": str(tmp_path / "data"), "INTUNNEL_WEB_LISTEN": "nonsense"}
+    r = subprocess.run([sys.executable, "-m", "intunnel.cli", "web"], env=env, capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and "web_listen" in r.stderr and "Traceback" not in r.stderr
