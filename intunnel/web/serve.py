@@ -25,9 +25,10 @@ from ..settings import load_settings, prepare_data_dir
 HELP = "Run the web app (dashboard and REST API) with waitress."
 log = logging.getLogger("intunnel.web")
 
-# waitress buffers a whole request body before the app sees it; the app refuses
-# bodies above api_max_body with a JSON 413, so waitress only needs a hard ceiling.
-BODY_CEILING_FACTOR = 4
+# waitress buffers a whole request body (to a temporary file above 512 KiB)
+# before the app sees it; the app refuses bodies above api_max_body with a JSON
+# 413.  Only bodies above this ceiling get waitress's own plain-text 413.
+BODY_CEILING = 16 << 20
 PROXY_ADDRESSES = "127.0.0.1 ::1"
 
 
@@ -43,7 +44,7 @@ def make_server(settings, app=None, **adjustments):
         app = create_app(settings)
     host, port = settings.web_address
     options = dict(host=host, port=port, threads=settings.web_threads, ident="intunnel",
-                   max_request_body_size=max(settings.api_max_body * BODY_CEILING_FACTOR, 1 << 20),
+                   max_request_body_size=max(settings.api_max_body, BODY_CEILING),
                    clear_untrusted_proxy_headers=True)
     if getattr(settings, "web_trust_proxy", False):
         options.update(trusted_proxy=PROXY_ADDRESSES,

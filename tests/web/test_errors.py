@@ -179,3 +179,13 @@ def test_raw_bad_http_gets_no_traceback(web):
         while chunk := sock.recv(65536):
             data += chunk
     assert data.startswith(b"HTTP/1.1 4") and b"Traceback" not in data
+
+
+def test_413_chunked_body_of_megabytes(web, alice_session):
+    def chunks():
+        yield b'{"name": "'
+        for _ in range(48):
+            yield b"x" * 65536
+        yield b'", "subdomain": "big", "local_port": 1}'
+    r = alice_session.post(web.url + "/api/tunnels", data=chunks(), headers={"Content-Type": "application/json"})
+    assert_error(r, 413, "PAYLOAD_TOO_LARGE")
