@@ -67,12 +67,12 @@ class Pages:
     def error_page(self, status: int, message: str) -> str:
         """The HTML error page (the app calls it for every browser-facing error)."""
         try:
-            user = auth.current_user()
+            user, token = auth.current_user(), auth.csrf_token() or ""
         except Exception:  # the database may be what failed: still show a page
-            user = None
+            user, token = None, ""
         title = bottle.HTTP_CODES.get(status, "Error")
         template = self.env.get_template("error.html")
-        return template.render(user=user, csrf_token="", flashes=[], status=status, title=title,
+        return template.render(user=user, csrf_token=token, flashes=[], status=status, title=title,
                                message=message, nav="", domain=self.settings.domain,
                                version=__version__)
 
