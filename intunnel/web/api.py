@@ -10,11 +10,13 @@ with the seed's bodies.
 from __future__ import annotations
 
 import bottle
+import peewee as pw
 
 from .. import apitokens, tunnels
 from ..models import Tunnel, database
 from ..timeutil import iso
 from . import jsonbody, openapi
+from .sqlcache import cached_sql
 from .auth import require_user
 from .state import current as current_state
 
@@ -43,23 +45,9 @@ def _iso_column(value):
     return value[:19].replace(" ", "T") + "Z"
 
 
-_summary_sql: dict[int, str] = {}  # id(database) -> SQL text peewee generated for it
-
-
-def _summaries_query(owner_id: int):
-    return Tunnel.select(*_SUMMARY_COLUMNS).where(Tunnel.owner == owner_id).order_by(Tunnel.id)
-
-
 def tunnel_summaries(user) -> list[dict]:
-    # peewee spends longer writing this SELECT than SQLite running it: keep the
-    # text it generated (per database, the owner id being its only parameter).
-    key = id(database.obj)
-    sql = _summary_sql.get(key)
-    if sql is None:
-        sql, params = _summaries_query(user.id).sql()
-        if list(params) != [user.id]:
-            raise RuntimeError("unexpected parameters in the tunnel list query")
-        _summary_sql[key] = sql
+    sql = cached_sql("tunnel summaries", lambda: Tunnel.select(*_SUMMARY_COLUMNS)
+                     .where(Tunnel.owner == user.id).order_by(Tunnel.id), [user.id])
     rows = []
     for row in database.execute_sql(sql, (user.id,)):
         item = dict(zip(_SUMMARY_KEYS, row))
@@ -106,13 +94,19 @@ def regenerate_token(id):
     return {"success": True, "token": tunnel.token}
 
 
+def tunnels_count(user) -> int:
+    sql = cached_sql("tunnels count", lambda: Tunnel.select(pw.fn.COUNT(Tunnel.id))
+                     .where(Tunnel.owner == user.id), [user.id])
+    return database.execute_sql(sql, (user.id,)).fetchone()[0]
+
+
 def profile():
     user = require_user()
     return {
         "id": user.id,
         "username": user.username,
         "email": user.email,
-        "tunnels_count": Tunnel.select().where(Tunnel.owner == user).count(),
+        "tunnels_count": tunnels_count(user),
         "created_at": iso(user.created_at),
     }
 

@@ -44,6 +44,7 @@ from ..errors import Forbidden, RateLimited, Unauthorized
 from ..models import ApiToken, Session, User
 from ..timeutil import utcnow
 from . import state as web_state
+from .sqlcache import cached_sql
 
 SESSION_COOKIE = "intunnel_session"
 CSRF_FIELD = "csrf_token"
@@ -92,15 +93,31 @@ def authenticate_request() -> Auth:
     return cached
 
 
+def _user_with(id_hash_column, extra_columns: tuple, secret: str, name: str) -> User | None:
+    """The user owning the credential whose stored hash is sha256(secret), with extra columns.
+
+    One query with peewee's SQL text cached (this runs on every request).
+    """
+    digest = security.sha256_hex(secret)
+    owner = Session.user if id_hash_column is Session.id_hash else ApiToken.user
+    sql = cached_sql(name, lambda: (User.select(User, *extra_columns).join(id_hash_column.model, on=(owner == User.id))
+                                    .where(id_hash_column == digest)), [digest])
+    return next(iter(User.raw(sql, digest)), None)
+
+
 def _from_session_cookie(cookie: str) -> Auth:
     if len(cookie) > _MAX_CREDENTIAL_LENGTH:
         return ANONYMOUS
-    row = (Session.select(Session, User).join(User)
-           .where((Session.id_hash == security.sha256_hex(cookie)) & (Session.expires_at > utcnow()))
-           .first())
-    if row is None or row.user.disabled:
+    user = _user_with(Session.id_hash, (Session.csrf_token.alias("session_csrf"),
+                                        Session.expires_at.alias("session_expires")), cookie, "session user")
+    if user is None or user.disabled:
         return ANONYMOUS
-    return Auth(user=row.user, method="session", session=row)
+    expires_at = Session.expires_at.python_value(user.session_expires)
+    if expires_at <= utcnow():
+        return ANONYMOUS
+    session = Session(id_hash=security.sha256_hex(cookie), user=user, csrf_token=user.session_csrf,
+                      expires_at=expires_at)
+    return Auth(user=user, method="session", session=session)
 
 
 def _from_bearer(header: str) -> Auth:
@@ -110,15 +127,16 @@ def _from_bearer(header: str) -> Auth:
     if (scheme.lower() != "bearer" or not secret.startswith(security.API_TOKEN_PREFIX)
             or len(secret) > _MAX_CREDENTIAL_LENGTH):
         return refused
-    row = (ApiToken.select(ApiToken, User).join(User)
-           .where(ApiToken.token_hash == security.sha256_hex(secret)).first())
-    if row is None or row.user.disabled:
+    user = _user_with(ApiToken.token_hash, (ApiToken.id.alias("api_token_id"),
+                                            ApiToken.last_used_at.alias("api_token_last_used")),
+                      secret, "api token user")
+    if user is None or user.disabled:
         return refused
     now = utcnow()
-    if row.last_used_at is None or (now - row.last_used_at).total_seconds() >= TOKEN_TOUCH_INTERVAL:
-        ApiToken.update(last_used_at=now).where(ApiToken.id == row.id).execute()
-        row.last_used_at = now
-    return Auth(user=row.user, method="token", api_token=row)
+    last_used = ApiToken.last_used_at.python_value(user.api_token_last_used)
+    if last_used is None or (now - last_used).total_seconds() >= TOKEN_TOUCH_INTERVAL:
+        ApiToken.update(last_used_at=now).where(ApiToken.id == user.api_token_id).execute()
+    return Auth(user=user, method="token", api_token=ApiToken(id=user.api_token_id, user=user))
 
 
 def current_user() -> User | None:

@@ -142,3 +142,34 @@ def test_unknown_page_is_html_for_browsers_json_for_api(web):
     assert r.status_code == 404 and r.headers["Content-Type"].startswith("text/html")
     r = requests.get(web.url + "/api/no-such-endpoint", headers={"Accept": "text/html"})
     assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
+
+
+def test_expired_session_is_401(web, alice_session):
+    from datetime import timedelta
+    from intunnel.timeutil import utcnow
+    assert alice_session.get(web.url + "/api/user/profile").status_code == 200
+    with database.connection_context():
+        Session.update(expires_at=utcnow() - timedelta(seconds=1)).execute()
+    r = alice_session.get(web.url + "/api/user/profile")
+    assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+
+
+def test_csrf_token_helpers(web, alice, alice_session):
+    """csrf_token()/check_csrf_form() as the dashboard uses them, on a throwaway route."""
+    from intunnel.web import auth
+
+    def form_post():
+        auth.check_csrf_form()
+        return {"ok": True}
+
+    def token():
+        return {"csrf_token": auth.csrf_token()}
+
+    web.app.route("/test-form", "POST", form_post)
+    web.app.route("/test-token", "GET", token)
+    value = alice_session.get(web.url + "/test-token").json()["csrf_token"]
+    assert value and requests.get(web.url + "/test-token").json() == {"csrf_token": None}
+    assert alice_session.post(web.url + "/test-form", data={"csrf_token": value}).json() == {"ok": True}
+    for bad in ({"csrf_token": value + "x"}, {}):
+        assert alice_session.post(web.url + "/test-form", data=bad).status_code == 403
+    assert requests.post(web.url + "/test-form", data={"csrf_token": value}).status_code == 403
