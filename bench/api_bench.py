@@ -9,8 +9,9 @@ with a hook on peewee's ``execute_sql``, for a user with 1 and with 50 tunnels,
 which must give the same count).  The app runs as a real ``intunnel web``
 subprocess (its own interpreter, so the clients don't share its GIL) on a fresh
 SQLite file, with the rate limits raised out of the way and the access log on
-as in production (written to a file).  The clients are threads with one
-``http.client`` keep-alive connection each, logged in by session cookie.
+as in production (written to a file).  The load comes from ``wrk -t1 -c8``
+(8 keep-alive connections) when wrk is installed, else from 8 Python threads
+with one ``http.client`` keep-alive connection each; both log in by session cookie.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,6 +40,7 @@ TARGET_P99_MS = 25.0
 ENDPOINTS = ("/api/tunnels", "/api/user/profile")
 SECTION_START, SECTION_END = "<!-- api-bench -->", "<!-- /api-bench -->"
 UNLIMITED = str(10 ** 9)
+CLIENTS = {"wrk": "`wrk -t1 -c{n}`, one connection per client", "python": "threads, `http.client`"}
 
 
 @dataclass(frozen=True)
@@ -138,8 +141,8 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def web_subprocess(data_dir: str, port: int, log_path: Path):
-    env = {**os.environ, "INTUNNEL_DATA_DIR": data_dir, "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{port}",
+def web_subprocess(data_dir: str, port: int, log_path: Path, threads: int):
+    env = {**os.environ, "INTUNNEL_DATA_DIR": data_dir, "INTUNNEL_WEB_THREADS": str(threads), "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{port}",
            "INTUNNEL_RATE_LIMIT_GET": UNLIMITED, "INTUNNEL_RATE_LIMIT_WRITE": UNLIMITED,
            "INTUNNEL_LOGIN_MAX_FAILURES": UNLIMITED, "INTUNNEL_LOG_LEVEL": "info"}
     with open(log_path, "wb") as log:
@@ -215,6 +218,18 @@ def run_clients(port: int, path: str, cookie: str, clients: int, seconds: float)
     return Result(path, len(merged), sum(errors), elapsed, q[49] * 1000, q[98] * 1000)
 
 
+def run_wrk(port: int, path: str, cookie: str, clients: int, seconds: float) -> Result:
+    """The same load from wrk (C, epoll, one thread): only the server's latency is measured."""
+    from bench.load import parse_wrk
+    argv = [shutil.which("wrk"), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
+            "--timeout", "5s", "-H", f"Cookie: {cookie}", f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
+    r = parse_wrk(out.stdout)
+    return Result(path, r.requests, r.errors, r.requests / r.rps if r.rps else seconds, r.p50_ms, r.p99_ms)
+
+
 def machine_line() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -228,10 +243,10 @@ def machine_line() -> str:
 def report(results: list[Result], counts: dict, opts, machine: str) -> str:
     lines = [
         f"## API\n\n{SECTION_START}\n",
-        f"`python -m bench.api_bench --duration {opts.duration:g} --clients {opts.clients}` "
+        f"`python -m bench.api_bench --duration {opts.duration:g} --clients {opts.clients} --client {opts.client}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); {machine}.",
         f"`intunnel web` (waitress, {opts.threads} threads) on a fresh SQLite file, {opts.clients} keep-alive "
-        f"clients on loopback (threads, `http.client`), session cookie, rate limits raised, access log on; "
+        f"clients on loopback ({CLIENTS[opts.client].format(n=opts.clients)}), session cookie, rate limits raised, access log on; "
         f"after a {opts.warmup:g} s warm-up.\n",
         "| endpoint | req/s | p50 | p99 | errors | SQL queries/request (1 tunnel / 50 tunnels) | p99 < 25 ms |",
         "|---|---|---|---|---|---|---|",
@@ -263,11 +278,14 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per endpoint (default 1)")
     p.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients (default 8)")
     p.add_argument("--tunnels", type=int, default=50, help="tunnels of the benchmark user (default 50)")
+    p.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python",
+                   help="load generator: wrk (default when installed) or Python threads with http.client")
+    p.add_argument("--threads", type=int, default=None, help="waitress threads (default: the web_threads setting)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="results file (default bench/RESULTS.md)")
     p.add_argument("--no-write", action="store_true", help="print only")
     opts = p.parse_args(argv)
     from intunnel.settings import load_settings
-    opts.threads = load_settings(env={}).web_threads
+    opts.threads = opts.threads or load_settings(env={}).web_threads
 
     machine = machine_line()
     with tempfile.TemporaryDirectory(prefix="intunnel-api-bench-") as tmp:
@@ -277,11 +295,12 @@ def main(argv=None) -> int:
         counts = count_queries(settings)
         port = free_port()
         results = []
-        with web_subprocess(data_dir, port, Path(tmp) / "web.log"):
+        with web_subprocess(data_dir, port, Path(tmp) / "web.log", opts.threads):
+            load = run_wrk if opts.client == "wrk" else run_clients
             for path in ENDPOINTS:
                 cookie = login_cookie("127.0.0.1", port, EMAIL)
                 run_clients(port, path, cookie, opts.clients, opts.warmup)
-                results.append(run_clients(port, path, cookie, opts.clients, opts.duration))
+                results.append(load(port, path, cookie, opts.clients, opts.duration))
     section = report(results, counts, opts, machine)
     print(section)
     if not opts.no_write:
