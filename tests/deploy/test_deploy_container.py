@@ -131,6 +131,13 @@ def site(tmp_path_factory):
     try:
         container.wait_ready()
         timings["boot"] = time.monotonic() - started - timings["root"]
+        # Both runs install the same checkout, frozen now (others may edit the working tree meanwhile).
+        checkout = work / "checkout"
+        checkout.mkdir()
+        for name in ("setup.cfg", "pyproject.toml", "README.md", "intunnel", "systemd"):
+            copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
+            copy(REPO / name, checkout / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
+                                                 if (REPO / name).is_dir() else {}))
         inventory = work / "inventory.ini"
         inventory.write_text(f"""[intunnel]
 testhost ansible_host=127.0.0.1 ansible_port={ssh_port} ansible_user=root ansible_ssh_private_key_file={key} \
@@ -138,6 +145,7 @@ ansible_ssh_common_args='-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHo
 ansible_python_interpreter=/usr/bin/python3
 
 [intunnel:vars]
+intunnel_source_dir={checkout}
 intunnel_domain={DOMAIN}
 intunnel_admin_email={ADMIN_EMAIL}
 intunnel_tls_mode=selfsigned
@@ -265,8 +273,9 @@ def test_backup_as_cron_runs_it_and_restore(site):
     fields = line.split(None, 6)
     user, command = fields[5], fields[6]
     assert user == "intunnel" and (fields[0], fields[1]) == ("17", "3")
-    # cron: the user's uid, /bin/sh -c, almost no environment.
-    c.ssh(f"cd / && env -i runuser -u {user} -- /bin/sh -c {shlex.quote(command)}")
+    # As cron runs it: the user's uid, /bin/sh -c, and only the environment cron sets.
+    c.ssh(f"cd / && env -i PATH=/usr/bin:/bin SHELL=/bin/sh /usr/sbin/runuser -u {user} -- "
+          f"/bin/sh -c {shlex.quote(command)}")
     backups = c.ssh("ls /var/lib/intunnel/backups/").stdout.split()
     backup = next(b for b in backups if b.endswith(".db.gz"))
 
@@ -275,7 +284,7 @@ def test_backup_as_cron_runs_it_and_restore(site):
                                                             "local_port": 4000})
     assert status in (200, 201), body
     c.ssh("systemctl stop intunnel-web intunnel-relay")
-    c.ssh(f"runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin restore "
+    c.ssh(f"/usr/sbin/runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin restore "
           f"--config /etc/intunnel/intunnel.toml /var/lib/intunnel/backups/{backup}")
     c.ssh("systemctl start intunnel-web intunnel-relay")
 
