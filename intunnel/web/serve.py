@@ -29,7 +29,6 @@ log = logging.getLogger("intunnel.web")
 # before the app sees it; the app refuses bodies above api_max_body with a JSON
 # 413.  Only bodies above this ceiling get waitress's own plain-text 413.
 BODY_CEILING = 16 << 20
-PROXY_ADDRESSES = "127.0.0.1 ::1"
 
 
 def add_arguments(parser) -> None:
@@ -46,8 +45,9 @@ def make_server(settings, app=None, **adjustments):
     options = dict(host=host, port=port, threads=settings.web_threads, ident="intunnel",
                    max_request_body_size=max(settings.api_max_body, BODY_CEILING),
                    clear_untrusted_proxy_headers=True)
-    if getattr(settings, "web_trust_proxy", False):
-        options.update(trusted_proxy=PROXY_ADDRESSES,
+    if settings.web_trust_proxy:
+        # The proxy (nginx) reaches us over loopback, on the family we listen on.
+        options.update(trusted_proxy="::1" if ":" in host else "127.0.0.1",
                        trusted_proxy_headers={"x-forwarded-for", "x-forwarded-proto"})
     options.update(adjustments)
     server = waitress.create_server(app, **options)

@@ -123,3 +123,20 @@ def test_limits_are_configurable(settings, clock):
     from support.web_server import running_web_app
     with running_web_app(settings, clock=clock, rate_limit_get=2) as web:
         assert [requests.get(web.url + "/api/openapi.json").status_code for _ in range(3)] == [200, 200, 429]
+
+
+def test_forwarded_for_only_from_a_trusted_proxy(settings, clock):
+    from support.web_server import running_web_app
+
+    def exhaust(web, spoof):
+        for _ in range(2):
+            requests.get(web.url + "/api/tunnels", headers={"X-Forwarded-For": spoof})
+
+    with running_web_app(settings, clock=clock, rate_limit_get=2) as web:
+        exhaust(web, "203.0.113.1")
+        # untrusted: the header is ignored, so a new "address" does not get a new budget
+        assert requests.get(web.url + "/api/tunnels", headers={"X-Forwarded-For": "203.0.113.2"}).status_code == 429
+    with running_web_app(settings, clock=clock, rate_limit_get=2, web_trust_proxy=True) as web:
+        exhaust(web, "203.0.113.1")
+        assert requests.get(web.url + "/api/tunnels", headers={"X-Forwarded-For": "203.0.113.1"}).status_code == 429
+        assert requests.get(web.url + "/api/tunnels", headers={"X-Forwarded-For": "203.0.113.2"}).status_code == 401
