@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -244,6 +245,11 @@ def write_results(path: Path, text: str, opts) -> None:
     notes = HERE / "NOTES.md"
     if notes.exists():
         body += "\n" + notes.read_text()
+    # Keep the API benchmark's section (bench/api_bench.py writes it between these markers).
+    if path.exists():
+        api = re.search(r"## API\n\n<!-- api-bench -->.*?<!-- /api-bench -->\n", path.read_text(), re.S)
+        if api:
+            body += "\n" + api.group(0)
     path.write_text(body)
 
 
