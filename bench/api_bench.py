@@ -38,6 +38,7 @@ ROOT = HERE.parent
 EMAIL, PASSWORD = "bench@example.com", "bench-password"
 TARGET_P99_MS = 25.0
 ENDPOINTS = ("/api/tunnels", "/api/user/profile")
+BASELINE = "/healthz"  # same server and middleware, no credential, no SQL: the floor under the API figures
 SECTION_START, SECTION_END = "<!-- api-bench -->", "<!-- /api-bench -->"
 UNLIMITED = str(10 ** 9)
 CLIENTS = {"wrk": "`wrk -t1 -c{n}`, one connection per client", "python": "threads, `http.client`"}
@@ -271,7 +272,9 @@ def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str
     ]
     for r in results:
         label = f"GET {r.path}" + (f" ({opts.tunnels} tunnels)" if r.path == "/api/tunnels" else "")
-        q1, qn = counts[(r.path, "1 tunnel")], counts[(r.path, "50 tunnels")]
+        if r.path == BASELINE:
+            label += " (baseline)"
+        q1, qn = counts.get((r.path, "1 tunnel"), 0), counts.get((r.path, "50 tunnels"), 0)
         a50, a99 = in_app[r.path]
         lines.append(f"| {label} | {r.rps:,.0f} | {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms | {r.errors} | "
                      f"{a50:.2f} / {a99:.2f} ms | {q1:g} / {qn:g} | "
@@ -319,7 +322,7 @@ def main(argv=None) -> int:
         in_app = {}
         with web_subprocess(data_dir, port, log_path, opts.threads):
             load = run_wrk if opts.client == "wrk" else run_clients
-            for path in ENDPOINTS:
+            for path in ENDPOINTS + (BASELINE,):
                 cookie = login_cookie("127.0.0.1", port, EMAIL)
                 run_clients(port, path, cookie, opts.clients, opts.warmup)
                 offset = log_path.stat().st_size
