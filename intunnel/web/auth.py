@@ -93,23 +93,22 @@ def authenticate_request() -> Auth:
     return cached
 
 
-def _user_with(id_hash_column, extra_columns: tuple, secret: str, name: str) -> User | None:
-    """The user owning the credential whose stored hash is sha256(secret), with extra columns.
-
-    One query with peewee's SQL text cached (this runs on every request).
-    """
+def _user_with(hash_column, owner_column, extra_columns: tuple, secret: str, name: str) -> User | None:
+    """The user owning the credential row whose ``hash_column`` is sha256(secret),
+    carrying ``extra_columns`` of that row as attributes.  One query, its SQL cached."""
     digest = security.sha256_hex(secret)
-    owner = Session.user if id_hash_column is Session.id_hash else ApiToken.user
-    sql = cached_sql(name, lambda: (User.select(User, *extra_columns).join(id_hash_column.model, on=(owner == User.id))
-                                    .where(id_hash_column == digest)), [digest])
+    sql = cached_sql(name, lambda: (User.select(User, *extra_columns)
+                                    .join(hash_column.model, on=(owner_column == User.id))
+                                    .where(hash_column == digest)), [digest])
     return next(iter(User.raw(sql, digest)), None)
 
 
 def _from_session_cookie(cookie: str) -> Auth:
     if len(cookie) > _MAX_CREDENTIAL_LENGTH:
         return ANONYMOUS
-    user = _user_with(Session.id_hash, (Session.csrf_token.alias("session_csrf"),
-                                        Session.expires_at.alias("session_expires")), cookie, "session user")
+    user = _user_with(Session.id_hash, Session.user, (Session.csrf_token.alias("session_csrf"),
+                                                      Session.expires_at.alias("session_expires")),
+                      cookie, "session user")
     if user is None or user.disabled:
         return ANONYMOUS
     expires_at = Session.expires_at.python_value(user.session_expires)
@@ -127,8 +126,8 @@ def _from_bearer(header: str) -> Auth:
     if (scheme.lower() != "bearer" or not secret.startswith(security.API_TOKEN_PREFIX)
             or len(secret) > _MAX_CREDENTIAL_LENGTH):
         return refused
-    user = _user_with(ApiToken.token_hash, (ApiToken.id.alias("api_token_id"),
-                                            ApiToken.last_used_at.alias("api_token_last_used")),
+    user = _user_with(ApiToken.token_hash, ApiToken.user, (ApiToken.id.alias("api_token_id"),
+                                                           ApiToken.last_used_at.alias("api_token_last_used")),
                       secret, "api token user")
     if user is None or user.disabled:
         return refused
