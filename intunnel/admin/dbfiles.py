@@ -103,7 +103,7 @@ def atomic_output(final: Path, mode: int = 0o600, owner: tuple[int, int] | None 
 def gzip_to(source: Path, final: Path, owner: tuple[int, int] | None) -> None:
     with atomic_output(final, owner=owner) as out, open(source, "rb") as src:
         # mtime=0 and no file name: the same database compresses to the same bytes.
-        with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0) as gz:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=out, mtime=0, compresslevel=6) as gz:
             shutil.copyfileobj(src, gz, CHUNK)
 
 
