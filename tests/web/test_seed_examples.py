@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+from pathlib import Path
 
 from conftest import create_user
 
@@ -81,3 +82,22 @@ def test_seed_python_example(web):
                                   json={"name": "Test", "subdomain": "test", "local_port": 3000})
     assert r.status_code == 200
     assert namespace["session"].get(web.url + "/api/tunnels").json()["tunnels"][0]["subdomain"] == "test"
+
+
+def test_readme_rest_api_curl_examples(web, tmp_path, curl_binary):
+    """The README's curl block runs as written (lines needing a real API token aside)."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("## REST API", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [c for c in curl_commands(block.replace("https://example.com", SEED_BASE), web.url)
+                if not any("itk_..." in part for part in c)]
+    assert len(commands) >= 4
+    create_user("user@example.com", "user", "yourpassword")
+    outputs = []
+    for argv in commands:
+        assert argv[0] == "curl"
+        r = subprocess.run([curl_binary, "-s", *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, argv
+        outputs.append(json.loads(r.stdout))
+    assert all(o.get("error") is not True for o in outputs), outputs
+    assert any(str(o.get("token", "")).startswith("itk_") for o in outputs)
