@@ -16,7 +16,7 @@ from urllib.parse import urlencode
 import bottle
 
 from .. import accounts
-from ..errors import RateLimited, Unauthorized, UnsupportedMedia
+from ..errors import RateLimited, Unauthorized, UnsupportedMedia, ValidationError
 from ..timeutil import iso
 from . import auth, jsonbody
 from . import state as web_state
@@ -49,8 +49,10 @@ def _read_credentials(max_body: int) -> tuple[str, str, str]:
     if jsonbody.is_json_media_type(request.environ.get("CONTENT_TYPE", "")):
         data = jsonbody.read_object(max_body)
         jsonbody.check_fields(data, required=("email", "password"), optional=("next",))
-        values = data.get("email"), data.get("password"), data.get("next")
-        return tuple(v if isinstance(v, str) else "" for v in values)  # type: ignore[return-value]
+        for field in ("email", "password", "next"):
+            if field in data and not isinstance(data[field], str):
+                raise ValidationError(f"{field} must be a string", field=field)
+        return data["email"], data["password"], data.get("next") or ""
     mime = request.content_type.split(";", 1)[0].strip()
     if mime not in ("application/x-www-form-urlencoded", "multipart/form-data") and request.content_length > 0:
         raise UnsupportedMedia("Content-Type must be application/json or a form")

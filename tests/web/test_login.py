@@ -173,3 +173,12 @@ def test_csrf_token_helpers(web, alice, alice_session):
     for bad in ({"csrf_token": value + "x"}, {}):
         assert alice_session.post(web.url + "/test-form", data=bad).status_code == 403
     assert requests.post(web.url + "/test-form", data={"csrf_token": value}).status_code == 403
+
+
+def test_json_login_bad_shapes(web, alice):
+    for body, field in (({"email": "alice@example.com"}, "password"), ({"email": 5, "password": "x"}, "email"),
+                        ({"email": "a", "password": "b", "remember": True}, "remember")):
+        r = requests.post(web.url + "/login", json=body)
+        assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR" and field in r.json()["message"]
+    r = requests.post(web.url + "/login", data="email=x", headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["code"] == "UNSUPPORTED_MEDIA_TYPE"
