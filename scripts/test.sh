@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # System tools the real-world tests drive (nginx, Chromium, a systemd container host).
-APT_PACKAGES=(nginx-light chromium debootstrap systemd-container openssh-server openssh-client sqlite3 cron curl openssl)
+APT_PACKAGES=(nginx-light chromium debootstrap systemd-container openssh-server openssh-client sqlite3 cron curl openssl systemd)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
