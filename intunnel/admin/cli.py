@@ -59,6 +59,8 @@ def describe_db_error(e: Exception) -> str:
     text = str(e)
     if "locked" in text or "busy" in text:
         return "database is locked: another process held a write lock too long; try again"
+    if "unable to open" in text or "readonly" in text:
+        return f"database error: {text} (check the path and its permissions; run as the service user)"
     return f"database error: {text}"
 
 
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(f"config error: {e}", EXIT_USAGE)
     except AppError as e:  # validation, duplicates, last admin... from the business rules
         return fail(e.message, EXIT_FAILURE)
-    except (pw.OperationalError, sqlite3.OperationalError, pw.DatabaseError, sqlite3.DatabaseError) as e:
+    except (pw.DatabaseError, sqlite3.DatabaseError) as e:
         if os.environ.get("INTUNNEL_ADMIN_DEBUG"):
             traceback.print_exc()
         return fail(describe_db_error(e), EXIT_FAILURE)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import peewee as pw
 
 from ..models import ApiToken, Tunnel, User, open_database
-from ..settings import load_settings, prepare_data_dir
+from ..settings import SECRET_KEY_FILE, load_settings, prepare_data_dir
 from .table import format_pairs, format_table
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
@@ -52,7 +52,9 @@ class Context:
         """
         path = self.settings.db_path
         if create:
-            prepare_data_dir(self.settings)
+            prepare_data_dir(self.settings)  # as the services do: data dir and secret key
+            data_dir = Path(self.settings.data_dir)
+            give_to_owner_of(data_dir, [data_dir / SECRET_KEY_FILE])
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             if not path.exists():
                 # It holds password hashes: private from the first byte.

@@ -4,6 +4,8 @@ import os
 import sqlite3
 import stat
 
+import pytest
+
 from intunnel.models import Session, Tunnel, User
 from intunnel.timeutil import utcnow
 
@@ -165,3 +167,14 @@ def test_python_dash_m_works_too(installed):
     r = subprocess.run([sys.executable, "-m", "intunnel.admin", "--config", str(installed.config), "user", "list",
                         "--json"], capture_output=True, text=True, env=installed.env, timeout=60)
     assert r.returncode == 0 and '"root"' in r.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_files_made_as_root_belong_to_the_service_user(admin):
+    admin.data_dir.mkdir(mode=0o700)
+    os.chown(admin.data_dir, 65534, 65534)
+    admin.ok("db", "migrate")
+    admin.create_user("a@example.test", "alice")
+    for name in ("intunnel.db", "secret_key"):
+        st = os.stat(admin.data_dir / name)
+        assert (st.st_uid, st.st_gid) == (65534, 65534), name
