@@ -150,3 +150,13 @@ def test_restore_waits_for_a_running_backup(backed_up):
     finally:
         os.close(fd)
     assert usernames(backed_up.db_path) == ["root", "alice", "bob"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root")
+def test_restored_files_belong_to_the_service_user(backed_up):
+    os.chown(backed_up.data_dir, 65534, 65534)
+    backed_up.ok("restore", backed_up.backup_file)
+    (kept,) = backed_up.data_dir.glob("intunnel.db.pre-restore-*")
+    for path in (backed_up.db_path, kept, backed_up.data_dir / "intunnel.db.admin-lock"):
+        assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534), path
+    assert oct(kept.stat().st_mode & 0o777) == "0o600"
