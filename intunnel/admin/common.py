@@ -16,7 +16,7 @@ from ..models import ApiToken, Tunnel, User, open_database
 from ..settings import SECRET_KEY_FILE, load_settings, prepare_data_dir
 from .table import format_pairs, format_table
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+EXIT_FAILURE, EXIT_USAGE = 1, 2
 
 
 class AdminError(Exception):
@@ -30,12 +30,11 @@ class AdminError(Exception):
 class Context:
     """Per-invocation state: parsed arguments, settings (loaded on first use), output."""
 
-    def __init__(self, args, stdout=None, stderr=None, stdin=None):
+    def __init__(self, args, stdout=None, stdin=None):
         self.args = args
         self.json = bool(getattr(args, "json", False))
         self.verbose = bool(getattr(args, "verbose", False))
         self.stdout = stdout or sys.stdout
-        self.stderr = stderr or sys.stderr
         self.stdin = stdin or sys.stdin
         self.db: pw.SqliteDatabase | None = None
 

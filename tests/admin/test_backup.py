@@ -176,6 +176,7 @@ def test_two_concurrent_backups_neither_corrupts(installed):
     assert any(rc == 0 for rc, _, _ in results)
     leftovers = [p.name for p in installed.backup_dir.iterdir() if not NAME.match(p.name)]
     assert leftovers == []
+    assert installed.json("db", "check")["ok"] is True
     for backup in backups_in(installed.backup_dir):
         copy = unpack(backup, installed.root / "check.db")
         assert integrity(copy) == "ok"
