@@ -38,7 +38,8 @@ def test_password_is_hashed_and_works(installed):
     installed.open_models()
     from intunnel.accounts import authenticate
     assert authenticate("alice", "first password") is not None
-    installed.ok("user", "set-password", "alice", "--password-stdin", input="second password\n")
+    out = installed.json("user", "set-password", "alice", "--password-stdin", input="second password\n")
+    assert out == {"ok": True, "message": "password of 'alice' changed"}
     assert authenticate("alice", "first password") is None
     assert authenticate("alice@example.test", "second password") is not None
     assert "second password" not in User.get(User.username == "alice").password_hash
