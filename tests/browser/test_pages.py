@@ -409,7 +409,7 @@ def test_user_text_is_escaped(page, users, web):
     assert dialogs == []
 
 
-def test_keyboard_only_login_and_visible_focus(page, users):
+def test_keyboard_only_login_and_visible_focus(page, users, web):
     page.goto("/login")
     expect(page.get_by_label("Email or username")).to_be_focused()  # autofocus
     page.keyboard.type("alice")
@@ -429,6 +429,15 @@ def test_keyboard_only_login_and_visible_focus(page, users):
     expect(skip).to_be_in_viewport()
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="InTunnel")).to_be_focused()
+
+    # The token is revealed and copied from the keyboard too.
+    tunnel = make_tunnel(web.settings, users["alice"], "Keys", "keys", 3000)
+    page.goto(f"/tunnels/{tunnel.id}")
+    page.locator("#token-reveal > summary").focus()
+    page.keyboard.press("Enter")
+    expect(page.locator("#tunnel-token")).to_be_visible()
+    page.keyboard.press("Tab")
+    expect(page.locator("button[data-copy=tunnel-token]")).to_be_focused()
 
 
 def test_pages_send_security_headers_and_errors_are_pages(page, users):
