@@ -164,6 +164,7 @@ intunnel_relay_listen=127.0.0.1:{free_port()}
         password = container.ssh("cat /etc/intunnel/admin-password").stdout.strip()
         assert password and password in first, "the generated admin password is shown at the end of the run"
         s = Site(container, https_port, ca_file, password, inventory, log)
+        s.checkout = checkout
         s.timings = timings
         yield s
     finally:
@@ -218,6 +219,13 @@ def wait_until(predicate, timeout, what):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.1)
+
+
+def web_is_up(site) -> bool:
+    try:
+        return site.request("GET", "/healthz")[0] == 200
+    except OSError:
+        return False
 
 
 def test_tunnel_through_the_deployed_host(site):
@@ -288,12 +296,7 @@ def test_backup_as_cron_runs_it_and_restore(site):
           f"--config /etc/intunnel/intunnel.toml /var/lib/intunnel/backups/{backup}")
     c.ssh("systemctl start intunnel-web intunnel-relay")
 
-    def web_up():
-        try:
-            return site.request("GET", "/healthz")[0] == 200
-        except OSError:
-            return False
-    wait_until(web_up, 30, "the web app after the restore")
+    wait_until(lambda: web_is_up(site), 30, "the web app after the restore")
     site.login()
     status, _, body = site.request("GET", "/api/tunnels")
     names = [t["subdomain"] for t in json.loads(body)["tunnels"]] if status == 200 else body
@@ -308,3 +311,46 @@ def test_second_run_changes_nothing(site):
     assert counts["changed"] == 0 and counts["failed"] == 0, second[-8000:]
     for unit in UNITS:
         assert site.container.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
+
+
+UPGRADE_MIGRATION = """
+
+def _deploy_test_upgrade_step(db):
+    \"\"\"deploy test: the migration of a newer release\"\"\"
+    db.execute_sql("CREATE TABLE deploy_upgrade_probe (id INTEGER PRIMARY KEY)")
+
+
+MIGRATIONS.append((LATEST + 1, _deploy_test_upgrade_step))
+LATEST = MIGRATIONS[-1][0]
+"""
+
+
+def schema_version(container) -> int:
+    out = container.ssh("/usr/sbin/runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin db check --json "
+                        "--config /etc/intunnel/intunnel.toml").stdout
+    return json.loads(out)["schema_version"]
+
+
+def test_newer_checkout_upgrades_in_place(site):
+    """A newer release (new version, one more migration): installed, migrated, restarted, data kept."""
+    c = site.container
+    before = schema_version(c)
+    invocations = {u: c.ssh(f"systemctl show -P InvocationID {u}").stdout.strip() for u in UNITS}
+    init = site.checkout / "intunnel" / "__init__.py"
+    init.write_text(init.read_text().replace('__version__ = "', '__version__ = "99.') )
+    with open(site.checkout / "intunnel" / "migrations.py", "a") as f:
+        f.write(UPGRADE_MIGRATION)
+    output = run_playbook(site.inventory, site.log)
+    assert recap(output)["failed"] == 0
+    for task in ("Install InTunnel and its dependencies from the wheelhouse", "Apply database migrations"):
+        assert re.search(rf"TASK \[intunnel : {re.escape(task)}\] \**\nchanged:", output), task
+    assert schema_version(c) == before + 1
+    assert "99." in c.ssh("/opt/intunnel/venv/bin/pip show intunnel").stdout
+    for unit in UNITS:
+        assert c.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
+        assert c.ssh(f"systemctl show -P InvocationID {unit}").stdout.strip() != invocations[unit], unit
+
+    wait_until(lambda: web_is_up(site), 30, "the web app after the upgrade")
+    site.login()
+    status, _, body = site.request("GET", "/api/tunnels")
+    assert status == 200 and [t["subdomain"] for t in json.loads(body)["tunnels"]] == ["myapp"]
