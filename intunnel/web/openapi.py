@@ -58,6 +58,10 @@ NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 SUBDOMAIN = {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}
 
+_LOGIN = {"type": "object", "required": ["email", "password"], "additionalProperties": False, "properties": {
+    "email": {"type": "string", "description": "email (or username)"}, "password": STR,
+    "next": {"type": "string", "description": "local path a browser is redirected to"}}}
+
 SCHEMAS = {
     "Error": {"type": "object", "required": ["error", "message", "code"], "properties": {
         "error": {"type": "boolean", "enum": [True]}, "message": STR,
@@ -117,6 +121,21 @@ def _paths() -> dict:
         "/api/tokens/{id}": {
             "delete": _op("Revoke an API token", _json(_ref("Success"), "Revoked"),
                           ("401", "404", "429"), params=True),
+        },
+        "/login": {
+            "post": {**_op("Log in; sets the session cookie `intunnel_session` (a browser is redirected)", _json(
+                {"type": "object", "properties": {"success": {"type": "boolean"}, "user": {"type": "object"}}},
+                "Logged in"), ("400", "401", "403", "415", "429"), public=True),
+                "requestBody": {"required": True, "content": {
+                    "application/x-www-form-urlencoded": {"schema": _LOGIN},
+                    "application/json": {"schema": _LOGIN}}}},
+        },
+        "/logout": {
+            "post": _op("End the session", _json(_ref("Success"), "Logged out"), ("403",), public=True),
+        },
+        "/healthz": {
+            "get": _op("Liveness", _json({"type": "object", "properties": {"status": {"type": "string"}}}, "ok"),
+                       (), public=True),
         },
         "/api/openapi.json": {
             "get": _op("This document", _json({"type": "object"}, "OpenAPI 3 document"), ("429",), public=True),
