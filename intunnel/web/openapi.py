@@ -47,7 +47,10 @@ def _op(summary: str, ok: dict, errors: tuple[str, ...] = ("401", "429"), body: 
 
 
 def _obj(required: list[str], **props) -> dict:
-    return {"type": "object", "required": required, "additionalProperties": False, "properties": props}
+    schema = {"type": "object", "additionalProperties": False, "properties": props}
+    if required:  # OpenAPI 3.0: a present "required" lists at least one name
+        schema["required"] = required
+    return schema
 
 
 STR = {"type": "string"}

@@ -52,3 +52,8 @@ def test_refs_resolve_and_operations_are_complete(web):
             assert op["summary"] and "200" in op["responses"], (method, path)
             if "{id}" in path:
                 assert any(p["name"] == "id" for p in op["parameters"]), (method, path)
+
+
+def test_document_is_valid_openapi(web):
+    from openapi_spec_validator import validate
+    validate(requests.get(web.url + "/api/openapi.json").json())
