@@ -18,6 +18,7 @@ HTML error page (``app.intunnel.error_page``).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import math
@@ -166,7 +167,13 @@ class ThreadConnections:
     def release(self) -> None:
         if database.is_closed():
             return
-        if database.in_transaction() or bottle.response.status_code >= 500:
+        if database.in_transaction():
+            # A handler left a transaction open (a bug): drop it with the connection.
+            database.obj._state.transactions.clear()
+            with contextlib.suppress(Exception):
+                database.rollback()
+            database.close()
+        elif bottle.response.status_code >= 500:
             database.close()  # start the next request from a clean connection
 
 

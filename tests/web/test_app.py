@@ -103,3 +103,18 @@ def test_intunnel_web_bad_config_is_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "intunnel.cli", "web"], env=env, capture_output=True, text=True,
                        timeout=30)
     assert r.returncode == 2 and "web_listen" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_transaction_left_open_by_a_handler_is_dropped(settings):
+    """A buggy handler that leaves a transaction open must not poison its thread's connection."""
+    from support.web_server import running_web_app
+    with running_web_app(settings, threads=1) as web:  # one worker: the next request reuses its connection
+        def leaky():
+            database.atomic().__enter__()
+            Tunnel.select().count()
+            return {"ok": True}
+        web.app.route("/test-leak", "GET", leaky)
+        assert requests.get(web.url + "/test-leak").json() == {"ok": True}
+        create_user("after@example.com", "after")  # another connection can write: no lock held
+        r = requests.post(web.url + "/login", json={"email": "after@example.com", "password": PASSWORD})
+        assert r.status_code == 200
