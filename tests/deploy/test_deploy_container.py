@@ -292,6 +292,8 @@ def test_backup_as_cron_runs_it_and_restore(site):
                                                             "local_port": 4000})
     assert status in (200, 201), body
     c.ssh("systemctl stop intunnel-web intunnel-relay")
+    for unit in UNITS:  # a stop drains and exits by itself, before systemd would kill it
+        assert c.ssh(f"systemctl show -P Result {unit}").stdout.strip() == "success", unit
     c.ssh(f"/usr/sbin/runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin restore "
           f"--config /etc/intunnel/intunnel.toml /var/lib/intunnel/backups/{backup}")
     c.ssh("systemctl start intunnel-web intunnel-relay")
