@@ -118,3 +118,22 @@ def test_transaction_left_open_by_a_handler_is_dropped(settings):
         create_user("after@example.com", "after")  # another connection can write: no lock held
         r = requests.post(web.url + "/login", json={"email": "after@example.com", "password": PASSWORD})
         assert r.status_code == 200
+
+
+def test_kept_connection_sees_other_writers(settings):
+    """No read snapshot survives a request: the relay's and the CLI's writes are seen at once."""
+    from support.web_server import running_web_app
+    with running_web_app(settings, threads=1) as web:
+        user = create_user("seer@example.com", "seer")
+        s = requests.Session()
+        s.post(web.url + "/login", json={"email": "seer@example.com", "password": PASSWORD})
+        r = s.post(web.url + "/api/tunnels", json={"name": "t", "subdomain": "seen", "local_port": 1})
+        tid = r.json()["tunnel"]["id"]
+        for status in ("active", "inactive", "active"):
+            with database.connection_context():  # another connection, as the relay's
+                Tunnel.update(status=status).where(Tunnel.id == tid).execute()
+            assert s.get(web.url + "/api/tunnels").json()["tunnels"][0]["status"] == status
+            assert s.get(web.url + f"/api/tunnels/{tid}").json()["status"] == status
+        with database.connection_context():
+            User.update(disabled=True).where(User.id == user.id).execute()
+        assert s.get(web.url + "/api/user/profile").status_code == 401
