@@ -61,11 +61,25 @@ def _read_credentials(max_body: int) -> tuple[str, str, str]:
             forms.getunicode("next") or request.query.getunicode("next") or "")
 
 
+def see_other(location: str) -> None:
+    """303 to a local path, keeping the cookies set so far.
+
+    The Location stays relative (unlike ``bottle.redirect``, which makes it
+    absolute from the scheme the app sees): behind a TLS proxy the app sees
+    http, and the browser must stay on https.
+    """
+    res = bottle.response.copy(cls=bottle.HTTPResponse)
+    res.status = 303
+    res.body = ""
+    res.set_header("Location", location)
+    raise res
+
+
 def _redirect_to_login(error: str, next_path: str) -> None:
     query = {"error": error}
     if next_path != "/":
         query["next"] = next_path
-    bottle.redirect("/login?" + urlencode(query), 303)
+    see_other("/login?" + urlencode(query))
 
 
 def login():
@@ -89,14 +103,14 @@ def login():
     throttle.succeeded(email)
     auth.start_session(user)
     if is_browser():
-        bottle.redirect(next_path, 303)
+        see_other(next_path)
     return {"success": True, "user": user_json(user)}
 
 
 def logout():
     auth.end_session()
     if is_browser():
-        bottle.redirect("/login", 303)
+        see_other("/login")
     return {"success": True, "message": "Logged out"}
 
 
