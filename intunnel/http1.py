@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 MAX_CHUNK_LINE = 4096          # chunk-size line incl. extensions
 MAX_TRAILER = 16 * 1024        # all trailer lines together
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(rb"[\x00\r\n]")
-_METHOD = re.compile(rb"^[A-Z][A-Z0-9_-]{0,31}$")
-_VERSION = re.compile(rb"^HTTP/1\.[01]$")
+_REQUEST_LINE = re.compile(r"([A-Z][A-Z0-9_-]{0,31}) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])\Z")
+# The whole header block at once, in C: "name: value" lines, token names, no NUL/CR/LF in values.
+_HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*\Z")
 _HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
 
 
@@ -35,22 +34,24 @@ class HttpError(Exception):
         self.message = message
 
 
-@dataclass
 class RequestHead:
-    method: str
-    target: str
-    version: str
-    headers: list[tuple[str, str]]
-    body: str = "none"          # "none", "length", "chunked" or "upgrade"
-    length: int = 0
-    size: int = 0               # bytes the head took on the wire
+    """A parsed request head: request line, headers in order, body framing."""
+
+    __slots__ = ("method", "target", "version", "headers", "index", "body", "length", "size")
+
+    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]]):
+        self.method, self.target, self.version, self.headers = method, target, version, headers
+        index: dict[str, list[str]] = {}
+        for name, value in headers:
+            index.setdefault(name.lower(), []).append(value)
+        self.index = index
+        self.body = "none"      # "none", "length", "chunked" or "upgrade"
+        self.length = 0
+        self.size = 0           # bytes the head took on the wire
 
     def get(self, name: str) -> str | None:
-        name = name.lower()
-        for k, v in self.headers:
-            if k.lower() == name:
-                return v
-        return None
+        values = self.index.get(name.lower())
+        return values[0] if values else None
 
     @property
     def host(self) -> str:
@@ -63,51 +64,48 @@ class RequestHead:
     def wire(self, remove: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None,
              replace: dict[str, str] | None = None) -> bytes:
         """Serialize, dropping headers named in ``remove``, replacing and appending some."""
-        drop = {n.lower() for n in remove}
         replace = {k.lower(): v for k, v in (replace or {}).items()}
         lines = [f"{self.method} {self.target} {self.version}"]
         for k, v in self.headers:
             lk = k.lower()
-            if lk in drop:
+            if lk in remove:
                 continue
             lines.append(f"{k}: {replace.pop(lk)}" if lk in replace else f"{k}: {v}")
         lines.extend(f"{k}: {v}" for k, v in list(replace.items()) + (add or []))
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        lines.append("\r\n")
+        return "\r\n".join(lines).encode("latin-1")
 
 
-def _split_headers(lines: list[bytes]) -> list[tuple[str, str]]:
-    headers = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
+def _split_headers(block: str) -> list[tuple[str, str]]:
+    """``block``: header lines, each ending in CRLF."""
+    if not _HEADER_BLOCK.match(block):
+        if re.search(r"\r\n[ \t]", "\r\n" + block):
             raise HttpError(400, "obsolete header line folding is not accepted")
-        name, sep, value = line.partition(b":")
-        if not sep or not _TOKEN.match(name):
-            raise HttpError(400, "malformed header line")
-        value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
-            raise HttpError(400, "invalid character in header value")
-        headers.append((name.decode("ascii"), value.decode("latin-1")))
+        raise HttpError(400, "malformed header line")
+    headers = []
+    for line in block.split("\r\n")[:-1]:
+        name, _, value = line.partition(":")
+        headers.append((name, value.strip(" \t")))
     return headers
 
 
 def parse_request_head(raw: bytes) -> RequestHead:
     """Parse a request head (up to and excluding the blank line) and decide its body framing."""
-    lines = raw.split(b"\r\n")
-    parts = lines[0].split(b" ")
-    if len(parts) != 3 or not _METHOD.match(parts[0]) or not parts[1] or not _VERSION.match(parts[2]):
+    text = raw.decode("latin-1")
+    end = text.find("\r\n")
+    request_line, block = (text, "") if end < 0 else (text[:end], text[end + 2:] + "\r\n")
+    m = _REQUEST_LINE.match(request_line)
+    if not m:
         raise HttpError(400, "malformed request line")
-    if any(c < 0x21 or c == 0x7F for c in parts[1]):
-        raise HttpError(400, "invalid character in request target")
-    head = RequestHead(parts[0].decode("ascii"), parts[1].decode("latin-1"),
-                       parts[2].decode("ascii"), _split_headers(lines[1:]))
+    head = RequestHead(m.group(1), m.group(2), m.group(3), _split_headers(block))
     if head.method == "CONNECT":
         raise HttpError(405, "CONNECT is not supported")
-    hosts = [v for k, v in head.headers if k.lower() == "host"]
-    if len(hosts) != 1 or not _HOST.match(hosts[0].strip()):
+    index = head.index
+    hosts = index.get("host")
+    if not hosts or len(hosts) != 1 or not _HOST.match(hosts[0]):
         raise HttpError(400, "exactly one valid Host header is required")
-    lengths = {v.strip() for k, v in head.headers if k.lower() == "content-length"}
-    te = [v for k, v in head.headers if k.lower() == "transfer-encoding"]
-    connection = {t.strip().lower() for k, v in head.headers if k.lower() == "connection" for t in v.split(",")}
+    lengths = {v.strip() for v in index.get("content-length", ())}
+    te = index.get("transfer-encoding")
     if te:
         if lengths:
             raise HttpError(400, "both Transfer-Encoding and Content-Length")
@@ -119,12 +117,13 @@ def parse_request_head(raw: bytes) -> RequestHead:
         if len(lengths) != 1:
             raise HttpError(400, "conflicting Content-Length headers")
         value = lengths.pop()
-        if not value.isdigit() or len(value) > 18:
+        if not value.isdigit() or not value.isascii() or len(value) > 18:
             raise HttpError(400, "invalid Content-Length")
         head.length = int(value)
         head.body = "length" if head.length else "none"
-    if "upgrade" in connection and head.get("upgrade"):
-        head.body = "upgrade"
+    if "upgrade" in index and "connection" in index:
+        if any(t.strip().lower() == "upgrade" for v in index["connection"] for t in v.split(",")):
+            head.body = "upgrade"
     return head
 
 
@@ -348,9 +347,10 @@ class ResponseTracker:
             self._start_response(raw, done)
 
     def _start_response(self, raw: bytes, done: list[Exchange]) -> None:
-        lines = raw.split(b"\r\n")
-        status = int(lines[0].split(b" ")[1])
-        headers = _split_headers(lines[1:])
+        text = raw.decode("latin-1")
+        first, _, block = text.partition("\r\n")
+        status = int(first.split(" ")[1])
+        headers = _split_headers(block + "\r\n" if block else "")
         exchange = self.pending[0]
         if 100 <= status < 200:
             if status == 101:

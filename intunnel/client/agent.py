@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
 from dataclasses import dataclass
@@ -76,9 +77,11 @@ class Agent:
         self.url: str | None = None
         self.connected: asyncio.Event | None = None  # created in run() (needs a running loop)
         self._session: str | None = None
+        self._address = self.server.host
         self._idle = 0
         self._dialing = 0
-        self._pool_size = p.DEFAULT_POOL_SIZE
+        self._pool_size = self._base_pool = p.DEFAULT_POOL_SIZE
+        self._last_burst = 0.0
         self._tasks: set[asyncio.Task] = set()
         self._data_conns: set[Conn] = set()
 
@@ -106,6 +109,7 @@ class Agent:
         up = False
         control_conn = None
         try:
+            self._address = await self._resolve()  # every session: the relay may have moved
             control_conn = await self._dial(p.AGENT_PATH, {"Authorization": f"Bearer {self.token}"})
             control = p.ControlSession(p.AGENT, time.monotonic())
             control_conn.write(control.send(p.Hello(client=f"intunnel/{__version__}",
@@ -122,7 +126,7 @@ class Agent:
             control.dead_peer_timeout = first.dead_peer_timeout
             self.url = first.url
             self._session = first.session
-            self._pool_size = max(0, min(first.pool_size, p.MAX_POOL_SIZE))
+            self._base_pool = self._pool_size = max(0, min(first.pool_size, p.MAX_POOL_SIZE))
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {first.url} -> "
                      f"http://{self.upstream_host}:{self.local_port}")
             self.connected.set()
@@ -166,7 +170,11 @@ class Agent:
                 if isinstance(m, p.Ping):
                     conn.write(control.send(p.Pong(m.seq)))
                 elif isinstance(m, p.OpenData):
-                    for _ in range(max(0, min(m.count, p.MAX_OPEN_DATA_BATCH))):
+                    # The pool ran dry: grow it for this burst (it shrinks back when calm).
+                    count = max(0, min(m.count, p.MAX_OPEN_DATA_BATCH))
+                    self._pool_size = min(p.MAX_POOL_SIZE, self._pool_size + count)
+                    self._last_burst = time.monotonic()
+                    for _ in range(count):
                         self._spawn(self._data_connection(counted=False))
                 elif isinstance(m, p.Revoked):
                     ended.done() or ended.set_exception(TokenRefused(f"the relay cut this tunnel: {m.reason}"))
@@ -181,8 +189,11 @@ class Agent:
         on_bytes(b"")
         while not ended.done():
             await asyncio.wait([ended], timeout=1.0)
-            if control.is_dead(time.monotonic()):
+            now = time.monotonic()
+            if control.is_dead(now):
                 finish(f"no heartbeat from the relay for {control.dead_peer_timeout:.0f}s")
+            if self._pool_size > self._base_pool and now - self._last_burst > p.POOL_SHRINK_AFTER:
+                self._shrink_pool()
         return ended.result()
 
     # --- data connections ---
@@ -195,6 +206,12 @@ class Agent:
         while self._session and self._idle + self._dialing < self._pool_size:
             self._dialing += 1
             self._spawn(self._data_connection(counted=True))
+
+    def _shrink_pool(self) -> None:
+        """Back to the relay's pool size: an idle agent should cost the relay little memory."""
+        self._pool_size = self._base_pool
+        for conn in list(self._data_conns)[: max(0, self._idle - self._base_pool)]:
+            conn.close()
 
     async def _data_connection(self, counted: bool) -> None:
         """One data connection: dial, wait idle for a Bind, then serve that visitor."""
@@ -230,8 +247,8 @@ class Agent:
     async def _serve_visitor(self, conn: Conn, first_bytes: bytes) -> None:
         loop = asyncio.get_running_loop()
         try:
-            _, local = await asyncio.wait_for(
-                loop.create_connection(Conn, self.upstream_host, self.local_port), p.LOCAL_CONNECT_TIMEOUT)
+            async with asyncio.timeout(p.LOCAL_CONNECT_TIMEOUT):
+                _, local = await loop.create_connection(Conn, self.upstream_host, self.local_port)
         except (OSError, asyncio.TimeoutError) as e:
             conn.write(p.encode(p.DataRefused(self.local_port, _describe(e))))
             conn.close()
@@ -266,19 +283,28 @@ class Agent:
         local.taps = seen_response
 
     # --- dialing the relay ---
+    async def _resolve(self) -> str:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(self.handshake_timeout):
+            infos = await loop.getaddrinfo(self.server.host, self.server.port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise OSError(f"cannot resolve {self.server.host}")
+        return infos[0][4][0]
+
     async def _dial(self, path: str, headers: dict[str, str]) -> Conn:
         loop = asyncio.get_running_loop()
         kwargs = {"ssl": self.ssl, "server_hostname": self.server.host} if self.ssl else {}
-        _, conn = await asyncio.wait_for(
-            loop.create_connection(Conn, self.server.host, self.server.port, **kwargs),
-            self.handshake_timeout)
+        async with asyncio.timeout(self.handshake_timeout):
+            # By address: the name was resolved once for this session (no resolver thread per visitor).
+            _, conn = await loop.create_connection(Conn, self._address, self.server.port, **kwargs)
         try:
             lines = [f"GET {path} HTTP/1.1", f"Host: {self.server.host_header}",
                      f"Upgrade: {p.UPGRADE_TOKEN}", "Connection: Upgrade",
                      f"User-Agent: intunnel/{__version__}"]
             lines += [f"{k}: {v}" for k, v in headers.items()]
             conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-            raw = await asyncio.wait_for(conn.read_head(p.MAX_HANDSHAKE_RESPONSE), self.handshake_timeout)
+            async with asyncio.timeout(self.handshake_timeout):
+                raw = await conn.read_head(p.MAX_HANDSHAKE_RESPONSE)
             status_line = raw.split(b"\r\n", 1)[0].decode("latin-1")
             parts = status_line.split(" ", 2)
             status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0

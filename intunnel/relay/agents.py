@@ -124,8 +124,9 @@ class AgentSession:
         self.waiters.append(waiter)
         self.send(p.OpenData(1))
         try:
-            conn = await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                conn = await waiter
+        except TimeoutError:
             return None
         if conn is not None:
             conn.on_close = None

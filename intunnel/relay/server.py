@@ -107,8 +107,8 @@ class Relay:
     async def _handle(self, conn: Conn) -> None:
         conn.on_close = lambda: self.conns.discard(conn)
         try:
-            raw = await asyncio.wait_for(conn.read_head(self.settings.relay_max_header_size),
-                                         self.settings.relay_handshake_timeout)
+            async with asyncio.timeout(self.settings.relay_handshake_timeout):
+                raw = await conn.read_head(self.settings.relay_max_header_size)
         except ValueError:
             self._reply(conn, pages.response(431, "Request head too large."))
             return
@@ -176,8 +176,8 @@ class Relay:
         conn.write(SWITCHING)
         control = p.ControlSession(p.RELAY, time.monotonic(), self.settings.relay_dead_peer_timeout)
         try:
-            data = await asyncio.wait_for(conn.read_messages(control.decoder, limit=1),
-                                          self.settings.relay_handshake_timeout)
+            async with asyncio.timeout(self.settings.relay_handshake_timeout):
+                data = await conn.read_messages(control.decoder, limit=1)
             hello = control.receive_messages(data)[0]
             if not isinstance(hello, p.Hello):
                 raise p.ProtocolError("expected hello")

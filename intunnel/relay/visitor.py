@@ -21,7 +21,7 @@ from . import pages
 
 log = logging.getLogger("intunnel.relay")
 
-FORWARDED = ("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host")
+FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
 
 
 class Visitor:
@@ -43,6 +43,7 @@ class Visitor:
         self.done = False
         self.loop = asyncio.get_running_loop()
         self.last_activity = 0.0
+        self.awaiting = False      # a request was sent and no response byte came back since
         conn.on_close = self.on_visitor_closed
         conn.on_eof = self.on_visitor_eof
         conn.forward_to(self.on_bytes)
@@ -100,7 +101,8 @@ class Visitor:
         replace = {"host": s.host_header} if s.host_header else None
         self.data.write(head.wire(remove=FORWARDED, add=add, replace=replace))
         self.last_activity = self.loop.time()
-        if self.timer is None:
+        self.awaiting = True
+        if self.timer is None:  # one lazy timer per connection, not one per request
             self.timer = self.loop.call_later(self.settings.relay_upstream_timeout, self._upstream_timeout)
 
     async def route(self, head: RequestHead) -> None:
@@ -194,12 +196,13 @@ class Visitor:
 
     # --- agent -> visitor ---
     def on_response(self, data: bytes) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
+        self.awaiting = False
         self.conn.write(data)
 
     def _upstream_timeout(self) -> None:
+        if not self.awaiting:
+            self.timer = None
+            return
         # The clock runs from the last request byte sent: a slow upload is not a slow app.
         left = self.last_activity + self.settings.relay_upstream_timeout - self.loop.time()
         if left > 0.01:
