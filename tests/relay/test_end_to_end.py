@@ -27,3 +27,16 @@ def test_post_body_arrives_byte_for_byte(settings, db):
         import hashlib
         assert status == 200
         assert json.loads(data)["body_sha256"] == hashlib.sha256(body).hexdigest()
+
+
+def test_verbose_client_prints_one_line_per_request(settings, db):
+    with tunnel_setup(settings, client_kwargs={"verbose": True}) as t:
+        t.get("/first")
+        t.get("/download?size=1000")
+        t.get("/missing", method="HEAD")
+        from tests.support.tunnel import wait_for
+        lines = wait_for(lambda: [l for l in t.client.lines if " -> " in l and " B " in l][:3]
+                         if sum(" B " in l for l in t.client.lines) >= 3 else None, 5, message="3 request lines")
+        assert lines[0].startswith("GET /first -> 200 ")
+        assert lines[1].startswith("GET /download?size=1000 -> 200 1000 B ")
+        assert lines[2].startswith("HEAD /missing -> 200 0 B ") and lines[2].endswith(" ms")
