@@ -185,3 +185,39 @@ def test_client_survives_relay_kill_and_graceful_restart(settings, db):
         finally:
             client.close()
             relay.close()
+
+
+def test_client_drops_a_silent_relay_and_reconnects(settings):
+    """A relay that stops talking (no pings) is abandoned after the dead-peer timeout."""
+    import asyncio
+
+    from tests.support.tunnel import LoopThread
+    accepted = []
+
+    async def silent_relay(reader, writer):
+        accepted.append(time.monotonic())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: intunnel\r\nConnection: Upgrade\r\n\r\n")
+        decoder = p.FrameDecoder()
+        while not decoder.feed(await reader.read(4096)):
+            pass
+        writer.write(p.encode(p.Welcome(url="http://x.localhost", subdomain="x", session="s",
+                                        heartbeat_interval=10.0, dead_peer_timeout=0.5, pool_size=0)))
+        await asyncio.sleep(60)  # then silence, socket still open
+
+    loop = LoopThread("silent-relay")
+    try:
+        async def start():
+            return await asyncio.start_server(silent_relay, "127.0.0.1", 0)
+        server = loop.call(start())
+        port = server.sockets[0].getsockname()[1]
+        with ClientThread(f"http://127.0.0.1:{port}", "token", 3000) as client:
+            client.wait_connected()
+            wait_for(lambda: len(accepted) >= 2, 5, message="reconnect after silence")
+            assert accepted[1] - accepted[0] < 2.5
+            assert any(line.startswith("disconnected: no heartbeat from the relay") for line in client.lines)
+    finally:
+        async def stop():
+            server.close()
+        loop.call(stop())
+        loop.shutdown()
