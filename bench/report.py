@@ -39,6 +39,16 @@ TARGET_ORDER = ("direct", "nginx-hop", "ssh-R -N", "ssh-R -tt", "intunnel", "int
 SSH_BASELINE = "ssh-R -tt"  # the usable ssh -R (Nagle off); the "ratio to ssh-R" column
 
 
+def best_of(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
+    """Figure by figure, the better of two measurements of the same target."""
+    best = {}
+    for fig in FIGURES:
+        values = [v for v in (a.get(fig.key), b.get(fig.key)) if v is not None]
+        if values:
+            best[fig.key] = max(values) if fig.higher_is_better else min(values)
+    return best
+
+
 def ratio(value, base):
     if value is None or base in (None, 0):
         return None

@@ -83,3 +83,9 @@ def test_targets_verdicts():
     assert verdict["relay + client idle RSS <= 60 MiB"] == "met"            # 55
     assert verdict["relay memory per idle agent <= 64 KiB"] == "NOT met"    # 80
     assert verdict["intunnel-nginx keep-alive req/s >= 0.20x direct"] == "not measured"
+
+
+def test_best_of_keeps_the_better_value_per_figure():
+    a = {"ka_rps": 100.0, "ka_p99": 2.0, "down_mbs": 50.0}
+    b = {"ka_rps": 120.0, "ka_p99": 3.0}
+    assert report.best_of(a, b) == {"ka_rps": 120.0, "ka_p99": 2.0, "down_mbs": 50.0}
