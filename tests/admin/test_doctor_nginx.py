@@ -101,7 +101,6 @@ def test_missing_database(admin, fake_nginx):
 
 
 def test_nginx_render_prints_and_writes(installed, tmp_path):
-    pytest.importorskip("intunnel.nginxconf")
     from intunnel.nginxconf import render
     expected = render(installed.settings)
     printed = installed.ok("nginx", "render").stdout

@@ -3,7 +3,8 @@
 import pytest
 
 from intunnel.models import Tunnel
-from tests.support.tunnel import tunnel_setup, wait_for
+from support.tunnel import tunnel_setup, wait_for
+from support.web_server import running_web_app
 
 from .conftest import Admin
 
@@ -48,8 +49,7 @@ def test_doctor_sees_the_real_relay_and_restore_refuses(settings, db, tmp_path):
 
 
 def test_doctor_sees_the_real_web_app(settings, db, tmp_path):
-    web_server = pytest.importorskip("tests.support.web_server")
-    with web_server.running_web_app(settings) as web:
+    with running_web_app(settings) as web:
         admin = admin_for(settings, tmp_path, relay_port=Admin(tmp_path / "x").relay_port, web_port=web.port)
         r = admin.run("doctor", "--json")
         import json
