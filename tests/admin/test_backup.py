@@ -134,7 +134,8 @@ def test_backup_while_another_process_writes(installed, tmp_path):
         while i < 9 and (i < 3 or time.monotonic() - started < 3):
             i += 1
             before = committed()
-            result = installed.json("backup", "--now", f"2030-01-0{i}T00:00:00Z")["backup"]
+            # Retention must not prune earlier copies: every one is restored below.
+            result = installed.json("backup", "--keep-daily", "30", "--now", f"2030-01-0{i}T00:00:00Z")["backup"]
             after = committed()
             assert after > before, "the writer must keep committing while the backup runs"
             taken.append((Path(result["path"]), before))
