@@ -85,7 +85,7 @@ class Pages:
         if user is None:
             path = bottle.request.fullpath if bottle.request.method == "GET" else "/"
             query = {"next": path} if path != "/" else {}
-            bottle.redirect("/login" + ("?" + urlencode(query) if query else ""), 303)
+            login.see_other("/login" + ("?" + urlencode(query) if query else ""))
         return user
 
     def form_user(self) -> User:
@@ -111,7 +111,7 @@ class Pages:
 
     def done(self, message: str, location: str, kind: str = "success"):
         self.flash.add(kind, message)
-        bottle.redirect(location, 303)
+        login.see_other(location)
 
     # --- login --------------------------------------------------------------
 
@@ -119,7 +119,7 @@ class Pages:
         query = bottle.request.query
         next_path = login.safe_next(query.getunicode("next"))
         if auth.current_user() is not None:
-            bottle.redirect(next_path, 303)
+            login.see_other(next_path)
         error = login.ERROR_MESSAGES.get(query.getunicode("error") or "", "")
         return self.render("login.html", status=429 if query.get("error") == "throttled" else 200,
                            error=error, next=next_path, email="")

@@ -183,3 +183,9 @@ def test_json_login_bad_shapes(web, alice):
         assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR" and field in r.json()["message"]
     r = requests.post(web.url + "/login", data="email=x", headers={"Content-Type": "text/plain"})
     assert r.status_code == 415 and r.json()["code"] == "UNSUPPORTED_MEDIA_TYPE"
+
+
+def test_dashboard_redirects_stay_relative(web, alice):
+    """Behind a TLS proxy the app sees http: an absolute Location would drop the browser to http."""
+    r = requests.get(web.url + "/", headers={"Accept": "text/html"}, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"].startswith("/login")
