@@ -19,6 +19,8 @@ def _getaddrinfo(host, *args, **kwargs):
 
 
 socket.getaddrinfo = _getaddrinfo
+# uvloop resolves names inside libuv, past this hook: make the client use asyncio's own loop.
+sys.modules["uvloop"] = None
 
 if __name__ == "__main__":
     from intunnel.cli import main

@@ -149,6 +149,9 @@ intunnel_source_dir={checkout}
 intunnel_domain={DOMAIN}
 intunnel_admin_email={ADMIN_EMAIL}
 intunnel_tls_mode=selfsigned
+# INI values are strings: the roles must read "false"/"true" as booleans.
+intunnel_firewall_enabled=false
+intunnel_nginx_remove_default_site=true
 intunnel_nginx_http_port={http_port}
 intunnel_nginx_https_port={https_port}
 intunnel_web_listen=127.0.0.1:{free_port()}
