@@ -49,6 +49,14 @@ def best_of(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
     return best
 
 
+def direct_base(results, target: str, key: str):
+    """The `direct` value a target's figure is compared with: the run paired with it, if any."""
+    paired = results.get(target, {}).get("paired_direct", {})
+    if key in paired:
+        return paired[key]
+    return results.get("direct", {}).get(key)
+
+
 def ratio(value, base):
     if value is None or base in (None, 0):
         return None
@@ -69,12 +77,12 @@ def _cell(fig: Figure, value, base_direct, base_ssh) -> str:
 def table(results: dict[str, dict[str, float]]) -> str:
     """A Markdown table: one row per figure, one column per target; cells 'value (x direct / x ssh-R)'."""
     targets = [t for t in TARGET_ORDER if t in results] + [t for t in results if t not in TARGET_ORDER]
-    direct = results.get("direct", {})
     ssh = results.get(SSH_BASELINE, {})
     lines = ["| figure | unit | " + " | ".join(targets) + " |",
              "|---|---|" + "---|" * len(targets)]
     for fig in FIGURES:
-        cells = [_cell(fig, results[t].get(fig.key), direct.get(fig.key), ssh.get(fig.key)) for t in targets]
+        cells = [_cell(fig, results[t].get(fig.key), direct_base(results, t, fig.key), ssh.get(fig.key))
+                 for t in targets]
         lines.append(f"| {fig.label} | {fig.unit} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -89,7 +97,7 @@ class Target:
 
 
 def _rel(target, key):
-    return lambda r: ratio(r.get(target, {}).get(key), r.get("direct", {}).get(key))
+    return lambda r: ratio(r.get(target, {}).get(key), direct_base(r, target, key))
 
 
 def _abs(target, key):

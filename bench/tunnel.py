@@ -57,10 +57,23 @@ def serving(port: int, host: str, tls: bool = False) -> bool:
         return False
 
 
-def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int]):
-    """Best of --repeat wrk runs, with the CPU microseconds per request each side spent in it."""
-    best = None
+DIRECT_HOST = "direct"  # Host header for the paired direct runs (nginx ignores it)
+
+
+def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int], paired_url: str | None = None):
+    """Best of --repeat wrk runs, with the CPU microseconds per request each side spent in it.
+
+    With ``paired_url`` (the local app), a direct run precedes each run of the
+    target and the best direct run is returned too: ratios then compare runs
+    made within seconds of each other, so load that comes and goes elsewhere on
+    the machine moves both alike.
+    """
+    best = best_direct = None
     for _ in range(opts.repeat):
+        if paired_url:
+            direct = load.wrk(paired_url, DIRECT_HOST, 32, opts.duration, close=close)
+            if best_direct is None or direct.rps > best_direct.rps:
+                best_direct = direct
         before = {side: procs.tree_cpu_seconds(pid) for side, pid in sides.items()}
         result = load.wrk(url, host, 32, opts.duration, close=close)
         used = {side: procs.tree_cpu_seconds(pid) - before[side] for side, pid in sides.items()}
@@ -68,39 +81,53 @@ def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int]):
         # Best of --repeat runs: other work on a shared machine only ever makes a run slower.
         if best is None or result.rps > best[0].rps:
             best = (result, per_request)
-    return best
+    return best[0], best[1], best_direct
 
 
 def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
-                 sides: dict[str, int] | None = None) -> dict[str, float]:
+                 sides: dict[str, int] | None = None, app: servers.App | None = None) -> dict:
     """The traffic figures for one target: keep-alive, new connections, bulk both ways.
 
     ``sides`` names the processes of the tunnel ("relay", "client" -> pid) whose
-    CPU time per request is reported too.
+    CPU time per request is reported too.  With ``app``, every measurement is
+    paired with one of the app directly, stored under "paired_direct".
     """
     scheme = "https" if tls else "http"
     url = f"{scheme}://127.0.0.1:{port}/1k"
+    paired_url = f"http://127.0.0.1:{app.port}/1k" if app else None
     sides = sides or {}
-    out: dict[str, float] = {}
+    out: dict = {}
+    paired: dict[str, float] = {}
     load.wrk(url, host, 32, 1)  # warm-up: connections, pools, caches
-    ka, ka_cpu = wrk_with_cpu(url, host, opts, False, sides)
-    log(f"{name}: keep-alive {ka.rps:,.0f} req/s p50 {ka.p50_ms} ms p99 {ka.p99_ms} ms errors {ka.errors}"
-        + "".join(f", {side} {us:.0f} us CPU/req" for side, us in ka_cpu.items()))
+    ka, ka_cpu, ka_direct = wrk_with_cpu(url, host, opts, False, sides, paired_url)
+    log(f"{name}: keep-alive {ka.rps:,.0f} req/s p50 {ka.p50_ms:.3f} ms p99 {ka.p99_ms:.2f} ms errors {ka.errors}"
+        + "".join(f", {side} {us:.0f} us CPU/req" for side, us in ka_cpu.items())
+        + (f" (direct alongside: {ka_direct.rps:,.0f} req/s, p99 {ka_direct.p99_ms:.2f} ms)" if ka_direct else ""))
     out.update(ka_rps=ka.rps, ka_p50=ka.p50_ms, ka_p99=ka.p99_ms)
-    cl, cl_cpu = wrk_with_cpu(url, host, opts, True, sides)
+    cl, cl_cpu, cl_direct = wrk_with_cpu(url, host, opts, True, sides, paired_url)
     log(f"{name}: new connection per request {cl.rps:,.0f} req/s errors {cl.errors}"
-        + "".join(f", {side} {us:.0f} us CPU/req" for side, us in cl_cpu.items()))
+        + "".join(f", {side} {us:.0f} us CPU/req" for side, us in cl_cpu.items())
+        + (f" (direct alongside: {cl_direct.rps:,.0f} req/s)" if cl_direct else ""))
     out["close_rps"] = cl.rps
+    if app:
+        paired.update(ka_rps=ka_direct.rps, ka_p50=ka_direct.p50_ms, ka_p99=ka_direct.p99_ms,
+                      close_rps=cl_direct.rps)
     for side in sides:
         out[f"{side}_us_ka"] = ka_cpu[side]
         out[f"{side}_us_close"] = cl_cpu[side]
     for run, what in ((ka, "keep-alive"), (cl, "new-connection")):
         if run.errors:
             log(f"{name}: WARNING {run.errors} errors in the {what} run")
-    out["down_mbs"] = load.best_rate(lambda: load.download_once(port, "/64m", host, tls), opts.bulk_seconds)
-    out["up_mbs"] = load.best_rate(lambda: load.upload_once(port, "/dav/up.bin", host, servers.BULK_BODY, tls),
-                                   opts.bulk_seconds)
-    log(f"{name}: 64 MiB download {out['down_mbs']:,.0f} MB/s, upload {out['up_mbs']:,.0f} MB/s")
+    bulk = (("down_mbs", lambda p, h, t: load.download_once(p, "/64m", h, t)),
+            ("up_mbs", lambda p, h, t: load.upload_once(p, "/dav/up.bin", h, servers.BULK_BODY, t)))
+    for key, transfer in bulk:
+        if app:
+            paired[key] = load.best_rate(lambda: transfer(app.port, DIRECT_HOST, False), opts.bulk_seconds / 2)
+        out[key] = load.best_rate(lambda: transfer(port, host, tls), opts.bulk_seconds)
+    log(f"{name}: 64 MiB download {out['down_mbs']:,.0f} MB/s, upload {out['up_mbs']:,.0f} MB/s"
+        + (f" (direct alongside: {paired['down_mbs']:,.0f} / {paired['up_mbs']:,.0f} MB/s)" if app else ""))
+    if app:
+        out["paired_direct"] = paired
     return out
 
 
@@ -121,7 +148,7 @@ def run_ssh(results, work: Path, app: servers.App, opts) -> None:
                 figures = {"relay_rss": procs.tree_rss_kib(sshd.proc.pid) / 1024,
                            "client_rss": procs.status_kib(ssh.pid, "VmRSS") / 1024}
                 figures.update(measure_http(name, remote, f"127.0.0.1:{remote}", opts,
-                                            sides={"relay": sshd.proc.pid, "client": ssh.pid}))
+                                            sides={"relay": sshd.proc.pid, "client": ssh.pid}, app=app))
                 results[name] = figures
             finally:
                 procs.stop(ssh)
@@ -204,7 +231,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
         if opts.wants("intunnel"):
             figures = idle_rss(st, client)
             figures.update(measure_http("intunnel", relay_port, host, opts,
-                                        sides={"relay": st.relay.pid, "client": client.pid}))
+                                        sides={"relay": st.relay.pid, "client": client.pid}, app=app))
             if opts.profile:
                 profile(st, client, host, opts)
             if opts.agents:
@@ -221,7 +248,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
             if client.poll() is not None:
                 raise RuntimeError("client exited: " + st.logs())
             results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True,
-                                                     sides={"relay": st.relay.pid, "client": client.pid})
+                                                     sides={"relay": st.relay.pid, "client": client.pid}, app=app)
 
 
 def machine_line() -> str:
@@ -295,7 +322,7 @@ def main(argv=None) -> int:
             front = servers.start_front(work / "front", app.port, relay_port)
             if opts.wants("nginx-hop"):
                 results["nginx-hop"] = measure_http("nginx-hop", front.hop_port, f"127.0.0.1:{front.hop_port}", opts,
-                                                    sides={"relay": front.proc.pid})
+                                                    sides={"relay": front.proc.pid}, app=app)
             if opts.wants("ssh-R -N") or opts.wants("ssh-R -tt"):
                 run_ssh(results, work, app, opts)
             if opts.wants("intunnel") or opts.wants("intunnel-nginx"):

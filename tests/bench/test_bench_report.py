@@ -89,3 +89,10 @@ def test_best_of_keeps_the_better_value_per_figure():
     a = {"ka_rps": 100.0, "ka_p99": 2.0, "down_mbs": 50.0}
     b = {"ka_rps": 120.0, "ka_p99": 3.0}
     assert report.best_of(a, b) == {"ka_rps": 120.0, "ka_p99": 2.0, "down_mbs": 50.0}
+
+
+def test_ratios_use_the_paired_direct_run_when_there_is_one():
+    results = {"direct": {"ka_rps": 100_000},
+               "intunnel": {"ka_rps": 30_000, "paired_direct": {"ka_rps": 60_000}}}
+    assert "30,000 (0.50 / -)" in report.table(results)
+    assert "keep-alive req/s >= 0.25x direct: 0.50 -> **met**" in report.targets_report(results)
