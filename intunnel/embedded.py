@@ -9,10 +9,10 @@ nginx.  On first run (no users yet) it creates an admin account from
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 
+from . import netio
 from .cli import add_config_argument
 from .models import User, open_database
 from .relay.serve import serve as serve_relay, setup_logging
@@ -92,7 +92,7 @@ def run(args) -> int:
         print(next_steps(relay.settings, web_address, relay.address, admin), flush=True)
 
     try:
-        asyncio.run(serve_relay(Relay(settings), extra_start=announce))
+        netio.run(serve_relay(Relay(settings), extra_start=announce))
     finally:
         stop_server(web, web_thread)
         logging.getLogger("intunnel").info("stopped")

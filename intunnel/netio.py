@@ -12,6 +12,7 @@ memory per connection stays bounded by the read size plus the write limits.
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Callable
 
@@ -51,8 +52,8 @@ class Conn(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+            except (OSError, AttributeError, TypeError):
+                pass  # uvloop's pseudo-socket: it sets TCP_NODELAY itself
         peer = transport.get_extra_info("peername")
         self.peername = peer[0] if isinstance(peer, tuple) else str(peer or "")
         if self.on_made is not None:
@@ -181,6 +182,20 @@ class Conn(asyncio.Protocol):
         if pending:
             on_data(pending)
         self.resume()
+
+
+def run(main) -> object:
+    """``asyncio.run`` on uvloop when it is installed (about twice the packets per CPU second),
+    else on asyncio's own loop.  ``INTUNNEL_EVENT_LOOP=asyncio`` forces the latter."""
+    if os.environ.get("INTUNNEL_EVENT_LOOP", "") != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                return runner.run(main)
+    return asyncio.run(main)
 
 
 def splice(a: Conn, b: Conn, on_close: Callable[[], None] | None = None) -> None:

@@ -11,7 +11,9 @@ import asyncio
 import json
 import socket
 import ssl
+import sys
 import time
+import traceback
 from dataclasses import dataclass
 from typing import Callable
 from urllib.parse import urlsplit
@@ -91,7 +93,11 @@ class Agent:
         attempt = 0
         was_connected = False
         while True:
-            reason, up = await self._one_session(was_connected)
+            try:
+                reason, up = await self._one_session(was_connected)
+            except Exception as e:  # a bug must not end a tunnel that would work after a reconnect
+                reason, up = f"internal error ({type(e).__name__}: {e})", False
+                traceback.print_exc(file=sys.stderr)
             if reason is None:  # final: token refused/revoked
                 return 1
             was_connected = was_connected or up
@@ -259,6 +265,8 @@ class Agent:
             self._log_exchanges(conn, local)
         if first_bytes:
             local.write(first_bytes)
+            if conn.taps is not None:  # the request head often rides in with the Bind frame
+                conn.taps(first_bytes)
         splice(conn, local)
 
     def _log_exchanges(self, relay_side: Conn, local: Conn) -> None:

@@ -6,6 +6,7 @@ import asyncio
 import signal
 import sys
 
+from .. import netio
 from . import config
 from .agent import Agent, parse_server
 
@@ -55,7 +56,7 @@ def run(args) -> int:
         return 2
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
                   insecure=args.insecure, verbose=args.verbose, say=_say)
-    return asyncio.run(_main(agent))
+    return netio.run(_main(agent))
 
 
 async def _main(agent: Agent) -> int:

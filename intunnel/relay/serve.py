@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 
+from .. import netio
 from ..cli import add_config_argument
 from ..settings import load_settings, prepare_data_dir
 from .server import Relay
@@ -39,5 +40,5 @@ async def serve(relay: Relay, extra_start=None) -> None:
 def run(args) -> int:
     settings = prepare_data_dir(load_settings(args.config))
     setup_logging(settings.log_level)
-    asyncio.run(serve(Relay(settings)))
+    netio.run(serve(Relay(settings)))
     return 0
