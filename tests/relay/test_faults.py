@@ -221,3 +221,17 @@ def test_client_drops_a_silent_relay_and_reconnects(settings):
             server.close()
         loop.call(stop())
         loop.shutdown()
+
+
+def test_visitor_connections_per_tunnel_are_limited(settings, db):
+    with HttpUpstream() as up, RelayThread(settings.replace(relay_max_visitors_per_tunnel=1)) as relay:
+        tunnel = make_tunnel(settings, "myapp", up.port)
+        with ClientThread(relay.url, tunnel.token, up.port) as client:
+            client.wait_connected()
+            first = socket.create_connection(("127.0.0.1", relay.port), timeout=10)
+            first.sendall(b"GET /sse?n=2&interval=1 HTTP/1.1\r\nHost: myapp.localhost\r\n\r\n")
+            assert first.recv(100).startswith(b"HTTP/1.1 200")  # holds the only slot
+            status, _, body = visit(relay.port, "myapp.localhost", "/", headers={"Accept": "application/json"})
+            assert status == 503 and json.loads(body)["code"] == "TOO_MANY_CONNECTIONS"
+            first.close()
+            wait_for(lambda: visit(relay.port, "myapp.localhost", "/")[0] == 200, 5, message="slot freed")
