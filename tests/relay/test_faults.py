@@ -235,3 +235,16 @@ def test_visitor_connections_per_tunnel_are_limited(settings, db):
             assert status == 503 and json.loads(body)["code"] == "TOO_MANY_CONNECTIONS"
             first.close()
             wait_for(lambda: visit(relay.port, "myapp.localhost", "/")[0] == 200, 5, message="slot freed")
+
+
+def test_agent_count_is_limited_and_refused_agents_keep_retrying(settings, db):
+    with HttpUpstream() as up, RelayThread(settings.replace(relay_max_agents=1)) as relay:
+        first, second = make_tunnel(settings, "one", up.port), make_tunnel(settings, "two", up.port)
+        with ClientThread(relay.url, first.token, up.port) as c1:
+            c1.wait_connected()
+            with ClientThread(relay.url, second.token, up.port) as c2:
+                wait_for(lambda: any("too many connected agents" in l and "retrying" in l for l in c2.lines),
+                         5, message="second agent refused")
+                assert c2.result.empty()  # not a token problem: it keeps trying
+                c1.stop()
+                c2.wait_connected(timeout=20)
