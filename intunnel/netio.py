@@ -39,6 +39,7 @@ class Conn(asyncio.Protocol):
         self.on_close: Callable[[], None] | None = None
         self.on_made: Callable[[], None] | None = None
         self.taps: Callable[[bytes], None] | None = None  # splice: also show received bytes here
+        self.registry: set | None = None  # the owner's set of open connections; left on close
         self.feeders: list["Conn"] = []  # connections whose bytes we write: pause them when full
         self._waiter: asyncio.Future | None = None
         self._writing_paused = False
@@ -81,6 +82,8 @@ class Conn(asyncio.Protocol):
     def connection_lost(self, exc):
         self.closed = True
         self.eof = True
+        if self.registry is not None:
+            self.registry.discard(self)
         self._wake()
         for feeder in self.feeders:
             feeder.resume()
@@ -134,7 +137,13 @@ class Conn(asyncio.Protocol):
             self.transport.abort()
 
     def write_eof(self):
-        """Half-close when the transport can (plain TCP); over TLS, do nothing."""
+        """Half-close when the transport can (plain TCP).  TLS can't half-close: close
+        after flushing instead, or a peer waiting for our close (a WebSocket server after
+        its closing handshake) would wait forever."""
+        if self.transport is not None and not self.closed and not self.transport.can_write_eof():
+            self.eof_sent = True
+            self.transport.close()
+            return
         if self.transport is not None and not self.closed and self.transport.can_write_eof():
             try:
                 self.transport.write_eof()

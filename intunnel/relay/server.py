@@ -91,8 +91,8 @@ class Relay:
 
     def _make_conn(self) -> Conn:
         conn = Conn()
+        conn.registry = self.conns  # Conn leaves it by itself when closed, whoever owns on_close
         conn.on_made = lambda: (self.conns.add(conn), self._spawn(self._handle(conn)))
-        conn.on_close = lambda: self.conns.discard(conn)
         return conn
 
     # --- dispatch ---
@@ -105,7 +105,6 @@ class Relay:
         return None
 
     async def _handle(self, conn: Conn) -> None:
-        conn.on_close = lambda: self.conns.discard(conn)
         try:
             async with asyncio.timeout(self.settings.relay_handshake_timeout):
                 raw = await conn.read_head(self.settings.relay_max_header_size)
@@ -194,7 +193,7 @@ class Relay:
             old.on_closed()
         self.sessions[tunnel.subdomain] = session
         self.by_secret[session.secret] = session
-        conn.on_close = lambda: (self.conns.discard(conn), session.on_closed())
+        conn.on_close = session.on_closed
         session.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain), subdomain=tunnel.subdomain,
                                session=session.secret,
                                heartbeat_interval=self.settings.relay_heartbeat_interval,
@@ -215,10 +214,6 @@ class Relay:
             return
         conn.write(SWITCHING)
         session.add_data(conn)
-        if conn.on_close is None:  # handed to a waiting visitor
-            return
-        forget = conn.on_close
-        conn.on_close = lambda: (self.conns.discard(conn), forget())
 
     def session_ended(self, session: AgentSession) -> None:
         self.by_secret.pop(session.secret, None)

@@ -46,9 +46,6 @@ def _visit_many(port: int, host: str, count: int) -> list:
     return failures
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: Relay.conns keeps every visitor and data connection "
-                   "(Visitor and the data pool replace conn.on_close, which was the only place that "
-                   "discarded it): about 6 KiB leaked per finished visitor connection")
 def test_short_visitor_connections_leave_relay_memory_flat(make_stack, upstream):
     st = make_stack()
     token = st.add_tunnel("churn", upstream.port)

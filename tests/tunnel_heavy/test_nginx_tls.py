@@ -106,9 +106,6 @@ def test_public_and_agent_endpoints_through_nginx_with_tls(make_stack, tmp_path)
         assert st.agents() == 2
 
 
-@pytest.mark.xfail(strict=True, reason="known bug: an agent connected over TLS can't half-close its data "
-                   "connection (netio.Conn.write_eof is a no-op on TLS), so the local app's TCP close never "
-                   "reaches the visitor; over plain http it does")
 def test_local_app_closing_a_websocket_closes_the_visitor_through_tls(make_stack, tmp_path):
     with page_and_echo_app() as app_port, behind_nginx(make_stack, tmp_path, app_port) as (st, port):
         with open_ws(port, "insecure", close_timeout=5) as ws:
