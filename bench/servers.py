@@ -21,7 +21,8 @@ from pathlib import Path
 
 from . import procs
 
-APP_CONF = """\
+# Both private nginx instances: foreground, own prefix, quiet, long keep-alive.
+PREAMBLE = """\
 daemon off;
 worker_processes {workers};
 pid {dir}/nginx.pid;
@@ -29,11 +30,15 @@ error_log {dir}/error.log warn;
 events {{ worker_connections 8192; }}
 http {{
   access_log off;
-  default_type application/octet-stream;
-  sendfile on; tcp_nopush on; tcp_nodelay on;
+  tcp_nodelay on;
   keepalive_requests 100000000; keepalive_timeout 120s;
   client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
   fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+"""
+
+APP_CONF = PREAMBLE + """\
+  default_type application/octet-stream;
+  sendfile on; tcp_nopush on;
   server {{
     listen 127.0.0.1:{port} backlog=4096 reuseport;
     root {dir}/www;
@@ -46,18 +51,7 @@ http {{
 }}
 """
 
-FRONT_CONF = """\
-daemon off;
-worker_processes {workers};
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-  access_log off;
-  tcp_nodelay on;
-  keepalive_requests 100000000; keepalive_timeout 120s;
-  client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
-  fastcgi_temp_path {dir}/fastcgi; uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+FRONT_CONF = PREAMBLE + """\
   map $http_upgrade $connection_upgrade {{ default upgrade; '' ''; }}
   upstream app {{ server 127.0.0.1:{app_port}; keepalive 128; }}
   upstream relay {{ server 127.0.0.1:{relay_port}; keepalive 128; }}
