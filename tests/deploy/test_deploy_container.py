@@ -351,6 +351,9 @@ def test_newer_checkout_upgrades_in_place(site):
         assert re.search(rf"TASK \[intunnel : {re.escape(task)}\] \**\nchanged:", output), task
     assert schema_version(c) == before + 1
     assert "99." in c.ssh("/opt/intunnel/venv/bin/pip show intunnel").stdout
+    wheels = c.ssh("ls /opt/intunnel/wheelhouse").stdout.split()
+    ours = [w for w in wheels if w.startswith("intunnel-")]
+    assert len(ours) == 1 and ours[0].startswith("intunnel-99."), wheels  # the old build's wheel is gone
     for unit in UNITS:
         assert c.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active"
         assert c.ssh(f"systemctl show -P InvocationID {unit}").stdout.strip() != invocations[unit], unit
