@@ -8,6 +8,8 @@ import secrets
 
 from passlib.context import CryptContext
 
+from .logsafe import redact  # noqa: F401  (re-exported: security.redact)
+
 # argon2id with OWASP's second recommended profile (19 MiB, t=2): strong, and
 # fast enough that a login costs tens of milliseconds, not hundreds.
 _passwords = CryptContext(
@@ -58,10 +60,3 @@ def sha256_hex(value: str) -> str:
 
 def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
-
-
-def redact(secret: str | None) -> str:
-    """What may appear in a log line in place of a secret."""
-    if not secret:
-        return "-"
-    return secret[:4] + "…"

@@ -14,7 +14,7 @@ import time
 from .. import protocol as p
 from ..http1 import HttpError, parse_request_head
 from ..netio import Conn, ConnClosed
-from ..security import redact
+from ..logsafe import redact
 from . import pages
 from .agents import AgentSession
 from .store import Store
