@@ -54,8 +54,8 @@ class Relay:
         if self.settings.relay_address[1] == 0 or sock is not None:
             # Public URLs must name the port we really got.
             self.settings = self.settings.replace(relay_listen=f"{self.address[0]}:{self.address[1]}")
-        self._spawn(self._heartbeats())
-        self._spawn(self._revocations())
+        self.spawn(self._heartbeats())
+        self.spawn(self._revocations())
         log.info("relay listening on http://%s:%d (tunnels at %s)", *self.address,
                  self.settings.tunnel_url("<subdomain>"))
         return self.address
@@ -83,7 +83,7 @@ class Relay:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
 
-    def _spawn(self, coro) -> asyncio.Task:
+    def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -92,7 +92,7 @@ class Relay:
     def _make_conn(self) -> Conn:
         conn = Conn()
         conn.registry = self.conns  # Conn leaves it by itself when closed, whoever owns on_close
-        conn.on_made = lambda: (self.conns.add(conn), self._spawn(self._handle(conn)))
+        conn.on_made = lambda: (self.conns.add(conn), self.spawn(self._handle(conn)))
         return conn
 
     # --- dispatch ---
@@ -126,8 +126,7 @@ class Relay:
         elif self.subdomain_of(host) is not None:
             visitor = Visitor(self, conn, head)
             self.visitors.add(visitor)
-            if visitor.done:
-                self.visitors.discard(visitor)
+            await visitor.serve_first()
         else:
             self._reply(conn, pages.unknown_tunnel(host, head.get("accept"), head.method == "HEAD"))
 
@@ -221,7 +220,7 @@ class Relay:
             del self.sessions[session.subdomain]
             log.info("tunnel %s: agent disconnected", session.subdomain)
             if not self.stopping:
-                self._spawn(self._mark_inactive(session))
+                self.spawn(self._mark_inactive(session))
 
     async def _mark_inactive(self, session: AgentSession) -> None:
         try:

@@ -46,8 +46,13 @@ class Visitor:
         self.awaiting = False      # a request was sent and no response byte came back since
         conn.on_close = self.on_visitor_closed
         conn.on_eof = self.on_visitor_eof
+        # The first request is routed by serve_first(), in the caller's task (one task less).
+        self.busy = True
         conn.forward_to(self.on_bytes)
-        self.pump()
+        conn.pause()
+
+    async def serve_first(self) -> None:
+        await self.route(self.pending[0])
 
     # --- visitor -> agent ---
     def on_bytes(self, data: bytes) -> None:
@@ -77,7 +82,7 @@ class Visitor:
                 if self.data is None or self.data.closed or event.host != self.host:
                     self.busy = True
                     self.conn.pause()
-                    asyncio.ensure_future(self.route(event))
+                    self.relay.spawn(self.route(event))
                     return
                 self.pending.popleft()
                 self.send_head(event)
