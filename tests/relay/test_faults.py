@@ -248,3 +248,17 @@ def test_agent_count_is_limited_and_refused_agents_keep_retrying(settings, db):
                 assert c2.result.empty()  # not a token problem: it keeps trying
                 c1.stop()
                 c2.wait_connected(timeout=20)
+
+
+def test_tokens_never_reach_the_relay_log(settings, db, caplog):
+    import logging
+    caplog.set_level(logging.DEBUG, logger="intunnel")
+    with tunnel_setup(settings) as t:
+        token = t.tunnel.token
+        with ClientThread(t.relay.url, "wrong-" + token, t.upstream.port) as bad:
+            bad.wait_exit(5)
+        tunnels.regenerate_token(t.tunnel.owner, t.tunnel.id)
+        t.client.wait_exit(5)
+    text = caplog.text
+    assert "agent connected" in text and "unknown token" in text  # we did log those events...
+    assert token not in text and token[4:] not in text            # ...without the secret
