@@ -133,6 +133,7 @@ class Agent:
             self.url = first.url
             self._session = first.session
             self._base_pool = self._pool_size = max(0, min(first.pool_size, p.MAX_POOL_SIZE))
+            self._idle = self._dialing = 0  # a new session starts with an empty pool
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {first.url} -> "
                      f"http://{self.upstream_host}:{self.local_port}")
             self.connected.set()

@@ -162,8 +162,10 @@ class Visitor:
         self.send_head(head)
         decoder = p.FrameDecoder()
         try:
-            messages = await data.read_messages(decoder, limit=1)
-        except (ConnClosed, p.ProtocolError) as e:
+            # The agent answers as soon as it has dialed the local app (which it bounds itself).
+            async with asyncio.timeout(p.DATA_CONNECT_TIMEOUT + p.LOCAL_CONNECT_TIMEOUT):
+                messages = await data.read_messages(decoder, limit=1)
+        except (ConnClosed, p.ProtocolError, TimeoutError) as e:
             log.info("tunnel %s: data connection failed: %s", subdomain, e)
             self.fail(pages.tunnel_offline(subdomain, accept, head_only))
             return
