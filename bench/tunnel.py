@@ -292,6 +292,8 @@ def parse_args(argv):
     p.add_argument("--uvloop", action="store_true",
                    help="experiment: run relay and client on uvloop (pip install uvloop)")
     p.add_argument("--profile", metavar="DIR", help="also py-spy relay and client under load, stacks to DIR")
+    p.add_argument("--front-workers", default="1",
+                   help="nginx workers of the hop / TLS front: a number or auto (default 1)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="results file (default bench/RESULTS.md)")
     p.add_argument("--no-write", action="store_true", help="print only, don't write the results file")
     opts = p.parse_args(argv)
@@ -319,7 +321,7 @@ def main(argv=None) -> int:
             log(f"local app (nginx) on 127.0.0.1:{app.port}")
             results["direct"] = measure_http("direct", app.port, f"127.0.0.1:{app.port}", opts)
             relay_port = procs.free_port()
-            front = servers.start_front(work / "front", app.port, relay_port)
+            front = servers.start_front(work / "front", app.port, relay_port, opts.front_workers)
             if opts.wants("nginx-hop"):
                 results["nginx-hop"] = measure_http("nginx-hop", front.hop_port, f"127.0.0.1:{front.hop_port}", opts,
                                                     sides={"relay": front.proc.pid}, app=app)
