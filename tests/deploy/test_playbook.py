@@ -85,7 +85,7 @@ def test_config_file_per_tls_mode_feeds_the_nginx_renderer(tmp_path, mode, cert,
     out = render_wiring(tmp_path, intunnel_tls_mode=mode)
     settings = load_settings(out / "intunnel.toml", env={})
     assert (settings.tls_cert, settings.tls_key, settings.public_scheme) == (cert, key, scheme)
-    assert settings.domain == "example.org" and settings.relay_trust_proxy and settings.secret_key == "test-secret-key"
+    assert settings.domain == "example.org" and settings.relay_trust_proxy and settings.web_trust_proxy and settings.secret_key == "test-secret-key"
     web = nginxconf.render(settings)["intunnel-web.conf"]
     assert (f"ssl_certificate {cert};" in web) == bool(cert)
     assert ("return 301 https://" in web) == bool(cert)
