@@ -135,11 +135,21 @@ class GoAway(Message):
     reason: str = "relay is shutting down"
 
 
+# Revoked.code (and the matching HTTP error codes of a refused agent): why, so the
+# client can say what to do about it.
+REVOKED_TOKEN = "TOKEN_REGENERATED"
+REVOKED_DELETED = "TUNNEL_DELETED"
+REVOKED_DISCONNECTED = "DISCONNECTED"
+REVOKED_DISABLED = "ACCOUNT_DISABLED"
+REVOKED_REPLACED = "REPLACED"
+
+
 @dataclass(frozen=True)
 class Revoked(Message):
     """Relay -> agent, final: this token may not connect any more; do not retry."""
     type: ClassVar[str] = "revoked"
     reason: str = "token revoked"
+    code: str = ""               # one of REVOKED_*; "" from an older relay
 
 
 @dataclass(frozen=True)

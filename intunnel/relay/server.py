@@ -171,6 +171,10 @@ class Relay:
             log.info("agent from %s refused: unknown token %s", conn.peername, redact(token))
             self._error(conn, 401, "invalid or revoked tunnel token", "UNAUTHORIZED")
             return
+        if tunnel.owner_disabled:
+            log.info("agent for %s refused: the owner's account is disabled", tunnel.subdomain)
+            self._error(conn, 403, "the account that owns this tunnel is disabled", p.REVOKED_DISABLED)
+            return
         conn.write(SWITCHING)
         control = p.ControlSession(p.RELAY, time.monotonic(), self.settings.relay_dead_peer_timeout)
         try:
@@ -188,7 +192,8 @@ class Relay:
         if old is not None:
             log.info("tunnel %s: a new agent connected with the same token; closing the old one",
                      tunnel.subdomain)
-            old.end(p.Revoked("replaced: another client connected with this tunnel's token"))
+            old.end(p.Revoked("replaced: another client connected with this tunnel's token",
+                              p.REVOKED_REPLACED))
             old.on_closed()
         self.sessions[tunnel.subdomain] = session
         self.by_secret[session.secret] = session
@@ -248,8 +253,8 @@ class Relay:
                 log.exception("revocation check failed")
                 continue
             for session in sessions:
-                reason = cut.get(session.tunnel.id)
-                if reason and not session.closed:
-                    log.info("tunnel %s: cutting the agent: %s", session.subdomain, reason)
-                    session.end(p.Revoked(reason))
+                revoked = cut.get(session.tunnel.id)
+                if revoked and not session.closed:
+                    log.info("tunnel %s: cutting the agent: %s", session.subdomain, revoked.reason)
+                    session.end(revoked)
                     session.on_closed()

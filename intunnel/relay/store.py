@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..models import Tunnel, open_database
+from .. import protocol as p
+from ..models import Tunnel, User, open_database
 from ..timeutil import utcnow
 
 
@@ -20,6 +21,7 @@ class TunnelInfo:
     subdomain: str
     local_port: int
     token: str
+    owner_disabled: bool = False
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ class Store:
         Tunnel.update(status="inactive").where(Tunnel.status != "inactive").execute()
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
-        row = Tunnel.get_or_none(Tunnel.token == token)
-        return row and TunnelInfo(row.id, row.subdomain, row.local_port, row.token)
+        row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled)
+               .join(User).where(Tunnel.token == token).tuples().first())
+        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]))
 
     def _exists(self, subdomain: str) -> bool:
         return Tunnel.select().where(Tunnel.subdomain == subdomain).exists()
@@ -58,18 +61,21 @@ class Store:
             changes["last_connected"] = utcnow()
         Tunnel.update(**changes).where(Tunnel.id == tunnel_id).execute()
 
-    def _revoked(self, live: list[LiveSession]) -> list[tuple[int, str]]:
-        rows = {r.id: r for r in Tunnel.select(Tunnel.id, Tunnel.token, Tunnel.disconnect_requested_at)
-                .where(Tunnel.id.in_([s.tunnel_id for s in live]))}
+    def _revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
+        rows = {r[0]: r for r in Tunnel.select(Tunnel.id, Tunnel.token, Tunnel.disconnect_requested_at,
+                                               User.disabled).join(User)
+                .where(Tunnel.id.in_([s.tunnel_id for s in live])).tuples()}
         out = []
         for s in live:
             row = rows.get(s.tunnel_id)
             if row is None:
-                out.append((s.tunnel_id, "the tunnel was deleted"))
-            elif row.token != s.token:
-                out.append((s.tunnel_id, "the token was regenerated"))
-            elif row.disconnect_requested_at and row.disconnect_requested_at >= s.started_at.replace(microsecond=0):
-                out.append((s.tunnel_id, "disconnected by an administrator"))
+                out.append((s.tunnel_id, p.Revoked("the tunnel was deleted", p.REVOKED_DELETED)))
+            elif row[1] != s.token:
+                out.append((s.tunnel_id, p.Revoked("the token was regenerated", p.REVOKED_TOKEN)))
+            elif row[3]:  # checked before the disconnect request that disabling also makes
+                out.append((s.tunnel_id, p.Revoked("the owner's account was disabled", p.REVOKED_DISABLED)))
+            elif row[2] and row[2] >= s.started_at.replace(microsecond=0):
+                out.append((s.tunnel_id, p.Revoked("disconnected by an administrator", p.REVOKED_DISCONNECTED)))
         return out
 
     def _close(self):
@@ -90,8 +96,8 @@ class Store:
     async def set_status(self, tunnel_id: int, active: bool) -> None:
         await self._run(self._set_status, tunnel_id, active)
 
-    async def revoked(self, live: list[LiveSession]) -> list[tuple[int, str]]:
-        """(tunnel id, reason) for each live session that must be cut."""
+    async def revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
+        """(tunnel id, the Revoked message to send) for each live session that must be cut."""
         if not live:
             return []
         return await self._run(self._revoked, live)

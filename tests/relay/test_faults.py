@@ -10,8 +10,8 @@ import time
 import pytest
 
 from intunnel import protocol as p
-from intunnel import tunnels
-from intunnel.models import Tunnel
+from intunnel import accounts, tunnels
+from intunnel.models import Tunnel, User
 from intunnel.timeutil import utcnow
 from tests.support.tunnel import (ClientProcess, ClientThread, HttpUpstream, RelayProcess, RelayThread,
                                   free_port, make_tunnel, tunnel_setup, visit, wait_for)
@@ -40,6 +40,8 @@ def test_status_active_while_connected_and_inactive_at_relay_start(settings, db)
     ("regenerate", "the token was regenerated"),
     ("delete", "the tunnel was deleted"),
     ("disconnect", "disconnected by an administrator"),
+    ("disable", "the owner's account was disabled"),        # what intunnel-admin user disable does
+    ("disable-flag", "the owner's account was disabled"),   # the flag alone, no disconnect request
 ])
 def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settings, db, action, reason):
     with tunnel_setup(settings) as t:
@@ -49,6 +51,10 @@ def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settin
             tunnels.regenerate_token(t.tunnel.owner, t.tunnel.id)
         elif action == "delete":
             tunnels.delete(t.tunnel.owner, t.tunnel.id)
+        elif action == "disable":
+            accounts.set_disabled(t.tunnel.owner, True)
+        elif action == "disable-flag":
+            User.update(disabled=True).where(User.id == t.tunnel.owner_id).execute()
         else:
             Tunnel.update(disconnect_requested_at=utcnow()).where(Tunnel.id == t.tunnel.id).execute()
         assert t.client.wait_exit(5) == 1  # exits: no retrying forever
@@ -59,6 +65,8 @@ def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settin
             with ClientThread(t.relay.url, old_token, t.upstream.port) as again:
                 assert again.wait_exit(5) == 1
                 assert any("refused the token" in line for line in again.lines), again.lines
+                if action.startswith("disable"):
+                    assert any("account that owns this tunnel is disabled" in line for line in again.lines)
 
 
 def test_same_token_replaces_the_old_session(settings, db):
