@@ -25,7 +25,29 @@ from ..netio import Conn, ConnClosed, splice
 
 
 class TokenRefused(Exception):
-    """The relay refused or revoked the token: retrying won't help."""
+    """The relay refused or revoked the token: retrying won't help.  ``code`` says why."""
+
+    def __init__(self, message: str, code: str = ""):
+        super().__init__(message)
+        self.code = code
+
+
+# What the user can do about each reason the relay gives for a final refusal.
+_CURRENT_TOKEN = "get the tunnel's current token from the dashboard and run the command again"
+ADVICE = {
+    p.REVOKED_TOKEN: _CURRENT_TOKEN,
+    "UNAUTHORIZED": _CURRENT_TOKEN,
+    p.REVOKED_DELETED: "the tunnel no longer exists; create it again in the dashboard and use its token",
+    p.REVOKED_DISCONNECTED: "an administrator disconnected this tunnel; its token is unchanged, "
+                            "so run the command again when you may reconnect",
+    p.REVOKED_DISABLED: "the account that owns this tunnel is disabled; ask an administrator to enable it",
+    p.REVOKED_REPLACED: "another client now serves this tunnel with the same token; "
+                        "stop that one (or run this command again to take the tunnel back)",
+}
+
+
+def advice_for(code: str) -> str:
+    return ADVICE.get(code, "check the tunnel's token in the dashboard and run the command again")
 
 
 class HandshakeFailed(Exception):
@@ -125,7 +147,7 @@ class Agent:
                                               self.handshake_timeout)
             first = control.receive_messages(messages)[0]
             if isinstance(first, p.Revoked):
-                raise TokenRefused(first.reason)
+                raise TokenRefused(first.reason, first.code)
             if not isinstance(first, p.Welcome):
                 return f"relay said: {getattr(first, 'reason', '') or getattr(first, 'message', '')}", False
             up = True
@@ -140,8 +162,7 @@ class Agent:
             self._top_up()
             return await self._serve_control(control_conn, control), True
         except TokenRefused as e:
-            self.say(f"intunnel: {e}. Not retrying: get the tunnel's current token from the dashboard "
-                     "and run the command again.")
+            self.say(f"intunnel: {e}. Not retrying: {advice_for(e.code)}.")
             return None, up
         except asyncio.TimeoutError:
             return "the relay did not answer in time", up
@@ -184,7 +205,8 @@ class Agent:
                     for _ in range(count):
                         self._spawn(self._data_connection(counted=False))
                 elif isinstance(m, p.Revoked):
-                    ended.done() or ended.set_exception(TokenRefused(f"the relay cut this tunnel: {m.reason}"))
+                    ended.done() or ended.set_exception(
+                        TokenRefused(f"the relay cut this tunnel: {m.reason}", m.code))
                 elif isinstance(m, p.GoAway):
                     finish(f"the relay is going away ({m.reason})")
                 elif isinstance(m, p.Error):
@@ -319,28 +341,29 @@ class Agent:
             status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             if status == 101:
                 return conn
-            message = await self._error_message(conn, raw) or status_line
+            message, code = await self._error_message(conn, raw)
+            message = message or status_line
             if status in (401, 403):
-                raise TokenRefused(f"the relay refused the token ({message})")
+                raise TokenRefused(f"the relay refused the token ({message})", code)
             raise HandshakeFailed(f"the relay answered {status or status_line!r}: {message}")
         except BaseException:
             conn.close()
             raise
 
-    async def _error_message(self, conn: Conn, raw: bytes) -> str:
-        """The ``message`` of a JSON error body, if one comes within a moment."""
+    async def _error_message(self, conn: Conn, raw: bytes) -> tuple[str, str]:
+        """The ``message`` and ``code`` of a JSON error body, if one comes within a moment."""
         length = 0
         for line in raw.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length" and value.strip().isdigit():
                 length = int(value.strip())
         if not 0 < length <= p.MAX_HANDSHAKE_RESPONSE:
-            return ""
+            return "", ""
         try:
-            body = await asyncio.wait_for(conn.read_exactly(length), 2.0)
-            return str(json.loads(body).get("message", ""))[:200]
+            body = json.loads(await asyncio.wait_for(conn.read_exactly(length), 2.0))
+            return str(body.get("message", ""))[:200], str(body.get("code", ""))[:64]
         except (asyncio.TimeoutError, ConnClosed, ValueError, AttributeError):
-            return ""
+            return "", ""
 
 
 def _describe(exc: BaseException) -> str:

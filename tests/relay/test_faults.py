@@ -36,14 +36,16 @@ def test_status_active_while_connected_and_inactive_at_relay_start(settings, db)
             wait_for(lambda: status_of(tunnel.id) == "inactive", 5, message="status inactive")
 
 
-@pytest.mark.parametrize("action, reason", [
-    ("regenerate", "the token was regenerated"),
-    ("delete", "the tunnel was deleted"),
-    ("disconnect", "disconnected by an administrator"),
-    ("disable", "the owner's account was disabled"),        # what intunnel-admin user disable does
-    ("disable-flag", "the owner's account was disabled"),   # the flag alone, no disconnect request
+@pytest.mark.parametrize("action, reason, advice", [
+    ("regenerate", "the token was regenerated", "get the tunnel's current token from the dashboard"),
+    ("delete", "the tunnel was deleted", "the tunnel no longer exists"),
+    ("disconnect", "disconnected by an administrator", "its token is unchanged"),
+    # what intunnel-admin user disable does, then the flag alone (no disconnect request)
+    ("disable", "the owner's account was disabled", "ask an administrator to enable it"),
+    ("disable-flag", "the owner's account was disabled", "ask an administrator to enable it"),
 ])
-def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settings, db, action, reason):
+def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settings, db, action, reason,
+                                                                          advice):
     with tunnel_setup(settings) as t:
         old_token = t.tunnel.token
         started = time.monotonic()
@@ -59,14 +61,20 @@ def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settin
             Tunnel.update(disconnect_requested_at=utcnow()).where(Tunnel.id == t.tunnel.id).execute()
         assert t.client.wait_exit(5) == 1  # exits: no retrying forever
         assert time.monotonic() - started < 1.0
-        assert any(reason in line and "Not retrying" in line for line in t.client.lines), t.client.lines
+        (final,) = [line for line in t.client.lines if "Not retrying" in line]
+        assert reason in final and advice in final, final
+        if action != "regenerate":  # the token didn't change: don't send the user to fetch a new one
+            assert "current token" not in final, final
         assert t.get("/")[0] in (503, 404)
         if action != "disconnect":
             with ClientThread(t.relay.url, old_token, t.upstream.port) as again:
                 assert again.wait_exit(5) == 1
                 assert any("refused the token" in line for line in again.lines), again.lines
+                (final,) = [line for line in again.lines if "Not retrying" in line]
                 if action.startswith("disable"):
-                    assert any("account that owns this tunnel is disabled" in line for line in again.lines)
+                    assert "account that owns this tunnel is disabled" in final and advice in final, final
+                else:
+                    assert "current token from the dashboard" in final, final
 
 
 def test_same_token_replaces_the_old_session(settings, db):
@@ -74,7 +82,8 @@ def test_same_token_replaces_the_old_session(settings, db):
         with ClientThread(t.relay.url, t.tunnel.token, second_up.port) as second:
             second.wait_connected()
             assert t.client.wait_exit(5) == 1
-            assert any("replaced" in line for line in t.client.lines)
+            assert any("replaced" in line and "another client now serves this tunnel" in line
+                       for line in t.client.lines), t.client.lines
             _, headers, _ = t.get("/")
             assert int(headers["x-upstream-port"]) == second_up.port
 
@@ -207,8 +216,9 @@ def test_client_drops_a_silent_relay_and_reconnects(settings):
         await reader.readuntil(b"\r\n\r\n")
         writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: intunnel\r\nConnection: Upgrade\r\n\r\n")
         decoder = p.FrameDecoder()
-        while not decoder.feed(await reader.read(4096)):
-            pass
+        while not decoder.feed(data := await reader.read(4096)):
+            if not data:  # the client left (the test is ending): at EOF read() returns at once
+                return
         writer.write(p.encode(p.Welcome(url="http://x.localhost", subdomain="x", session="s",
                                         heartbeat_interval=10.0, dead_peer_timeout=0.5, pool_size=0)))
         await asyncio.sleep(60)  # then silence, socket still open
