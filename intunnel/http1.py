@@ -4,8 +4,9 @@ The relay parses visitor request *heads* (to route by Host and add
 X-Forwarded-*) and follows request *bodies* by their framing (Content-Length
 or chunked) without copying or decoding them, so it can see the next request
 head on a keep-alive connection.  After an Upgrade everything is raw bytes.
-Responses are never parsed by the relay; the client's ``-v`` log uses
-``ResponseTracker`` to find where each response ends.
+Responses are forwarded raw; the relay follows only their framing
+(``ResponseEnds``) to know when a data connection is idle and may serve the
+tunnel's next visitor, and the client's ``-v`` log uses ``ResponseTracker``.
 
 Everything here works on bytes already received and keeps at most one head
 (bounded by ``max_head``) or one chunk-size line in memory.
@@ -14,6 +15,7 @@ Everything here works on bytes already received and keeps at most one head
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass, field
 
 MAX_CHUNK_LINE = 4096          # chunk-size line incl. extensions
@@ -372,3 +374,137 @@ class ResponseTracker:
                 done.append(self.pending.pop(0))
         else:
             self._mode = "close"
+
+
+def _response_framing(raw: bytes, head_only: bool) -> tuple[int, str, int, bool]:
+    """(status, body framing, length, keep-alive) of a response head; framing as in ``ResponseEnds``."""
+    text = raw.decode("latin-1")
+    first, _, block = text.partition("\r\n")
+    if not first.startswith("HTTP/1.") or first[8:9] != " ":
+        raise HttpError(502, "malformed status line")
+    status = int(first[9:12])
+    keep_alive = first[7] == "1"      # HTTP/1.0 responses: never reused (simple and safe)
+    length, chunked, has_length = 0, False, False
+    for line in block.split("\r\n"):
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            value = value.strip()
+            if not value.isdigit() or (has_length and int(value) != length):
+                raise HttpError(502, "invalid Content-Length")
+            length, has_length = int(value), True
+        elif name == "transfer-encoding":
+            chunked = chunked or "chunked" in value.lower()
+        elif name == "connection":
+            if any(t.strip().lower() == "close" for t in value.split(",")):
+                keep_alive = False
+    if 100 <= status < 200:
+        return status, "none", 0, keep_alive
+    if head_only or status in (204, 304):
+        return status, "none", 0, keep_alive
+    if chunked:
+        return status, "chunked", 0, keep_alive
+    if has_length:
+        return status, "length", length, keep_alive
+    return status, "close", 0, False
+
+
+class ResponseEnds:
+    """Relay side: follows the responses on an upstream (data) connection to know when it is idle.
+
+    ``request(head_only, close)`` for every request sent; ``feed(data)`` with every
+    response byte returns how many of the requests that asked the visitor's
+    connection to be closed got their whole response.  ``reusable`` turns False for
+    good on anything that ends the connection or that it can't follow: a
+    ``Connection: close`` or HTTP/1.0 response, a read-until-close body, 101
+    (Upgrade), a response without a request, malformed framing.  ``idle`` is True
+    when every request sent has its complete response and the connection may
+    carry another visitor's request.
+    """
+
+    __slots__ = ("_expect", "_buf", "_mode", "_remaining", "_chunks", "reusable")
+
+    def __init__(self, max_head: int = 64 * 1024):
+        self._expect: deque = deque()      # per request in flight: (head_only, close)
+        self._buf = bytearray()
+        self._mode = "head"                # head, length, chunked, off (stopped following)
+        self._remaining = 0
+        self._chunks: ChunkedScanner | None = None
+        self.reusable = True
+
+    def request(self, head_only: bool, close: bool) -> None:
+        self._expect.append((head_only, close))
+
+    @property
+    def idle(self) -> bool:
+        return self.reusable and self._mode == "head" and not self._expect and not self._buf
+
+    @property
+    def close_pending(self) -> bool:
+        """A request in flight asked for the visitor's connection to close after its response."""
+        return any(close for _, close in self._expect)
+
+    def feed(self, data) -> int:
+        if self._mode == "off":
+            return 0
+        try:
+            return self._feed(data)
+        except (HttpError, ValueError, IndexError):
+            self._mode, self.reusable = "off", False
+            return 0
+
+    def _done(self) -> int:
+        _, close = self._expect.popleft()
+        self._mode = "head"
+        return 1 if close else 0
+
+    def _feed(self, data) -> int:
+        closes = 0
+        pos, n = 0, len(data)
+        while pos < n:
+            mode = self._mode
+            if mode == "length":
+                take = min(self._remaining, n - pos)
+                pos += take
+                self._remaining -= take
+                if not self._remaining:
+                    closes += self._done()
+                continue
+            if mode == "chunked":
+                end = self._chunks.feed(data, pos)
+                if end < 0:
+                    break
+                pos = end
+                closes += self._done()
+                continue
+            if mode != "head":
+                break
+            start = max(0, len(self._buf) - 3)
+            self._buf += data[pos:] if pos else data
+            end = self._buf.find(b"\r\n\r\n", start)
+            if end < 0:
+                if len(self._buf) > 64 * 1024:
+                    raise HttpError(502, "response head too large")
+                break
+            consumed = end + 4 - (len(self._buf) - (n - pos))
+            raw = bytes(self._buf[:end])
+            self._buf.clear()
+            pos += consumed
+            if not self._expect:
+                raise HttpError(502, "response without a request")
+            status, framing, length, keep_alive = _response_framing(raw, self._expect[0][0])
+            if not keep_alive:
+                self.reusable = False
+            if status == 101 or framing == "close":
+                self.reusable = False
+                self._mode = "off"        # raw bytes (or until close) from here on
+                break
+            if 100 <= status < 200:
+                continue                  # 100 Continue, 103 Early Hints: the final response follows
+            if framing == "length" and length:
+                self._mode, self._remaining = "length", length
+            elif framing == "chunked":
+                self._mode, self._chunks = "chunked", ChunkedScanner()
+            else:
+                closes += self._done()
+        return closes

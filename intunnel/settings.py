@@ -75,6 +75,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_max_visitors_per_tunnel", int, 256, "Concurrent visitor connections per tunnel."),
     Setting("relay_max_agents", int, 10000, "Concurrently connected agents."),
     Setting("relay_revocation_poll", float, 0.25, "Seconds between checks for revoked or deleted tunnels."),
+    Setting("relay_upstream_keepalive", float, 1.0, "Seconds a finished visitor's connection to the local app is kept for the next visitor (0: never reuse)."),
     # --- backups ---
     Setting("backup_dir", str, "", "Where backups go (default: <data_dir>/backups)."),
     Setting("backup_keep_daily", int, 7, "Daily backups to keep."),

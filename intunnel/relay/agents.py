@@ -29,6 +29,9 @@ class AgentSession:
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
         self.idle: deque[Conn] = deque()
         self.active: set[Conn] = set()   # data connections carrying a visitor right now
+        # Data connections a finished visitor left, still spliced to a keep-alive connection to
+        # the local app at the agent: (conn, parked at), newest last (upstream keep-alive).
+        self.parked: deque[tuple[Conn, float]] = deque()
         self.waiters: deque[asyncio.Future] = deque()
         self.visitors = 0
         self.closed = False
@@ -62,6 +65,7 @@ class AgentSession:
 
     def heartbeat(self, now: float) -> None:
         """Called by the relay's single heartbeat timer."""
+        self.expire_parked(now)
         if self.control.is_dead(now):
             log.info("agent %s: no heartbeat for %.0fs, dropping it", self.subdomain, now - self.control.last_seen)
             self.conn.abort()
@@ -82,6 +86,8 @@ class AgentSession:
         self.closed = True
         while self.idle:
             self.idle.popleft().close()
+        while self.parked:
+            self.parked.popleft()[0].close()
         if not self.relay.stopping:  # a graceful stop lets visitors finish first
             # The agent is gone: its in-flight data connections would otherwise hang forever.
             for conn in list(self.active):
@@ -132,3 +138,44 @@ class AgentSession:
             conn.on_close = None
             self.active.add(conn)
         return conn
+
+    # --- upstream keep-alive: reuse a finished visitor's data connection ---
+    def park(self, conn: Conn) -> None:
+        """Keep ``conn`` (idle: every response complete) for this tunnel's next visitor."""
+        self.active.discard(conn)
+        keep = self.relay.settings.relay_upstream_keepalive
+        if self.closed or keep <= 0 or conn.closed or conn.eof or len(self.parked) >= p.MAX_POOL_SIZE:
+            conn.close()
+            return
+        conn.on_data = lambda data: conn.close()  # the app spoke out of turn: not clean any more
+        conn.on_eof = None                          # the app closed its side: let it close
+        conn.on_close = lambda: self._unpark(conn)
+        self.parked.append((conn, time.monotonic()))
+        conn.resume()
+
+    def take_parked(self) -> Conn | None:
+        """The most recently parked live connection (the least likely to be closed by the app)."""
+        oldest_ok = time.monotonic() - self.relay.settings.relay_upstream_keepalive
+        while self.parked:
+            conn, since = self.parked.pop()
+            if conn.closed or conn.eof:
+                continue
+            if since < oldest_ok:  # the rest are older still
+                conn.close()
+                continue
+            conn.on_data = conn.on_close = None
+            self.active.add(conn)
+            return conn
+        return None
+
+    def expire_parked(self, now: float) -> None:
+        """Close parked connections before an app's own keep-alive timeout can race a visitor."""
+        oldest_ok = now - self.relay.settings.relay_upstream_keepalive
+        while self.parked and self.parked[0][1] < oldest_ok:
+            self.parked.popleft()[0].close()
+
+    def _unpark(self, conn: Conn) -> None:
+        for i, (c, _) in enumerate(self.parked):
+            if c is conn:
+                del self.parked[i]
+                return

@@ -6,6 +6,14 @@ keep-alive connection names another Host, the current data connection is
 half-closed (the local app finishes its response and closes) before the new
 request goes to the other tunnel, so a request only ever reaches the tunnel
 its own Host names.
+
+Upstream keep-alive: when a visitor leaves (closes, half-closes, or asked
+``Connection: close``, which is hop-by-hop and not passed on) and every
+response on its data connection is complete (``ResponseEnds``), the data
+connection, still spliced to its keep-alive connection to the local app at the
+agent, is parked in the tunnel's session for the tunnel's next visitor
+(``relay_upstream_keepalive`` seconds at most).  Upgrades, read-until-close
+bodies, HTTP/1.0 and ``Connection: close`` responses are never reused.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import logging
 from collections import deque
 
 from .. import protocol as p
-from ..http1 import HttpError, RequestHead, RequestStream
+from ..http1 import HttpError, RequestHead, RequestStream, ResponseEnds
 from ..netio import Conn, ConnClosed
 from . import pages
 
@@ -44,6 +52,9 @@ class Visitor:
         self.loop = asyncio.get_running_loop()
         self.last_activity = 0.0
         self.awaiting = False      # a request was sent and no response byte came back since
+        self.ends: ResponseEnds | None = None  # where responses end on self.data (for reuse)
+        self.leaving = False       # the visitor sent EOF: leave once every response is through
+        self.reuse = self.settings.relay_upstream_keepalive > 0
         conn.on_close = self.on_visitor_closed
         conn.on_eof = self.on_visitor_eof
         # The first request is routed by serve_first(), in the caller's task (one task less).
@@ -104,7 +115,24 @@ class Visitor:
             add = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", self.settings.public_scheme),
                    ("X-Forwarded-Host", head.get("host"))]
         replace = {"host": s.host_header} if s.host_header else None
-        self.data.write(head.wire(remove=FORWARDED, add=add, replace=replace))
+        remove = FORWARDED
+        ends = self.ends
+        if ends is not None:
+            close = False
+            if head.version != "HTTP/1.1" or head.body == "upgrade":
+                ends.reusable = False  # HTTP/1.0 or an upgrade: the connection ends with this visitor
+            elif "connection" in head.index:
+                tokens = [t.strip() for v in head.index["connection"] for t in v.split(",")]
+                kept = [t for t in tokens if t and t.lower() != "close"]
+                if len(kept) < len(tokens):
+                    # Connection is hop-by-hop: the app keeps its connection for the next visitor,
+                    # and the relay closes the visitor's once this response is through.
+                    close = True
+                    remove = FORWARDED | {"connection"}
+                    if kept:
+                        add.append(("Connection", ", ".join(kept)))
+            ends.request(head.method == "HEAD", close)
+        self.data.write(head.wire(remove=remove, add=add, replace=replace))
         self.last_activity = self.loop.time()
         self.awaiting = True
         if self.timer is None:  # one lazy timer per connection, not one per request
@@ -147,6 +175,12 @@ class Visitor:
             return
         session.visitors += 1
         self.counted, self.session = True, session
+        data = session.take_parked() if self.reuse else None
+        if data is not None:  # already spliced to the local app: no Bind, no dial
+            self.data, self.host = data, head.host
+            self.ends = ResponseEnds()
+            self._wire(data, b"")
+            return
         data = await session.acquire_data(p.DATA_CONNECT_TIMEOUT)
         if self.done:
             if data is not None:
@@ -157,6 +191,7 @@ class Visitor:
             return
         data.write(p.encode(p.Bind(self.conn.peername)))
         self.data, self.host = data, head.host
+        self.ends = ResponseEnds() if self.reuse else None
         # Send the head (and whatever body is here) now; the agent answers while it flows.
         self.pending.popleft()
         self.send_head(head)
@@ -179,17 +214,20 @@ class Visitor:
         if self.done:
             data.close()
             return
-        # Wire the two sockets: responses raw to the visitor, backpressure both ways.
+        self._wire(data, decoder.take_rest())
+
+    def _wire(self, data: Conn, initial: bytes) -> None:
+        """Wire the two sockets: responses raw to the visitor, backpressure both ways."""
         data.feeders.append(self.conn)
         self.conn.feeders.append(data)
         data.on_close = self.on_data_closed
         data.on_eof = self.on_data_eof
-        data.forward_to(self.on_response, decoder.take_rest())
+        data.forward_to(self.on_response, initial)
         self.busy = False
         self.conn.resume()
         self.pump()
-        if self.conn.eof and not self.pending:
-            data.write_eof()
+        if self.conn.eof and not self.pending and not self.done:
+            self.on_visitor_eof()
 
     async def _wait_closed(self, conn: Conn, timeout: float) -> None:
         closed = asyncio.get_running_loop().create_future()
@@ -205,6 +243,43 @@ class Visitor:
     def on_response(self, data: bytes) -> None:
         self.awaiting = False
         self.conn.write(data)
+        ends = self.ends
+        if ends is None:
+            return
+        if ends.feed(data) or (self.leaving and ends.idle):
+            self.leave()  # the visitor asked to close (or is gone) and its responses are through
+        elif not ends.reusable and self.leaving:
+            # We can't follow these responses: let the app end them by closing, as without reuse.
+            self.leaving = False
+            self.data.write_eof()
+
+    def _can_park(self, data: Conn) -> bool:
+        """Every request sent got its whole response, and nothing of the visitor's is half-sent."""
+        return (self.ends is not None and self.ends.idle and not self.busy and not self.pending
+                and self.stream.between_requests and not data.eof and not data.closed)
+
+    def _detach(self) -> Conn | None:
+        """Unwire self.data from the visitor and park it for the tunnel's next visitor when it is
+        idle; otherwise return it (the caller closes it)."""
+        data, self.data = self.data, None
+        if data is None:
+            return None
+        if self._can_park(data):
+            for a, b in ((data, self.conn), (self.conn, data)):
+                if b in a.feeders:
+                    a.feeders.remove(b)
+            self.session.park(data)
+            return None
+        if self.session is not None:
+            self.session.active.discard(data)
+        return data
+
+    def leave(self) -> None:
+        """The visitor's last response is through: keep the data connection if idle, close the visitor."""
+        data = self._detach()
+        if data is not None:
+            data.close()
+        self.finish()
 
     def _upstream_timeout(self) -> None:
         if not self.awaiting:
@@ -235,16 +310,22 @@ class Visitor:
 
     def on_visitor_eof(self) -> None:
         if self.data is not None and not self.busy and not self.pending:
+            ends = self.ends
+            if ends is not None and ends.reusable and self.stream.between_requests:
+                if ends.idle:
+                    self.leave()
+                else:
+                    self.leaving = True  # on_response leaves when the last response is through
+                return
             self.data.write_eof()
         elif self.data is None and not self.busy:
             self.finish()
 
     def on_visitor_closed(self) -> None:
         self.done = True
-        if self.data is not None:
-            self.data.close()
-            if self.session is not None:
-                self.session.active.discard(self.data)
+        data = self._detach()
+        if data is not None:
+            data.close()
         self._cleanup()
 
     # --- endings ---

@@ -375,6 +375,20 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(f"id: {i}\ndata: {time.time():.6f}\n\n".encode())
                 self.wfile.flush()
             self.close_connection = True
+        elif route == "/status":  # an empty answer: 204, 304, ...
+            self.send_response(int(q.get("code", "204")))
+            self.send_header("X-Upstream-Conn", str(self.client_address[1]))
+            self.end_headers()
+        elif route == "/until-close":  # HTTP/1.1 body delimited by closing the connection
+            self.send_response(200)
+            self.send_header("X-Upstream-Conn", str(self.client_address[1]))
+            self.end_headers()
+            self.wfile.write(b"all of it\n")
+            self.close_connection = True
+        elif route == "/closing":  # Content-Length, then the app closes
+            self._send(200, b"bye\n", "text/plain", extra={"Connection": "close",
+                                                          "X-Upstream-Conn": str(self.client_address[1])})
+            self.close_connection = True
         elif route == "/slow":
             time.sleep(float(q.get("delay", "1")))
             self._send(200, b"slow\n", "text/plain")
@@ -383,7 +397,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "method": self.command, "path": self.path, "headers": dict(self.headers),
                 "body_sha256": self.body_sha, "body_length": self.body_len,
                 "port": self.server.server_address[1],
-            }).encode(), extra={"X-Upstream-Port": str(self.server.server_address[1])})
+            }).encode(), extra={"X-Upstream-Port": str(self.server.server_address[1]),
+                                # which local connection answered (upstream keep-alive tests)
+                                "X-Upstream-Conn": str(self.client_address[1])})
 
     do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _dispatch
 

@@ -1,0 +1,106 @@
+"""Upstream keep-alive: a finished visitor's data connection (still spliced to its keep-alive
+connection to the local app) serves the tunnel's next visitor; only when that is safe."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from tests.support.tunnel import HttpUpstream, WebSocketUpstream, make_tunnel, ClientThread, tunnel_setup, wait_for
+
+
+def one_request(port: int, host: str, path: str = "/", method: str = "GET", extra: str = "Connection: close\r\n",
+                half_close: bool = False) -> tuple[int, dict, bytes]:
+    """A raw request; reads until the relay closes the connection (it must, within 5 s)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}\r\n".encode())
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := s.recv(65536):  # a timeout here means the relay left the visitor hanging
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+def local_conn(t, path="/", **kwargs) -> int:
+    status, headers, _ = one_request(t.relay.port, t.host, path, **kwargs)
+    assert status in (200, 204, 304), status
+    return int(headers["x-upstream-conn"])
+
+
+def parked(t) -> int:
+    session = t.relay.relay.sessions.get(t.host.split(".")[0])
+    return len(session.parked) if session else 0
+
+
+def test_next_visitor_reuses_the_local_connection_and_connection_close_is_hop_by_hop(settings, db):
+    with tunnel_setup(settings) as t:
+        first = local_conn(t)
+        wait_for(lambda: parked(t) == 1, 5, message="data connection parked")
+        # Each visitor asked Connection: close and got its connection closed by the relay
+        # (one_request read to EOF); the app kept its keep-alive connection for the next one.
+        assert [local_conn(t) for _ in range(5)] == [first] * 5
+        assert all("Connection" not in headers for _, _, headers in t.upstream.seen), t.upstream.seen
+        # A visitor that half-closes after its request gets the whole answer, and reuse goes on.
+        assert local_conn(t, half_close=True) == first
+        # Empty bodies (HEAD, 204, 304) end where they should.
+        assert local_conn(t, method="HEAD") == first
+        assert local_conn(t, "/status?code=204") == first
+        assert local_conn(t, "/status?code=304") == first
+        status, headers, body = one_request(t.relay.port, t.host, "/chunked?parts=2")
+        assert body == b"7\r\npart 0\n\r\n7\r\npart 1\n\r\n0\r\n\r\n"
+        assert local_conn(t) == first
+        # 100-continue: the interim answer doesn't end the exchange.
+        status, headers, body = one_request(
+            t.relay.port, t.host, "/", "POST",
+            "Connection: close\r\nExpect: 100-continue\r\nContent-Length: 0\r\n")
+        assert status in (100, 200)
+        assert local_conn(t) == first
+
+
+@pytest.mark.parametrize("path", ["/until-close", "/closing"])
+def test_a_connection_that_ends_with_its_response_is_not_reused(settings, db, path):
+    with tunnel_setup(settings) as t:
+        status, headers, body = one_request(t.relay.port, t.host, path)
+        assert status == 200 and body in (b"all of it\n", b"bye\n")
+        used = int(headers["x-upstream-conn"])
+        assert local_conn(t) != used
+
+
+def test_upgraded_connection_is_never_reused(settings, db):
+    from websockets.sync.client import connect
+    with WebSocketUpstream() as ws_up, tunnel_setup(settings, upstream=ws_up) as t:
+        sock = socket.create_connection(("127.0.0.1", t.relay.port), timeout=5)
+        with connect(f"ws://{t.host}:{t.relay.port}/", sock=sock) as ws:
+            ws.send("hi")
+            assert ws.recv(5) == "hi"
+        time.sleep(0.3)  # give a wrong implementation the time to park it
+        assert parked(t) == 0
+
+
+def test_reuse_keeps_host_routing_exact(settings, db):
+    with tunnel_setup(settings) as t, HttpUpstream() as up2:
+        other = make_tunnel(settings, "other", up2.port)
+        with ClientThread(t.relay.url, other.token, up2.port) as c2:
+            c2.wait_connected()
+            for _ in range(3):
+                for host, upstream in ((t.host, t.upstream), ("other.localhost", up2)):
+                    status, headers, _ = one_request(t.relay.port, host)
+                    assert status == 200 and int(headers["x-upstream-port"]) == upstream.port
+
+
+def test_parked_connections_expire_and_reuse_can_be_turned_off(settings, db):
+    with tunnel_setup(settings.replace(relay_upstream_keepalive=0.3)) as t:
+        first = local_conn(t)
+        assert local_conn(t) == first
+        wait_for(lambda: parked(t) == 0, 3, message="parked connection expired")
+        assert local_conn(t) != first
+    with tunnel_setup(settings.replace(relay_upstream_keepalive=0), subdomain="nokeep") as t:
+        seen = {local_conn(t) for _ in range(3)}
+        assert len(seen) == 3 and parked(t) == 0
+        assert all(h.get("Connection") == "close" for _, _, h in t.upstream.seen)
