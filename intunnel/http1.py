@@ -376,36 +376,45 @@ class ResponseTracker:
             self._mode = "close"
 
 
+def _value(low: bytes, marker: bytes) -> bytes | None:
+    """The value of header ``marker`` (b"\\r\\nname:") in a lowercased head; HttpError when repeated
+    (a response whose framing headers repeat is simply not reused)."""
+    i = low.find(marker)
+    if i < 0:
+        return None
+    start = i + len(marker)
+    stop = low.find(b"\r\n", start)
+    if stop < 0:
+        stop = len(low)
+    if low.find(marker, stop) >= 0:
+        raise HttpError(502, "repeated framing header")
+    return low[start:stop].strip(b" \t")
+
+
 def _response_framing(raw: bytes, head_only: bool) -> tuple[int, str, int, bool]:
-    """(status, body framing, length, keep-alive) of a response head; framing as in ``ResponseEnds``."""
-    text = raw.decode("latin-1")
-    first, _, block = text.partition("\r\n")
-    if not first.startswith("HTTP/1.") or first[8:9] != " ":
+    """(status, body framing, length, keep-alive) of a response head; framing as in ``ResponseEnds``.
+
+    Only three headers matter (Content-Length, Transfer-Encoding, Connection): found with
+    ``find`` on the lowercased head, in C, instead of splitting every header line."""
+    if raw[:7] != b"HTTP/1." or raw[8:9] != b" " or not raw[9:12].isdigit():
         raise HttpError(502, "malformed status line")
-    status = int(first[9:12])
-    keep_alive = first[7] == "1"      # HTTP/1.0 responses: never reused (simple and safe)
-    length, chunked, has_length = 0, False, False
-    for line in block.split("\r\n"):
-        name, _, value = line.partition(":")
-        name = name.strip().lower()
-        if name == "content-length":
-            value = value.strip()
-            if not value.isdigit() or (has_length and int(value) != length):
-                raise HttpError(502, "invalid Content-Length")
-            length, has_length = int(value), True
-        elif name == "transfer-encoding":
-            chunked = chunked or "chunked" in value.lower()
-        elif name == "connection":
-            if any(t.strip().lower() == "close" for t in value.split(",")):
-                keep_alive = False
-    if 100 <= status < 200:
+    status = int(raw[9:12])
+    keep_alive = raw[7:8] == b"1"      # HTTP/1.0 responses: never reused (simple and safe)
+    low = raw.lower()
+    connection = _value(low, b"\r\nconnection:")
+    if connection is not None and b"close" in connection and \
+            b"close" in [t.strip() for t in connection.split(b",")]:
+        keep_alive = False
+    if 100 <= status < 200 or head_only or status in (204, 304):
         return status, "none", 0, keep_alive
-    if head_only or status in (204, 304):
-        return status, "none", 0, keep_alive
-    if chunked:
+    te = _value(low, b"\r\ntransfer-encoding:")
+    if te is not None and b"chunked" in te:
         return status, "chunked", 0, keep_alive
-    if has_length:
-        return status, "length", length, keep_alive
+    length = _value(low, b"\r\ncontent-length:")
+    if length is not None:
+        if not length.isdigit():
+            raise HttpError(502, "invalid Content-Length")
+        return status, "length", int(length), keep_alive
     return status, "close", 0, False
 
 
@@ -479,17 +488,21 @@ class ResponseEnds:
                 continue
             if mode != "head":
                 break
-            start = max(0, len(self._buf) - 3)
-            self._buf += data[pos:] if pos else data
-            end = self._buf.find(b"\r\n\r\n", start)
-            if end < 0:
-                if len(self._buf) > 64 * 1024:
-                    raise HttpError(502, "response head too large")
-                break
-            consumed = end + 4 - (len(self._buf) - (n - pos))
-            raw = bytes(self._buf[:end])
-            self._buf.clear()
-            pos += consumed
+            if not self._buf and (end := data.find(b"\r\n\r\n", pos)) >= 0:
+                raw = data[pos:end]   # the usual case: the whole head in one read, no copy to a buffer
+                pos = end + 4
+            else:
+                start = max(0, len(self._buf) - 3)
+                self._buf += data[pos:] if pos else data
+                end = self._buf.find(b"\r\n\r\n", start)
+                if end < 0:
+                    if len(self._buf) > 64 * 1024:
+                        raise HttpError(502, "response head too large")
+                    break
+                consumed = end + 4 - (len(self._buf) - (n - pos))
+                raw = bytes(self._buf[:end])
+                self._buf.clear()
+                pos += consumed
             if not self._expect:
                 raise HttpError(502, "response without a request")
             status, framing, length, keep_alive = _response_framing(raw, self._expect[0][0])

@@ -7,9 +7,9 @@ half-closed (the local app finishes its response and closes) before the new
 request goes to the other tunnel, so a request only ever reaches the tunnel
 its own Host names.
 
-Upstream keep-alive: when a visitor leaves (closes, half-closes, or asked
-``Connection: close``, which is hop-by-hop and not passed on) and every
-response on its data connection is complete (``ResponseEnds``), the data
+Upstream keep-alive: when a visitor whose first request on a data connection
+asked ``Connection: close`` (hop-by-hop: not passed on) leaves, and every
+response on that data connection is complete (``ResponseEnds``), the data
 connection, still spliced to its keep-alive connection to the local app at the
 agent, is parked in the tunnel's session for the tunnel's next visitor
 (``relay_upstream_keepalive`` seconds at most).  Upgrades, read-until-close
@@ -35,7 +35,7 @@ FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host
 class Visitor:
     def __init__(self, relay, conn: Conn, first: RequestHead):
         self.relay = relay
-        self.settings = relay.settings
+        self.settings = relay.tunables
         self.conn = conn
         self.stream = RequestStream(self.settings.relay_max_header_size)
         self.stream.after_head(first)
@@ -55,6 +55,7 @@ class Visitor:
         self.ends: ResponseEnds | None = None  # where responses end on self.data (for reuse)
         self.leaving = False       # the visitor sent EOF: leave once every response is through
         self.reuse = self.settings.relay_upstream_keepalive > 0
+        self.track_next = False    # decide at the next request whether to follow self.data's responses
         conn.on_close = self.on_visitor_closed
         conn.on_eof = self.on_visitor_eof
         # The first request is routed by serve_first(), in the caller's task (one task less).
@@ -64,6 +65,30 @@ class Visitor:
 
     async def serve_first(self) -> None:
         await self.route(self.pending[0])
+
+    def route_now(self, head: RequestHead) -> bool:
+        """Route the first request at once when a parked data connection can take it (the
+        common case of a new connection per request); False: ``serve_first`` must run."""
+        if not self.reuse:
+            return False
+        subdomain = self.relay.subdomain_of(head.host)
+        session = self.relay.sessions.get(subdomain) if subdomain else None
+        if session is None or not session.parked or \
+                session.visitors >= self.settings.relay_max_visitors_per_tunnel:
+            return False
+        data = session.take_parked()
+        if data is None:
+            return False
+        session.visitors += 1
+        self.counted, self.session = True, session
+        self._attach_parked(data, head)
+        return True
+
+    def _attach_parked(self, data: Conn, head: RequestHead) -> None:
+        """``data`` is already spliced to the local app at the agent: no Bind, no dial."""
+        self.data, self.host = data, head.host
+        self.ends, self.track_next = None, True
+        self._wire(data, b"")
 
     # --- visitor -> agent ---
     def on_bytes(self, data: bytes) -> None:
@@ -115,28 +140,40 @@ class Visitor:
             add = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", self.settings.public_scheme),
                    ("X-Forwarded-Host", head.get("host"))]
         replace = {"host": s.host_header} if s.host_header else None
-        remove = FORWARDED
-        ends = self.ends
-        if ends is not None:
-            close = False
-            if head.version != "HTTP/1.1" or head.body == "upgrade":
-                ends.reusable = False  # HTTP/1.0 or an upgrade: the connection ends with this visitor
-            elif "connection" in head.index:
-                tokens = [t.strip() for v in head.index["connection"] for t in v.split(",")]
-                kept = [t for t in tokens if t and t.lower() != "close"]
-                if len(kept) < len(tokens):
-                    # Connection is hop-by-hop: the app keeps its connection for the next visitor,
-                    # and the relay closes the visitor's once this response is through.
-                    close = True
-                    remove = FORWARDED | {"connection"}
-                    if kept:
-                        add.append(("Connection", ", ".join(kept)))
-            ends.request(head.method == "HEAD", close)
+        remove = self._track(head, add) if self.ends is not None or self.track_next else FORWARDED
         self.data.write(head.wire(remove=remove, add=add, replace=replace))
         self.last_activity = self.loop.time()
         self.awaiting = True
         if self.timer is None:  # one lazy timer per connection, not one per request
             self.timer = self.loop.call_later(self.settings.relay_upstream_timeout, self._upstream_timeout)
+
+    def _track(self, head: RequestHead, add: list) -> frozenset:
+        """Upstream keep-alive bookkeeping for a request about to go out; returns the headers to drop.
+
+        Only a data connection whose first request asks ``Connection: close`` (a visitor that
+        will leave after one response: the costly new-connection-per-request case) has its
+        responses followed; a keep-alive visitor's are not (that would cost every request
+        ~30 % of the relay's time) and its data connection is closed with it, as before.
+        """
+        first, self.track_next = self.track_next, False
+        close, remove = False, FORWARDED
+        if head.version == "HTTP/1.1" and head.body != "upgrade" and "connection" in head.index:
+            tokens = [t.strip() for v in head.index["connection"] for t in v.split(",")]
+            kept = [t for t in tokens if t and t.lower() != "close"]
+            if len(kept) < len(tokens):
+                # Connection is hop-by-hop: the app keeps its connection for the next visitor,
+                # and the relay closes the visitor's once this response is through.
+                close, remove = True, FORWARDED | {"connection"}
+                if kept:
+                    add.append(("Connection", ", ".join(kept)))
+        if first:
+            if not close:
+                return FORWARDED
+            self.ends = ResponseEnds()
+        if head.version != "HTTP/1.1" or head.body == "upgrade":
+            self.ends.reusable = False  # HTTP/1.0 or an upgrade: the connection ends with this visitor
+        self.ends.request(head.method == "HEAD", close)
+        return remove
 
     async def route(self, head: RequestHead) -> None:
         try:
@@ -176,10 +213,8 @@ class Visitor:
         session.visitors += 1
         self.counted, self.session = True, session
         data = session.take_parked() if self.reuse else None
-        if data is not None:  # already spliced to the local app: no Bind, no dial
-            self.data, self.host = data, head.host
-            self.ends = ResponseEnds()
-            self._wire(data, b"")
+        if data is not None:
+            self._attach_parked(data, head)
             return
         data = await session.acquire_data(p.DATA_CONNECT_TIMEOUT)
         if self.done:
@@ -191,7 +226,7 @@ class Visitor:
             return
         data.write(p.encode(p.Bind(self.conn.peername)))
         self.data, self.host = data, head.host
-        self.ends = ResponseEnds() if self.reuse else None
+        self.ends, self.track_next = None, self.reuse
         # Send the head (and whatever body is here) now; the agent answers while it flows.
         self.pending.popleft()
         self.send_head(head)

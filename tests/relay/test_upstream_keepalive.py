@@ -104,3 +104,14 @@ def test_parked_connections_expire_and_reuse_can_be_turned_off(settings, db):
         seen = {local_conn(t) for _ in range(3)}
         assert len(seen) == 3 and parked(t) == 0
         assert all(h.get("Connection") == "close" for _, _, h in t.upstream.seen)
+
+
+def test_keep_alive_visitors_are_not_followed(settings, db):
+    """A visitor that doesn't ask Connection: close keeps its own data connection as before:
+    following every response would cost each keep-alive request a third of the relay's time."""
+    with tunnel_setup(settings) as t:
+        status, headers, _ = t.get("/")  # http.client: keep-alive, then it closes the socket
+        assert status == 200
+        time.sleep(0.3)  # give a wrong implementation the time to park it
+        assert parked(t) == 0
+        assert local_conn(t) != int(headers["x-upstream-conn"])
