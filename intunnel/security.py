@@ -42,7 +42,11 @@ def verify_password(password: str, password_hash: str | None) -> bool:
 
 
 def new_tunnel_token() -> str:
-    return secrets.token_urlsafe(TUNNEL_TOKEN_BYTES)
+    # Never a leading "-": `intunnel http 3000 --token -abc...` would read it as an option
+    # (about 1 token in 64 otherwise).
+    while (token := secrets.token_urlsafe(TUNNEL_TOKEN_BYTES)).startswith("-"):
+        pass
+    return token
 
 
 def new_api_token() -> str:
