@@ -257,8 +257,10 @@ class Visitor:
         self.conn.feeders.append(data)
         data.on_close = self.on_data_closed
         data.on_eof = self.on_data_eof
-        data.forward_to(self.on_response, initial)
+        # Not busy before the first response bytes go through: they may have come in with the
+        # agent's DataReady, complete, and the connection must then be parkable.
         self.busy = False
+        data.forward_to(self.on_response, initial)
         self.conn.resume()
         self.pump()
         if self.conn.eof and not self.pending and not self.done:

@@ -115,3 +115,45 @@ def test_keep_alive_visitors_are_not_followed(settings, db):
         time.sleep(0.3)  # give a wrong implementation the time to park it
         assert parked(t) == 0
         assert local_conn(t) != int(headers["x-upstream-conn"])
+
+
+def test_response_arriving_with_the_agents_ready_frame_still_parks(settings, db):
+    """A hand-made agent sends DataReady and the whole response in one write (what a loaded
+    relay sees when it reads late): the data connection must still be parked."""
+    from intunnel import protocol as p
+    from tests.support.tunnel import RelayThread
+
+    def upgrade(path: str, header: str) -> tuple[socket.socket, bytes]:
+        s = socket.create_connection(("127.0.0.1", relay.port), timeout=5)
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: intunnel\r\n"
+                  f"Connection: Upgrade\r\n{header}\r\n\r\n".encode())
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += s.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101"), head
+        return s, rest
+
+    with RelayThread(settings) as relay:
+        tunnel = make_tunnel(settings, "handmade", 3000)
+        control, rest = upgrade(p.AGENT_PATH, f"Authorization: Bearer {tunnel.token}")
+        control.sendall(p.encode(p.Hello()))
+        decoder = p.FrameDecoder()
+        messages = decoder.feed(rest)
+        while not messages:
+            messages = decoder.feed(control.recv(65536))
+        data, rest = upgrade(p.DATA_PATH, f"{p.SESSION_HEADER}: {messages[0].session}")
+        with socket.create_connection(("127.0.0.1", relay.port), timeout=5) as visitor:
+            visitor.sendall(b"GET / HTTP/1.1\r\nHost: handmade.localhost\r\nConnection: close\r\n\r\n")
+            got = rest
+            while b"\r\n\r\n" not in got[4:]:  # the Bind frame, then the request head
+                got += data.recv(65536)
+            data.sendall(p.encode(p.DataReady()) + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            answer = b""
+            while chunk := visitor.recv(65536):
+                answer += chunk
+        assert answer.endswith(b"\r\n\r\nok")
+        session = relay.relay.sessions["handmade"]
+        assert len(session.parked) == 1
+        data.close()
+        control.close()
