@@ -69,7 +69,7 @@ def next_steps(settings, web_address, relay_address, admin) -> str:
               "Next steps:",
               f"  1. Log in at {web}",
               "  2. Create a tunnel, e.g. subdomain 'myapp' for local port 3000",
-              f"  3. Next to your app on port 3000, run:",
+              "  3. Next to your app on port 3000, run:",
               f"       intunnel http 3000 --server {relay} --token <the tunnel's token>",
               f"  4. Open {settings.tunnel_url('myapp')}",
               ""]

@@ -8,7 +8,6 @@ import secrets
 
 from passlib.context import CryptContext
 
-from .logsafe import redact  # noqa: F401  (re-exported: security.redact)
 
 # argon2id with OWASP's second recommended profile (19 MiB, t=2): strong, and
 # fast enough that a login costs tens of milliseconds, not hundreds.

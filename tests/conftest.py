@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from intunnel.models import MODELS, database, open_database
+from intunnel.models import open_database
 from intunnel.settings import load_settings, prepare_data_dir
 
 # CI installs every tool; a test that would skip for a missing tool fails there.

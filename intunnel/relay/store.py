@@ -105,7 +105,3 @@ class Store:
     async def close(self) -> None:
         await self._run(self._close)
         self._executor.shutdown(wait=True)
-
-
-def now_naive() -> datetime:
-    return datetime.utcnow()

@@ -2,7 +2,6 @@
 
 import fcntl
 import gzip
-import json
 import os
 import re
 import sqlite3

@@ -1,7 +1,5 @@
 """The admin CLI against the real relay, client and web app (in-process, port 0)."""
 
-import pytest
-
 from intunnel.models import Tunnel
 from support.tunnel import tunnel_setup, wait_for
 from support.web_server import running_web_app

@@ -1,6 +1,6 @@
 """Retention: which backups survive (pure), and the CLI applying it over a simulated month."""
 
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import pytest
 

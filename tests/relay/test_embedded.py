@@ -9,7 +9,7 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.support.tunnel import HttpUpstream, _Process, _python_env, free_port, visit, wait_for
+from tests.support.tunnel import HttpUpstream, _Process, _python_env, free_port, visit
 
 
 class ServeProcess(_Process):
