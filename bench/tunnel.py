@@ -248,7 +248,8 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
             if client.poll() is not None:
                 raise RuntimeError("client exited: " + st.logs())
             results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True,
-                                                     sides={"relay": st.relay.pid, "client": client.pid}, app=app)
+                                                     sides={"relay": st.relay.pid, "client": client.pid,
+                                                            "front": front.proc.pid}, app=app)
 
 
 def machine_line() -> str:

@@ -453,6 +453,19 @@ class ResponseEnds:
         """A request in flight asked for the visitor's connection to close after its response."""
         return any(close for _, close in self._expect)
 
+    @property
+    def body_left(self) -> int:
+        """Bytes of the current response's Content-Length body still to come (0 otherwise)."""
+        return self._remaining if self._mode == "length" else 0
+
+    def skip_body(self, n: int) -> int:
+        """``n`` bytes of the current body went by unseen (moved by the kernel); like ``feed``."""
+        if self._mode != "length" or n > self._remaining:
+            self._mode, self.reusable = "off", False
+            return 0
+        self._remaining -= n
+        return 0 if self._remaining else self._done()
+
     def feed(self, data) -> int:
         if self._mode == "off":
             return 0

@@ -16,6 +16,7 @@ import os
 import socket
 from typing import Callable
 
+from . import zerocopy
 from .protocol import FrameDecoder, Message, ProtocolError
 
 WRITE_HIGH_WATER = 256 * 1024
@@ -44,6 +45,8 @@ class Conn(asyncio.Protocol):
         self._waiter: asyncio.Future | None = None
         self._writing_paused = False
         self.eof_sent = False
+        self.pump: zerocopy.Pump | None = None  # the kernel reads this socket (see splice())
+        self.pumps: list[zerocopy.Pump] = []    # pumps using this socket: stopped before it closes
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport):
@@ -82,6 +85,7 @@ class Conn(asyncio.Protocol):
         return True  # keep the write side open (half-close); the handler decides
 
     def connection_lost(self, exc):
+        self._stop_pumps()
         self.closed = True
         self.eof = True
         if self.registry is not None:
@@ -105,12 +109,22 @@ class Conn(asyncio.Protocol):
 
     # --- helpers ---
     def pause(self):
-        if self.transport is not None and not self.closed:
+        if self.pump is not None:
+            self.pump.pause()
+        elif self.transport is not None and not self.closed:
             self.transport.pause_reading()
 
     def resume(self):
-        if self.transport is not None and not self.closed and self.transport.is_reading() is False:
+        if self.pump is not None:
+            self.pump.resume()
+        elif self.transport is not None and not self.closed and self.transport.is_reading() is False:
             self.transport.resume_reading()
+
+    def _stop_pumps(self):
+        # A pump holds duplicates of the descriptor: they must go before the transport closes
+        # it, or the socket would stay open (no FIN) behind the transport's back.
+        for pump in self.pumps:
+            pump.stop()
 
     def _wake(self):
         if self._waiter is not None and not self._waiter.done():
@@ -132,10 +146,12 @@ class Conn(asyncio.Protocol):
 
     def close(self):
         if self.transport is not None and not self.closed:
+            self._stop_pumps()
             self.transport.close()
 
     def abort(self):
         if self.transport is not None and not self.closed:
+            self._stop_pumps()
             self.transport.abort()
 
     def write_eof(self):
@@ -227,12 +243,61 @@ def splice(a: Conn, b: Conn, on_close: Callable[[], None] | None = None) -> None
         b.write_eof()
     if b.eof:
         a.write_eof()
-    a.forward_to(_forwarder(a, b))
-    b.forward_to(_forwarder(b, a))
+    for src, dst in ((a, b), (b, a)):
+        _forward(src, dst)
     if a.closed:
         b.close()
     if b.closed:
         a.close()
+
+
+def _forward(src: Conn, dst: Conn) -> None:
+    """src's bytes to dst: inside the kernel when both are plain TCP sockets and nobody
+    watches the bytes, else through the event loop."""
+    if src.buffer and src.taps is None:
+        pending, src.buffer = bytes(src.buffer), bytearray()
+        dst.write(pending)
+
+    def failed():
+        src.abort()
+        dst.abort()
+    if src.taps is not None or src.eof or not pump_through_kernel(src, dst, src.eof_received, failed):
+        src.forward_to(_forwarder(src, dst))
+
+
+def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_error: Callable[[], None],
+                        limit: int | None = None, on_moved: Callable[[], None] | None = None,
+                        on_limit: Callable[[], None] | None = None) -> bool:
+    """Let ``zerocopy`` move what src receives (``limit`` bytes, or until EOF) to dst.
+
+    False, with nothing changed, when either side isn't a plain TCP socket or dst's
+    transport still holds bytes to send (they must go first).  After ``limit`` bytes
+    the pump hands src back to its transport, then calls ``on_limit``.
+    """
+    if not (PUMPS and zerocopy.AVAILABLE) or src.closed or dst.closed or src.pump is not None \
+            or dst.transport.get_write_buffer_size():
+        return False
+    src_fd, dst_fd = zerocopy.socket_fd(src.transport), zerocopy.socket_fd(dst.transport)
+    if src_fd is None or dst_fd is None:
+        return False
+
+    def handed_back():
+        src.pumps.remove(pump)
+        dst.pumps.remove(pump)
+        src.pump = None
+        if not src.closed:
+            src.transport.resume_reading()
+        on_limit()
+    src.transport.pause_reading()
+    pump = zerocopy.Pump(src_fd, dst_fd, on_eof, on_error, limit, handed_back if limit is not None else None,
+                         on_moved)
+    src.pump = pump
+    src.pumps.append(pump)
+    dst.pumps.append(pump)
+    return True
+
+
+PUMPS = True  # tests turn kernel forwarding off to compare both paths
 
 
 def _forwarder(src: Conn, dst: Conn) -> Callable[[bytes], None]:

@@ -24,12 +24,15 @@ from collections import deque
 
 from .. import protocol as p
 from ..http1 import HttpError, RequestHead, RequestStream, ResponseEnds
-from ..netio import Conn, ConnClosed
+from ..netio import Conn, ConnClosed, pump_through_kernel
 from . import pages
 
 log = logging.getLogger("intunnel.relay")
 
 FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+# A response read in a piece this big (or with this much body still to come) is bulk: the
+# kernel moves the rest (netio.pump_through_kernel), not the event loop.
+BULK = 128 * 1024
 
 
 class Visitor:
@@ -282,13 +285,36 @@ class Visitor:
         self.conn.write(data)
         ends = self.ends
         if ends is None:
+            if len(data) >= BULK:
+                self._pump_responses(None)  # nobody follows these responses: all of them, from now on
             return
-        if ends.feed(data) or (self.leaving and ends.idle):
+        self._responses_through(ends.feed(data))
+        if self.data is not None and not self.done and ends.body_left >= BULK:
+            self._pump_responses(ends.body_left)  # the rest of this body, then follow again
+
+    def _responses_through(self, closes: int) -> None:
+        ends = self.ends
+        if closes or (self.leaving and ends.idle):
             self.leave()  # the visitor asked to close (or is gone) and its responses are through
         elif not ends.reusable and self.leaving:
             # We can't follow these responses: let the app end them by closing, as without reuse.
             self.leaving = False
             self.data.write_eof()
+
+    def _pump_responses(self, limit: int | None) -> None:
+        data = self.data
+
+        def moved():
+            self.awaiting = False
+
+        def body_through():
+            if self.data is data and not self.done:
+                self._responses_through(self.ends.skip_body(limit))
+
+        def failed():
+            data.abort()
+            self.conn.abort()
+        pump_through_kernel(data, self.conn, data.eof_received, failed, limit, moved, body_through)
 
     def _can_park(self, data: Conn) -> bool:
         """Every request sent got its whole response, and nothing of the visitor's is half-sent."""
