@@ -7,6 +7,7 @@ Everything runs on loopback; every process started here is stopped by
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -106,6 +107,12 @@ def tree_rss_kib(pid: int) -> int:
         except (OSError, KeyError):
             pass
     return total
+
+
+def children_cpu_seconds() -> float:
+    """User + system CPU seconds of this process's finished (waited-for) children, e.g. wrk."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tree_cpu_seconds(pid: int) -> float:

@@ -75,8 +75,10 @@ def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int], 
             if best_direct is None or direct.rps > best_direct.rps:
                 best_direct = direct
         before = {side: procs.tree_cpu_seconds(pid) for side, pid in sides.items()}
+        before_wrk = procs.children_cpu_seconds()
         result = load.wrk(url, host, 32, opts.duration, close=close)
         used = {side: procs.tree_cpu_seconds(pid) - before[side] for side, pid in sides.items()}
+        used["wrk"] = procs.children_cpu_seconds() - before_wrk  # the load generator: same 2 cores
         per_request = {side: 1e6 * cpu / max(1, result.requests) for side, cpu in used.items()}
         # Best of --repeat runs: other work on a shared machine only ever makes a run slower.
         if best is None or result.rps > best[0].rps:
@@ -112,9 +114,12 @@ def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
     if app:
         paired.update(ka_rps=ka_direct.rps, ka_p50=ka_direct.p50_ms, ka_p99=ka_direct.p99_ms,
                       close_rps=cl_direct.rps)
-    for side in sides:
+    for side in ka_cpu:
         out[f"{side}_us_ka"] = ka_cpu[side]
         out[f"{side}_us_close"] = cl_cpu[side]
+    # Every process in the path plus wrk: with all of them on the same cores, this is
+    # what a keep-alive request costs the machine (the budget a ratio to direct allows).
+    out["total_us_ka"] = sum(ka_cpu.values())
     for run, what in ((ka, "keep-alive"), (cl, "new-connection")):
         if run.errors:
             log(f"{name}: WARNING {run.errors} errors in the {what} run")
@@ -231,7 +236,8 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
         if opts.wants("intunnel"):
             figures = idle_rss(st, client)
             figures.update(measure_http("intunnel", relay_port, host, opts,
-                                        sides={"relay": st.relay.pid, "client": client.pid}, app=app))
+                                        sides={"relay": st.relay.pid, "client": client.pid,
+                                               "app": app.proc.pid}, app=app))
             if opts.profile:
                 profile(st, client, host, opts)
             if opts.agents:
@@ -249,7 +255,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
                 raise RuntimeError("client exited: " + st.logs())
             results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True,
                                                      sides={"relay": st.relay.pid, "client": client.pid,
-                                                            "front": front.proc.pid}, app=app)
+                                                            "front": front.proc.pid, "app": app.proc.pid}, app=app)
 
 
 def machine_line() -> str:
@@ -320,12 +326,13 @@ def main(argv=None) -> int:
         front = None
         try:
             log(f"local app (nginx) on 127.0.0.1:{app.port}")
-            results["direct"] = measure_http("direct", app.port, f"127.0.0.1:{app.port}", opts)
+            results["direct"] = measure_http("direct", app.port, f"127.0.0.1:{app.port}", opts,
+                                             sides={"app": app.proc.pid})
             relay_port = procs.free_port()
             front = servers.start_front(work / "front", app.port, relay_port, opts.front_workers)
             if opts.wants("nginx-hop"):
                 results["nginx-hop"] = measure_http("nginx-hop", front.hop_port, f"127.0.0.1:{front.hop_port}", opts,
-                                                    sides={"relay": front.proc.pid}, app=app)
+                                                    sides={"relay": front.proc.pid, "app": app.proc.pid}, app=app)
             if opts.wants("ssh-R -N") or opts.wants("ssh-R -tt"):
                 run_ssh(results, work, app, opts)
             if opts.wants("intunnel") or opts.wants("intunnel-nginx"):
@@ -333,7 +340,8 @@ def main(argv=None) -> int:
             if len(results) > 1:
                 # direct once more at the end, best of both: other load on the machine must not
                 # lower the baseline and so flatter every ratio.
-                again = measure_http("direct (again)", app.port, f"127.0.0.1:{app.port}", opts)
+                again = measure_http("direct (again)", app.port, f"127.0.0.1:{app.port}", opts,
+                                     sides={"app": app.proc.pid})
                 results["direct"] = report.best_of(results["direct"], again)
         finally:
             procs.stop(front.proc if front else None)
