@@ -225,15 +225,15 @@ def profile(st: stack.Stack, client, host: str, opts) -> None:
 
 
 def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | None, relay_port: int, opts) -> None:
-    with stack.Stack(work / "intunnel", relay_port, uvloop=opts.uvloop) as st:
-        token = st.add_tunnel("bench", app.port)
-        st.start_relay()
-        client = st.start_client(app.port, token)
-        host = st.public_host("bench")
-        procs.wait_until(lambda: client.poll() is not None or serving(relay_port, host), 20, "the tunnel to serve")
-        if client.poll() is not None:
-            raise RuntimeError("client exited: " + st.logs())
-        if opts.wants("intunnel"):
+    if opts.wants("intunnel"):
+        with stack.Stack(work / "intunnel", relay_port, uvloop=opts.uvloop) as st:
+            token = st.add_tunnel("bench", app.port)
+            st.start_relay()
+            client = st.start_client(app.port, token)
+            host = st.public_host("bench")
+            procs.wait_until(lambda: client.poll() is not None or serving(relay_port, host), 20, "the tunnel to serve")
+            if client.poll() is not None:
+                raise RuntimeError("client exited: " + st.logs())
             figures = idle_rss(st, client)
             figures.update(measure_http("intunnel", relay_port, host, opts,
                                         sides={"relay": st.relay.pid, "client": client.pid,
@@ -244,8 +244,13 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
                 figures["kib_per_agent"] = kib_per_idle_agent(st, app, opts.agents)
             figures["restart_s"] = restart_time(st, host)
             results["intunnel"] = figures
-        if front is not None and opts.wants("intunnel-nginx"):
+    if front is not None and opts.wants("intunnel-nginx"):
+        # Set up as deployed: the relay trusts the proxy in front (and follows every response,
+        # so nginx's keep-alive connections can move between tunnels).
+        with stack.Stack(work / "intunnel-nginx", relay_port, uvloop=opts.uvloop,
+                         settings={"relay_trust_proxy": True}) as st:
             token = st.add_tunnel("benchtls", app.port)
+            st.start_relay()
             client = st.start_client(app.port, token, server=f"https://localhost:{front.tls_port}",
                                      extra=["--insecure"])
             host = f"benchtls.localhost:{front.tls_port}"

@@ -446,7 +446,12 @@ class ResponseEnds:
 
     @property
     def idle(self) -> bool:
-        return self.reusable and self._mode == "head" and not self._expect and not self._buf
+        return self.reusable and self.complete
+
+    @property
+    def complete(self) -> bool:
+        """Every request sent has its whole response (the connection may still be unusable)."""
+        return self._mode == "head" and not self._expect and not self._buf
 
     @property
     def close_pending(self) -> bool:

@@ -66,7 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
     # --- relay ---
     Setting("relay_listen", str, "127.0.0.1:8080", "HOST:PORT the relay listens on (public and agent endpoint)."),
-    Setting("relay_trust_proxy", bool, False, "Trust X-Forwarded-For/-Proto from the proxy in front (nginx)."),
+    Setting("relay_trust_proxy", bool, False, "Behind nginx: trust its X-Forwarded-For/-Proto, and follow every response so its keep-alive connections can carry any tunnel."),
     Setting("relay_max_header_size", int, 64 * 1024, "Largest request head (request line + headers) in bytes."),
     Setting("relay_handshake_timeout", float, 10.0, "Seconds a visitor or agent has to send a complete head."),
     Setting("relay_heartbeat_interval", float, 10.0, "Seconds between application pings on the agent channel."),

@@ -14,6 +14,11 @@ connection, still spliced to its keep-alive connection to the local app at the
 agent, is parked in the tunnel's session for the tunnel's next visitor
 (``relay_upstream_keepalive`` seconds at most).  Upgrades, read-until-close
 bodies, HTTP/1.0 and ``Connection: close`` responses are never reused.
+
+Behind a proxy (``relay_trust_proxy``: nginx keeps a pool of keep-alive
+connections to the relay, each carrying requests for any tunnel), every
+response is followed, so that a request naming another Host parks the idle
+data connection and takes the other tunnel's at once instead of closing it.
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class Visitor:
         self.ends: ResponseEnds | None = None  # where responses end on self.data (for reuse)
         self.leaving = False       # the visitor sent EOF: leave once every response is through
         self.reuse = self.settings.relay_upstream_keepalive > 0
+        # A proxy's connection moves between tunnels: follow every response (see above).
+        self.follow_all = self.reuse and self.settings.relay_trust_proxy
         self.track_next = False    # decide at the next request whether to follow self.data's responses
         conn.on_close = self.on_visitor_closed
         conn.on_eof = self.on_visitor_eof
@@ -70,8 +77,9 @@ class Visitor:
         await self.route(self.pending[0])
 
     def route_now(self, head: RequestHead) -> bool:
-        """Route the first request at once when a parked data connection can take it (the
-        common case of a new connection per request); False: ``serve_first`` must run."""
+        """Route a request at once when a parked data connection can take it (the common case
+        of a new connection per request, or of a proxy's connection moving to another tunnel);
+        False: ``route`` must run."""
         if not self.reuse:
             return False
         subdomain = self.relay.subdomain_of(head.host)
@@ -118,6 +126,8 @@ class Visitor:
         while self.pending and not self.busy and not self.done:
             event = self.pending[0]
             if isinstance(event, RequestHead):
+                if self.data is not None and event.host != self.host and self._switch_when_idle(event):
+                    continue
                 if self.data is None or self.data.closed or event.host != self.host:
                     self.busy = True
                     self.conn.pause()
@@ -129,6 +139,18 @@ class Visitor:
                 self.pending.popleft()
                 self.last_activity = self.loop.time()
                 self.data.write(event)
+
+    def _switch_when_idle(self, head: RequestHead) -> bool:
+        """Another Host while every response is through: park the data connection for its
+        tunnel and take the new tunnel's parked one (True) or let route() find one (False)."""
+        data = self.data
+        if self.ends is None or not self.ends.idle or data.eof or data.closed:
+            return False  # not followed, or a response still coming: route() closes it first
+        self._unwire(data)
+        self.data = None
+        self.session.park(data)
+        self._release()
+        return self.route_now(head)
 
     def send_head(self, head: RequestHead) -> None:
         self.last_head = head
@@ -154,9 +176,10 @@ class Visitor:
         """Upstream keep-alive bookkeeping for a request about to go out; returns the headers to drop.
 
         Only a data connection whose first request asks ``Connection: close`` (a visitor that
-        will leave after one response: the costly new-connection-per-request case) has its
-        responses followed; a keep-alive visitor's are not (that would cost every request
-        ~30 % of the relay's time) and its data connection is closed with it, as before.
+        will leave after one response: the costly new-connection-per-request case), or any
+        one behind a proxy (``follow_all``), has its responses followed; a browser's keep-alive
+        connection's are not (that would cost every request ~30 % of the relay's time) and its
+        data connection is closed with it, as before.
         """
         first, self.track_next = self.track_next, False
         close, remove = False, FORWARDED
@@ -170,7 +193,7 @@ class Visitor:
                 if kept:
                     add.append(("Connection", ", ".join(kept)))
         if first:
-            if not close:
+            if not close and not self.follow_all:
                 return FORWARDED
             self.ends = ResponseEnds()
         if head.version != "HTTP/1.1" or head.body == "upgrade":
@@ -328,14 +351,17 @@ class Visitor:
         if data is None:
             return None
         if self._can_park(data):
-            for a, b in ((data, self.conn), (self.conn, data)):
-                if b in a.feeders:
-                    a.feeders.remove(b)
+            self._unwire(data)
             self.session.park(data)
             return None
         if self.session is not None:
             self.session.active.discard(data)
         return data
+
+    def _unwire(self, data: Conn) -> None:
+        for a, b in ((data, self.conn), (self.conn, data)):
+            if b in a.feeders:
+                a.feeders.remove(b)
 
     def leave(self) -> None:
         """The visitor's last response is through: keep the data connection if idle, close the visitor."""
@@ -364,12 +390,24 @@ class Visitor:
             self.session.active.discard(self.data)
         if self.busy:  # we are switching hosts; route() handles it
             return
+        if self._between_exchanges():
+            self.data = None  # the proxy's connection stays: its next request is routed anew
+            self._release()
+            return
         self.finish()
 
     def on_data_eof(self) -> None:
         """The local app half-closed (e.g. a WebSocket server after the close handshake): pass it on."""
-        if not self.busy:
+        if self._between_exchanges():
+            # The app closed an idle keep-alive connection.  Closing the proxy's connection too
+            # would race the request it may be sending on it right now (nginx then answers 502).
+            self.data.close()
+        elif not self.busy:
             self.conn.write_eof()
+
+    def _between_exchanges(self) -> bool:
+        return (self.follow_all and self.ends is not None and self.ends.complete and not self.busy
+                and not self.pending and self.stream.between_requests)
 
     def on_visitor_eof(self) -> None:
         if self.data is not None and not self.busy and not self.pending:

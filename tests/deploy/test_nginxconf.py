@@ -200,6 +200,7 @@ def test_traffic_is_routed_by_host_over_tls(cert, tmp_path, upstreams):
         r = request(https_port, f"myapp.{DOMAIN}", "/x?y=1", tls_ca=ca)
         seen = json.loads(r.body)
         assert seen["who"] == "relay" and seen["path"] == "/x?y=1" and seen["headers"]["host"] == f"myapp.{DOMAIN}"
+        assert "connection" not in seen["headers"]  # kept alive: the relay moves it between tunnels
         assert r.getheader("Strict-Transport-Security") is None
         # Tunnel responses stream: the first line arrives while the upstream still holds the rest.
         r = request(https_port, f"myapp.{DOMAIN}", "/stream", tls_ca=ca, read_body=False)

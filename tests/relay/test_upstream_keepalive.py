@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.support.tunnel import HttpUpstream, WebSocketUpstream, make_tunnel, ClientThread, tunnel_setup, wait_for
+from tests.support.tunnel import (ClientThread, HttpUpstream, WebSocketUpstream, make_tunnel, read_response,
+                                  tunnel_setup, wait_for)
 
 
 def one_request(port: int, host: str, path: str = "/", method: str = "GET", extra: str = "Connection: close\r\n",
@@ -157,3 +158,66 @@ def test_response_arriving_with_the_agents_ready_frame_still_parks(settings, db)
         assert len(session.parked) == 1
         data.close()
         control.close()
+
+
+def test_behind_a_proxy_one_keep_alive_connection_moves_between_tunnels_without_closing_any(settings, db):
+    """nginx keeps a pool of keep-alive connections to the relay, each carrying any tunnel's
+    requests: with ``relay_trust_proxy`` the relay follows every response, so another Host
+    parks the idle data connection and takes the other tunnel's, both still joined to their
+    keep-alive connections to the apps."""
+    settings = settings.replace(relay_trust_proxy=True)
+    with HttpUpstream() as other_upstream, tunnel_setup(settings) as t:
+        other = make_tunnel(settings, "other", other_upstream.port)
+        with ClientThread(t.relay.url, other.token, other_upstream.port) as c2:
+            c2.wait_connected()
+            app_port = {"myapp": t.upstream.port, "other": other_upstream.port}
+            with socket.create_connection(("127.0.0.1", t.relay.port), timeout=10) as sock, \
+                    sock.makefile("rb") as f:
+                seen = []
+                for i, name in enumerate(["myapp", "other"] * 4 + ["myapp"]):
+                    sock.sendall(f"GET /{name}/{i} HTTP/1.1\r\nHost: {name}.localhost\r\n"
+                                 f"X-Forwarded-For: 203.0.113.{i}\r\n\r\n".encode())
+                    status, headers, _ = read_response(f)
+                    assert status == 200
+                    assert int(headers["x-upstream-port"]) == app_port[name]  # its own tunnel only
+                    seen.append((name, int(headers["x-upstream-conn"])))
+                # One local connection per tunnel for the whole run: no switch closed anything.
+                assert len(set(seen)) == 2, seen
+            # The proxy's X-Forwarded-For is trusted and extended, request by request.
+            forwarded = {h["X-Forwarded-For"] for _, _, h in t.upstream.seen + other_upstream.seen}
+            assert forwarded == {f"203.0.113.{i}, 127.0.0.1" for i in range(9)}
+
+
+def test_without_a_proxy_a_host_switch_still_closes_the_data_connection(settings, db):
+    """A browser never moves a connection between origins: its responses are not followed
+    (cheaper), so a switch ends the data connection and the next request gets a new one."""
+    with HttpUpstream() as other_upstream, tunnel_setup(settings) as t:
+        other = make_tunnel(settings, "other", other_upstream.port)
+        with ClientThread(t.relay.url, other.token, other_upstream.port) as c2:
+            c2.wait_connected()
+            with socket.create_connection(("127.0.0.1", t.relay.port), timeout=10) as sock, \
+                    sock.makefile("rb") as f:
+                conns = []
+                for name in ("myapp", "other", "myapp"):
+                    sock.sendall(f"GET / HTTP/1.1\r\nHost: {name}.localhost\r\n\r\n".encode())
+                    status, headers, _ = read_response(f)
+                    assert status == 200
+                    conns.append(int(headers["x-upstream-conn"]))
+                assert conns[0] != conns[2]
+
+
+def test_behind_a_proxy_the_app_closing_its_connection_leaves_the_proxys_open(settings, db):
+    """An app that closes its keep-alive connection after a response: the relay keeps the
+    proxy's connection (closing it would race the next request nginx may be sending on it)."""
+    settings = settings.replace(relay_trust_proxy=True)
+    with tunnel_setup(settings) as t, socket.create_connection(("127.0.0.1", t.relay.port), timeout=10) as sock, \
+            sock.makefile("rb") as f:
+        sock.sendall(f"GET /closing HTTP/1.1\r\nHost: {t.host}\r\n\r\n".encode())
+        status, headers, body = read_response(f)
+        assert (status, body) == (200, b"bye\n")
+        first = int(headers["x-upstream-conn"])
+        wait_for(lambda: all(v.data is None for v in list(t.relay.relay.visitors)), 5,
+                 message="the relay let go of the closed data connection")
+        sock.sendall(f"GET /after HTTP/1.1\r\nHost: {t.host}\r\n\r\n".encode())
+        status, headers, _ = read_response(f)
+        assert status == 200 and int(headers["x-upstream-conn"]) != first

@@ -12,7 +12,7 @@ import struct
 import pytest
 
 from intunnel import netio, zerocopy
-from tests.support.tunnel import pattern_sha256, tunnel_setup, wait_for
+from tests.support.tunnel import pattern_sha256, read_response, tunnel_setup, wait_for
 
 pytestmark = pytest.mark.skipif(not zerocopy.AVAILABLE, reason="splice(2) is Linux only")
 
@@ -161,15 +161,6 @@ def spy_pumps(monkeypatch) -> list:
         made.append(self)
     monkeypatch.setattr(zerocopy.Pump, "__init__", init)
     return made
-
-
-def read_response(f) -> tuple[int, dict, bytes]:
-    status = int(f.readline().split()[1])
-    headers = {}
-    while (line := f.readline()) not in (b"\r\n", b""):
-        name, _, value = line.decode().partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return status, headers, f.read(int(headers.get("content-length", 0)))
 
 
 def test_tunnel_bulk_goes_through_the_kernel_and_keep_alive_still_routes_by_host(settings, db, monkeypatch):

@@ -70,6 +70,16 @@ def pattern_sha256(size: int) -> str:
     return h.hexdigest()
 
 
+def read_response(f) -> tuple[int, dict, bytes]:
+    """One Content-Length response off a socket file (keep-alive safe): status, headers, body."""
+    status = int(f.readline().split()[1])
+    headers = {}
+    while (line := f.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return status, headers, f.read(int(headers.get("content-length", 0)))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -24,6 +24,7 @@ from websockets.sync.server import serve as ws_serve
 from bench import procs, servers
 from bench.stack import http_request
 from conftest import require_tool
+from tests.support.tunnel import HttpUpstream, read_response
 
 pytestmark = [pytest.mark.nginx, pytest.mark.slow]
 
@@ -60,20 +61,22 @@ def visitor_tls() -> ssl.SSLContext:
 
 
 @contextmanager
-def behind_nginx(make_stack, tmp_path, app_port: int):
-    """Relay + TLS nginx in front + two clients through it (verified CA, --insecure); yields (stack, port)."""
+def behind_nginx(make_stack, tmp_path, app_port: int, ports: dict[str, int] | None = None):
+    """Relay + TLS nginx in front + two clients through it (verified CA, --insecure); yields (stack, port).
+    ``ports`` gives a tunnel another local app."""
     require_tool("nginx")
     require_tool("openssl")
-    st = make_stack()
-    tokens = {sub: st.add_tunnel(sub, app_port) for sub in ("verified", "insecure")}
+    st = make_stack(relay_trust_proxy=True)  # as deployed behind nginx
+    ports = {sub: (ports or {}).get(sub, app_port) for sub in ("verified", "insecure")}
+    tokens = {sub: st.add_tunnel(sub, ports[sub]) for sub in ports}
     st.start_relay()
     front = servers.start_front(tmp_path / "nginx", app_port, st.relay_port)
     try:
         server = f"https://localhost:{front.tls_port}"
         clients = {
-            "verified": st.start_client(app_port, tokens["verified"], server=server,
+            "verified": st.start_client(ports["verified"], tokens["verified"], server=server,
                                         env={"SSL_CERT_FILE": str(tmp_path / "nginx" / "cert.pem")}),
-            "insecure": st.start_client(app_port, tokens["insecure"], server=server, extra=["--insecure"]),
+            "insecure": st.start_client(ports["insecure"], tokens["insecure"], server=server, extra=["--insecure"]),
         }
         for sub, client in clients.items():
             st.wait_serving(front.tls_port, f"{sub}.localhost:{front.tls_port}", "/", tls=True, watch=client)
@@ -115,3 +118,22 @@ def test_local_app_closing_a_websocket_closes_the_visitor_through_tls(make_stack
             ws.close()  # close handshake, then the server closes TCP: that close must reach us
             took = time.monotonic() - started
         assert took < 2.0, f"the app's TCP close took {took:.1f}s to reach the visitor"
+
+
+def test_nginx_keep_alive_connections_to_the_relay_carry_any_tunnel(make_stack, tmp_path):
+    """nginx sends every tunnel's requests over its pool of keep-alive connections to the relay:
+    each still reaches only its own tunnel, and the relay moves a connection between tunnels
+    without closing the apps' keep-alive connections."""
+    with HttpUpstream() as one, HttpUpstream() as two, \
+            behind_nginx(make_stack, tmp_path, one.port, {"insecure": two.port}) as (st, port):
+        app_port = {"verified": one.port, "insecure": two.port}
+        raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+        with visitor_tls().wrap_socket(raw, server_hostname="localhost") as sock, sock.makefile("rb") as f:
+            seen = set()
+            for i in range(20):
+                sub = ("verified", "insecure")[i % 2]
+                sock.sendall(f"GET /{i} HTTP/1.1\r\nHost: {sub}.localhost:{port}\r\n\r\n".encode())
+                status, headers, _ = read_response(f)
+                assert status == 200 and int(headers["x-upstream-port"]) == app_port[sub]
+                seen.add((sub, headers["x-upstream-conn"]))
+        assert len(seen) == 2, seen  # one local keep-alive connection per tunnel, all along

@@ -1,8 +1,14 @@
 # {{header}}
 # Every <subdomain>.{{domain}}: public traffic for the tunnels, carried by the relay.
+# Connections to the relay are kept alive and carry any tunnel's requests: the relay
+# (relay_trust_proxy = true) follows each response and moves between tunnels.
+upstream intunnel_relay {
+    server {{relay_upstream}};
+    keepalive 32;
+}
 map $http_upgrade $intunnel_tunnel_connection {
     default upgrade;
-    ''      close;
+    ''      '';
 }
 
 % if tls:
@@ -17,7 +23,7 @@ server {
 
     location / {
         client_max_body_size {{tunnel_max_body}};
-        proxy_pass http://{{relay_upstream}};
+        proxy_pass http://intunnel_relay;
 % include('_forwarded.conf.tpl')
 % include('_stream_proxy.conf.tpl', connection_map='intunnel_tunnel_connection')
     }
