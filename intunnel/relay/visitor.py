@@ -35,6 +35,9 @@ from . import pages
 log = logging.getLogger("intunnel.relay")
 
 FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+# Requests that may be sent again when a reused connection turns out dead before answering
+# (what nginx's proxy_next_upstream retries by default).
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 # A response read in a piece this big (or with this much body still to come) is bulk: the
 # kernel moves the rest (netio.pump_through_kernel), not the event loop.
 BULK = 128 * 1024
@@ -66,6 +69,8 @@ class Visitor:
         # A proxy's connection moves between tunnels: follow every response (see above).
         self.follow_all = self.reuse and self.settings.relay_trust_proxy
         self.track_next = False    # decide at the next request whether to follow self.data's responses
+        self.reused = False        # self.data came from the parking and has not answered yet
+        self.retry: RequestHead | None = None  # its first request, if it may be sent again
         conn.on_close = self.on_visitor_closed
         conn.on_eof = self.on_visitor_eof
         # The first request is routed by serve_first(), in the caller's task (one task less).
@@ -99,6 +104,7 @@ class Visitor:
         """``data`` is already spliced to the local app at the agent: no Bind, no dial."""
         self.data, self.host = data, head.host
         self.ends, self.track_next = None, True
+        self.reused, self.retry = True, None
         self._wire(data, b"")
 
     # --- visitor -> agent ---
@@ -154,6 +160,11 @@ class Visitor:
 
     def send_head(self, head: RequestHead) -> None:
         self.last_head = head
+        if self.reused:  # the first request on a parked connection: the app may have closed it
+            self.reused = False
+            self.retry = head if head.body == "none" and head.method in IDEMPOTENT else None
+        else:
+            self.retry = None
         s = self.session
         peer = self.conn.peername
         if self.settings.relay_trust_proxy:
@@ -253,6 +264,7 @@ class Visitor:
         data.write(p.encode(p.Bind(self.conn.peername)))
         self.data, self.host = data, head.host
         self.ends, self.track_next = None, self.reuse
+        self.reused = False
         # Send the head (and whatever body is here) now; the agent answers while it flows.
         self.pending.popleft()
         self.send_head(head)
@@ -305,6 +317,7 @@ class Visitor:
     # --- agent -> visitor ---
     def on_response(self, data: bytes) -> None:
         self.awaiting = False
+        self.retry = None
         self.conn.write(data)
         ends = self.ends
         if ends is None:
@@ -329,6 +342,7 @@ class Visitor:
 
         def moved():
             self.awaiting = False
+            self.retry = None
 
         def body_through():
             if self.data is data and not self.done:
@@ -390,6 +404,9 @@ class Visitor:
             self.session.active.discard(self.data)
         if self.busy:  # we are switching hosts; route() handles it
             return
+        if self.retry is not None:
+            self._send_again()
+            return
         if self._between_exchanges():
             self.data = None  # the proxy's connection stays: its next request is routed anew
             self._release()
@@ -398,12 +415,29 @@ class Visitor:
 
     def on_data_eof(self) -> None:
         """The local app half-closed (e.g. a WebSocket server after the close handshake): pass it on."""
-        if self._between_exchanges():
+        if self.retry is not None and not self.busy:
+            self._send_again()
+        elif self._between_exchanges():
             # The app closed an idle keep-alive connection.  Closing the proxy's connection too
             # would race the request it may be sending on it right now (nginx then answers 502).
             self.data.close()
         elif not self.busy:
             self.conn.write_eof()
+
+    def _send_again(self) -> None:
+        """The app closed the parked connection just as it got our request (its keep-alive
+        timeout raced the reuse): send that request again on a fresh data connection."""
+        head, self.retry = self.retry, None
+        data, self.data = self.data, None
+        self._unwire(data)
+        data.on_close = data.on_eof = None  # its close comes later: it must not touch the new one
+        self.session.active.discard(data)
+        data.close()
+        self._release()
+        self.pending.appendleft(head)
+        self.busy = True
+        self.conn.pause()
+        self.relay.spawn(self.route(head))
 
     def _between_exchanges(self) -> bool:
         return (self.follow_all and self.ends is not None and self.ends.complete and not self.busy

@@ -4,6 +4,7 @@ connection to the local app) serves the tunnel's next visitor; only when that is
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import pytest
@@ -221,3 +222,58 @@ def test_behind_a_proxy_the_app_closing_its_connection_leaves_the_proxys_open(se
         sock.sendall(f"GET /after HTTP/1.1\r\nHost: {t.host}\r\n\r\n".encode())
         status, headers, _ = read_response(f)
         assert status == 200 and int(headers["x-upstream-conn"]) != first
+
+
+class OneAnswerPerConnection:
+    """A local app that answers the first request on each connection (keep-alive, as far as
+    anyone can tell) and closes the connection when the next request arrives: an app whose
+    keep-alive timeout races the relay's reuse, made deterministic."""
+
+    def __init__(self):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections = 0
+        self.closed_unanswered = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn, self.connections), daemon=True).start()
+
+    def _serve(self, conn, number):
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536) or b"\r\n\r\n"
+            body = f"connection {number}".encode()
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+            if conn.recv(65536):  # the next request: dropped with the connection
+                self.closed_unanswered += 1
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_request_on_a_parked_connection_the_app_closes_unanswered_is_sent_again(settings, db):
+    app = OneAnswerPerConnection()
+    try:
+        with tunnel_setup(settings.replace(relay_upstream_keepalive=5.0), upstream=app) as t:
+            assert one_request(t.relay.port, t.host)[2] == b"connection 1"
+            wait_for(lambda: parked(t) == 1, 5, message="data connection parked")
+            # Reused, dropped by the app unanswered, sent again on a fresh data connection.
+            assert one_request(t.relay.port, t.host)[2] == b"connection 2"
+            assert app.closed_unanswered == 1
+            # A request with a body is not sent twice: that visitor's connection just closes.
+            wait_for(lambda: parked(t) == 1, 5, message="data connection parked")
+            with pytest.raises((ConnectionError, IndexError, ValueError)):
+                one_request(t.relay.port, t.host, method="POST",
+                            extra="Connection: close\r\nContent-Length: 2\r\n\r\nhi")
+            assert app.connections == 2
+    finally:
+        app.close()
