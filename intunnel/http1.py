@@ -39,7 +39,7 @@ class HttpError(Exception):
 class RequestHead:
     """A parsed request head: request line, headers in order, body framing."""
 
-    __slots__ = ("method", "target", "version", "headers", "index", "body", "length", "size")
+    __slots__ = ("method", "target", "version", "headers", "index", "body", "length", "size", "_host")
 
     def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]]):
         self.method, self.target, self.version, self.headers = method, target, version, headers
@@ -50,6 +50,7 @@ class RequestHead:
         self.body = "none"      # "none", "length", "chunked" or "upgrade"
         self.length = 0
         self.size = 0           # bytes the head took on the wire
+        self._host: str | None = None
 
     def get(self, name: str) -> str | None:
         values = self.index.get(name.lower())
@@ -58,10 +59,13 @@ class RequestHead:
     @property
     def host(self) -> str:
         """The Host header's name part, lowercased, without port or trailing dot."""
-        value = (self.get("host") or "").strip().lower()
-        if value.startswith("["):
-            return value[: value.find("]") + 1]
-        return value.rsplit(":", 1)[0].rstrip(".") if ":" in value else value.rstrip(".")
+        if self._host is None:  # routing asks several times per request
+            value = (self.get("host") or "").strip().lower()
+            if value.startswith("["):
+                self._host = value[: value.find("]") + 1]
+            else:
+                self._host = value.rsplit(":", 1)[0].rstrip(".") if ":" in value else value.rstrip(".")
+        return self._host
 
     def wire(self, remove: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None,
              replace: dict[str, str] | None = None) -> bytes:
