@@ -274,7 +274,7 @@ def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_err
     transport still holds bytes to send (they must go first).  After ``limit`` bytes
     the pump hands src back to its transport, then calls ``on_limit``.
     """
-    if not (PUMPS and zerocopy.AVAILABLE) or src.closed or dst.closed or src.pump is not None \
+    if not zerocopy.AVAILABLE or src.closed or dst.closed or src.pump is not None \
             or dst.transport.get_write_buffer_size():
         return False
     src_fd, dst_fd = zerocopy.socket_fd(src.transport), zerocopy.socket_fd(dst.transport)
@@ -295,9 +295,6 @@ def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_err
     src.pumps.append(pump)
     dst.pumps.append(pump)
     return True
-
-
-PUMPS = True  # tests turn kernel forwarding off to compare both paths
 
 
 def _forwarder(src: Conn, dst: Conn) -> Callable[[bytes], None]:

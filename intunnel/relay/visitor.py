@@ -404,7 +404,7 @@ class Visitor:
             self.session.active.discard(self.data)
         if self.busy:  # we are switching hosts; route() handles it
             return
-        if self.retry is not None:
+        if self.retry is not None and not self.done:
             self._send_again()
             return
         if self._between_exchanges():
@@ -415,7 +415,7 @@ class Visitor:
 
     def on_data_eof(self) -> None:
         """The local app half-closed (e.g. a WebSocket server after the close handshake): pass it on."""
-        if self.retry is not None and not self.busy:
+        if self.retry is not None and not self.busy and not self.done:
             self._send_again()
         elif self._between_exchanges():
             # The app closed an idle keep-alive connection.  Closing the proxy's connection too

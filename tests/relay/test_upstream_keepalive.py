@@ -3,7 +3,9 @@ connection to the local app) serves the tunnel's next visitor; only when that is
 
 from __future__ import annotations
 
+import logging
 import socket
+import struct
 import threading
 import time
 
@@ -277,3 +279,21 @@ def test_a_request_on_a_parked_connection_the_app_closes_unanswered_is_sent_agai
             assert app.connections == 2
     finally:
         app.close()
+
+
+def test_a_visitor_leaving_while_its_reused_connection_is_busy_is_not_sent_again(settings, db, caplog):
+    """The retry is for the app dropping a request, not for the visitor going away: nothing
+    fails in the relay and the tunnel's count of visitor connections comes back to zero."""
+    caplog.set_level(logging.ERROR)
+    with tunnel_setup(settings.replace(relay_upstream_keepalive=5.0)) as t:
+        local_conn(t)
+        wait_for(lambda: parked(t) == 1, 5, message="data connection parked")
+        with socket.create_connection(("127.0.0.1", t.relay.port), timeout=5) as s:
+            s.sendall(f"GET /slow?delay=0.5 HTTP/1.1\r\nHost: {t.host}\r\nConnection: close\r\n\r\n".encode())
+            wait_for(lambda: any(v.data is not None and v.awaiting for v in list(t.relay.relay.visitors)), 5,
+                     message="the request on its way to the app")
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # leave with a reset
+        local_conn(t)  # another visitor afterwards is served
+        session = t.relay.relay.sessions["myapp"]
+        wait_for(lambda: session.visitors == 0, 5, message="no visitor left counted")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
