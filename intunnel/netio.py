@@ -261,18 +261,24 @@ def _forward(src: Conn, dst: Conn) -> None:
     def failed():
         src.abort()
         dst.abort()
-    if src.taps is not None or src.eof or not pump_through_kernel(src, dst, src.eof_received, failed):
+
+    def through_the_loop():
         src.forward_to(_forwarder(src, dst))
+    if src.taps is not None or src.eof or \
+            not pump_through_kernel(src, dst, src.eof_received, failed, on_refused=through_the_loop):
+        through_the_loop()
 
 
 def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_error: Callable[[], None],
                         limit: int | None = None, on_moved: Callable[[], None] | None = None,
-                        on_limit: Callable[[], None] | None = None) -> bool:
+                        on_limit: Callable[[], None] | None = None,
+                        on_refused: Callable[[], None] | None = None) -> bool:
     """Let ``zerocopy`` move what src receives (``limit`` bytes, or until EOF) to dst.
 
     False, with nothing changed, when either side isn't a plain TCP socket or dst's
     transport still holds bytes to send (they must go first).  After ``limit`` bytes
-    the pump hands src back to its transport, then calls ``on_limit``.
+    the pump hands src back to its transport, then calls ``on_limit``; if the kernel
+    refuses splice(2) it does the same before any byte moved, then calls ``on_refused``.
     """
     if not zerocopy.AVAILABLE or src.closed or dst.closed or src.pump is not None \
             or dst.transport.get_write_buffer_size():
@@ -281,16 +287,19 @@ def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_err
     if src_fd is None or dst_fd is None:
         return False
 
-    def handed_back():
-        src.pumps.remove(pump)
-        dst.pumps.remove(pump)
-        src.pump = None
-        if not src.closed:
-            src.transport.resume_reading()
-        on_limit()
+    def hand_back(then: Callable[[], None] | None):
+        def handed_back():
+            src.pumps.remove(pump)
+            dst.pumps.remove(pump)
+            src.pump = None
+            if not src.closed:
+                src.transport.resume_reading()
+            if then is not None:
+                then()
+        return handed_back
     src.transport.pause_reading()
-    pump = zerocopy.Pump(src_fd, dst_fd, on_eof, on_error, limit, handed_back if limit is not None else None,
-                         on_moved)
+    pump = zerocopy.Pump(src_fd, dst_fd, on_eof, on_error, limit, hand_back(on_limit), on_moved,
+                         hand_back(on_refused))
     src.pump = pump
     src.pumps.append(pump)
     dst.pumps.append(pump)

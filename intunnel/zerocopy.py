@@ -15,6 +15,7 @@ the source while the pipe still holds bytes the destination won't take.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import sys
@@ -26,6 +27,9 @@ from typing import Callable
 CHUNK = 1 << 20
 AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
+# splice(2) refused outright (a seccomp filter, a socket type or kernel without it): the
+# event loop moves the bytes instead, for this connection and all later ones.
+_REFUSED = (errno.EPERM, errno.EACCES, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)
 
 
 def socket_fd(transport: asyncio.Transport) -> int | None:
@@ -46,16 +50,19 @@ class Pump:
 
     ``on_eof()`` runs once the source's EOF has been passed on (all bytes
     delivered), ``on_error()`` when either socket fails, ``on_limit()`` when
-    ``limit`` bytes are delivered (the pump has then stopped: the caller takes
-    the sockets back).  ``on_moved()``, if given, runs whenever bytes came in.
+    ``limit`` bytes are delivered and ``on_refused()`` when the kernel refuses
+    the very first splice (the pump has then stopped, nothing moved: the caller
+    takes the sockets back).  ``on_moved()``, if given, runs whenever bytes came in.
     ``stop()`` releases the duplicated descriptors and the pipe (idempotent).
     """
 
     def __init__(self, src_fd: int, dst_fd: int, on_eof: Callable[[], None], on_error: Callable[[], None],
                  limit: int | None = None, on_limit: Callable[[], None] | None = None,
-                 on_moved: Callable[[], None] | None = None):
+                 on_moved: Callable[[], None] | None = None, on_refused: Callable[[], None] | None = None):
         self.loop = asyncio.get_running_loop()
         self.on_eof, self.on_error, self.on_limit, self.on_moved = on_eof, on_error, on_limit, on_moved
+        self.on_refused = on_refused
+        self.moved_any = False
         self.left = limit      # bytes still to read from src (None: no limit)
         self.src = os.dup(src_fd)
         self.dst = os.dup(dst_fd)
@@ -72,9 +79,16 @@ class Pump:
             n = os.splice(self.src, self.pipe_w, want, flags=_FLAGS)
         except BlockingIOError:
             return
-        except OSError:
-            self._fail()
+        except OSError as e:
+            if not self.moved_any and e.errno in _REFUSED and self.on_refused is not None:
+                global AVAILABLE
+                AVAILABLE = False
+                self.stop()
+                self.on_refused()
+            else:
+                self._fail()
             return
+        self.moved_any = True
         if n == 0:
             self.source_done = True
             self.loop.remove_reader(self.src)

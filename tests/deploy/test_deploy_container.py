@@ -191,13 +191,20 @@ def test_units_are_active_and_hardened(site):
     assert config == ["640", "root", "intunnel"]
 
 
+# Big enough for the deployed relay to hand it to splice(2) (in @system-service), under its unit's
+# system call filter.
+BIG_PAGE = "0123456789abcdef" * (1 << 18)  # 4 MiB
+
+
 class Upstream:
-    """The "local app" on this machine: a page at / and a WebSocket echo at /ws, one port."""
+    """The "local app" on this machine: a page at / and /big, a WebSocket echo at /ws, one port."""
 
     def __init__(self):
         from websockets.sync.server import serve
 
         def process_request(connection, request):
+            if request.path == "/big":
+                return connection.respond(HTTPStatus.OK, BIG_PAGE)
             if request.headers.get("Upgrade", "").lower() != "websocket":
                 return connection.respond(HTTPStatus.OK, f"hello from the laptop, path {request.path}\n")
             return None
@@ -255,6 +262,8 @@ def test_tunnel_through_the_deployed_host(site):
             status, _, body = site.request("GET", "/hello?x=1", host=host)
             return status == 200 and body == b"hello from the laptop, path /hello?x=1\n"
         wait_until(page_served, 30, "the page through the tunnel (client log: " + client_log.name + ")")
+        status, _, body = site.request("GET", "/big", host=host)
+        assert status == 200 and body == BIG_PAGE.encode()
 
         sock = socket.create_connection(("127.0.0.1", site.https_port), timeout=10)
         with connect(f"wss://{host}:{site.https_port}/ws", sock=sock, ssl=site.tls_context(),

@@ -4,6 +4,7 @@ errors close both sides, no descriptor left behind; and the relay and client rea
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import os
 import socket
@@ -210,3 +211,23 @@ def test_connection_close_download_is_pumped_by_its_length_and_the_data_connecti
         session = t.relay.relay.sessions["myapp"]
         wait_for(lambda: len(session.parked) == 1, message="the data connection parked again")
 
+
+
+def test_when_the_kernel_refuses_splice_the_event_loop_moves_the_bytes(settings, db, monkeypatch):
+    """A system call filter (or a kernel) without splice(2): the tunnel still serves, byte exact,
+    and later connections don't try again."""
+    monkeypatch.setattr(zerocopy, "AVAILABLE", True)  # put back after the test
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+    monkeypatch.setattr(zerocopy.os, "splice", refused)
+    pumps = spy_pumps(monkeypatch)
+    with tunnel_setup(settings) as t:
+        size = 4 * 1024 * 1024 + 1
+        for _ in range(2):
+            status, _, body = t.get(f"/download?size={size}", timeout=30)
+            assert status == 200 and hashlib.sha256(body).hexdigest() == pattern_sha256(size)
+        status, _, data = t.get("/upload", method="POST", body=body, timeout=30)
+        assert status == 200 and pattern_sha256(size) in data.decode()
+    assert pumps and all(p.stopped and not p.moved_any for p in pumps)
+    assert zerocopy.AVAILABLE is False
