@@ -204,6 +204,19 @@ class RequestStream:
     def between_requests(self) -> bool:
         return self._mode == "head" and not self._buf
 
+    @property
+    def body_left(self) -> int:
+        """Bytes of the current request's Content-Length body still to come (0 otherwise)."""
+        return self._remaining if self._mode == "length" else 0
+
+    def skip_body(self, n: int) -> None:
+        """``n`` bytes of the current body went by unseen (moved by the kernel)."""
+        if self._mode != "length" or n > self._remaining:
+            raise ValueError("skip_body past the request body")
+        self._remaining -= n
+        if not self._remaining:
+            self._mode = "head"
+
     def feed(self, data: bytes) -> list:
         events: list = []
         pos, n = 0, len(data)

@@ -145,6 +145,23 @@ class Visitor:
                 self.pending.popleft()
                 self.last_activity = self.loop.time()
                 self.data.write(event)
+        if not self.pending and self.stream.body_left >= BULK:
+            self._pump_request_body()
+
+    def _pump_request_body(self) -> None:
+        """The rest of a big Content-Length request body goes to the app through the kernel."""
+        data, left = self.data, self.stream.body_left
+        if self.busy or self.done or data is None or self.conn.pump is not None:
+            return
+
+        def moved():
+            self.last_activity = self.loop.time()  # the upstream timeout runs from the last byte sent
+
+        def failed():
+            data.abort()
+            self.conn.abort()
+        pump_through_kernel(self.conn, data, self.conn.eof_received, failed, left, moved,
+                            lambda: self.stream.skip_body(left))
 
     def _switch_when_idle(self, head: RequestHead) -> bool:
         """Another Host while every response is through: park the data connection for its

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import json
 import os
 import socket
 import struct
@@ -13,7 +14,7 @@ import struct
 import pytest
 
 from intunnel import netio, zerocopy
-from tests.support.tunnel import pattern_sha256, read_response, tunnel_setup, wait_for
+from tests.support.tunnel import pattern, pattern_sha256, read_response, tunnel_setup, wait_for
 
 pytestmark = pytest.mark.skipif(not zerocopy.AVAILABLE, reason="splice(2) is Linux only")
 
@@ -231,3 +232,20 @@ def test_when_the_kernel_refuses_splice_the_event_loop_moves_the_bytes(settings,
         assert status == 200 and pattern_sha256(size) in data.decode()
     assert pumps and all(p.stopped and not p.moved_any for p in pumps)
     assert zerocopy.AVAILABLE is False
+
+
+def test_a_big_request_body_goes_through_the_kernel_and_the_next_request_follows(settings, db, monkeypatch):
+    pumps = spy_pumps(monkeypatch)
+    with tunnel_setup(settings) as t, socket.create_connection(("127.0.0.1", t.relay.port), timeout=30) as sock, \
+            sock.makefile("rb") as f:
+        size = 8 * 1024 * 1024 + 3
+        body = b"".join(pattern(size))
+        # The body and, right behind it in the same writes, the next request (pipelined).
+        sock.sendall(f"POST /upload HTTP/1.1\r\nHost: {t.host}\r\nContent-Length: {size}\r\n\r\n".encode()
+                     + body + f"GET /after HTTP/1.1\r\nHost: {t.host}\r\n\r\n".encode())
+        status, _, answer = read_response(f)
+        assert status == 200 and json.loads(answer)["body_sha256"] == pattern_sha256(size)
+        status, _, answer = read_response(f)
+        assert status == 200 and json.loads(answer)["path"] == "/after"
+    limited = [p for p in pumps if p.left is not None]
+    assert len(limited) == 1 and limited[0].left == 0  # the relay moved the body, to the byte
