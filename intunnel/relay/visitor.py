@@ -132,12 +132,10 @@ class Visitor:
         while self.pending and not self.busy and not self.done:
             event = self.pending[0]
             if isinstance(event, RequestHead):
-                if self.data is not None and event.host != self.host and self._switch_when_idle(event):
-                    continue
                 if self.data is None or self.data.closed or event.host != self.host:
-                    self.busy = True
-                    self.conn.pause()
-                    self.relay.spawn(self.route(event))
+                    if self.data is not None and self._switch_when_idle(event):
+                        continue
+                    self._route_later(event)
                     return
                 self.pending.popleft()
                 self.send_head(event)
@@ -162,6 +160,12 @@ class Visitor:
             self.conn.abort()
         pump_through_kernel(self.conn, data, self.conn.eof_received, failed, left, moved,
                             lambda: self.stream.skip_body(left))
+
+    def _route_later(self, head: RequestHead) -> None:
+        """Hold the visitor's bytes while ``route`` finds ``head`` a data connection."""
+        self.busy = True
+        self.conn.pause()
+        self.relay.spawn(self.route(head))
 
     def _switch_when_idle(self, head: RequestHead) -> bool:
         """Another Host while every response is through: park the data connection for its
@@ -452,9 +456,7 @@ class Visitor:
         data.close()
         self._release()
         self.pending.appendleft(head)
-        self.busy = True
-        self.conn.pause()
-        self.relay.spawn(self.route(head))
+        self._route_later(head)
 
     def _between_exchanges(self) -> bool:
         return (self.follow_all and self.ends is not None and self.ends.complete and not self.busy
