@@ -231,9 +231,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
             st.start_relay()
             client = st.start_client(app.port, token)
             host = st.public_host("bench")
-            procs.wait_until(lambda: client.poll() is not None or serving(relay_port, host), 20, "the tunnel to serve")
-            if client.poll() is not None:
-                raise RuntimeError("client exited: " + st.logs())
+            st.wait_serving(relay_port, host, "/1k", watch=client)
             figures = idle_rss(st, client)
             figures.update(measure_http("intunnel", relay_port, host, opts,
                                         sides={"relay": st.relay.pid, "client": client.pid,
@@ -254,10 +252,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
             client = st.start_client(app.port, token, server=f"https://localhost:{front.tls_port}",
                                      extra=["--insecure"])
             host = f"benchtls.localhost:{front.tls_port}"
-            procs.wait_until(lambda: client.poll() is not None or serving(front.tls_port, host, tls=True),
-                             20, "the tunnel to serve through nginx")
-            if client.poll() is not None:
-                raise RuntimeError("client exited: " + st.logs())
+            st.wait_serving(front.tls_port, host, "/1k", tls=True, watch=client)
             results["intunnel-nginx"] = measure_http("intunnel-nginx", front.tls_port, host, opts, tls=True,
                                                      sides={"relay": st.relay.pid, "client": client.pid,
                                                             "front": front.proc.pid, "app": app.proc.pid}, app=app)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.procs import wait_until
 from conftest import require_tool
 from container_support import Container, prepare_root
 from nginx_support import free_port
@@ -221,14 +222,6 @@ class Upstream:
     def close(self):
         self.server.shutdown()
         self.thread.join(10)
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def web_is_up(site) -> bool:

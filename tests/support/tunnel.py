@@ -34,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from bench import procs
 from intunnel import accounts, tunnels
 from intunnel.client.agent import Agent
 from intunnel.relay.server import Relay
@@ -43,15 +44,11 @@ PATTERN_BLOCK = bytes(range(256)) * 256  # 64 KiB
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.01, message: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout``."""
+    try:
+        return procs.wait_until(predicate, timeout, message, interval)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 def pattern(size: int):
