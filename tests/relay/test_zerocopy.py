@@ -136,7 +136,8 @@ def test_a_reset_on_one_side_closes_both(run):
     run(main())
 
 
-def test_watched_bytes_and_tls_stay_in_the_event_loop(run):
+def test_watched_bytes_stay_in_the_event_loop(run):
+    """(TLS sockets stay there too: the nginx+TLS tunnel tests would see ciphertext otherwise.)"""
     async def main():
         a, peer_a = await conn_pair()
         b, peer_b = await conn_pair()
