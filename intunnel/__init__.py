@@ -6,7 +6,7 @@ Rooms of the house (one package each):
   security / validation  hashing, tokens, input rules (pure)
   tunnels                business rules for tunnels (shared by API and pages)
   web/                   Bottle app: REST API, login, dashboard
-  protocol               agent <-> relay wire protocol (pure, no sockets)
+  wire/                  bytes on sockets: agent protocol, HTTP/1.1 framing (pure), asyncio glue, splice
   relay/                 asyncio relay: public endpoint and agent endpoint
   client/                the `intunnel http` agent
   admin/                 `intunnel-admin`: users, backups, doctor, nginx render

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import secrets
 
-from . import netio
+from .wire import netio
 from .cli import add_config_argument
 from .models import User, open_database
 from .relay.serve import serve as serve_relay, setup_logging

@@ -66,7 +66,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
     # --- relay ---
     Setting("relay_listen", str, "127.0.0.1:8080", "HOST:PORT the relay listens on (public and agent endpoint)."),
-    Setting("relay_trust_proxy", bool, False, "Behind nginx: trust its X-Forwarded-For/-Proto, and follow every response so its keep-alive connections can carry any tunnel."),
+    Setting("relay_trust_proxy", bool, False, "Behind nginx: trust its X-Forwarded-For/-Proto (from loopback) for visitor addresses."),
     Setting("relay_max_header_size", int, 64 * 1024, "Largest request head (request line + headers) in bytes."),
     Setting("relay_handshake_timeout", float, 10.0, "Seconds a visitor or agent has to send a complete head."),
     Setting("relay_heartbeat_interval", float, 10.0, "Seconds between application pings on the agent channel."),
@@ -76,6 +76,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_max_agents", int, 10000, "Concurrently connected agents."),
     Setting("relay_revocation_poll", float, 0.25, "Seconds between checks for revoked or deleted tunnels."),
     Setting("relay_upstream_keepalive", float, 1.0, "Seconds a finished visitor's connection to the local app is kept for the next visitor (0: never reuse)."),
+    Setting("relay_keepalive_timeout", float, 75.0, "Seconds an idle keep-alive visitor connection (between requests) is kept open; a full tunnel closes its idlest one first."),
+    Setting("relay_body_timeout", float, 30.0, "Request bodies: the window, in seconds, over which a visitor must send at least relay_body_min_rate bytes per second (nginx's client_body_timeout, with a rate)."),
+    Setting("relay_body_min_rate", int, 64, "Slowest accepted request body upload, in bytes per second over each relay_body_timeout window; 0: only a window with no byte at all times out."),
+    Setting("relay_control_write_limit", int, 1024 * 1024, "Bytes the relay may hold unsent for one agent's control channel (an agent that stops reading is dropped past this)."),
     # --- backups ---
     Setting("backup_dir", str, "", "Where backups go (default: <data_dir>/backups)."),
     Setting("backup_keep_daily", int, 7, "Daily backups to keep."),

@@ -19,9 +19,9 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from .. import __version__
-from .. import protocol as p
-from ..http1 import HttpError, RequestStream, ResponseTracker
-from ..netio import Conn, ConnClosed, splice
+from ..wire import protocol as p
+from ..wire.http1 import HttpError, RequestStream, ResponseTracker
+from ..wire.netio import Conn, ConnClosed, splice
 
 
 class TokenRefused(Exception):

@@ -6,7 +6,7 @@ import asyncio
 import signal
 import sys
 
-from .. import netio
+from ..wire import netio
 from . import config
 from .agent import Agent, parse_server
 

@@ -9,8 +9,8 @@ import time
 from collections import deque
 from datetime import datetime, timezone
 
-from .. import protocol as p
-from ..netio import Conn
+from ..wire import protocol as p
+from ..wire.netio import Conn
 from .store import LiveSession, TunnelInfo
 
 log = logging.getLogger("intunnel.relay")

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import signal
 
-from .. import netio
+from ..wire import netio
 from ..cli import add_config_argument
 from ..settings import load_settings, prepare_data_dir
 from .server import Relay

@@ -11,9 +11,9 @@ import asyncio
 import logging
 import time
 
-from .. import protocol as p
-from ..http1 import HttpError, parse_request_head
-from ..netio import Conn, ConnClosed
+from ..wire import protocol as p
+from ..wire.http1 import HttpError, parse_request_head
+from ..wire.netio import Conn, ConnClosed
 from ..logsafe import redact
 from . import pages
 from .agents import AgentSession

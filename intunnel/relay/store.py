@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
-from .. import protocol as p
+from ..wire import protocol as p
 from ..models import Tunnel, User, open_database
 from ..timeutil import utcnow
 

@@ -27,9 +27,9 @@ import asyncio
 import logging
 from collections import deque
 
-from .. import protocol as p
-from ..http1 import HttpError, RequestHead, RequestStream, ResponseEnds
-from ..netio import Conn, ConnClosed, pump_through_kernel
+from ..wire import protocol as p
+from ..wire.http1 import HttpError, RequestHead, RequestStream, ResponseEnds
+from ..wire.netio import Conn, ConnClosed, pump_through_kernel
 from . import pages
 
 log = logging.getLogger("intunnel.relay")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from intunnel import protocol as p
+from intunnel.wire import protocol as p
 from intunnel import accounts, tunnels
 from intunnel.models import Tunnel, User
 from intunnel.timeutil import utcnow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from intunnel.http1 import HttpError, RequestStream, ResponseEnds, ResponseTracker, parse_request_head
+from intunnel.wire.http1 import HttpError, RequestStream, ResponseEnds, ResponseTracker, parse_request_head
 
 
 def feed_bytewise(stream, data):

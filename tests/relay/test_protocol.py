@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from intunnel import protocol as p
+from intunnel.wire import protocol as p
 
 
 def test_hello_encodes_to_exact_bytes():

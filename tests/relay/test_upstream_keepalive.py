@@ -124,7 +124,7 @@ def test_keep_alive_visitors_are_not_followed(settings, db):
 def test_response_arriving_with_the_agents_ready_frame_still_parks(settings, db):
     """A hand-made agent sends DataReady and the whole response in one write (what a loaded
     relay sees when it reads late): the data connection must still be parked."""
-    from intunnel import protocol as p
+    from intunnel.wire import protocol as p
     from tests.support.tunnel import RelayThread
 
     def upgrade(path: str, header: str) -> tuple[socket.socket, bytes]:

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from intunnel import netio, zerocopy
+from intunnel.wire import netio, zerocopy
 from tests.support.tunnel import pattern, pattern_sha256, read_response, tunnel_setup, wait_for
 
 pytestmark = pytest.mark.skipif(not zerocopy.AVAILABLE, reason="splice(2) is Linux only")

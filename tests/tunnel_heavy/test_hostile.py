@@ -19,7 +19,7 @@ import pytest
 
 from bench import procs
 from bench.stack import http_request
-from intunnel import protocol as p
+from intunnel.wire import protocol as p
 
 pytestmark = pytest.mark.slow
 
