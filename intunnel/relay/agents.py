@@ -33,7 +33,8 @@ class AgentSession:
         # the local app at the agent: (conn, parked at), newest last (upstream keep-alive).
         self.parked: deque[tuple[Conn, float]] = deque()
         self.waiters: deque[asyncio.Future] = deque()
-        self.visitors = 0
+        self.visitors = 0                # slots held: one per attached Upstream (relay/upstream.py)
+        self.holders: set = set()        # the Links holding them (a full tunnel evicts the idlest)
         self.closed = False
         self.last_ping = time.monotonic()
 

@@ -18,7 +18,7 @@ from ..logsafe import redact
 from . import pages
 from .agents import AgentSession
 from .store import Store
-from .visitor import Visitor
+from .link import Link
 
 log = logging.getLogger("intunnel.relay")
 
@@ -32,7 +32,7 @@ class Tunables:
 
     __slots__ = ("relay_max_header_size", "relay_handshake_timeout", "relay_upstream_timeout",
                  "relay_upstream_keepalive", "relay_max_visitors_per_tunnel", "relay_trust_proxy",
-                 "public_scheme")
+                 "public_scheme", "relay_keepalive_timeout", "relay_body_timeout", "relay_body_min_rate")
 
     def __init__(self, settings):
         for name in self.__slots__:
@@ -47,7 +47,7 @@ class Relay:
         self.store = store or Store(settings.db_path)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
-        self.visitors: set[Visitor] = set()
+        self.visitors: set[Link] = set()
         self.conns: set[Conn] = set()
         self.server: asyncio.AbstractServer | None = None
         self.address: tuple[str, int] | None = None
@@ -57,7 +57,7 @@ class Relay:
     # --- lifecycle ---
     async def start(self, sock=None) -> tuple[str, int]:
         await self.store.open()
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         if sock is not None:
             self.server = await loop.create_server(self._make_conn, sock=sock, backlog=1024)
         else:
@@ -159,10 +159,9 @@ class Relay:
         if host == self.domain:
             self.spawn(self._relay_endpoint(conn, head))
         elif self.subdomain_of(host) is not None:
-            visitor = Visitor(self, conn, head)
-            self.visitors.add(visitor)
-            if not visitor.route_now(head):
-                self.spawn(visitor.serve_first())
+            rest = bytes(conn.buffer)
+            conn.buffer.clear()
+            Link(self, conn, head, rest)
         else:
             self._reply(conn, pages.unknown_tunnel(host, head.get("accept"), head.method == "HEAD"))
 

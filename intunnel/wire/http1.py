@@ -24,6 +24,8 @@ MAX_TRAILER = 16 * 1024        # all trailer lines together
 _REQUEST_LINE = re.compile(r"([A-Z][A-Z0-9_-]{0,31}) ([^\x00-\x20\x7f]+) (HTTP/1\.[01])\Z")
 # The whole header block at once, in C: "name: value" lines, token names, no NUL/CR/LF in values.
 _HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*\Z")
+# RFC 9112 §7.1: chunk-size [ BWS ";" chunk-ext ] -- an extension needs its ";" ("5 x" is not one).
+_CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\x21-\x7e \t]*)?\Z")
 _HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
 
 
@@ -164,17 +166,21 @@ class ChunkedScanner:
                 raise HttpError(400, "chunk line too long")
             if end < 0:
                 break
-            line = bytes(self._line).rstrip(b"\r\n")
+            if len(self._line) < 2 or self._line[-2] != 13:
+                raise HttpError(400, "chunked body line not ended by CRLF")
+            line = bytes(self._line[:-2])
             self._line.clear()
+            if b"\r" in line:
+                raise HttpError(400, "bare CR in a chunked body line")
             if self._state == "data_crlf":
                 if line:
                     raise HttpError(400, "missing CRLF after chunk data")
                 self._state = "size"
             elif self._state == "size":
-                size = line.split(b";", 1)[0].strip()
-                if not size or len(size) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in size):
-                    raise HttpError(400, "invalid chunk size")
-                self._remaining = int(size, 16)
+                m = _CHUNK_LINE.match(line)
+                if m is None:
+                    raise HttpError(400, "invalid chunk size line")
+                self._remaining = int(m.group(1), 16)
                 self._state = "data" if self._remaining else "trailer"
             else:  # trailer: header lines until an empty one
                 if not line:
@@ -393,166 +399,248 @@ class ResponseTracker:
             self._mode = "close"
 
 
-def _value(low: bytes, marker: bytes) -> bytes | None:
-    """The value of header ``marker`` (b"\\r\\nname:") in a lowercased head; HttpError when repeated
-    (a response whose framing headers repeat is simply not reused)."""
-    i = low.find(marker)
-    if i < 0:
-        return None
-    start = i + len(marker)
-    stop = low.find(b"\r\n", start)
-    if stop < 0:
-        stop = len(low)
-    if low.find(marker, stop) >= 0:
-        raise HttpError(502, "repeated framing header")
-    return low[start:stop].strip(b" \t")
+# --- both directions: one message reader for request and response streams ---------------------
+
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [\t !-~\x80-\xff]*)?\Z")
+END = "end"  # the event after a message's last body byte (or after a bodiless head)
 
 
-def _response_framing(raw: bytes, head_only: bool) -> tuple[int, str, int, bool]:
-    """(status, body framing, length, keep-alive) of a response head; framing as in ``ResponseEnds``.
+class ResponseHead:
+    """A parsed response head; ``raw`` is its exact bytes (blank line included)."""
 
-    Only three headers matter (Content-Length, Transfer-Encoding, Connection): found with
-    ``find`` on the lowercased head, in C, instead of splitting every header line."""
-    if raw[:7] != b"HTTP/1." or raw[8:9] != b" " or not raw[9:12].isdigit():
-        raise HttpError(502, "malformed status line")
-    status = int(raw[9:12])
-    keep_alive = raw[7:8] == b"1"      # HTTP/1.0 responses: never reused (simple and safe)
-    low = raw.lower()
-    connection = _value(low, b"\r\nconnection:")
-    if connection is not None and b"close" in connection and \
-            b"close" in [t.strip() for t in connection.split(b",")]:
-        keep_alive = False
-    if 100 <= status < 200 or head_only or status in (204, 304):
-        return status, "none", 0, keep_alive
-    te = _value(low, b"\r\ntransfer-encoding:")
-    if te is not None and b"chunked" in te:
-        return status, "chunked", 0, keep_alive
-    length = _value(low, b"\r\ncontent-length:")
-    if length is not None:
-        if not length.isdigit():
-            raise HttpError(502, "invalid Content-Length")
-        return status, "length", int(length), keep_alive
-    return status, "close", 0, False
+    __slots__ = ("status", "version", "headers", "index", "raw", "body", "length", "keep_alive")
+
+    def __init__(self, status: int, version: str, headers: list[tuple[str, str]], raw: bytes):
+        self.status, self.version, self.headers, self.raw = status, version, headers, raw
+        index: dict[str, list[str]] = {}
+        for name, value in headers:
+            index.setdefault(name.lower(), []).append(value)
+        self.index = index
+        self.body = "none"      # "none", "length", "chunked", "close" (until the app closes) or "upgrade"
+        self.length = 0
+        self.keep_alive = version == "HTTP/1.1" and not _has_token(index.get("connection"), "close")
+
+    def get(self, name: str) -> str | None:
+        values = self.index.get(name.lower())
+        return values[0] if values else None
+
+    def wire(self, remove: frozenset = frozenset(), add: tuple = ()) -> bytes:
+        """The head again without the headers named in ``remove`` (lowercase), plus ``add``."""
+        first = self.raw[: self.raw.find(b"\r\n")].decode("latin-1")
+        lines = [first] + [f"{k}: {v}" for k, v in self.headers if k.lower() not in remove]
+        lines.extend(f"{k}: {v}" for k, v in add)
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-class ResponseEnds:
-    """Relay side: follows the responses on an upstream (data) connection to know when it is idle.
+def _has_token(values: list[str] | None, token: str) -> bool:
+    return bool(values) and any(t.strip().lower() == token for v in values for t in v.split(","))
 
-    ``request(head_only, close)`` for every request sent; ``feed(data)`` with every
-    response byte returns how many of the requests that asked the visitor's
-    connection to be closed got their whole response.  ``reusable`` turns False for
-    good on anything that ends the connection or that it can't follow: a
-    ``Connection: close`` or HTTP/1.0 response, a read-until-close body, 101
-    (Upgrade), a response without a request, malformed framing.  ``idle`` is True
-    when every request sent has its complete response and the connection may
-    carry another visitor's request.
+
+def _no_bare_lf(raw) -> bool:
+    return raw.count(b"\n") == raw.count(b"\r\n")
+
+
+def parse_response_head(raw: bytes, head_only: bool, upgrade_asked: bool) -> ResponseHead:
+    """Parse a response head (``raw`` ends with the blank line) and decide its body framing
+    exactly as RFC 9112 §6.3 does; anything it forbids or leaves ambiguous is an HttpError
+    (502): a response the relay can't delimit exactly is never forwarded as if it could."""
+    if not _no_bare_lf(raw) or b"\r\r" in raw or b"\x00" in raw:
+        raise HttpError(502, "the app's response head has a bare LF, CR or NUL")
+    text = raw[:-4].decode("latin-1")
+    end = text.find("\r\n")
+    status_line, block = (text, "") if end < 0 else (text[:end], text[end + 2:] + "\r\n")
+    m = _STATUS_LINE.match(status_line)
+    if not m:
+        raise HttpError(502, "the app sent a malformed status line")
+    try:
+        headers = _split_headers(block)
+    except HttpError:
+        raise HttpError(502, "the app sent a malformed header line") from None
+    head = ResponseHead(int(m.group(2)), "HTTP/1." + m.group(1), headers, raw)
+    index, status = head.index, head.status
+    if status == 101:
+        if not upgrade_asked:
+            raise HttpError(502, "the app switched protocols without being asked to")
+        head.body, head.keep_alive = "upgrade", False
+        return head
+    lengths = index.get("content-length")
+    te = index.get("transfer-encoding")
+    if lengths and (len(lengths) != 1 or not _DIGITS.match(lengths[0])):
+        raise HttpError(502, "the app sent a repeated or invalid Content-Length")
+    if te and lengths:
+        raise HttpError(502, "the app sent both Transfer-Encoding and Content-Length")
+    if status < 200 or status in (204, 304) or head_only:
+        return head   # no body, whatever the headers say
+    if te:
+        codings = [c.strip().lower() for v in te for c in v.split(",")]
+        if codings[-1] == "chunked" and codings.count("chunked") == 1:
+            head.body = "chunked"
+        elif "chunked" in codings:
+            raise HttpError(502, "the app sent an invalid Transfer-Encoding")
+        else:
+            head.body, head.keep_alive = "close", False
+    elif lengths:
+        head.length = int(lengths[0])
+        head.body = "length" if head.length else "none"
+    else:
+        head.body, head.keep_alive = "close", False
+    return head
+
+
+_DIGITS = re.compile(r"[0-9]{1,18}\Z")
+
+
+class MessageReader:
+    """Delimits the messages of one direction of a connection, one message at a time.
+
+    ``feed(data)`` returns ``(events, rest)``: events are a head (``RequestHead`` or
+    ``ResponseHead``), body ``bytes`` (slices of the input, never decoded) and ``END``;
+    parsing stops after a request head and after a message's ``END`` (and after a 101),
+    leaving ``rest`` unparsed for the caller to feed again when it is ready for
+    the next message.  So memory is one head (``max_head``) plus what the caller holds.
+    Interim (1xx) responses are heads followed by ``END``-less continuation: the final
+    response comes next in the same message.  Raises ``HttpError`` on anything RFC 9112
+    forbids; the reader is unusable afterwards.
     """
 
-    __slots__ = ("_expect", "_buf", "_mode", "_remaining", "_chunks", "reusable")
+    __slots__ = ("side", "max_head", "_buf", "_mode", "_remaining", "_chunks", "head_only", "upgrade_asked")
 
-    def __init__(self, max_head: int = 64 * 1024):
-        self._expect: deque = deque()      # per request in flight: (head_only, close)
+    def __init__(self, side: str, max_head: int):
+        self.side = side                  # "request" or "response"
+        self.max_head = max_head
         self._buf = bytearray()
-        self._mode = "head"                # head, length, chunked, off (stopped following)
+        self._mode = "head"               # head, length, chunked, close, raw
         self._remaining = 0
         self._chunks: ChunkedScanner | None = None
-        self.reusable = True
-
-    def request(self, head_only: bool, close: bool) -> None:
-        self._expect.append((head_only, close))
+        self.head_only = False            # response side: the request was HEAD
+        self.upgrade_asked = False        # response side: the request asked to upgrade
 
     @property
-    def idle(self) -> bool:
-        return self.reusable and self.complete
+    def between_messages(self) -> bool:
+        return self._mode == "head" and not self._buf
 
     @property
-    def complete(self) -> bool:
-        """Every request sent has its whole response (the connection may still be unusable)."""
-        return self._mode == "head" and not self._expect and not self._buf
-
-    @property
-    def close_pending(self) -> bool:
-        """A request in flight asked for the visitor's connection to close after its response."""
-        return any(close for _, close in self._expect)
+    def partial_head(self) -> bool:
+        return self._mode == "head" and bool(self._buf)
 
     @property
     def body_left(self) -> int:
-        """Bytes of the current response's Content-Length body still to come (0 otherwise)."""
+        """Bytes of a Content-Length body still to come (0 otherwise)."""
         return self._remaining if self._mode == "length" else 0
 
-    def skip_body(self, n: int) -> int:
-        """``n`` bytes of the current body went by unseen (moved by the kernel); like ``feed``."""
+    @property
+    def until_close(self) -> bool:
+        return self._mode == "close"
+
+    def skip_body(self, n: int) -> bool:
+        """``n`` body bytes went by unseen (the kernel moved them); True: the message ended."""
         if self._mode != "length" or n > self._remaining:
-            self._mode, self.reusable = "off", False
-            return 0
+            raise ValueError("skip_body past the body")
         self._remaining -= n
-        return 0 if self._remaining else self._done()
-
-    def feed(self, data) -> int:
-        if self._mode == "off":
-            return 0
-        try:
-            return self._feed(data)
-        except (HttpError, ValueError, IndexError):
-            self._mode, self.reusable = "off", False
-            return 0
-
-    def _done(self) -> int:
-        _, close = self._expect.popleft()
+        if self._remaining:
+            return False
         self._mode = "head"
-        return 1 if close else 0
+        return True
 
-    def _feed(self, data) -> int:
-        closes = 0
+    def feed(self, data) -> tuple[list, bytes]:
+        events: list = []
         pos, n = 0, len(data)
         while pos < n:
             mode = self._mode
             if mode == "length":
                 take = min(self._remaining, n - pos)
+                events.append(data if take == n else data[pos:pos + take])
                 pos += take
                 self._remaining -= take
                 if not self._remaining:
-                    closes += self._done()
+                    self._mode = "head"
+                    events.append(END)
+                    break
                 continue
             if mode == "chunked":
                 end = self._chunks.feed(data, pos)
-                if end < 0:
+                stop = n if end < 0 else end
+                events.append(data if (pos == 0 and stop == n) else data[pos:stop])
+                pos = stop
+                if end >= 0:
+                    self._mode = "head"
+                    events.append(END)
                     break
-                pos = end
-                closes += self._done()
                 continue
-            if mode != "head":
+            if mode in ("close", "raw"):
+                events.append(data if pos == 0 else data[pos:])
+                pos = n
                 break
-            if not self._buf and (end := data.find(b"\r\n\r\n", pos)) >= 0:
-                raw = data[pos:end]   # the usual case: the whole head in one read, no copy to a buffer
-                pos = end + 4
-            else:
-                start = max(0, len(self._buf) - 3)
-                self._buf += data[pos:] if pos else data
-                end = self._buf.find(b"\r\n\r\n", start)
-                if end < 0:
-                    if len(self._buf) > 64 * 1024:
-                        raise HttpError(502, "response head too large")
-                    break
-                consumed = end + 4 - (len(self._buf) - (n - pos))
-                raw = bytes(self._buf[:end])
-                self._buf.clear()
-                pos += consumed
-            if not self._expect:
-                raise HttpError(502, "response without a request")
-            status, framing, length, keep_alive = _response_framing(raw, self._expect[0][0])
-            if not keep_alive:
-                self.reusable = False
-            if status == 101 or framing == "close":
-                self.reusable = False
-                self._mode = "off"        # raw bytes (or until close) from here on
+            head, pos = self._head(data, pos)
+            if head is None:
                 break
-            if 100 <= status < 200:
-                continue                  # 100 Continue, 103 Early Hints: the final response follows
-            if framing == "length" and length:
-                self._mode, self._remaining = "length", length
-            elif framing == "chunked":
-                self._mode, self._chunks = "chunked", ChunkedScanner()
-            else:
-                closes += self._done()
-        return closes
+            events.append(head)
+            if self._start_body(head, events) or self.side == "request":
+                break  # a request's body waits until its head is routed
+        return events, (b"" if pos >= n else bytes(data[pos:]))
+
+    def eof(self) -> bool:
+        """The peer closed: True when that ends a read-until-close message cleanly."""
+        return self._mode == "close"
+
+    def _head(self, data, pos: int):
+        if not self._buf and self.side == "request":
+            while pos < len(data) and data[pos] in (13, 10):  # stray CRLF between requests (RFC 9112 §2.2)
+                pos += 1
+        start = max(0, len(self._buf) - 3)
+        self._buf += data[pos:] if pos else data
+        end = self._buf.find(b"\r\n\r\n", start)
+        limit = self.max_head
+        if end < 0:
+            if len(self._buf) > limit:
+                raise HttpError(431 if self.side == "request" else 502, "head too large")
+            if not _no_bare_lf(self._buf[:-1]) or b"\n\n" in self._buf:
+                raise HttpError(400 if self.side == "request" else 502, "bare LF in a head")
+            return None, len(data)
+        if end + 4 > limit:
+            raise HttpError(431 if self.side == "request" else 502, "head too large")
+        consumed = end + 4 - (len(self._buf) - (len(data) - pos))
+        raw = bytes(self._buf[:end + 4])
+        self._buf.clear()
+        if self.side == "request":
+            if not _no_bare_lf(raw):
+                raise HttpError(400, "bare LF in the request head")
+            head = parse_request_head(raw[:-4])
+            head.size = len(raw)
+        else:
+            head = parse_response_head(raw, self.head_only, self.upgrade_asked)
+        return head, pos + consumed
+
+    def _start_body(self, head, events: list) -> bool:
+        """Set up ``head``'s body; True when parsing must stop here (message over, or raw)."""
+        body = head.body
+        if body == "length":
+            self._mode, self._remaining = "length", head.length
+            return False
+        if body == "chunked":
+            self._mode, self._chunks = "chunked", ChunkedScanner()
+            return False
+        if body == "close":
+            self._mode = "close"
+            return False
+        if body == "upgrade":
+            if self.side == "response":
+                self._mode = "raw"      # 101: raw bytes from here on
+                return True
+            events.append(END)          # an upgrade request: what follows waits for the answer
+            return True
+        if self.side == "response" and head.status < 200:
+            return False                # interim: the final response follows
+        events.append(END)
+        return True
+
+    def expect_body(self, head: RequestHead) -> None:
+        """``head`` was read elsewhere (the relay's dispatcher): its body comes next."""
+        self._start_body(head, [])
+
+    def after_upgrade_refused(self) -> None:
+        """Request side: the app answered an upgrade request normally: parse HTTP again."""
+        self._mode = "head"
+
+    def switch_to_raw(self) -> None:
+        self._mode = "raw"

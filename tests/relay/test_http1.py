@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from intunnel.wire.http1 import HttpError, RequestStream, ResponseEnds, ResponseTracker, parse_request_head
+from intunnel.wire.http1 import HttpError, RequestStream, ResponseTracker, parse_request_head
 
 
 def feed_bytewise(stream, data):
@@ -101,55 +101,3 @@ def test_response_tracker_reports_each_exchange():
     done = feed_bytewise(tracker, responses)
     assert [(x.method, x.path, x.status, x.bytes) for x in done] == [
         ("GET", "/a", 200, 5), ("HEAD", "/b", 404, 0), ("GET", "/c", 201, 13)]
-
-
-# --- ResponseEnds: where responses end on a data connection (upstream keep-alive) ---------
-
-def ends_after(requests, response: bytes, bytewise: bool = False):
-    """Feed ``response`` for ``requests`` [(head_only, close)]; return (tracker, closes counted)."""
-    ends = ResponseEnds()
-    for head_only, close in requests:
-        ends.request(head_only, close)
-    chunks = [response[i:i + 1] for i in range(len(response))] if bytewise else [response]
-    return ends, sum(ends.feed(c) for c in chunks)
-
-
-@pytest.mark.parametrize("bytewise", [False, True])
-@pytest.mark.parametrize("response, head_only", [
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", False),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n", False),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", True),                # HEAD: no body
-    (b"HTTP/1.1 204 No Content\r\n\r\n", False),
-    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 99\r\n\r\n", False),
-    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
-     b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\nConnection: keep-alive\r\n\r\nok", False),
-])
-def test_response_ends_finds_the_end_and_the_connection_stays_reusable(response, head_only, bytewise):
-    ends, closes = ends_after([(head_only, True)], response, bytewise)
-    assert closes == 1 and ends.idle and ends.reusable
-    ends, closes = ends_after([(head_only, False)], response[:-1], bytewise)
-    assert closes == 0 and not ends.idle  # one byte short: not over yet (or a head still partial)
-
-
-def test_response_ends_follows_pipelined_responses_in_order():
-    ends, closes = ends_after([(False, False), (True, False), (False, True)],
-                              b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na"
-                              b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"
-                              b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
-    assert closes == 1 and ends.idle
-
-
-@pytest.mark.parametrize("response", [
-    b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",   # the app will close
-    b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 2\r\n\r\nok",
-    b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",                         # HTTP/1.0
-    b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the close",     # close-delimited
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00",  # upgraded
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",    # conflicting lengths
-    b"SSH-2.0-OpenSSH\r\n\r\n",                                                # not HTTP
-    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n\r\n",  # a response nobody asked for
-])
-def test_response_ends_never_reuses_what_ends_with_the_connection(response):
-    ends, _ = ends_after([(False, False)], response)
-    assert not ends.reusable and not ends.idle
-    assert ends.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == 0 and not ends.idle

@@ -1,0 +1,618 @@
+"""The relay's HTTP proxy for one visitor connection: a pure state machine (no sockets, no asyncio).
+
+Like h11, each side of the connection has its own state, and every transition the
+code takes is a row of ``TABLE`` (``_go`` refuses any other).  The I/O layer
+(``relay/link.py``) feeds events in and carries the returned actions out:
+
+    events:  visitor_data, visitor_eof, attached, route_failed, upstream_data,
+             upstream_ended, kernel_done, timer
+    actions: Route, ToUpstream, ToVisitor, KernelUp, KernelDown, Detach, Splice, Close
+
+The rules, each a row or a named guard below:
+
+R1  A request reaches only the tunnel its own Host names: every request head is routed by
+    its Host; another Host detaches the current upstream first (parked only when idle).
+R2  Raw mode begins only at the app's 101 to a request that asked to upgrade (``SWITCHING``
+    -> ``TUNNEL``); any other answer is an ordinary response, after which the next request
+    is parsed and routed again.
+R3  A response that can't be delimited exactly (RFC 9112, ``http1.parse_response_head``) is
+    poison: not one more byte of it is forwarded; the visitor gets a 502 if nothing of the
+    response went out yet, else its connection is closed.  The upstream is never reused.
+R4  Visitor reads are paused whenever nothing is attached, while a route is pending, while a
+    request waits for the previous exchange (pipelining) and while an upgrade is answered:
+    a visitor holds at most one read plus one head (``wants_visitor_input``).
+R5  Exchanges are answered strictly in order, one at a time, each from its own tunnel; once
+    the relay decided to close (``Connection: close``, HTTP/1.0, the app's close, an error),
+    nothing more the visitor sent is forwarded (RFC 9112 §9.6).
+R6  Bytes the app sends outside an exchange are never forwarded; that upstream is dropped.
+R7  Every exchange ends in exactly one of: response complete, connection closed, error page.
+R8  Timers: a head must be complete within ``handshake_timeout`` of its first byte; an idle
+    keep-alive visitor is closed after ``keepalive_timeout``; a request body must bring
+    ``body_min_rate`` bytes/s over each ``body_timeout`` window; the app must start its
+    answer within ``upstream_timeout`` of the last request byte sent (else 504).
+R9  A response after which the relay closes the visitor says ``Connection: close``.
+R10 A reused (parked) upstream that closes before answering an idempotent, bodiless request
+    gets that request again on a fresh upstream, once (as nginx's proxy_next_upstream does).
+R11 Interim responses: 103 (and every 1xx but 101 behind a proxy, which can't read them) are
+    dropped; the final response follows.  ``Set-Cookie`` for the web app's domain is removed.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from ..wire.http1 import END, HttpError, MessageReader, RequestHead, ResponseHead
+from . import cookies, pages
+
+# A body piece this big (or this much Content-Length body still to come) goes through the kernel.
+BULK = 128 * 1024
+FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+HOP_BY_HOP_RESPONSE = frozenset(("connection", "keep-alive"))
+IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
+
+
+class Req(enum.Enum):
+    """The visitor's side: its requests."""
+    IDLE = "idle"            # between requests (keep-alive or head arriving)
+    ROUTING = "routing"      # a head waits for an upstream of its tunnel
+    BODY = "body"            # the head went out; body bytes follow
+    DONE = "done"            # the whole request went out
+    SWITCHING = "switching"  # an upgrade request went out: what follows waits for the answer
+    TUNNEL = "tunnel"        # raw bytes both ways (after a 101)
+    CLOSED = "closed"
+
+
+class Resp(enum.Enum):
+    """The app's side: its responses on the attached upstream."""
+    IDLE = "idle"            # no request outstanding
+    WAITING = "waiting"      # a request went out, no final response head yet
+    BODY = "body"            # the final head went out; body bytes follow
+    DONE = "done"            # the whole response went out
+    TUNNEL = "tunnel"
+    CLOSED = "closed"
+
+
+# (side, from, event, to): every transition the machine may take.  Events in words:
+#   head      a request head is parsed            body   the request/response's body bytes
+#   routed    an upstream of the head's tunnel is attached
+#   end       the message's last byte             sent   the request head went out
+#   final     the app's final response head       101    the app switched protocols
+#   refused   the app answered an upgrade request without switching
+#   reset     both sides back to IDLE: the exchange is complete
+#   retry     a reused upstream closed before answering: the request goes out again (R10)
+#   close     the visitor's connection closes (any reason)
+TABLE = frozenset({
+    ("req", Req.IDLE, "head", Req.ROUTING),          # R1: a Host not attached (or nothing attached)
+    ("req", Req.IDLE, "head", Req.BODY),             # the same Host as the attached upstream
+    ("req", Req.ROUTING, "routed", Req.BODY),
+    ("req", Req.BODY, "end", Req.DONE),
+    ("req", Req.BODY, "end", Req.SWITCHING),         # R2: an upgrade request is complete
+    ("req", Req.SWITCHING, "101", Req.TUNNEL),
+    ("req", Req.SWITCHING, "refused", Req.DONE),     # R2: a 200 to an upgrade: plain HTTP again
+    ("req", Req.DONE, "reset", Req.IDLE),
+    ("req", Req.DONE, "retry", Req.ROUTING),         # R10
+    ("resp", Resp.WAITING, "retry", Resp.IDLE),      # R10
+    ("resp", Resp.IDLE, "sent", Resp.WAITING),
+    ("resp", Resp.WAITING, "final", Resp.BODY),
+    ("resp", Resp.WAITING, "101", Resp.TUNNEL),
+    ("resp", Resp.BODY, "end", Resp.DONE),
+    ("resp", Resp.DONE, "reset", Resp.IDLE),
+}   # a tunnel (after 101) is handed to netio.splice and ends there: no close row for TUNNEL
+  | {("req", s, "close", Req.CLOSED) for s in Req if s not in (Req.CLOSED, Req.TUNNEL)}
+  | {("resp", s, "close", Resp.CLOSED) for s in Resp if s not in (Resp.CLOSED, Resp.TUNNEL)})
+
+
+# --- actions -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Attach an upstream of the tunnel ``head`` names (then ``attached`` or ``route_failed``)."""
+    head: RequestHead
+
+
+@dataclass(frozen=True, slots=True)
+class ToUpstream:
+    """Write these bytes to the attached upstream."""
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ToVisitor:
+    """Write these bytes to the visitor."""
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KernelUp:
+    """Move the next ``n`` request body bytes visitor -> upstream in the kernel (then ``kernel_done``)."""
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class KernelDown:
+    """Move the next ``n`` response body bytes upstream -> visitor in the kernel (then ``kernel_done``)."""
+    n: int
+
+
+@dataclass(frozen=True, slots=True)
+class Detach:
+    """Let go of the upstream: park it for the tunnel's next visitor when ``park``, else close it."""
+    park: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Splice:
+    """Raw bytes both ways from now on, until either side closes (after a 101)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """Close the visitor's connection (after what was written; at once when ``abort``)."""
+    abort: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one visitor connection needs to know of the settings and of itself."""
+    max_head: int
+    handshake_timeout: float
+    keepalive_timeout: float
+    body_timeout: float
+    body_min_rate: int
+    upstream_timeout: float
+    trust_proxy: bool
+    public_scheme: str
+    peer: str
+    cookie_domain: str
+    reuse: bool = True        # upstream keep-alive on (relay_upstream_keepalive > 0)
+
+
+class ProxyState:
+    """One visitor connection.  Every event method returns the actions to carry out, in order."""
+
+    def __init__(self, limits: Limits, now: float):
+        self.limits = limits
+        self.req = Req.IDLE
+        self.resp = Resp.IDLE
+        self.requests = MessageReader("request", limits.max_head)
+        self.responses = MessageReader("response", 64 * 1024)
+        self.held = b""              # visitor bytes not parsed yet: they wait their turn (R4, R5)
+        self.head: RequestHead | None = None   # the current exchange's request
+        self.host: str | None = None           # the Host the attached upstream serves
+        self.host_header: str | None = None    # the tunnel's Host override
+        self.reused = False          # the upstream came from parking and hasn't answered yet
+        self.retried = False
+        self.answered = False        # a byte of the current response went to the visitor
+        self.reusable = True         # the attached upstream may be parked after this exchange
+        self.must_close = False      # R5/R9: close the visitor after this exchange
+        self.visitor_gone = False    # the visitor sent EOF
+        self.kernel = None           # "up"/"down" while the kernel moves body bytes
+        self.idle_since = now        # R8 timers
+        self.head_since: float | None = None
+        self.last_sent = now
+        self.window_start = now
+        self.window_bytes = 0
+        self.ended = None            # R7: "complete", "closed" or "error" of the last exchange
+        self.outcomes: list[str] = []  # one per exchange that began (a routed head), in order
+
+    # --- derived -----------------------------------------------------------------------------
+    @property
+    def attached(self) -> bool:
+        return self.host is not None
+
+    @property
+    def wants_visitor_input(self) -> bool:
+        """R4: read the visitor only when what it sends can go somewhere now."""
+        if self.held or self.kernel == "up":
+            return False
+        # IDLE: a head is parsed (at most max_head) and then routed; DONE: a read that comes
+        # while the response flows is held (one read), and then reading pauses.
+        return self.req in (Req.IDLE, Req.BODY, Req.DONE)
+
+    @property
+    def wants_upstream_input(self) -> bool:
+        return self.attached and self.kernel != "down" and self.resp is not Resp.CLOSED
+
+    @property
+    def closed(self) -> bool:
+        return self.req is Req.CLOSED
+
+    @property
+    def between_requests(self) -> bool:
+        return self.req is Req.IDLE and not self.held and self.requests.between_messages
+
+    def deadline(self) -> float | None:
+        """When ``timer`` must run next (None: no timer)."""
+        lim = self.limits
+        if self.req is Req.IDLE:
+            if self.head_since is not None:
+                return self.head_since + lim.handshake_timeout
+            return self.idle_since + lim.keepalive_timeout
+        if self.req is Req.BODY and self.kernel != "up":
+            return self.window_start + lim.body_timeout
+        if self.resp is Resp.WAITING and self.req in (Req.DONE, Req.SWITCHING, Req.BODY):
+            return self.last_sent + lim.upstream_timeout
+        return None
+
+    # --- transitions -------------------------------------------------------------------------
+    def _go(self, side: str, event: str, to) -> None:
+        now_state = self.req if side == "req" else self.resp
+        if (side, now_state, event, to) not in TABLE:
+            raise AssertionError(f"no transition {side} {now_state} --{event}--> {to}")
+        if side == "req":
+            self.req = to
+        else:
+            self.resp = to
+
+    # --- visitor events ----------------------------------------------------------------------
+    def start(self, head: RequestHead, rest: bytes, now: float) -> list:
+        """The connection's first head was read by the relay's dispatcher; ``rest`` followed it."""
+        self.requests.expect_body(head)
+        self.held = rest
+        return self._request_head([head], now)
+
+    def evict(self, now: float) -> list:
+        """The tunnel is full and this visitor is the idlest between requests: close it (R8)."""
+        return self._close(now, None) if self.between_requests and not self.closed else []
+
+    def visitor_data(self, data: bytes, now: float) -> list:
+        if self.closed:
+            return []
+        if self.req is Req.BODY:
+            self.window_bytes += len(data)
+        self.held += data
+        return self._advance(now)
+
+    def visitor_eof(self, now: float) -> list:
+        if self.closed:
+            return []
+        self.visitor_gone = True
+        if self.req is Req.TUNNEL:
+            return []             # netio.splice passes half-closes on itself
+        if self.between_requests:
+            return self._close(now, "complete" if self.ended is None else None)
+        if (self.req in (Req.DONE, Req.SWITCHING) and not self.held) or \
+                (self.req is Req.ROUTING and self.head.body == "none"):
+            self.must_close = True  # the answer still goes out, then the connection closes
+            return []
+        return self._close(now, "closed", abort=True)  # mid-request: the request can't complete
+
+    # --- routing -----------------------------------------------------------------------------
+    def attached_upstream(self, host_header: str | None, reused: bool, now: float) -> list:
+        """The I/O layer attached an upstream of ``self.head``'s tunnel."""
+        if self.closed:
+            return [Detach(park=reused)]
+        self.host = self.head.host
+        self.host_header, self.reused = host_header, reused
+        self.reusable = True
+        self.responses = MessageReader("response", 64 * 1024)
+        self._go("req", "routed", Req.BODY)
+        return self._send_head(now) + self._advance(now)
+
+    def route_failed(self, page: bytes, now: float) -> list:
+        """No upstream for the head: answer with the relay's page and close (R7)."""
+        if self.closed:
+            return []
+        return self._fail(page, now)
+
+    # --- upstream events ---------------------------------------------------------------------
+    def upstream_data(self, data: bytes, now: float) -> list:
+        if self.closed or not self.attached:
+            return []
+        if self.resp is Resp.TUNNEL:
+            return [ToVisitor(data)]
+        if self.resp in (Resp.IDLE, Resp.DONE):
+            # R6: the app spoke out of turn; its bytes go nowhere and it is not reused.
+            return self._drop_upstream(now)
+        try:
+            events, rest = self.responses.feed(data)
+        except HttpError as e:
+            return self._poisoned(e, now)
+        self.reused = False
+        out: list = []
+        for ev in events:
+            if ev is END:
+                out += self._response_end(now)
+            elif isinstance(ev, ResponseHead):
+                out += self._response_head(ev, now)
+            elif ev:
+                self.answered = True
+                out.append(ToVisitor(ev))
+            if self.closed:
+                return out
+        if rest:
+            if self.resp is Resp.TUNNEL:
+                out.append(ToVisitor(rest))
+            else:
+                out += self._drop_upstream(now)  # R6: bytes after the response's end
+        elif self.resp is Resp.BODY and self.responses.body_left >= BULK:
+            self.kernel = "down"
+            out.append(KernelDown(self.responses.body_left))
+        return out
+
+    def upstream_ended(self, now: float) -> list:
+        """The upstream closed (or sent EOF) outside tunnel mode."""
+        if self.closed or not self.attached:
+            return []
+        if self.resp is Resp.IDLE or self.resp is Resp.DONE:
+            self.host = None         # an idle keep-alive upstream went away: route anew next time
+            return [Detach(park=False)] + self._advance(now)
+        if self.resp is Resp.WAITING and not self.answered:
+            head = self.head
+            if self.reused and not self.retried and self.req is Req.DONE and \
+                    head.method in IDEMPOTENT and head.body == "none":
+                self.retried = True   # R10
+                self.host = None
+                self._go("req", "retry", Req.ROUTING)
+                self._go("resp", "retry", Resp.IDLE)
+                return [Detach(park=False), Route(head)]
+            return self._fail(pages.response(502, "The local app closed the connection without "
+                                             "answering.", head.get("accept"),
+                                             head_only=head.method == "HEAD"), now)
+        if self.resp is Resp.BODY and self.responses.eof():
+            return self._response_end(now, upstream_gone=True)   # a read-until-close body ended
+        return self._close(now, "closed", abort=True)   # a framed response cut short
+
+    def kernel_done(self, moved: int, now: float) -> list:
+        """The kernel moved ``moved`` body bytes (a ``KernelUp``/``KernelDown`` finished or gave up)."""
+        direction, self.kernel = self.kernel, None
+        if self.closed:
+            return []
+        out: list = []
+        if direction == "up" and moved:
+            self.window_bytes += moved
+            self.last_sent = now
+            if self.requests.skip_body(moved):
+                out += self._request_end(now)
+        elif direction == "down" and moved:
+            self.answered = True
+            if self.responses.skip_body(moved):
+                out += self._response_end(now)
+        return out + self._advance(now)
+
+    def timer(self, now: float) -> list:
+        if self.closed:
+            return []
+        when = self.deadline()
+        if when is None or now < when - 1e-3:
+            return []
+        lim = self.limits
+        if self.req is Req.IDLE:
+            if self.head_since is not None:
+                return self._fail(pages.response(408, "The request head took too long."), now)
+            return self._close(now, None)      # R8: idle keep-alive visitor
+        if self.req is Req.BODY:
+            if self.window_bytes >= max(1, lim.body_min_rate * lim.body_timeout):
+                self.window_start, self.window_bytes = now, 0
+                return []
+            return self._fail(pages.response(408, "The request body arrived too slowly.",
+                                             self.head.get("accept")), now)
+        head = self.head
+        return self._fail(pages.upstream_timeout(self.host or "?", lim.upstream_timeout, head.get("accept"),
+                                                 head.method == "HEAD"), now)
+
+    def note_kernel_progress(self, moved_so_far: int) -> None:
+        """While the kernel moves a request body: count its bytes towards the body rate (R8)."""
+        self.window_bytes = max(self.window_bytes, moved_so_far)
+
+    # --- internals ---------------------------------------------------------------------------
+    def _advance(self, now: float) -> list:
+        """Parse held visitor bytes as far as the current state lets them go."""
+        out: list = []
+        while self.held and not self.closed:
+            if self.req is Req.IDLE:
+                if self.must_close:
+                    self.held = b""      # R5: nothing after the last request is forwarded
+                    break
+                try:
+                    events, rest = self.requests.feed(self.held)
+                except HttpError as e:
+                    return out + self._fail(pages.response(e.status, e.message), now)
+                self.held = rest
+                if not events:
+                    if self.head_since is None and self.requests.partial_head:
+                        self.head_since = now
+                    break
+                out += self._request_head(events, now)
+            elif self.req is Req.BODY:
+                try:
+                    events, rest = self.requests.feed(self.held)
+                except HttpError as e:
+                    return out + self._body_error(e, now)
+                self.held = rest
+                for ev in events:
+                    if ev is END:
+                        out += self._request_end(now)
+                    elif ev:
+                        out.append(ToUpstream(ev))
+                        self.last_sent = now
+            else:
+                break   # ROUTING, DONE, SWITCHING: the bytes wait (R4)
+        if not self.held and self.req is Req.BODY and self.kernel is None and \
+                self.requests.body_left >= BULK and not self.closed:
+            self.kernel = "up"
+            out.append(KernelUp(self.requests.body_left))
+        if self.req is Req.IDLE and self.requests.between_messages:
+            self.head_since = None
+        return out
+
+    def _request_head(self, events: list, now: float) -> list:
+        """A head (``events[0]``; a bodiless request's END may follow: ``_send_head`` ends it)."""
+        head = events[0]
+        self.head, self.answered, self.retried = head, False, False
+        self.head_since = None
+        if head.version != "HTTP/1.1" or _asks_close(head):
+            self.must_close = True
+        if self.attached and head.host == self.host:
+            self._go("req", "head", Req.BODY)
+            return self._send_head(now)
+        out: list = []
+        if self.attached:
+            out.append(Detach(park=self.reusable))  # R1: another tunnel's turn
+            self.host = None
+        self._go("req", "head", Req.ROUTING)
+        return out + [Route(head)]
+
+    def _send_head(self, now: float) -> list:
+        head, lim = self.head, self.limits
+        add = [("X-Forwarded-For", lim.peer), ("X-Forwarded-Proto", lim.public_scheme),
+               ("X-Forwarded-Host", head.get("host"))]
+        if lim.trust_proxy:
+            xff = head.get("x-forwarded-for")
+            add = [("X-Forwarded-For", f"{xff}, {lim.peer}" if xff else lim.peer),
+                   ("X-Forwarded-Proto", head.get("x-forwarded-proto") or lim.public_scheme),
+                   ("X-Forwarded-Host", head.get("x-forwarded-host") or head.get("host"))]
+        remove = FORWARDED
+        if lim.reuse and head.version == "HTTP/1.1" and head.body != "upgrade" and "connection" in head.index:
+            # Connection is hop-by-hop: the app keeps its connection for the tunnel's next
+            # visitor; the relay itself closes the visitor after the response (R9).
+            kept = [t.strip() for v in head.index["connection"] for t in v.split(",")
+                    if t.strip() and t.strip().lower() != "close"]
+            remove = FORWARDED | {"connection"}
+            if kept:
+                add.append(("Connection", ", ".join(kept)))
+        if head.version != "HTTP/1.1":
+            self.reusable = False     # HTTP/1.0: the app's connection ends with this exchange
+        replace = {"host": self.host_header} if self.host_header else None
+        self.responses.head_only = head.method == "HEAD"
+        self.responses.upgrade_asked = head.body == "upgrade"
+        self._go("resp", "sent", Resp.WAITING)
+        self.last_sent = now
+        self.window_start, self.window_bytes = now, 0
+        out = [ToUpstream(head.wire(remove=remove, add=add, replace=replace))]
+        if head.body in ("none", "upgrade"):
+            out += self._request_end(now)
+        return out
+
+    def _request_end(self, now: float) -> list:
+        if self.head.body == "upgrade":
+            self._go("req", "end", Req.SWITCHING)
+            return []
+        self._go("req", "end", Req.DONE)
+        return self._maybe_complete(now)
+
+    def _response_head(self, head: ResponseHead, now: float) -> list:
+        if head.status == 101:
+            self._go("resp", "101", Resp.TUNNEL)
+            self._go("req", "101", Req.TUNNEL)
+            self.requests.switch_to_raw()
+            self.answered = True
+            out: list = [ToVisitor(head.raw)]
+            if self.held:
+                out.append(ToUpstream(self.held))
+                self.held = b""
+            self.ended = "complete"
+            self.outcomes.append("tunnel")
+            return out + [Splice()]
+        if head.status < 200:
+            if head.status == 103 or self.limits.trust_proxy or \
+                    self.head.version != "HTTP/1.1":
+                return []                             # R11
+            self.answered = True
+            return [ToVisitor(head.raw)]
+        self._go("resp", "final", Resp.BODY)
+        hop = False
+        if not head.keep_alive:
+            self.reusable = False    # the app closes after this response
+            if head.body == "close" or head.version != "HTTP/1.1":
+                self.must_close = True   # its close delimits the body (or HTTP/1.0): so does ours
+            else:
+                hop = True   # Connection is hop-by-hop: the visitor's connection may stay open
+        if self.req is Req.SWITCHING:
+            self._go("req", "refused", Req.DONE)     # R2
+            self.requests.after_upgrade_refused()
+        if self.req is Req.BODY and head.body != "none":
+            pass  # the app answers before the whole body arrived: both halves must still finish
+        raw = head.raw
+        scrubbed = cookies.scrub_set_cookies(raw[:-4], self.limits.cookie_domain) \
+            if b"set-cookie" in raw.lower() else None
+        if scrubbed is not None:
+            raw = scrubbed + b"\r\n\r\n"
+        if self.must_close and head.version == "HTTP/1.1":
+            raw = _say_close(raw)                   # R9
+        elif hop:
+            raw = _say_close(raw, close=False)
+        self.answered = True
+        return [ToVisitor(raw)]   # a bodiless response's END comes from the reader next
+
+    def _response_end(self, now: float, upstream_gone: bool = False) -> list:
+        self._go("resp", "end", Resp.DONE)
+        if upstream_gone:
+            self.reusable = False
+            self.host = None
+            self.must_close = True
+            return [Detach(park=False)] + self._maybe_complete(now)
+        return self._maybe_complete(now)
+
+    def _maybe_complete(self, now: float) -> list:
+        """R7: an exchange is complete when both its request and its response are."""
+        if self.req is not Req.DONE or self.resp is not Resp.DONE:
+            return []
+        self._go("req", "reset", Req.IDLE)
+        self._go("resp", "reset", Resp.IDLE)
+        self.ended = "complete"
+        self.outcomes.append("complete")
+        self.idle_since = now
+        if self.must_close or self.visitor_gone:
+            return self._close(now, None)
+        out: list = []
+        if self.attached and not self.reusable:
+            out.append(Detach(park=False))
+            self.host = None
+        return out + self._advance(now)
+
+    def _body_error(self, e: HttpError, now: float) -> list:
+        """A malformed request body: the request can't be completed; the app must not see more."""
+        if self.answered:
+            return self._close(now, "closed", abort=True)
+        return self._fail(pages.response(e.status, e.message, self.head.get("accept")), now)
+
+    def _poisoned(self, e: HttpError, now: float) -> list:
+        """R3: the app's response can't be delimited exactly."""
+        self.reusable = False
+        if self.answered:
+            return self._close(now, "closed", abort=True)
+        return self._fail(pages.response(502, "The local app sent a response the relay can't "
+                                         "forward safely.", self.head.get("accept"),
+                                         head_only=self.head.method == "HEAD"), now)
+
+    def _drop_upstream(self, now: float) -> list:
+        """R6: an upstream that spoke out of turn is closed; the visitor's connection stays."""
+        self.reusable = False
+        if self.resp is Resp.IDLE:   # between exchanges: the next request routes anew
+            self.host = None
+            return [Detach(park=False)]
+        return self._close(now, "closed", abort=True)  # mid-exchange (after END of the response)
+
+    def _fail(self, page: bytes, now: float) -> list:
+        """Answer with a relay page (only if nothing of a response went out yet) and close."""
+        out = [] if self.answered else [ToVisitor(page)]
+        return out + self._close(now, "error" if not self.answered else "closed")
+
+    def _close(self, now: float, outcome: str | None, abort: bool = False) -> list:
+        out: list = []
+        if self.req not in (Req.IDLE,) and outcome is not None:
+            self.outcomes.append(outcome)
+            self.ended = outcome
+        if self.attached:
+            idle = self.req is Req.IDLE and self.resp is Resp.IDLE and self.reusable and self.kernel is None
+            out.append(Detach(park=idle))
+            self.host = None
+        self.held = b""
+        self._go("req", "close", Req.CLOSED)
+        if self.resp is not Resp.CLOSED:
+            self._go("resp", "close", Resp.CLOSED)
+        return out + [Close(abort=abort)]
+
+
+def _asks_close(head: RequestHead) -> bool:
+    values = head.index.get("connection")
+    return bool(values) and any(t.strip().lower() == "close" for v in values for t in v.split(","))
+
+
+def _say_close(raw: bytes, close: bool = True) -> bytes:
+    """The head with its Connection/Keep-Alive headers replaced by ``Connection: close``
+    (or just dropped)."""
+    lines = raw[:-4].split(b"\r\n")
+    kept = [ln for ln in lines[1:] if ln.split(b":", 1)[0].strip().lower() not in (b"connection", b"keep-alive")]
+    return b"\r\n".join([lines[0], *kept] + ([b"Connection: close"] if close else [])) + b"\r\n\r\n"
