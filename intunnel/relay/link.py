@@ -18,11 +18,13 @@ from .upstream import Refused, Upstream, open_data
 log = logging.getLogger("intunnel.relay")
 
 
-def limits_for(tunables, peer: str, domain: str) -> proxy.Limits:
-    t = tunables
+def limits_for(settings) -> proxy.Limits:
+    """What every visitor connection's state machine needs of the settings (one per relay)."""
+    t = settings
     return proxy.Limits(t.relay_max_header_size, t.relay_handshake_timeout, t.relay_keepalive_timeout,
                         t.relay_body_timeout, t.relay_body_min_rate, t.relay_upstream_timeout,
-                        t.relay_trust_proxy, t.public_scheme, peer, domain, t.relay_upstream_keepalive > 0)
+                        t.relay_trust_proxy, t.public_scheme, t.domain.lower().rstrip("."),
+                        t.relay_upstream_keepalive > 0)
 
 
 class Link:
@@ -31,7 +33,7 @@ class Link:
         self.conn = conn
         self.loop = relay.loop
         now = self.loop.time()
-        self.state = proxy.ProxyState(limits_for(relay.tunables, conn.peername, relay.domain), now)
+        self.state = proxy.ProxyState(relay.limits, conn.peername, now)
         self.up: Upstream | None = None
         self.timer = None
         self.timer_at = 0.0

@@ -39,7 +39,6 @@ R11 Interim responses: 103 (and every 1xx but 101 behind a proxy, which can't re
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 from ..wire.http1 import END, HttpError, MessageReader, RequestHead, ResponseHead
@@ -52,25 +51,28 @@ HOP_BY_HOP_RESPONSE = frozenset(("connection", "keep-alive"))
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 
 
-class Req(enum.Enum):
-    """The visitor's side: its requests."""
-    IDLE = "idle"            # between requests (keep-alive or head arriving)
-    ROUTING = "routing"      # a head waits for an upstream of its tunnel
-    BODY = "body"            # the head went out; body bytes follow
-    DONE = "done"            # the whole request went out
-    SWITCHING = "switching"  # an upgrade request went out: what follows waits for the answer
-    TUNNEL = "tunnel"        # raw bytes both ways (after a 101)
-    CLOSED = "closed"
+class Req:
+    """The visitor's side: its requests.  (Plain strings, not an Enum: every transition is
+    checked against TABLE, and Enum members hash in Python.)"""
+    IDLE = "req idle"            # between requests (keep-alive or head arriving)
+    ROUTING = "req routing"      # a head waits for an upstream of its tunnel
+    BODY = "req body"            # the head went out; body bytes follow
+    DONE = "req done"            # the whole request went out
+    SWITCHING = "req switching"  # an upgrade request went out: what follows waits for the answer
+    TUNNEL = "req tunnel"        # raw bytes both ways (after a 101)
+    CLOSED = "req closed"
+    ALL = (IDLE, ROUTING, BODY, DONE, SWITCHING, TUNNEL, CLOSED)
 
 
-class Resp(enum.Enum):
+class Resp:
     """The app's side: its responses on the attached upstream."""
-    IDLE = "idle"            # no request outstanding
-    WAITING = "waiting"      # a request went out, no final response head yet
-    BODY = "body"            # the final head went out; body bytes follow
-    DONE = "done"            # the whole response went out
-    TUNNEL = "tunnel"
-    CLOSED = "closed"
+    IDLE = "resp idle"           # no request outstanding
+    WAITING = "resp waiting"     # a request went out, no final response head yet
+    BODY = "resp body"           # the final head went out; body bytes follow
+    DONE = "resp done"           # the whole response went out
+    TUNNEL = "resp tunnel"
+    CLOSED = "resp closed"
+    ALL = (IDLE, WAITING, BODY, DONE, TUNNEL, CLOSED)
 
 
 # (side, from, event, to): every transition the machine may take.  Events in words:
@@ -99,53 +101,53 @@ TABLE = frozenset({
     ("resp", Resp.BODY, "end", Resp.DONE),
     ("resp", Resp.DONE, "reset", Resp.IDLE),
 }   # a tunnel (after 101) is handed to netio.splice and ends there: no close row for TUNNEL
-  | {("req", s, "close", Req.CLOSED) for s in Req if s not in (Req.CLOSED, Req.TUNNEL)}
-  | {("resp", s, "close", Resp.CLOSED) for s in Resp if s not in (Resp.CLOSED, Resp.TUNNEL)})
+  | {("req", s, "close", Req.CLOSED) for s in Req.ALL if s not in (Req.CLOSED, Req.TUNNEL)}
+  | {("resp", s, "close", Resp.CLOSED) for s in Resp.ALL if s not in (Resp.CLOSED, Resp.TUNNEL)})
 
 
-# --- actions -------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+# --- actions (treated as immutable; not frozen=True, whose __init__ costs a call per field) ---
+@dataclass(slots=True)
 class Route:
     """Attach an upstream of the tunnel ``head`` names (then ``attached`` or ``route_failed``)."""
     head: RequestHead
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToUpstream:
     """Write these bytes to the attached upstream."""
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ToVisitor:
     """Write these bytes to the visitor."""
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KernelUp:
     """Move the next ``n`` request body bytes visitor -> upstream in the kernel (then ``kernel_done``)."""
     n: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class KernelDown:
     """Move the next ``n`` response body bytes upstream -> visitor in the kernel (then ``kernel_done``)."""
     n: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Detach:
     """Let go of the upstream: park it for the tunnel's next visitor when ``park``, else close it."""
     park: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Splice:
     """Raw bytes both ways from now on, until either side closes (after a 101)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Close:
     """Close the visitor's connection (after what was written; at once when ``abort``)."""
     abort: bool = False
@@ -162,7 +164,6 @@ class Limits:
     upstream_timeout: float
     trust_proxy: bool
     public_scheme: str
-    peer: str
     cookie_domain: str
     reuse: bool = True        # upstream keep-alive on (relay_upstream_keepalive > 0)
 
@@ -170,8 +171,9 @@ class Limits:
 class ProxyState:
     """One visitor connection.  Every event method returns the actions to carry out, in order."""
 
-    def __init__(self, limits: Limits, now: float):
+    def __init__(self, limits: Limits, peer: str, now: float):
         self.limits = limits
+        self.peer = peer
         self.req = Req.IDLE
         self.resp = Resp.IDLE
         self.requests = MessageReader("request", limits.max_head)
@@ -310,6 +312,10 @@ class ProxyState:
             return self._poisoned(e, now)
         self.reused = False
         out: list = []
+        if rest and not (events and isinstance(events[-1], ResponseHead) and events[-1].status == 101):
+            # R6: bytes after the response's end.  Known before the exchange completes, so the
+            # upstream is let go then and a pipelined request goes to a fresh one, not to it.
+            self.reusable = False
         for ev in events:
             if ev is END:
                 out += self._response_end(now)
@@ -323,8 +329,8 @@ class ProxyState:
         if rest:
             if self.resp is Resp.TUNNEL:
                 out.append(ToVisitor(rest))
-            else:
-                out += self._drop_upstream(now)  # R6: bytes after the response's end
+            elif self.attached and self.resp is not Resp.IDLE:
+                out += self._drop_upstream(now)   # still mid-exchange (its request body goes on)
         elif self.resp is Resp.BODY and self.responses.body_left >= BULK:
             self.kernel = "down"
             out.append(KernelDown(self.responses.body_left))
@@ -454,12 +460,12 @@ class ProxyState:
         return out + [Route(head)]
 
     def _send_head(self, now: float) -> list:
-        head, lim = self.head, self.limits
-        add = [("X-Forwarded-For", lim.peer), ("X-Forwarded-Proto", lim.public_scheme),
+        head, lim, peer = self.head, self.limits, self.peer
+        add = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", lim.public_scheme),
                ("X-Forwarded-Host", head.get("host"))]
         if lim.trust_proxy:
             xff = head.get("x-forwarded-for")
-            add = [("X-Forwarded-For", f"{xff}, {lim.peer}" if xff else lim.peer),
+            add = [("X-Forwarded-For", f"{xff}, {peer}" if xff else peer),
                    ("X-Forwarded-Proto", head.get("x-forwarded-proto") or lim.public_scheme),
                    ("X-Forwarded-Host", head.get("x-forwarded-host") or head.get("host"))]
         remove = FORWARDED

@@ -18,7 +18,7 @@ from ..logsafe import redact
 from . import pages
 from .agents import AgentSession
 from .store import Store
-from .link import Link
+from .link import Link, limits_for
 
 log = logging.getLogger("intunnel.relay")
 
@@ -32,7 +32,7 @@ class Tunables:
 
     __slots__ = ("relay_max_header_size", "relay_handshake_timeout", "relay_upstream_timeout",
                  "relay_upstream_keepalive", "relay_max_visitors_per_tunnel", "relay_trust_proxy",
-                 "public_scheme", "relay_keepalive_timeout", "relay_body_timeout", "relay_body_min_rate")
+                 "public_scheme")
 
     def __init__(self, settings):
         for name in self.__slots__:
@@ -43,6 +43,7 @@ class Relay:
     def __init__(self, settings, store: Store | None = None):
         self.settings = settings
         self.tunables = Tunables(settings)
+        self.limits = limits_for(settings)
         self.domain = settings.domain.lower().rstrip(".")
         self.store = store or Store(settings.db_path)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
@@ -69,6 +70,7 @@ class Relay:
             # Public URLs must name the port we really got.
             self.settings = self.settings.replace(relay_listen=f"{self.address[0]}:{self.address[1]}")
             self.tunables = Tunables(self.settings)
+            self.limits = limits_for(self.settings)
         self.spawn(self._heartbeats())
         self.spawn(self._revocations())
         log.info("relay listening on http://%s:%d (tunnels at %s)", *self.address,

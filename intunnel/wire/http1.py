@@ -406,30 +406,37 @@ END = "end"  # the event after a message's last body byte (or after a bodiless h
 
 
 class ResponseHead:
-    """A parsed response head; ``raw`` is its exact bytes (blank line included)."""
+    """A parsed response head; ``raw`` is its exact bytes (blank line included).
 
-    __slots__ = ("status", "version", "headers", "index", "raw", "body", "length", "keep_alive")
+    Only the framing headers are looked at for every response (``framing``); the whole
+    header list is split out of ``raw`` on demand (``headers``, ``get``)."""
 
-    def __init__(self, status: int, version: str, headers: list[tuple[str, str]], raw: bytes):
-        self.status, self.version, self.headers, self.raw = status, version, headers, raw
-        index: dict[str, list[str]] = {}
-        for name, value in headers:
-            index.setdefault(name.lower(), []).append(value)
-        self.index = index
+    __slots__ = ("status", "version", "raw", "framing", "body", "length", "keep_alive", "_index")
+
+    def __init__(self, status: int, version: str, raw: bytes, framing: dict[str, list[str]]):
+        self.status, self.version, self.raw, self.framing = status, version, raw, framing
         self.body = "none"      # "none", "length", "chunked", "close" (until the app closes) or "upgrade"
         self.length = 0
-        self.keep_alive = version == "HTTP/1.1" and not _has_token(index.get("connection"), "close")
+        self.keep_alive = version == "HTTP/1.1" and not _has_token(framing.get("connection"), "close")
+        self._index: dict[str, list[str]] | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        text = self.raw[:-4].decode("latin-1")
+        return _split_headers(text[text.find("\r\n") + 2:] + "\r\n") if "\r\n" in text else []
 
     def get(self, name: str) -> str | None:
-        values = self.index.get(name.lower())
+        if self._index is None:
+            self._index = {}
+            for k, v in self.headers:
+                self._index.setdefault(k.lower(), []).append(v)
+        values = self._index.get(name.lower())
         return values[0] if values else None
 
-    def wire(self, remove: frozenset = frozenset(), add: tuple = ()) -> bytes:
-        """The head again without the headers named in ``remove`` (lowercase), plus ``add``."""
-        first = self.raw[: self.raw.find(b"\r\n")].decode("latin-1")
-        lines = [first] + [f"{k}: {v}" for k, v in self.headers if k.lower() not in remove]
-        lines.extend(f"{k}: {v}" for k, v in add)
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+# The headers that decide a response's framing, found in C over the whole (validated) block.
+_FRAMING_HEADERS = re.compile(r"\r\n(content-length|transfer-encoding|connection)[ \t]*:[ \t]*([^\r\n]*?)[ \t]*(?=\r\n)",
+                              re.IGNORECASE)
 
 
 def _has_token(values: list[str] | None, token: str) -> bool:
@@ -446,18 +453,18 @@ def parse_response_head(raw: bytes, head_only: bool, upgrade_asked: bool) -> Res
     (502): a response the relay can't delimit exactly is never forwarded as if it could."""
     if not _no_bare_lf(raw) or b"\r\r" in raw or b"\x00" in raw:
         raise HttpError(502, "the app's response head has a bare LF, CR or NUL")
-    text = raw[:-4].decode("latin-1")
+    text = raw[:-2].decode("latin-1")    # the block keeps its last line's CRLF
     end = text.find("\r\n")
-    status_line, block = (text, "") if end < 0 else (text[:end], text[end + 2:] + "\r\n")
-    m = _STATUS_LINE.match(status_line)
+    m = _STATUS_LINE.match(text, 0, end)
     if not m:
         raise HttpError(502, "the app sent a malformed status line")
-    try:
-        headers = _split_headers(block)
-    except HttpError:
-        raise HttpError(502, "the app sent a malformed header line") from None
-    head = ResponseHead(int(m.group(2)), "HTTP/1." + m.group(1), headers, raw)
-    index, status = head.index, head.status
+    if not _HEADER_BLOCK.match(text, end + 2):
+        raise HttpError(502, "the app sent a malformed header line")
+    framing: dict[str, list[str]] = {}
+    for name, value in _FRAMING_HEADERS.findall(text, end):
+        framing.setdefault(name.lower(), []).append(value)
+    head = ResponseHead(int(m.group(2)), "HTTP/1." + m.group(1), raw, framing)
+    index, status = framing, head.status
     if status == 101:
         if not upgrade_asked:
             raise HttpError(502, "the app switched protocols without being asked to")
@@ -587,10 +594,14 @@ class MessageReader:
         if not self._buf and self.side == "request":
             while pos < len(data) and data[pos] in (13, 10):  # stray CRLF between requests (RFC 9112 §2.2)
                 pos += 1
+        limit = self.max_head
+        if not self._buf:   # the usual case: a whole head in one read, sliced out with no buffer
+            end = data.find(b"\r\n\r\n", pos, pos + limit)
+            if end >= 0:
+                return self._parse(bytes(data[pos:end + 4])), end + 4
         start = max(0, len(self._buf) - 3)
         self._buf += data[pos:] if pos else data
         end = self._buf.find(b"\r\n\r\n", start)
-        limit = self.max_head
         if end < 0:
             if len(self._buf) > limit:
                 raise HttpError(431 if self.side == "request" else 502, "head too large")
@@ -602,14 +613,16 @@ class MessageReader:
         consumed = end + 4 - (len(self._buf) - (len(data) - pos))
         raw = bytes(self._buf[:end + 4])
         self._buf.clear()
+        return self._parse(raw), pos + consumed
+
+    def _parse(self, raw: bytes):
         if self.side == "request":
             if not _no_bare_lf(raw):
                 raise HttpError(400, "bare LF in the request head")
             head = parse_request_head(raw[:-4])
             head.size = len(raw)
-        else:
-            head = parse_response_head(raw, self.head_only, self.upgrade_asked)
-        return head, pos + consumed
+            return head
+        return parse_response_head(raw, self.head_only, self.upgrade_asked)
 
     def _start_body(self, head, events: list) -> bool:
         """Set up ``head``'s body; True when parsing must stop here (message over, or raw)."""

@@ -17,7 +17,7 @@ from intunnel.relay.proxy import TABLE, Req, Resp
 def limits(**kw) -> proxy.Limits:
     base = dict(max_head=8192, handshake_timeout=10.0, keepalive_timeout=75.0, body_timeout=30.0,
                 body_min_rate=64, upstream_timeout=60.0, trust_proxy=False, public_scheme="http",
-                peer="198.51.100.7", cookie_domain="localhost")
+                cookie_domain="localhost")
     base.update(kw)
     return proxy.Limits(**base)
 
@@ -27,13 +27,14 @@ class Driver:
 
     def __init__(self, **kw):
         self.now = 0.0
-        self.m = proxy.ProxyState(limits(**kw), self.now)
+        self.m = proxy.ProxyState(limits(**kw), "198.51.100.7", self.now)
         self.upstream = b""          # what the current attachment received
         self.visitor = b""           # what the visitor received
         self.routes: list[str] = []
         self.detached: list[bool] = []
         self.closed = None
         self.spliced = False
+        self.has_upstream = False
         self.taken: set = set()
         go = self.m._go
 
@@ -45,13 +46,15 @@ class Driver:
     def apply(self, actions):
         for a in actions:
             if isinstance(a, proxy.ToUpstream):
-                assert self.m.attached, "bytes for an upstream while none is attached"
+                assert self.has_upstream, "bytes for an upstream while none is attached"
                 self.upstream += a.data
             elif isinstance(a, proxy.ToVisitor):
                 self.visitor += a.data
             elif isinstance(a, proxy.Route):
                 self.routes.append(a.head.host)
             elif isinstance(a, proxy.Detach):
+                assert self.has_upstream, "detached twice"
+                self.has_upstream = False
                 self.detached.append(a.park)
             elif isinstance(a, proxy.Splice):
                 self.spliced = True
@@ -66,6 +69,7 @@ class Driver:
 
     def attach(self, reused=False):
         self.upstream = b""
+        self.has_upstream = True
         return self.apply(self.m.attached_upstream(None, reused, self.now))
 
     def app(self, data: bytes):
