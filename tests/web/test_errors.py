@@ -189,3 +189,27 @@ def test_413_chunked_body_of_megabytes(web, alice_session):
         yield b'", "subdomain": "big", "local_port": 1}'
     r = alice_session.post(web.url + "/api/tunnels", data=chunks(), headers={"Content-Type": "application/json"})
     assert_error(r, 413, "PAYLOAD_TOO_LARGE")
+
+
+@pytest.mark.parametrize("path, authed", [("/api/tunnels", True), ("/api/tokens", True), ("/login", False)])
+@pytest.mark.parametrize("raw", [b"[" * 30000, b'{"a":' * 12000, b'{"name": ' + b"[" * 65 + b"]" * 65 + b"}"])
+def test_400_deeply_nested_json(web, alice_session, path, authed, raw):
+    """Nesting past MAX_JSON_DEPTH is refused before the parser recurses (it was a 500)."""
+    client = alice_session if authed else requests
+    r = client.post(web.url + path, data=raw, headers={"Content-Type": "application/json"})
+    assert_error(r, 400, "VALIDATION_ERROR", "body")
+
+
+def test_json_nesting_limit_counts_only_structure(web, alice_session):
+    """Brackets inside strings are text, and 64 levels are still accepted (then refused by field checks)."""
+    from intunnel.web.jsonbody import MAX_JSON_DEPTH
+    name = "[{" * 5000
+    r = alice_session.post(web.url + "/api/tokens", json={"name": name[:100]})
+    assert r.status_code == 200, r.text
+    deep = "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)
+    r = alice_session.post(web.url + "/api/tokens", data='{"name": ' + deep + "}",
+                           headers={"Content-Type": "application/json"})
+    assert_error(r, 400, "VALIDATION_ERROR", "name")  # parsed, then the field check speaks
+    r = alice_session.post(web.url + "/api/tokens", data=('{"name": "' + name + '"}').encode("utf-16"),
+                           headers={"Content-Type": "application/json"})
+    assert_error(r, 400, "VALIDATION_ERROR", "name")  # UTF-16 JSON decodes, long name refused
