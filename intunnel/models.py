@@ -7,11 +7,17 @@ Keep every query in peewee: no SQLite-only SQL outside ``migrations``.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import peewee as pw
 
+from .logsafe import QueryParametersWithheld
 from .timeutil import utcnow
+
+# peewee's DEBUG query log would print every query's parameters (tokens, hashes):
+# every process that uses the models (web, relay, admin) logs the SQL only.
+logging.getLogger("peewee").addFilter(QueryParametersWithheld())
 
 database = pw.DatabaseProxy()
 

@@ -37,6 +37,34 @@ def test_access_log_one_line_per_request_without_secrets(web, alice, caplog):
         assert secret not in text
 
 
+def test_debug_logging_writes_no_secrets(web, alice, caplog):
+    """At log_level=debug every logger (peewee's query log included) is on: still no secret in any line."""
+    import re
+    from intunnel.models import ApiToken, Session
+    from intunnel.security import sha256_hex
+    caplog.set_level(logging.DEBUG)
+    s = requests.Session()
+    s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    cookie = s.cookies["intunnel_session"]
+    created = s.post(web.url + "/api/tunnels", json={"name": "T", "subdomain": "logs", "local_port": 3000}).json()
+    regenerated = s.post(web.url + f"/api/tunnels/{created['tunnel']['id']}/regenerate-token").json()["token"]
+    api_token = s.post(web.url + "/api/tokens", json={"name": "t"}).json()["token"]
+    assert requests.get(web.url + "/api/tunnels", headers={"Authorization": f"Bearer {api_token}"}).ok
+    page = s.get(web.url + "/tokens", headers={"Accept": "text/html"}).text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    assert s.post(web.url + "/tokens", data={"csrf_token": csrf, "name": "form"},
+                  headers={"Accept": "text/html"}).ok
+    with database.connection_context():
+        password_hash = User.get_by_id(alice.id).password_hash
+        token_hashes = [t.token_hash for t in ApiToken.select()]
+        assert Session.get(Session.id_hash == sha256_hex(cookie)).csrf_token == csrf
+    assert any(r.name == "peewee" for r in caplog.records)  # the query log really was on
+    text = caplog.text + "\n".join(f"{r.getMessage()} {r.args!r}" for r in caplog.records)
+    for secret in (PASSWORD, password_hash, cookie, sha256_hex(cookie), csrf, created["tunnel"]["token"],
+                   regenerated, api_token, *token_hashes):
+        assert secret not in text, secret
+
+
 def test_tunnel_list_fast_path_equals_summary(web, alice):
     with database.connection_context():
         for i in range(3):
