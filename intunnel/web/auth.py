@@ -27,8 +27,9 @@ CSRF, in two layers:
        Forbidden (403) unless the posted ``csrf_token`` matches the session's.
        ``csrf_token()`` is None for anonymous visitors (no session, no form).
 
-Login failures are throttled per account and per client address
-(``LoginThrottle``; counters in memory of the web process).
+Login failures are throttled per (account, client address) and per address
+(``LoginThrottle``; counters in memory of the web process), so guesses from
+elsewhere never lock an owner out of their own address.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from urllib.parse import urlsplit
 
 import bottle
 
-from .. import security
+from .. import accounts, security
 from ..errors import Forbidden, RateLimited, Unauthorized
 from ..models import ApiToken, Session, User
 from ..timeutil import utcnow
@@ -228,25 +229,35 @@ def check_origin(environ: dict, settings) -> None:
 # --- login throttle -------------------------------------------------------------
 
 class LoginThrottle:
-    """Failed logins per account and per client address, from the web state's counters."""
+    """Failed logins per (account, client address) and per address, from the web state's counters.
+
+    An account is one budget whichever name it is given as (email in any case,
+    or username); a name no account has is its own budget, counted the same way.
+    """
 
     def __init__(self, state: web_state.WebState):
-        self.by_account = state.login_failures_by_account
+        self.by_account_address = state.login_failures_by_account_address
         self.by_address = state.login_failures_by_address
         self.clock = state.clock
 
+    @staticmethod
+    def account_key(login: str) -> str:
+        user = accounts.find_by_login(login)
+        # (no account has a longer name than an email may be: the key stays small)
+        return f"user:{user.id}" if user is not None else "name:" + login.strip().lower()[:254]
+
     def check(self, account: str, address: str) -> None:
-        for limiter, key in ((self.by_account, account.strip().lower()), (self.by_address, address)):
+        for limiter, key in ((self.by_account_address, f"{account} {address}"), (self.by_address, address)):
             decision = limiter.peek(key)
             if not decision.allowed:
                 raise RateLimited("Too many failed logins; try again later",
                                   retry_after=decision.retry_after(self.clock()))
 
     def failed(self, account: str, address: str) -> None:
-        self.by_account.hit(account.strip().lower())
+        self.by_account_address.hit(f"{account} {address}")
         self.by_address.hit(address)
 
-    def succeeded(self, account: str) -> None:
+    def succeeded(self, account: str, address: str) -> None:
         # The address counter is kept: logging into one's own account must not
         # reset the count of guesses made at others.
-        self.by_account.reset(account.strip().lower())
+        self.by_account_address.reset(f"{account} {address}")

@@ -88,19 +88,20 @@ def login():
     next_path = safe_next(next_path)
     throttle = auth.LoginThrottle(state)
     address = auth.client_address()
+    account = throttle.account_key(email)
     try:
-        throttle.check(email, address)
+        throttle.check(account, address)
     except RateLimited:
         if is_browser():
             _redirect_to_login("throttled", next_path)
         raise
     user = accounts.authenticate(email, password)
     if user is None:
-        throttle.failed(email, address)
+        throttle.failed(account, address)
         if is_browser():
             _redirect_to_login("invalid", next_path)
         raise Unauthorized("Invalid email or password")
-    throttle.succeeded(email)
+    throttle.succeeded(account, address)
     auth.start_session(user)
     if is_browser():
         see_other(next_path)

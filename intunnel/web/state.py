@@ -18,6 +18,9 @@ ENVIRON_KEY = "intunnel.state"
 
 # Failed logins are counted over this window (the login_max_failures setting's help says 15 min).
 LOGIN_FAILURE_WINDOW = 15 * 60
+# One client address may fail login_max_failures times on each of this many
+# accounts (typos on a shared office address) before the address is stopped.
+LOGIN_ADDRESS_ACCOUNTS = 4
 
 
 @dataclass
@@ -27,7 +30,7 @@ class WebState:
     get_limiter: RateLimiter
     write_limiter: RateLimiter
     regenerate_limiter: RateLimiter
-    login_failures_by_account: RateLimiter
+    login_failures_by_account_address: RateLimiter
     login_failures_by_address: RateLimiter
     # (status, message) -> HTML text for browser-facing errors; the dashboard may replace it.
     error_page: Callable[[int, str], str] | None = field(default=None)
@@ -40,8 +43,10 @@ class WebState:
             get_limiter=RateLimiter(settings.rate_limit_get, 60, clock),
             write_limiter=RateLimiter(settings.rate_limit_write, 60, clock),
             regenerate_limiter=RateLimiter(settings.rate_limit_regenerate, 3600, clock),
-            login_failures_by_account=RateLimiter(settings.login_max_failures, LOGIN_FAILURE_WINDOW, clock),
-            login_failures_by_address=RateLimiter(settings.login_max_failures, LOGIN_FAILURE_WINDOW, clock),
+            login_failures_by_account_address=RateLimiter(settings.login_max_failures, LOGIN_FAILURE_WINDOW,
+                                                          clock),
+            login_failures_by_address=RateLimiter(settings.login_max_failures * LOGIN_ADDRESS_ACCOUNTS,
+                                                  LOGIN_FAILURE_WINDOW, clock),
         )
 
 

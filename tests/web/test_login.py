@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import requests
 
 from intunnel.models import Session, database
@@ -115,11 +116,64 @@ def test_login_throttle_window_passes(web, alice, clock):
 
 def test_login_throttled_per_address(web):
     # failures spread over many accounts still stop one address
-    for i in range(web.settings.login_max_failures):
+    from intunnel.web.state import LOGIN_ADDRESS_ACCOUNTS
+    for i in range(web.settings.login_max_failures * LOGIN_ADDRESS_ACCOUNTS):
         requests.post(web.url + "/login", data={"email": f"u{i}@example.com", "password": "x"})
     create_user("late@example.com", "late")
     r = requests.post(web.url + "/login", data={"email": "late@example.com", "password": PASSWORD})
     assert r.status_code == 429
+
+
+@pytest.fixture
+def proxied(settings, clock):
+    """The app behind a proxy (as behind nginx): each request names its client in X-Forwarded-For."""
+    from support.web_server import running_web_app
+    with running_web_app(settings, clock=clock, web_trust_proxy=True) as web:
+        def post(address, login, password):
+            return requests.post(web.url + "/login", data={"email": login, "password": password},
+                                 headers={"X-Forwarded-For": address})
+        web.post_login = post
+        yield web
+
+
+def test_failures_from_elsewhere_never_lock_the_owner_out(proxied):
+    """Guesses from many addresses, by email and by username, leave the owner's own address alone."""
+    create_user("alice@example.com", "alice")
+    limit, owner = proxied.settings.login_max_failures, "198.51.100.7"
+    for i in range(limit):
+        for login in ("alice@example.com", "alice"):
+            assert proxied.post_login(f"203.0.113.{i}", login, "guess").status_code == 401
+    for _ in range(limit - 2):
+        proxied.post_login("203.0.113.0", "alice", "guess")
+    assert proxied.post_login("203.0.113.0", "alice@example.com", PASSWORD).status_code == 429
+    assert proxied.post_login(owner, "alice@example.com", PASSWORD).status_code == 200
+    assert proxied.post_login(owner, "alice", PASSWORD).status_code == 200
+
+
+def test_email_and_username_are_one_budget(proxied):
+    """The budget of (account, address) is the account's, whichever name the guesses use."""
+    create_user("alice@example.com", "alice")
+    create_user("bob@example.com", "bob")
+    address, limit = "203.0.113.9", proxied.settings.login_max_failures
+    for i in range(limit):
+        assert proxied.post_login(address, ("alice@example.com", "alice", "ALICE@example.com")[i % 3],
+                                  "guess").status_code == 401
+    for login in ("alice", "alice@example.com", " Alice@Example.com "):
+        assert proxied.post_login(address, login, "guess").status_code == 429, login
+    # the address itself still has budget left for another account
+    assert proxied.post_login(address, "bob", "guess").status_code == 401
+    assert proxied.post_login(address, "bob@example.com", PASSWORD).status_code == 200
+
+
+def test_owner_login_resets_only_their_own_budget(proxied):
+    create_user("alice@example.com", "alice")
+    address, limit = "198.51.100.7", proxied.settings.login_max_failures
+    for _ in range(limit - 1):
+        proxied.post_login(address, "alice", "typo")
+    assert proxied.post_login(address, "alice@example.com", PASSWORD).status_code == 200
+    for _ in range(limit - 1):
+        assert proxied.post_login(address, "alice", "typo").status_code == 401
+    assert proxied.post_login(address, "alice", PASSWORD).status_code == 200
 
 
 def test_cross_site_post_with_cookie_is_403(web, alice_session):
