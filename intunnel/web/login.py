@@ -4,8 +4,13 @@
 example) or the same as a JSON object, plus an optional ``next`` (a local path).
 A browser (Accept: text/html) gets a 303 to ``next`` or ``/``; on failure a 303
 back to ``/login?error=invalid`` (or ``error=throttled``) so the page can say
-why.  Any other client gets JSON: ``{"success": true, "user": {...}}``, or 401
-UNAUTHORIZED / 429 RATE_LIMITED in the seed's error format.
+why.  Any other client gets JSON: ``{"success": true, "user": {...},
+"csrf_token": "..."}``, or 401 UNAUTHORIZED / 429 RATE_LIMITED in the seed's
+error format.
+
+``POST /logout`` ends a session only with that session's form token in the
+``csrf_token`` field (the dashboard's logout form carries it; a script has it
+from the login answer); without it, 403 FORBIDDEN like every other form.
 """
 
 from __future__ import annotations
@@ -102,13 +107,15 @@ def login():
             _redirect_to_login("invalid", next_path)
         raise Unauthorized("Invalid email or password")
     throttle.succeeded(account, address)
-    auth.start_session(user)
+    session = auth.start_session(user)
     if is_browser():
         see_other(next_path)
-    return {"success": True, "user": user_json(user)}
+    return {"success": True, "user": user_json(user), "csrf_token": session.csrf_token}
 
 
 def logout():
+    if auth.authenticate_request().session is not None:
+        auth.check_csrf_form()
     auth.end_session()
     if is_browser():
         see_other("/login")

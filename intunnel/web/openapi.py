@@ -86,6 +86,8 @@ SCHEMAS = {
     "Success": {"type": "object", "properties": {"success": {"type": "boolean"}, "message": STR}},
 }
 
+_CSRF_TOKEN = {"type": "string", "description": "the session's form token, from the login answer"}
+
 
 def _paths() -> dict:
     tunnel_ok = _json({"type": "object", "properties": {"success": {"type": "boolean"},
@@ -127,14 +129,18 @@ def _paths() -> dict:
         },
         "/login": {
             "post": {**_op("Log in; sets the session cookie `intunnel_session` (a browser is redirected)", _json(
-                {"type": "object", "properties": {"success": {"type": "boolean"}, "user": {"type": "object"}}},
+                {"type": "object", "properties": {"success": {"type": "boolean"}, "user": {"type": "object"},
+                                                  "csrf_token": _CSRF_TOKEN}},
                 "Logged in"), ("400", "401", "403", "415", "429"), public=True),
                 "requestBody": {"required": True, "content": {
                     "application/x-www-form-urlencoded": {"schema": _LOGIN},
                     "application/json": {"schema": _LOGIN}}}},
         },
         "/logout": {
-            "post": _op("End the session", _json(_ref("Success"), "Logged out"), ("403",), public=True),
+            "post": {**_op("End the session (403 without its csrf_token)", _json(_ref("Success"), "Logged out"),
+                           ("403",), public=True),
+                     "requestBody": {"content": {"application/x-www-form-urlencoded": {"schema": {
+                         "type": "object", "properties": {"csrf_token": _CSRF_TOKEN}}}}}},
         },
         "/healthz": {
             "get": _op("Liveness", _json({"type": "object", "properties": {"status": {"type": "string"}}}, "ok"),

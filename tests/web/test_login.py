@@ -70,14 +70,14 @@ def test_new_session_id_at_every_login_and_logout_ends_it(web, alice):
     s = requests.Session()
     s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
     first = s.cookies["intunnel_session"]
-    s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    csrf = s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD}).json()["csrf_token"]
     second = s.cookies["intunnel_session"]
     assert first != second
     # the old id is dead
     r = requests.get(web.url + "/api/user/profile", cookies={"intunnel_session": first})
     assert r.status_code == 401
     assert s.get(web.url + "/api/user/profile").status_code == 200
-    r = s.post(web.url + "/logout")
+    r = s.post(web.url + "/logout", data={"csrf_token": csrf})
     assert r.status_code == 200 and r.json() == {"success": True, "message": "Logged out"}
     r = requests.get(web.url + "/api/user/profile", cookies={"intunnel_session": second})
     assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
@@ -191,6 +191,30 @@ def test_cross_site_logout_refused(web, alice_session):
     assert r.status_code == 403
     assert alice_session.get(web.url + "/api/user/profile").status_code == 200
 
+
+
+def test_logout_needs_the_sessions_csrf_token(web, alice):
+    """A logout without the form's token (a forged form, a link, an old page) is refused like any form."""
+    import re
+    s = requests.Session()
+    s.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
+    page = s.get(web.url + "/profile", headers={"Accept": "text/html"}).text
+    csrf = re.search(r'action="/logout">\s*<input type="hidden" name="csrf_token" value="([^"]+)"', page).group(1)
+    for data in ({}, {"csrf_token": ""}, {"csrf_token": csrf + "x"}, {"csrf_token": "x" * len(csrf)}):
+        r = s.post(web.url + "/logout", data=data)
+        assert r.status_code == 403 and r.json()["code"] == "FORBIDDEN", data
+        r = s.post(web.url + "/logout", data=data, headers={"Accept": "text/html"}, allow_redirects=False)
+        assert r.status_code == 403 and "CSRF token" in r.text and r.headers["Content-Type"].startswith("text/html")
+        assert "Set-Cookie" not in r.headers
+        assert s.get(web.url + "/api/user/profile").status_code == 200, data
+    r = s.post(web.url + "/logout", data={"csrf_token": csrf}, headers={"Accept": "text/html"}, allow_redirects=False)
+    assert r.status_code == 303 and r.headers["Location"] == "/login"
+    assert s.get(web.url + "/api/user/profile").status_code == 401
+
+
+def test_logout_without_a_session_is_harmless(web):
+    r = requests.post(web.url + "/logout")
+    assert r.status_code == 200 and r.json() == {"success": True, "message": "Logged out"}
 
 def test_unknown_page_is_html_for_browsers_json_for_api(web):
     r = requests.get(web.url + "/no-such-page", headers={"Accept": "text/html"})
