@@ -3,8 +3,9 @@
 The cookie holds a short JSON list of ``[kind, text]`` pairs plus an HMAC made
 with the app's secret key, so a third party can't plant messages.  It is read
 once and cleared.  Besides ``success``/``error``/``info`` messages, the kind
-``secret`` carries a value to show exactly once (a new API token) on the page
-the browser is redirected to; the cookie is HttpOnly and deleted on that page.
+``secret`` carries the reference of a value to show exactly once (a new API
+token) on the page the browser is redirected to: the value itself stays
+server-side (``onetime``), since this cookie is signed, not encrypted.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import bottle
 COOKIE = "intunnel_flash"
 KINDS = ("success", "error", "info", "secret")
 MAX_TEXT = 300
+MAX_AGE = 300  # seconds a message waits for the next page
 
 
 def _sign(secret_key: str, payload: bytes) -> str:
@@ -61,7 +63,7 @@ class Flash:
         pending = bottle.request.environ.setdefault("intunnel.flash", [])
         pending.append((kind, text[:MAX_TEXT] if kind != "secret" else text))
         bottle.response.set_cookie(COOKIE, encode(self.secret_key, pending), path="/",
-                                   httponly=True, samesite="lax", secure=self.secure, max_age=300)
+                                   httponly=True, samesite="lax", secure=self.secure, max_age=MAX_AGE)
 
     def pop(self) -> list[tuple[str, str]]:
         """This request's messages; clears the cookie."""

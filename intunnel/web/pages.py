@@ -54,7 +54,7 @@ class Pages:
     def render(self, template: str, status: int = 200, **context: Any) -> str:
         user = context.pop("user", None) or auth.current_user()
         context.setdefault("nav", "")
-        flashes = self.flash.pop()
+        flashes = self.resolve_secrets(self.flash.pop())
         page = self.env.get_template(template).render(
             user=user, csrf_token=auth.csrf_token() or "", flashes=flashes,
             domain=self.settings.domain, relay_url=self.settings.relay_url,
@@ -63,6 +63,20 @@ class Pages:
         bottle.response.status = status
         bottle.response.content_type = "text/html; charset=utf-8"
         return page
+
+    @staticmethod
+    def resolve_secrets(flashes: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """A ``secret`` message names a value held server-side: show it to its own session, once."""
+        session = auth.authenticate_request().session
+        store = current_state().one_time_secrets
+        resolved = []
+        for kind, text in flashes:
+            if kind == "secret":
+                text = store.take(session.id_hash if session is not None else None, text)
+                if text is None:
+                    continue
+            resolved.append((kind, text))
+        return resolved
 
     def error_page(self, status: int, message: str) -> str:
         """The HTML error page (the app calls it for every browser-facing error)."""
@@ -217,7 +231,7 @@ class Pages:
 
     def tokens_page(self, errors=None, form=None, status=200):
         user = self.user_or_login()
-        # A new token's secret arrives once, as a "secret" flash message (see flash.py).
+        # A new token's secret arrives once, through a "secret" flash message (see render()).
         return self.render("tokens.html", status=status, user=user, nav="tokens",
                            tokens=apitokens.list_for(user), errors=errors or {}, form=form or {"name": ""})
 
@@ -228,7 +242,8 @@ class Pages:
             _, secret = apitokens.create(user, name)
         except ValidationError as err:
             return self.tokens_page({"name": human(err.message)}, {"name": name}, status=400)
-        self.flash.add("secret", secret)
+        session = auth.authenticate_request().session
+        self.flash.add("secret", current_state().one_time_secrets.put(session.id_hash, secret))
         self.done(f"Token “{name.strip()}” created.", "/tokens")
 
     def revoke_token(self, token_id):

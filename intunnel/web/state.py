@@ -2,7 +2,8 @@
 
 One ``WebState`` per ``create_app``; it is reachable as ``app.intunnel`` and,
 during a request, through ``current()``.  Rate-limit and login-throttle counters
-live here, in the memory of the web process (a restart forgets them).
+and the not-yet-shown secrets live here, in the memory of the web process (a
+restart forgets them).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from typing import Callable
 import bottle
 
 from ..ratelimit import Clock, RateLimiter
+from .flash import MAX_AGE as FLASH_MAX_AGE
+from .onetime import OneTimeSecrets
 
 ENVIRON_KEY = "intunnel.state"
 
@@ -32,6 +35,7 @@ class WebState:
     regenerate_limiter: RateLimiter
     login_failures_by_account_address: RateLimiter
     login_failures_by_address: RateLimiter
+    one_time_secrets: OneTimeSecrets
     # (status, message) -> HTML text for browser-facing errors; the dashboard may replace it.
     error_page: Callable[[int, str], str] | None = field(default=None)
 
@@ -47,6 +51,7 @@ class WebState:
                                                           clock),
             login_failures_by_address=RateLimiter(settings.login_max_failures * LOGIN_ADDRESS_ACCOUNTS,
                                                   LOGIN_FAILURE_WINDOW, clock),
+            one_time_secrets=OneTimeSecrets(FLASH_MAX_AGE, clock),
         )
 
 
