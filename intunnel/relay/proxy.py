@@ -559,6 +559,7 @@ class ProxyState:
         self.ended = "complete"
         self.outcomes.append("complete")
         self.idle_since = now
+        self.answered = False
         if self.must_close or self.visitor_gone:
             return self._close(now, None)
         out: list = []

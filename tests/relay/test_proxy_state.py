@@ -262,6 +262,11 @@ def test_r11_early_hints_are_dropped_and_continue_passes():
     assert d.visitor == OK
 
 
+def test_a_malformed_head_after_a_complete_exchange_gets_its_own_400():
+    d = Driver().send(get() + b"GET / HTTP/1.1\r\nno colon here\r\n\r\n").attach().app(OK)
+    assert d.visitor.startswith(OK) and d.visitor[len(OK):].startswith(b"HTTP/1.1 400 ") and d.closed is False
+
+
 def test_101_to_a_request_that_did_not_ask_is_a_502():
     d = Driver().send(get()).attach().app(SWITCH + b"raw")
     assert d.visitor.startswith(b"HTTP/1.1 502 ") and not d.spliced
