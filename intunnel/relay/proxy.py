@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..wire.http1 import END, HttpError, MessageReader, RequestHead, ResponseHead
+from ..wire.http1 import END, HttpError, MessageReader, RequestHead, ResponseHead, has_token
 from . import cookies, pages
 
 # A body piece this big (or this much Content-Length body still to come) goes through the kernel.
@@ -613,8 +613,7 @@ class ProxyState:
 
 
 def _asks_close(head: RequestHead) -> bool:
-    values = head.index.get("connection")
-    return bool(values) and any(t.strip().lower() == "close" for v in values for t in v.split(","))
+    return has_token(head.index.get("connection"), "close")
 
 
 def _say_close(raw: bytes, close: bool = True) -> bytes:

@@ -26,6 +26,7 @@ _REQUEST_LINE = re.compile(r"([A-Z][A-Z0-9_-]{0,31}) ([^\x00-\x20\x7f]+) (HTTP/1
 _HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\r\n)*\Z")
 # RFC 9112 §7.1: chunk-size [ BWS ";" chunk-ext ] -- an extension needs its ";" ("5 x" is not one).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\x21-\x7e \t]*)?\Z")
+_TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\Z")
 _HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
 
 
@@ -129,9 +130,8 @@ def parse_request_head(raw: bytes) -> RequestHead:
             raise HttpError(400, "invalid Content-Length")
         head.length = int(value)
         head.body = "length" if head.length else "none"
-    if "upgrade" in index and "connection" in index:
-        if any(t.strip().lower() == "upgrade" for v in index["connection"] for t in v.split(",")):
-            head.body = "upgrade"
+    if "upgrade" in index and has_token(index.get("connection"), "upgrade"):
+        head.body = "upgrade"
     return head
 
 
@@ -182,10 +182,12 @@ class ChunkedScanner:
                     raise HttpError(400, "invalid chunk size line")
                 self._remaining = int(m.group(1), 16)
                 self._state = "data" if self._remaining else "trailer"
-            else:  # trailer: header lines until an empty one
+            else:  # trailer: field lines until an empty one (RFC 9112 §7.1.2), as strict as a head's
                 if not line:
                     self._state = "size"
                     return pos
+                if not _TRAILER_LINE.match(line):
+                    raise HttpError(400, "malformed trailer line")
                 self._trailer_bytes += len(line)
                 if self._trailer_bytes > MAX_TRAILER:
                     raise HttpError(400, "trailer too large")
@@ -417,7 +419,7 @@ class ResponseHead:
         self.status, self.version, self.raw, self.framing = status, version, raw, framing
         self.body = "none"      # "none", "length", "chunked", "close" (until the app closes) or "upgrade"
         self.length = 0
-        self.keep_alive = version == "HTTP/1.1" and not _has_token(framing.get("connection"), "close")
+        self.keep_alive = version == "HTTP/1.1" and not has_token(framing.get("connection"), "close")
         self._index: dict[str, list[str]] | None = None
 
     @property
@@ -439,8 +441,12 @@ _FRAMING_HEADERS = re.compile(r"\r\n(content-length|transfer-encoding|connection
                               re.IGNORECASE)
 
 
-def _has_token(values: list[str] | None, token: str) -> bool:
-    return bool(values) and any(t.strip().lower() == token for v in values for t in v.split(","))
+def has_token(values: list[str] | None, token: str) -> bool:
+    """Whether a comma-separated header (all its ``values``) lists ``token`` (lowercase)."""
+    if not values:
+        return False
+    joined = values[0].lower() if len(values) == 1 else ",".join(values).lower()
+    return token in joined and any(t.strip() == token for t in joined.split(","))
 
 
 def _no_bare_lf(raw) -> bool:
@@ -565,7 +571,12 @@ class MessageReader:
                     break
                 continue
             if mode == "chunked":
-                end = self._chunks.feed(data, pos)
+                try:
+                    end = self._chunks.feed(data, pos)
+                except HttpError as e:
+                    if self.side == "response":   # the app's fault, like a bad response head
+                        raise HttpError(502, e.message) from None
+                    raise
                 stop = n if end < 0 else end
                 events.append(data if (pos == 0 and stop == n) else data[pos:stop])
                 pos = stop
@@ -621,6 +632,14 @@ class MessageReader:
                 raise HttpError(400, "bare LF in the request head")
             head = parse_request_head(raw[:-4])
             head.size = len(raw)
+            if head.body == "upgrade" and (head.version != "HTTP/1.1" or head.length or
+                                           "transfer-encoding" in head.index):
+                # An upgrade request's content is part of its HTTP/1.1 message (what h11 reads,
+                # RFC 7540 §3.2); taken as the new protocol's first bytes, it would be parsed as a
+                # request of its own after a refusal.  Such an Upgrade is ignored (RFC 9110 §7.8
+                # lets a server; for HTTP/1.0 it must): a plain request, and a 101 to it is refused.
+                head.body = "chunked" if "transfer-encoding" in head.index else \
+                    "length" if head.length else "none"
             return head
         return parse_response_head(raw, self.head_only, self.upgrade_asked)
 
