@@ -1,10 +1,13 @@
 """Who is making this request: login sessions, API tokens, CSRF checks.
 
 Credentials
-    * Session cookie ``intunnel_session`` (HttpOnly, SameSite=Lax, Secure when
-      ``public_scheme`` is https).  The cookie holds a random id; the database
-      keeps only its SHA-256 (``Session.id_hash``) with an expiry.  Every login
-      gets a new id (``start_session``), logout deletes the row (``end_session``).
+    * Session cookie ``__Host-intunnel_session`` under https (HttpOnly,
+      SameSite=Lax, Secure, Path=/, no Domain), ``intunnel_session`` over http.
+      The cookie holds a random id; the database keeps only its SHA-256
+      (``Session.id_hash``) with an expiry.  Every login gets a new id
+      (``start_session``), logout deletes the row (``end_session``).  A request
+      with more than one session cookie (one planted by a tunnel's app, see
+      ``cookies``) is not logged in; login and logout delete planted copies.
     * ``Authorization: Bearer itk_...`` personal API tokens (``ApiToken``, stored
       as SHA-256).  When an Authorization header is present it is the only
       credential looked at: a malformed or revoked token is 401 even if a valid
@@ -44,10 +47,11 @@ from .. import accounts, security
 from ..errors import Forbidden, RateLimited, Unauthorized
 from ..models import ApiToken, Session, User
 from ..timeutil import utcnow
+from . import cookies
 from . import state as web_state
 from .sqlcache import cached_sql
 
-SESSION_COOKIE = "intunnel_session"
+SESSION_COOKIE = "intunnel_session"  # the base name; see session_cookie_name()
 CSRF_FIELD = "csrf_token"
 # last_used_at of an API token is written at most this often (seconds), so a busy
 # script does not turn every read into a database write.
@@ -76,6 +80,15 @@ def client_address(environ: dict | None = None) -> str:
     return environ.get("REMOTE_ADDR") or "unknown"
 
 
+def session_cookie_name(settings) -> str:
+    return cookies.name(SESSION_COOKIE, settings.cookie_secure)
+
+
+def _session_cookie(environ: dict) -> str | None:
+    """The session cookie's value; None without one, or with more than one."""
+    return cookies.single(environ, SESSION_COOKIE, web_state.current().settings.cookie_secure)
+
+
 # --- resolving the credential -------------------------------------------------
 
 def authenticate_request() -> Auth:
@@ -86,7 +99,7 @@ def authenticate_request() -> Auth:
         if header is not None:
             cached = _from_bearer(header)
         else:
-            cookie = bottle.request.get_cookie(SESSION_COOKIE)
+            cookie = _session_cookie(environ)
             cached = _from_session_cookie(cookie) if cookie else ANONYMOUS
         environ[_ENV_KEY] = cached
         if cached.user is not None:
@@ -162,8 +175,12 @@ def start_session(user: User) -> Session:
     session = Session.create(id_hash=security.sha256_hex(session_id), user=user,
                              csrf_token=security.new_session_id(), created_at=now,
                              expires_at=now + timedelta(seconds=settings.session_lifetime))
-    bottle.response.set_cookie(SESSION_COOKIE, session_id, path="/", httponly=True, samesite="lax",
-                               secure=settings.cookie_secure, max_age=settings.session_lifetime)
+    # First the cookie (scripts that read one Set-Cookie read this one), then the
+    # deletions of planted copies.
+    bottle.response.add_header("Set-Cookie", cookies.header(
+        session_cookie_name(settings), session_id, secure=settings.cookie_secure,
+        max_age=settings.session_lifetime))
+    _delete_strays(settings)
     bottle.request.environ[_ENV_KEY] = Auth(user=user, method="session", session=session)
     bottle.request.environ["intunnel.user_id"] = user.id
     return session
@@ -171,14 +188,20 @@ def start_session(user: User) -> Session:
 
 def end_session(clear_cookie: bool = True) -> None:
     """Delete the current session row (if any) and, by default, the cookie."""
-    cookie = bottle.request.get_cookie(SESSION_COOKIE)
+    cookie = _session_cookie(bottle.request.environ)
     if cookie and len(cookie) <= _MAX_CREDENTIAL_LENGTH:
         Session.delete().where(Session.id_hash == security.sha256_hex(cookie)).execute()
     if clear_cookie:
         settings = web_state.current().settings
-        bottle.response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="lax",
-                                      secure=settings.cookie_secure)
+        bottle.response.add_header("Set-Cookie", cookies.deletion(session_cookie_name(settings),
+                                                                  secure=settings.cookie_secure))
+        _delete_strays(settings)
     bottle.request.environ[_ENV_KEY] = ANONYMOUS
+
+
+def _delete_strays(settings) -> None:
+    for value in cookies.strays(SESSION_COOKIE, secure=settings.cookie_secure, domain=settings.domain):
+        bottle.response.add_header("Set-Cookie", value)
 
 
 # --- CSRF -----------------------------------------------------------------------

@@ -17,7 +17,9 @@ import json
 
 import bottle
 
-COOKIE = "intunnel_flash"
+from . import cookies
+
+COOKIE = "intunnel_flash"  # the base name: __Host-intunnel_flash under https (see cookies)
 KINDS = ("success", "error", "info", "secret")
 MAX_TEXT = 300
 MAX_AGE = 300  # seconds a message waits for the next page
@@ -51,24 +53,30 @@ def decode(secret_key: str, value: str | None) -> list[tuple[str, str]]:
 
 
 class Flash:
-    """Per-app helper bound to the secret key and the cookie's Secure flag."""
+    """Per-app helper bound to the secret key, the cookie's Secure flag (and name) and the domain."""
 
-    def __init__(self, secret_key: str, secure: bool):
+    def __init__(self, secret_key: str, secure: bool, domain: str):
         self.secret_key = secret_key
         self.secure = secure
+        self.domain = domain
+        self.name = cookies.name(COOKIE, secure)
 
     def add(self, kind: str, text: str) -> None:
         """Queue a message for the next page (call before ``bottle.redirect``)."""
         assert kind in KINDS
         pending = bottle.request.environ.setdefault("intunnel.flash", [])
         pending.append((kind, text[:MAX_TEXT] if kind != "secret" else text))
-        bottle.response.set_cookie(COOKIE, encode(self.secret_key, pending), path="/",
+        bottle.response.set_cookie(self.name, encode(self.secret_key, pending), path="/",
                                    httponly=True, samesite="lax", secure=self.secure, max_age=MAX_AGE)
 
     def pop(self) -> list[tuple[str, str]]:
-        """This request's messages; clears the cookie."""
-        raw = bottle.request.get_cookie(COOKIE)
-        if raw is None:
+        """This request's messages (none when two flash cookies came: one was planted); clears the cookie."""
+        environ = bottle.request.environ
+        found = cookies.pairs(environ.get("HTTP_COOKIE", ""), COOKIE)
+        if not found:
             return []
-        bottle.response.delete_cookie(COOKIE, path="/", httponly=True, samesite="lax", secure=self.secure)
-        return decode(self.secret_key, raw)
+        bottle.response.delete_cookie(self.name, path="/", httponly=True, samesite="lax", secure=self.secure)
+        if len(found) > 1 or found[0][0] != self.name:  # a copy the app never set
+            for value in cookies.strays(COOKIE, secure=self.secure, domain=self.domain):
+                bottle.response.add_header("Set-Cookie", value)
+        return decode(self.secret_key, cookies.single(environ, COOKIE, self.secure))

@@ -7,6 +7,7 @@ every route is documented and every documented route exists.
 from __future__ import annotations
 
 from .. import __version__
+from .auth import session_cookie_name
 
 
 def _ref(name: str) -> dict:
@@ -128,7 +129,7 @@ def _paths() -> dict:
                           ("401", "404", "429"), params=True),
         },
         "/login": {
-            "post": {**_op("Log in; sets the session cookie `intunnel_session` (a browser is redirected)", _json(
+            "post": {**_op("Log in; sets the session cookie (a browser is redirected)", _json(
                 {"type": "object", "properties": {"success": {"type": "boolean"}, "user": {"type": "object"},
                                                   "csrf_token": _CSRF_TOKEN}},
                 "Logged in"), ("400", "401", "403", "415", "429"), public=True),
@@ -163,7 +164,7 @@ def document(settings) -> dict:
         "security": [{"session": []}, {"bearer": []}],
         "components": {
             "securitySchemes": {
-                "session": {"type": "apiKey", "in": "cookie", "name": "intunnel_session"},
+                "session": {"type": "apiKey", "in": "cookie", "name": session_cookie_name(settings)},
                 "bearer": {"type": "http", "scheme": "bearer"},
             },
             "schemas": SCHEMAS,

@@ -47,7 +47,7 @@ class Pages:
     def __init__(self, settings):
         self.settings = settings
         self.env = make_environment()
-        self.flash = Flash(settings.secret_key, settings.cookie_secure)
+        self.flash = Flash(settings.secret_key, settings.cookie_secure, settings.domain)
 
     # --- rendering ----------------------------------------------------------
 

@@ -109,7 +109,8 @@ class Site:
         status, headers, body = self.request("POST", "/login", {"email": ADMIN_EMAIL, "password": self.admin_password})
         assert status == 200, (status, body)
         cookies = [v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie"]
-        self.cookie = "; ".join(c for c in cookies if c.startswith("intunnel_session="))
+        self.cookie = "; ".join(c for c in cookies if c.startswith("__Host-intunnel_session=")
+                                and c != "__Host-intunnel_session=")
         assert self.cookie, headers
 
 

@@ -62,7 +62,7 @@ def test_production_url_and_last_connected_iso(settings, clock):
         s = requests.Session()
         r = s.post(web.url + "/login", json={"email": "p@example.com", "password": PASSWORD})
         # the cookie is Secure (https), so requests would not send it over plain http: do it by hand
-        s.headers["Cookie"] = "intunnel_session=" + r.cookies["intunnel_session"]
+        s.headers["Cookie"] = "__Host-intunnel_session=" + r.cookies["__Host-intunnel_session"]
         t = create(s, web)
         with database.connection_context():
             Tunnel.update(status="active", last_connected=utcnow()).where(Tunnel.id == t["id"]).execute()

@@ -30,7 +30,7 @@ def test_form_login_script_gets_json_and_cookie_flags(web, alice):
     r = requests.post(web.url + "/login", data={"email": "alice@example.com", "password": PASSWORD})
     assert r.status_code == 200
     assert r.json()["success"] is True and r.json()["user"]["username"] == "alice"
-    cookie = r.headers["Set-Cookie"]
+    cookie = r.raw.headers.getlist("Set-Cookie")[0]
     assert cookie.startswith("intunnel_session=") and "HttpOnly" in cookie and "samesite=lax" in cookie.lower()
     assert "Secure" not in cookie  # public_scheme http
     value = r.cookies["intunnel_session"]
@@ -49,7 +49,8 @@ def test_secure_cookie_under_https(settings, alice_factory=None):
     with running_web_app(settings, public_scheme="https") as web:
         create_user("bob@example.com", "bob")
         r = requests.post(web.url + "/login", json={"email": "bob@example.com", "password": PASSWORD})
-        assert "Secure" in r.headers["Set-Cookie"]
+        cookie = r.raw.headers.getlist("Set-Cookie")[0]
+        assert cookie.startswith("__Host-intunnel_session=") and "Secure" in cookie
 
 
 def test_browser_login_redirects_to_safe_next(web, alice):

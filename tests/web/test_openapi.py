@@ -57,3 +57,11 @@ def test_refs_resolve_and_operations_are_complete(web):
 def test_document_is_valid_openapi(web):
     from openapi_spec_validator import validate
     validate(requests.get(web.url + "/api/openapi.json").json())
+
+
+def test_session_scheme_names_the_cookie_in_use(settings):
+    from support.web_server import running_web_app
+    for scheme, cookie in (("https", "__Host-intunnel_session"), ("http", "intunnel_session")):
+        with running_web_app(settings, public_scheme=scheme) as web:
+            doc = requests.get(web.url + "/api/openapi.json").json()
+            assert doc["components"]["securitySchemes"]["session"]["name"] == cookie
