@@ -47,7 +47,6 @@ from . import cookies, pages
 # A body piece this big (or this much Content-Length body still to come) goes through the kernel.
 BULK = 128 * 1024
 FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
-HOP_BY_HOP_RESPONSE = frozenset(("connection", "keep-alive"))
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 
 
@@ -194,8 +193,8 @@ class ProxyState:
         self.last_sent = now
         self.window_start = now
         self.window_bytes = 0
-        self.ended = None            # R7: "complete", "closed" or "error" of the last exchange
-        self.outcomes: list[str] = []  # one per exchange that began (a routed head), in order
+        self.begun = 0               # exchanges begun (request heads taken)
+        self.outcomes: list[str] = []  # R7: how each exchange that began ended, in order
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -272,7 +271,7 @@ class ProxyState:
         if self.req is Req.TUNNEL:
             return []             # netio.splice passes half-closes on itself
         if self.between_requests:
-            return self._close(now, "complete" if self.ended is None else None)
+            return self._close(now, None)
         if (self.req in (Req.DONE, Req.SWITCHING) and not self.held) or \
                 (self.req is Req.ROUTING and self.head.body == "none"):
             self.must_close = True  # the answer still goes out, then the connection closes
@@ -445,6 +444,7 @@ class ProxyState:
     def _request_head(self, events: list, now: float) -> list:
         """A head (``events[0]``; a bodiless request's END may follow: ``_send_head`` ends it)."""
         head = events[0]
+        self.begun += 1
         self.head, self.answered, self.retried = head, False, False
         self.head_since = None
         if head.version != "HTTP/1.1" or _asks_close(head):
@@ -507,7 +507,6 @@ class ProxyState:
             if self.held:
                 out.append(ToUpstream(self.held))
                 self.held = b""
-            self.ended = "complete"
             self.outcomes.append("tunnel")
             return out + [Splice()]
         if head.status < 200:
@@ -556,7 +555,6 @@ class ProxyState:
             return []
         self._go("req", "reset", Req.IDLE)
         self._go("resp", "reset", Resp.IDLE)
-        self.ended = "complete"
         self.outcomes.append("complete")
         self.idle_since = now
         self.answered = False
@@ -600,7 +598,6 @@ class ProxyState:
         out: list = []
         if self.req not in (Req.IDLE,) and outcome is not None:
             self.outcomes.append(outcome)
-            self.ended = outcome
         if self.attached:
             idle = self.req is Req.IDLE and self.resp is Resp.IDLE and self.reusable and self.kernel is None
             out.append(Detach(park=idle))

@@ -541,10 +541,6 @@ class MessageReader:
         """Bytes of a Content-Length body still to come (0 otherwise)."""
         return self._remaining if self._mode == "length" else 0
 
-    @property
-    def until_close(self) -> bool:
-        return self._mode == "close"
-
     def skip_body(self, n: int) -> bool:
         """``n`` body bytes went by unseen (the kernel moved them); True: the message ended."""
         if self._mode != "length" or n > self._remaining:

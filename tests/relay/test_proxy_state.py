@@ -388,6 +388,9 @@ class Exchanges(RuleBasedStateMachine):
         assert all(o in ("complete", "closed", "error", "tunnel") for o in m.outcomes)
         if m.closed:
             assert m.resp is Resp.CLOSED
+            assert len(m.outcomes) == m.begun, (m.outcomes, m.begun)   # each exactly once
+        else:
+            assert len(m.outcomes) in (m.begun - 1, m.begun), (m.outcomes, m.begun)
 
 
 Exchanges.TestCase.settings = settings(max_examples=300, stateful_step_count=30, deadline=None,
