@@ -4,14 +4,34 @@ Tunnels live on subdomains of the web app's domain, so a tunnel's app could othe
 ``intunnel_session=...; Domain=<domain>`` and log a visiting user into another account.
 A cookie scoped to the tunnel's own host (no Domain, or a Domain at or below the tunnel's
 host) is the app's own business and passes untouched.
+
+A ``Domain`` is read the way a browser may read it (case, leading and trailing dots,
+surrounding whitespace, percent-escapes): one that is still not a plain ASCII host name
+after that can't be judged, and its cookie is dropped too (fail closed).  A folded
+continuation line (obs-fold) belongs to the header before it.
 """
 
 from __future__ import annotations
 
+import re
+from urllib.parse import unquote
+
+_HOST_NAME = re.compile(r"[a-z0-9.-]*")
+
 
 def _covers_web_app(domain_attr: str, domain: str) -> bool:
-    d = domain_attr.strip().lstrip(".").lower().rstrip(".")
-    return d == domain or domain.endswith("." + d)
+    """Whether a browser could scope a cookie with this Domain to ``domain`` (or beyond)."""
+    d = unquote(domain_attr.strip(), encoding="latin-1").strip().lower()
+    if not _HOST_NAME.fullmatch(d):
+        return True   # not a host name we can compare: never let it through
+    d = d.lstrip(".").rstrip(".")
+    return bool(d) and (d == domain or domain.endswith("." + d))
+
+
+def _drops(header_value: bytes, domain: str) -> bool:
+    attrs = header_value.decode("latin-1").split(";")[1:]
+    return any(k.strip().lower() == "domain" and _covers_web_app(v, domain)
+               for k, _, v in (a.partition("=") for a in attrs))
 
 
 def scrub_set_cookies(head: bytes, domain: str) -> bytes | None:
@@ -19,15 +39,18 @@ def scrub_set_cookies(head: bytes, domain: str) -> bytes | None:
     head without the ``Set-Cookie`` lines whose Domain covers the web app's ``domain``."""
     if b"set-cookie" not in head.lower():
         return None
-    domain = domain.lower().rstrip(".")
+    domain = domain.lower().strip(".")
     lines = head.split(b"\r\n")
-    kept = [lines[0]]
+    fields: list[list[bytes]] = []   # each header field: its line and any folded continuations
     for line in lines[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"set-cookie":
-            attrs = value.decode("latin-1").split(";")[1:]
-            if any(k.strip().lower() == "domain" and _covers_web_app(v, domain)
-                   for k, _, v in (a.partition("=") for a in attrs)):
-                continue
-        kept.append(line)
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    kept = [lines[0]]
+    for field in fields:
+        name, _, value = field[0].partition(b":")
+        if name.strip().lower() == b"set-cookie" and _drops(b" ".join([value, *field[1:]]), domain):
+            continue
+        kept.extend(field)
     return None if len(kept) == len(lines) else b"\r\n".join(kept)
