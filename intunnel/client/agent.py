@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 from .. import __version__
 from ..wire import protocol as p
-from ..wire.http1 import HttpError, RequestStream, ResponseTracker
 from ..wire.netio import Conn, ConnClosed, splice
+from .exchanges import ExchangeLog
 
 
 class TokenRefused(Exception):
@@ -284,34 +284,15 @@ class Agent:
             self.say(f"local app on {self.upstream_host}:{self.local_port} refused a visitor: {_describe(e)}")
             return
         conn.write(p.encode(p.DataReady()))
-        if self.verbose:
-            self._log_exchanges(conn, local)
+        log = None
+        if self.verbose:   # -v: one line per exchange, from a passive look at both directions
+            log = ExchangeLog(lambda exchange: self.say(exchange.line(time.monotonic())))
+            conn.taps, local.taps = log.requests, log.responses
         if first_bytes:
             local.write(first_bytes)
             if conn.taps is not None:  # the request head often rides in with the Bind frame
                 conn.taps(first_bytes)
-        splice(conn, local)
-
-    def _log_exchanges(self, relay_side: Conn, local: Conn) -> None:
-        """-v: one line per request, from a passive look at both directions (never blocks traffic)."""
-        requests = RequestStream(1 << 20)
-        tracker = ResponseTracker()
-
-        def seen_request(data: bytes):
-            try:
-                for event in requests.feed(data):
-                    if not isinstance(event, (bytes, bytearray, memoryview)):
-                        tracker.request(event, time.monotonic())
-            except HttpError:
-                pass
-
-        def seen_response(data: bytes):
-            for ex in tracker.feed(data):
-                self.say(f"{ex.method} {ex.path} -> {ex.status} {ex.bytes} B "
-                         f"{(time.monotonic() - ex.started) * 1000:.1f} ms")
-
-        relay_side.taps = seen_request
-        local.taps = seen_response
+        splice(conn, local, on_close=log.closed if log else None)
 
     # --- dialing the relay ---
     async def _resolve(self) -> str:

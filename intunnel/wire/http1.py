@@ -4,9 +4,9 @@ The relay parses visitor request *heads* (to route by Host and add
 X-Forwarded-*) and follows request *bodies* by their framing (Content-Length
 or chunked) without copying or decoding them, so it can see the next request
 head on a keep-alive connection.  After an Upgrade everything is raw bytes.
-Responses are forwarded raw; the relay follows only their framing
-(``ResponseEnds``) to know when a data connection is idle and may serve the
-tunnel's next visitor, and the client's ``-v`` log uses ``ResponseTracker``.
+Responses are forwarded raw; the relay follows their framing with the same
+reader (``MessageReader``, as strict as for requests) to know where each ends.
+(The client's ``-v`` log follows responses with httptools: ``client/exchanges.py``.)
 
 Everything here works on bytes already received and keeps at most one head
 (bounded by ``max_head``) or one chunk-size line in memory.
@@ -15,8 +15,6 @@ Everything here works on bytes already received and keeps at most one head
 from __future__ import annotations
 
 import re
-from collections import deque
-from dataclasses import dataclass, field
 
 MAX_CHUNK_LINE = 4096          # chunk-size line incl. extensions
 MAX_TRAILER = 16 * 1024        # all trailer lines together
@@ -286,119 +284,6 @@ class RequestStream:
     def partial_head(self) -> bool:
         """True while a head has started arriving but isn't complete (slowloris check)."""
         return self._mode == "head" and bool(self._buf)
-
-
-@dataclass
-class Exchange:
-    """One request/response seen by ``ResponseTracker``, for the client's -v log."""
-    method: str
-    path: str
-    started: float
-    status: int = 0
-    bytes: int = 0
-    extra: dict = field(default_factory=dict)
-
-
-class ResponseTracker:
-    """Follows responses on a connection to report each finished exchange (client -v).
-
-    ``request(head, now)`` queues a request; ``feed(data)`` returns the exchanges
-    whose responses completed.  Knows HEAD, 1xx, 204/304, 101 (then stops),
-    Content-Length, chunked and read-until-close.  Gives up quietly (stops
-    reporting) on anything it doesn't understand: it must never break traffic.
-    """
-
-    def __init__(self, max_head: int = 64 * 1024):
-        self.max_head = max_head
-        self.pending: list[Exchange] = []
-        self._buf = bytearray()
-        self._mode = "head"     # head, length, chunked, close, off
-        self._remaining = 0
-        self._chunks: ChunkedScanner | None = None
-
-    def request(self, head: RequestHead, now: float) -> None:
-        if self._mode != "off":
-            self.pending.append(Exchange(head.method, head.target, now))
-
-    def feed(self, data: bytes) -> list[Exchange]:
-        done: list[Exchange] = []
-        try:
-            self._feed(data, done)
-        except (HttpError, ValueError, IndexError):
-            self._mode = "off"
-        return done
-
-    def close(self) -> list[Exchange]:
-        if self._mode == "close" and self.pending:
-            return [self.pending.pop(0)]
-        return []
-
-    def _feed(self, data: bytes, done: list[Exchange]) -> None:
-        pos, n = 0, len(data)
-        while pos < n and self._mode != "off":
-            if self._mode == "close":
-                self.pending[0].bytes += n - pos
-                return
-            if self._mode == "length":
-                take = min(self._remaining, n - pos)
-                self.pending[0].bytes += take
-                pos += take
-                self._remaining -= take
-                if not self._remaining:
-                    done.append(self.pending.pop(0))
-                    self._mode = "head"
-                continue
-            if self._mode == "chunked":
-                end = self._chunks.feed(data, pos)
-                stop = n if end < 0 else end
-                self.pending[0].bytes += stop - pos
-                pos = stop
-                if end >= 0:
-                    done.append(self.pending.pop(0))
-                    self._mode = "head"
-                continue
-            start = max(0, len(self._buf) - 3)
-            self._buf += data[pos:]
-            end = self._buf.find(b"\r\n\r\n", start)
-            if end < 0:
-                if len(self._buf) > self.max_head:
-                    self._mode = "off"
-                return
-            consumed = end + 4 - (len(self._buf) - (n - pos))
-            raw = bytes(self._buf[:end])
-            self._buf.clear()
-            pos += consumed
-            if not self.pending:
-                self._mode = "off"
-                return
-            self._start_response(raw, done)
-
-    def _start_response(self, raw: bytes, done: list[Exchange]) -> None:
-        text = raw.decode("latin-1")
-        first, _, block = text.partition("\r\n")
-        status = int(first.split(" ")[1])
-        headers = _split_headers(block + "\r\n" if block else "")
-        exchange = self.pending[0]
-        if 100 <= status < 200:
-            if status == 101:
-                exchange.status = 101
-                done.append(self.pending.pop(0))
-                self._mode = "off"
-            return
-        exchange.status = status
-        names = {k.lower(): v for k, v in headers}
-        if exchange.method == "HEAD" or status in (204, 304):
-            done.append(self.pending.pop(0))
-        elif "chunked" in names.get("transfer-encoding", "").lower():
-            self._mode, self._chunks = "chunked", ChunkedScanner()
-        elif "content-length" in names:
-            self._remaining = int(names["content-length"])
-            if self._remaining:
-                self._mode = "length"
-            else:
-                done.append(self.pending.pop(0))
-        else:
-            self._mode = "close"
 
 
 # --- both directions: one message reader for request and response streams ---------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from intunnel.wire.http1 import HttpError, RequestStream, ResponseTracker, parse_request_head
+from intunnel.wire.http1 import HttpError, RequestStream, parse_request_head
 
 
 def feed_bytewise(stream, data):
@@ -86,18 +86,3 @@ def test_bad_chunk_size_is_refused():
     stream = RequestStream(1024)
     with pytest.raises(HttpError):
         stream.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
-
-
-def test_response_tracker_reports_each_exchange():
-    tracker = ResponseTracker()
-    heads = [e for e in RequestStream(4096).feed(
-        b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nHEAD /b HTTP/1.1\r\nHost: a\r\n\r\nGET /c HTTP/1.1\r\nHost: a\r\n\r\n")]
-    for h in heads:
-        tracker.request(h, 0.0)
-    responses = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
-                 b"HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\n"
-                 b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
-                 b"3\r\nabc\r\n0\r\n\r\n")
-    done = feed_bytewise(tracker, responses)
-    assert [(x.method, x.path, x.status, x.bytes) for x in done] == [
-        ("GET", "/a", 200, 5), ("HEAD", "/b", 404, 0), ("GET", "/c", 201, 13)]
