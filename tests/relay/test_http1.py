@@ -1,49 +1,11 @@
-"""Request framing on the relay (pure): heads, bodies, chunked, limits, smuggling guards."""
+"""Request heads on the relay (pure): parsing, rewriting, smuggling guards.  Framing of whole
+streams, both directions: test_framing.py and test_framing_differential.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from intunnel.wire.http1 import HttpError, RequestStream, parse_request_head
-
-
-def feed_bytewise(stream, data):
-    events = []
-    for i in range(len(data)):
-        events += stream.feed(data[i:i + 1])
-    return events
-
-
-def squash(events):
-    """Heads as (method, host, body kind); adjacent body bytes joined."""
-    out = []
-    for e in events:
-        if isinstance(e, (bytes, bytearray)):
-            if out and isinstance(out[-1], bytes):
-                out[-1] += e
-            else:
-                out.append(bytes(e))
-        else:
-            out.append((e.method, e.host, e.body))
-    return out
-
-
-PIPELINE = (b"POST /a HTTP/1.1\r\nHost: a.localhost:8080\r\nTransfer-Encoding: chunked\r\n\r\n"
-            b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n"
-            b"PUT /b HTTP/1.1\r\nHost: B.localhost.\r\nContent-Length: 3\r\n\r\nxyz"
-            b"\r\nGET /ws HTTP/1.1\r\nHost: a.localhost\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n"
-            b"GET /not-a-request HTTP/1.1\r\n\r\n")
-EXPECTED = [("POST", "a.localhost", "chunked"), b"5;ext=1\r\nhello\r\n0\r\nTrailer: x\r\n\r\n",
-            ("PUT", "b.localhost", "length"), b"xyz",
-            ("GET", "a.localhost", "upgrade"), b"GET /not-a-request HTTP/1.1\r\n\r\n"]
-
-
-def test_pipeline_split_into_heads_and_untouched_bodies():
-    assert squash(RequestStream(4096).feed(PIPELINE)) == EXPECTED
-
-
-def test_framing_does_not_depend_on_how_bytes_arrive():
-    assert squash(feed_bytewise(RequestStream(4096), PIPELINE)) == EXPECTED
+from intunnel.wire.http1 import HttpError, parse_request_head
 
 
 def test_head_rewrite_keeps_order_and_replaces_forwarded_headers():
@@ -72,17 +34,3 @@ def test_bad_heads_get_an_http_status(raw, status):
     with pytest.raises(HttpError) as e:
         parse_request_head(raw)
     assert e.value.status == status
-
-
-def test_oversized_head_is_431_even_without_its_end():
-    stream = RequestStream(1024)
-    with pytest.raises(HttpError) as e:
-        for _ in range(100):
-            stream.feed(b"X-Filler: " + b"a" * 100 + b"\r\n")
-    assert e.value.status == 431
-
-
-def test_bad_chunk_size_is_refused():
-    stream = RequestStream(1024)
-    with pytest.raises(HttpError):
-        stream.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n")
