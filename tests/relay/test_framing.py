@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intunnel.wire.http1 import HttpError, MessageReader
-from tests.support.framing import Message, read_mr, stream
+from tests.support.framing import read_mr, stream
 
 
 def head(first: str, *headers: str) -> bytes:
