@@ -267,6 +267,13 @@ def test_a_malformed_head_after_a_complete_exchange_gets_its_own_400():
     assert d.visitor.startswith(OK) and d.visitor[len(OK):].startswith(b"HTTP/1.1 400 ") and d.closed is False
 
 
+def test_an_upgrade_requests_body_is_its_body_not_another_request():
+    smuggled = b"GET /admin HTTP/1.1\r\nHost: b.localhost\r\n\r\n"
+    d = Driver().send(b"POST /up HTTP/1.1\r\nHost: a.localhost\r\n" + UPGRADE.encode() +
+                      b"Content-Length: %d\r\n\r\n" % len(smuggled) + smuggled).attach().app(OK)
+    assert d.routes == ["a.localhost"] and d.upstream.endswith(smuggled)
+
+
 def test_101_to_a_request_that_did_not_ask_is_a_502():
     d = Driver().send(get()).attach().app(SWITCH + b"raw")
     assert d.visitor.startswith(b"HTTP/1.1 502 ") and not d.spliced
