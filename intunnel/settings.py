@@ -60,7 +60,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("rate_limit_get", int, 100, "GET requests per minute per user (per address before login)."),
     Setting("rate_limit_write", int, 20, "POST/PUT/PATCH/DELETE requests per minute per user."),
     Setting("rate_limit_regenerate", int, 5, "Token regenerations per hour per user."),
-    Setting("login_max_failures", int, 5, "Failed logins per account and per address before throttling (15 min window)."),
+    Setting("login_max_failures", int, 5, "Failed logins per account from one address before that pair is throttled (an address may fail 4 times as often across accounts; 15 min window)."),
     Setting("admin_email", str, "", "Email of the first admin created by `intunnel serve` when no user exists."),
     Setting("admin_password", str, "", "Password of that first admin (generated and printed once when empty).", secret=True),
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
