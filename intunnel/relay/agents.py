@@ -15,6 +15,8 @@ from .store import LiveSession, TunnelInfo
 
 log = logging.getLogger("intunnel.relay")
 
+CONTROL_FRAMES_PER_TURN = 256  # control frames handled per loop turn; the rest wait for the next
+
 
 class AgentSession:
     def __init__(self, relay, conn: Conn, tunnel: TunnelInfo, hello: p.Hello, control: p.ControlSession):
@@ -37,40 +39,113 @@ class AgentSession:
         self.holders: set = set()        # the Links holding them (a full tunnel evicts the idlest)
         self.closed = False
         self.last_ping = time.monotonic()
+        # Control-channel backpressure: what the agent has not read yet stays below this.
+        self.write_limit = relay.settings.relay_control_write_limit
+        self.cut = False                          # dropped for not reading: write nothing more
+        self.stalled_since: float | None = None   # writes above the high-water mark since then
+        self._backlog: asyncio.Handle | None = None  # frames left for the next loop turn
+        conn.on_write_pressure = self._write_pressure
 
     @property
     def live(self) -> LiveSession:
         return LiveSession(self.tunnel.id, self.tunnel.token, self.started_at)
 
     # --- control channel ---
+    # Backpressure, both ways.  While the transport holds more than its high-water mark
+    # unsent (netio: Conn.pause_writing), the agent is not reading what we write: stop
+    # reading it too, so its pings wait in its own socket (TCP flow control) instead of
+    # being answered into a buffer here; read again once it drains.  An agent whose unsent
+    # output passes relay_control_write_limit, or that stays above the mark for the
+    # dead-peer timeout, is dropped.  And a burst that arrived in one read is handled
+    # CONTROL_FRAMES_PER_TURN frames per loop turn (reading paused until it is worked off),
+    # so one agent cannot hold the loop that serves every other tunnel.  Every Ping still
+    # gets its own Pong, as the protocol says: a turn's Pongs go out as one write.
     def on_control_bytes(self, data: bytes) -> None:
+        if data and self.control.state != p.CLOSED:
+            self.control.last_seen = time.monotonic()  # any frame is proof of life
+        if self._backlog is not None:  # reading is paused; bytes read before that join the queue
+            self.control.decoder.feed(data, 0)
+            return
+        self._handle(data)
+
+    def _handle(self, data: bytes = b"") -> None:
+        self._backlog = None
+        if self.closed or self.cut or self.control.state == p.CLOSED:
+            return
         try:
-            messages = self.control.receive_data(data, time.monotonic())
+            frames = self.control.decoder.feed(data, CONTROL_FRAMES_PER_TURN)
+            messages = self.control.receive_messages(frames)
         except p.ProtocolError as e:
             log.warning("agent %s: %s", self.subdomain, e)
             self.end(p.Error(str(e)))
             return
+        out = []
         for message in messages:
             if isinstance(message, p.Ping):
-                self.send(p.Pong(message.seq))
+                out.append(self.control.send(p.Pong(message.seq)))
             elif isinstance(message, p.Error):
                 log.info("agent %s reported: %s", self.subdomain, message.message[:200])
                 self.conn.close()
+        if out:
+            self._write(b"".join(out))
+        if len(frames) == CONTROL_FRAMES_PER_TURN and not self.cut and self.control.state != p.CLOSED:
+            self.conn.pause()  # more may be waiting in the decoder: the next turn, after the others
+            self._backlog = asyncio.get_running_loop().call_soon(self._handle)
+        else:
+            self._read_again()
 
     def send(self, message: p.Message) -> None:
-        if not self.closed:
+        if not self.closed and not self.cut:
             try:
-                self.conn.write(self.control.send(message))
+                data = self.control.send(message)
             except p.ProtocolError as e:
                 log.error("relay bug: %s", e)
+                return
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        self.conn.write(data)
+        unsent = self.conn.unsent()
+        if unsent > self.write_limit:
+            log.warning("agent %s: %d bytes of control output unsent (limit %d): it is not reading; "
+                        "disconnecting it", self.subdomain, unsent, self.write_limit)
+            self._drop()
+
+    def _drop(self) -> None:
+        """Cut a control channel the agent is not reading; on_closed frees the tunnel."""
+        self.cut = True
+        if self._backlog is not None:
+            self._backlog.cancel()
+            self._backlog = None
+        self.conn.abort()  # close() would wait for the agent to read what it never will
+
+    def _write_pressure(self, paused: bool) -> None:
+        if paused:
+            self.stalled_since = time.monotonic()
+            self.conn.pause()
+        else:
+            self.stalled_since = None
+            self._read_again()
+
+    def _read_again(self) -> None:
+        if not self.closed and not self.cut and self._backlog is None and not self.conn.writing_paused:
+            self.conn.resume()
 
     def heartbeat(self, now: float) -> None:
         """Called by the relay's single heartbeat timer."""
         self.expire_parked(now)
+        if self.closed or self.cut:
+            return
         if self.control.is_dead(now):
-            log.info("agent %s: no heartbeat for %.0fs, dropping it", self.subdomain, now - self.control.last_seen)
-            self.conn.abort()
-        elif now - self.last_ping >= self.relay.settings.relay_heartbeat_interval:
+            if self.stalled_since is not None:  # we stopped reading it: it stopped reading us first
+                log.info("agent %s: not reading its control channel (%d bytes unsent for %.0fs), "
+                         "dropping it", self.subdomain, self.conn.unsent(), now - self.stalled_since)
+                self._drop()
+            else:
+                log.info("agent %s: no heartbeat for %.0fs, dropping it", self.subdomain,
+                         now - self.control.last_seen)
+                self.conn.abort()
+        elif self.stalled_since is None and now - self.last_ping >= self.relay.settings.relay_heartbeat_interval:
             self.last_ping = now
             self.send(self.control.next_ping())
 

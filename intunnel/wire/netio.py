@@ -47,6 +47,9 @@ class Conn(asyncio.Protocol):
         self.eof_sent = False
         self.pump: zerocopy.Pump | None = None  # the kernel reads this socket (see splice())
         self.pumps: list[zerocopy.Pump] = []    # pumps using this socket: stopped before it closes
+        # Told True when the transport's write buffer passes the high-water mark, False when it
+        # has drained below the low one (a control channel stops reading its own peer meanwhile).
+        self.on_write_pressure: Callable[[bool], None] | None = None
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport):
@@ -101,13 +104,28 @@ class Conn(asyncio.Protocol):
         self._writing_paused = True
         for feeder in self.feeders:
             feeder.pause()
+        if self.on_write_pressure is not None:
+            self.on_write_pressure(True)
 
     def resume_writing(self):
         self._writing_paused = False
         for feeder in self.feeders:
             feeder.resume()
+        if self.on_write_pressure is not None:
+            self.on_write_pressure(False)
 
     # --- helpers ---
+    @property
+    def writing_paused(self) -> bool:
+        """The transport holds more than the high-water mark unsent."""
+        return self._writing_paused
+
+    def unsent(self) -> int:
+        """Bytes written but still waiting in the transport (not yet handed to the kernel)."""
+        if self.transport is None or self.closed:
+            return 0
+        return self.transport.get_write_buffer_size()
+
     def pause(self):
         if self.pump is not None:
             self.pump.pause()
