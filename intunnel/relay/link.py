@@ -251,9 +251,9 @@ class Link:
         self.run(actions)
 
     def _detach(self, park: bool) -> None:
+        """The machine parks only an idle upstream (no kernel pump); closing one stops its pumps."""
         up, self.up = self.up, None
         if up is not None:
-            self._stop_pump()
             up.detach(park)
 
     # --- moving bytes ------------------------------------------------------------------------
@@ -280,12 +280,6 @@ class Link:
             return
         if up:
             self.pump = (src.pump, n)
-
-    def _stop_pump(self) -> None:
-        for c in (self.conn,) + ((self.up.conn,) if self.up is not None else ()):
-            if c.pump is not None:
-                c.pump.stop()
-        self.pump = None
 
     def _splice(self) -> None:
         """After a 101: raw bytes both ways until either side closes; the slot is held till then."""
