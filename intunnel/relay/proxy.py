@@ -526,8 +526,8 @@ class ProxyState:
         if self.req is Req.SWITCHING:
             self._go("req", "refused", Req.DONE)     # R2
             self.requests.after_upgrade_refused()
-        if self.req is Req.BODY and head.body != "none":
-            pass  # the app answers before the whole body arrived: both halves must still finish
+        # (An answer may come before the whole request body went out: the exchange completes
+        # when both halves have, _maybe_complete.)
         raw = head.raw
         scrubbed = cookies.scrub_set_cookies(raw[:-4], self.limits.cookie_domain) \
             if b"set-cookie" in raw.lower() else None
