@@ -93,3 +93,20 @@ def running_nginx(nginx: str, main: Path, port: int):
                 proc.wait()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(main.parent / "nginx.pid")
+
+
+def tls_front(relay_settings, tmp_path: Path, nginx: str, domain: str) -> tuple[Path, int]:
+    """The generated nginx config for ``relay_settings`` with a self-signed certificate, on free
+    loopback ports, checked by ``nginx -t``: (main config, HTTPS port) for ``running_nginx``."""
+    from intunnel import nginxconf
+    cert, key = make_self_signed_cert(tmp_path / "tls", domain)
+    http_port, https_port = free_port(), free_port()
+    acme = tmp_path / "acme"
+    acme.mkdir()
+    rendered = nginxconf.render(relay_settings.replace(
+        tls_cert=str(cert), tls_key=str(key), nginx_http_port=http_port, nginx_https_port=https_port,
+        nginx_ipv6=False, nginx_acme_root=str(acme), web_listen=f"127.0.0.1:{free_port()}"))
+    main = write_main_config(tmp_path / "nginx", rendered)
+    checked = nginx_test(nginx, main)
+    assert checked.returncode == 0, checked.stderr
+    return main, https_port

@@ -15,8 +15,7 @@ import contextlib
 import pytest
 
 from conftest import require_tool
-from intunnel import nginxconf
-from tests.deploy.nginx_support import free_port, make_self_signed_cert, nginx_test, running_nginx, write_main_config
+from tests.deploy.nginx_support import running_nginx, tls_front
 from tests.support.rawapps import Closed, Garbled, RawApp, RawVisitor, Stalled, Tenants, http_response, request
 
 pytestmark = [pytest.mark.nginx]
@@ -52,16 +51,7 @@ def behind_nginx(settings, tmp_path, apps: dict[str, RawApp]):
     nginx = require_tool("nginx")
     require_tool("openssl")
     with Tenants(settings, apps, relay_trust_proxy=True) as t:
-        cert, key = make_self_signed_cert(tmp_path / "tls", DOMAIN)
-        http_port, https_port = free_port(), free_port()
-        acme = tmp_path / "acme"
-        acme.mkdir()
-        rendered = nginxconf.render(t.relay.settings.replace(
-            tls_cert=str(cert), tls_key=str(key), nginx_http_port=http_port, nginx_https_port=https_port,
-            nginx_ipv6=False, nginx_acme_root=str(acme), web_listen=f"127.0.0.1:{free_port()}"))
-        main = write_main_config(tmp_path / "nginx", rendered)
-        checked = nginx_test(nginx, main)
-        assert checked.returncode == 0, checked.stderr
+        main, https_port = tls_front(t.relay.settings, tmp_path, nginx, DOMAIN)
         with running_nginx(nginx, main, https_port):
             front = Front(t, https_port)
             yield front

@@ -47,9 +47,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import require_tool
-from intunnel import nginxconf
-from tests.deploy.nginx_support import (free_port, make_self_signed_cert, nginx_test, running_nginx,
-                                        write_main_config)
+from tests.deploy.nginx_support import running_nginx, tls_front
 from tests.support.tunnel import ClientProcess, RelayThread, make_tunnel, wait_for
 
 from .soak_apps import SoakApp, big_body_for, body_for, tunnel_of
@@ -1100,16 +1098,7 @@ def test_isolation_soak_through_nginx_with_tls(settings, db, tmp_path):
     nginx = require_tool("nginx")
     require_tool("openssl")
     with soak_stack(settings, relay_trust_proxy=True) as st:  # as deployed behind nginx
-        cert, key = make_self_signed_cert(tmp_path / "tls", DOMAIN)
-        http_port, https_port = free_port(), free_port()
-        acme = tmp_path / "acme"
-        acme.mkdir()
-        rendered = nginxconf.render(st.relay.settings.replace(
-            tls_cert=str(cert), tls_key=str(key), nginx_http_port=http_port, nginx_https_port=https_port,
-            nginx_ipv6=False, nginx_acme_root=str(acme), web_listen=f"127.0.0.1:{free_port()}"))
-        main = write_main_config(tmp_path / "nginx", rendered)
-        checked = nginx_test(nginx, main)
-        assert checked.returncode == 0, checked.stderr
+        main, https_port = tls_front(st.relay.settings, tmp_path, nginx, DOMAIN)
         with running_nginx(nginx, main, https_port) as proc:
             def stop_nginx():
                 proc.terminate()
