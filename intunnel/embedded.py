@@ -79,7 +79,7 @@ def next_steps(settings, web_address, relay_address, admin) -> str:
 def run(args) -> int:
     settings = prepare_data_dir(load_settings(args.config))
     setup_logging(settings.log_level)
-    db = open_database(settings.db_path)
+    db = open_database(settings)
     with db.connection_context():
         admin = ensure_first_admin(settings)
 

@@ -5,6 +5,11 @@ of the schema it starts from (never against today's models), so a database made
 by any earlier version upgrades without losing data.  Append only: never edit a
 migration that has shipped.  ``intunnel-admin db migrate`` and every service
 start call ``migrate``.
+
+Both backends run the same migrations: write DDL through peewee
+(``create_tables``, or ``schema_migrator(db)`` -- playhouse.migrate's
+``add_column``/``add_index``/... with the right SQL for SQLite and PostgreSQL).
+Raw SQL only where a backend needs its own, behind ``isinstance`` checks.
 """
 
 from __future__ import annotations
@@ -12,8 +17,17 @@ from __future__ import annotations
 from typing import Callable
 
 import peewee as pw
+from playhouse.migrate import SchemaMigrator
 
 from .timeutil import utcnow
+
+# pg_advisory_xact_lock key held while migrating, so concurrent starts apply each step once.
+PG_MIGRATION_LOCK = 0x696E7475  # "intu"
+
+
+def schema_migrator(db: pw.Database) -> SchemaMigrator:
+    """playhouse.migrate's migrator for ``db``'s backend (SqliteMigrator, PostgresqlMigrator)."""
+    return SchemaMigrator.from_database(db)
 
 
 def _v1_initial(db: pw.Database) -> None:
@@ -84,18 +98,45 @@ def current_version(db: pw.Database) -> int:
         return SchemaVersion.select(pw.fn.MAX(SchemaVersion.version)).scalar() or 0
 
 
+def _step_transaction(db: pw.Database):
+    """A transaction that only one migrating process holds at a time.
+
+    SQLite: BEGIN IMMEDIATE takes the write lock.  PostgreSQL (transactional
+    DDL): an advisory lock released at commit.
+    """
+    if isinstance(db, pw.SqliteDatabase):
+        return db.atomic(lock_type="IMMEDIATE")
+    return _LockedTransaction(db)
+
+
+class _LockedTransaction:
+    def __init__(self, db: pw.Database):
+        self.db = db
+        self.txn = db.atomic()
+
+    def __enter__(self):
+        self.txn.__enter__()
+        if isinstance(self.db, pw.PostgresqlDatabase):
+            self.db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (PG_MIGRATION_LOCK,))
+        return self
+
+    def __exit__(self, *exc):
+        return self.txn.__exit__(*exc)
+
+
 def migrate(db: pw.Database, target: int | None = None) -> list[int]:
     """Apply pending migrations up to ``target`` (default: latest); return those applied."""
     target = LATEST if target is None else target
     applied = []
     with SchemaVersion.bind_ctx(db):
-        db.create_tables([SchemaVersion])
+        with _step_transaction(db):
+            db.create_tables([SchemaVersion])
         for version, step in MIGRATIONS:
             if version > target:
                 break
             # One transaction per step; the version check inside it makes two
             # processes starting at once apply each step exactly once.
-            with db.atomic(lock_type="IMMEDIATE") if isinstance(db, pw.SqliteDatabase) else db.atomic():
+            with _step_transaction(db):
                 if SchemaVersion.get_or_none(SchemaVersion.version == version):
                     continue
                 step(db)

@@ -1,17 +1,17 @@
 """The data: users, tunnels, login sessions and personal API tokens.
 
 The database is declared late (a proxy bound by ``open_database``) so the same
-models serve the web app, the relay, the admin CLI and tests on a fresh file.
+models serve the web app, the relay, the admin CLI and tests on a fresh
+database, SQLite or PostgreSQL (``database_url``, see ``dburl``).
 Keep every query in peewee: no SQLite-only SQL outside ``migrations``.
 """
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-
 import peewee as pw
 
+from . import dburl
 from .logsafe import QueryParametersWithheld
 from .timeutil import utcnow
 
@@ -81,9 +81,17 @@ class ApiToken(BaseModel):
 MODELS = (User, Tunnel, Session, ApiToken)
 
 
-def open_database(path: str | Path, migrate: bool = True) -> pw.SqliteDatabase:
-    """Bind the models to the SQLite file at ``path`` (and bring its schema up to date)."""
-    db = pw.SqliteDatabase(str(path), pragmas=SQLITE_PRAGMAS, check_same_thread=False)
+def connect_settings(settings) -> pw.Database:
+    """The configured database, unconnected and not bound to the models (checks, doctor)."""
+    return dburl.make_database(settings.db_url, settings.database_password_file, SQLITE_PRAGMAS)
+
+
+def open_database(settings, migrate: bool = True) -> pw.Database:
+    """Bind the models to the configured database (and bring its schema up to date).
+
+    The one way the web app, the relay and ``intunnel-admin`` open it.
+    """
+    db = connect_settings(settings)
     database.initialize(db)
     if migrate:
         from .migrations import migrate as run_migrations

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import dburl
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("/etc/intunnel/intunnel.toml")
@@ -43,7 +44,11 @@ def _default_data_dir() -> str:
 SETTINGS: tuple[Setting, ...] = (
     # --- core ---
     Setting("data_dir", str, _default_data_dir(), "Directory for the database, secret key and backups."),
-    Setting("database", str, "", "Path of the SQLite database file (default: <data_dir>/intunnel.db)."),
+    Setting("database", str, "", "Path of the SQLite database file (default: <data_dir>/intunnel.db); kept for older configs, database_url says more."),
+    Setting("database_url", str, "", "Which database: sqlite:///PATH (default: sqlite:///<data_dir>/intunnel.db) or "
+            "postgresql://USER@HOST:PORT/DBNAME, query parameters such as ?sslmode=require passed to the driver."),
+    Setting("database_password_file", str, "", "File holding the PostgreSQL password (one line), so it stays out of "
+            "the config and the process list; empty: the password in database_url, if any."),
     Setting("domain", str, "localhost", "The owner's domain: web app on <domain>, tunnels on <subdomain>.<domain>."),
     Setting("public_scheme", str, "http", "Scheme visitors use for public URLs and the web app.", choices=("http", "https")),
     Setting("public_port", int, 0, "Port shown in public URLs; 0 = automatic (relay port for http, none for https)."),
@@ -64,6 +69,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_email", str, "", "Email of the first admin created by `intunnel serve` when no user exists."),
     Setting("admin_password", str, "", "Password of that first admin (generated and printed once when empty).", secret=True),
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
+    Setting("web_metrics_listen", str, "127.0.0.1:9810", "HOST:PORT of the web app's Prometheus /metrics listener, a socket of its "
+            "own (never the public port: nginx does not route /metrics); empty: no metrics listener."),
     # --- relay ---
     Setting("relay_listen", str, "127.0.0.1:8080", "HOST:PORT the relay listens on (public and agent endpoint)."),
     Setting("relay_trust_proxy", bool, False, "Behind nginx: trust its X-Forwarded-For/-Proto (from loopback) for visitor addresses."),
@@ -80,6 +87,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_body_timeout", float, 30.0, "Request bodies: the window, in seconds, over which a visitor must send at least relay_body_min_rate bytes per second (nginx's client_body_timeout, with a rate)."),
     Setting("relay_body_min_rate", int, 64, "Slowest accepted request body upload, in bytes per second over each relay_body_timeout window; 0: only a window with no byte at all times out."),
     Setting("relay_control_write_limit", int, 1024 * 1024, "Bytes the relay may hold unsent for one agent's control channel (an agent that stops reading is dropped past this)."),
+    Setting("relay_metrics_listen", str, "127.0.0.1:9811", "HOST:PORT of the relay's Prometheus /metrics listener, a socket of its "
+            "own (not the public one); `intunnel serve` serves the web app's metrics there too; empty: none."),
     # --- backups ---
     Setting("backup_dir", str, "", "Where backups go (default: <data_dir>/backups)."),
     Setting("backup_keep_daily", int, 7, "Daily backups to keep."),
@@ -116,11 +125,27 @@ class Settings:
         return Settings({**self._values, **changes})
 
     def as_dict(self, redact: bool = True) -> dict[str, Any]:
-        return {k: ("***" if redact and BY_NAME[k].secret and v else v) for k, v in self._values.items()}
+        values = {k: ("***" if redact and BY_NAME[k].secret and v else v) for k, v in self._values.items()}
+        if redact and values.get("database_url"):
+            values["database_url"] = dburl.redact_url(values["database_url"])
+        return values
 
     # --- derived values ---
     @property
+    def db_url(self) -> str:
+        """The database in use: ``database_url``, else the SQLite file (``database`` or the default)."""
+        return self.database_url or "sqlite:///" + str(self.db_path)
+
+    @property
+    def db_backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return dburl.backend_of(self.db_url)
+
+    @property
     def db_path(self) -> Path:
+        """The SQLite file (meaningless on PostgreSQL: check ``db_backend`` first)."""
+        if self.database_url and dburl.backend_of(self.database_url) == dburl.SQLITE:
+            return dburl.sqlite_path(self.database_url)
         return Path(self.database) if self.database else Path(self.data_dir) / "intunnel.db"
 
     @property
@@ -134,6 +159,14 @@ class Settings:
     @property
     def relay_address(self) -> tuple[str, int]:
         return parse_listen(self.relay_listen, "relay_listen")
+
+    @property
+    def web_metrics_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.web_metrics_listen, "web_metrics_listen") if self.web_metrics_listen else None
+
+    @property
+    def relay_metrics_address(self) -> tuple[str, int] | None:
+        return parse_listen(self.relay_metrics_listen, "relay_metrics_listen") if self.relay_metrics_listen else None
 
     @property
     def url_port_suffix(self) -> str:
@@ -239,7 +272,27 @@ def load_settings(config_file: str | os.PathLike | None = None,
 
     settings = Settings(values)
     settings.web_address, settings.relay_address  # validate now, not at first use
+    settings.web_metrics_address, settings.relay_metrics_address
+    check_database_settings(settings)
     return settings
+
+
+def check_database_settings(settings: Settings) -> None:
+    """database / database_url / database_password_file agree; ConfigError naming them."""
+    if not settings.database_url:
+        if settings.database_password_file:
+            raise ConfigError("setting 'database_password_file' is for a PostgreSQL database_url")
+        return
+    if settings.database:
+        raise ConfigError("settings 'database' and 'database_url' are both set: keep one "
+                          f"(database_url = \"sqlite:///{settings.database}\" says the same as database)")
+    backend = dburl.check_url(settings.database_url)
+    if settings.database_password_file:
+        if backend != dburl.POSTGRESQL:
+            raise ConfigError("setting 'database_password_file' is for a PostgreSQL database_url")
+        if dburl.has_password(settings.database_url):
+            raise ConfigError("settings 'database_url' and 'database_password_file': "
+                              "give the password in one of them, not both")
 
 
 def prepare_data_dir(settings: Settings) -> Settings:

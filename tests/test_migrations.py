@@ -1,36 +1,76 @@
-"""Schema migrations: a database made by schema version 1 upgrades without losing rows."""
+"""Schema migrations, on every backend: a database made by schema version 1 upgrades
+without losing rows; concurrent starts apply each step once."""
 
 from __future__ import annotations
 
-import peewee as pw
+import json
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
 
-from intunnel import migrations
+import peewee as pw
+import pytest
+
+from intunnel import dburl, migrations
 from intunnel.models import ApiToken, Session, Tunnel, User, open_database
 from intunnel.security import hash_password, sha256_hex
+from intunnel.settings import load_settings
 
 
-def make_v1_database(path) -> None:
-    db = pw.SqliteDatabase(str(path), pragmas={"foreign_keys": 1})
+@pytest.fixture
+def empty_settings(tmp_path, db_backend, request):
+    """Settings whose database exists but is empty (no schema at all)."""
+    overrides = {"data_dir": str(tmp_path / "data")}
+    (tmp_path / "data").mkdir()
+    cluster = None
+    if db_backend == "postgresql":
+        cluster = request.getfixturevalue("postgres_cluster")
+        overrides["database_url"] = cluster.new_database(migrated=False)
+    yield load_settings(env={"INTUNNEL_CONFIG": ""}, overrides=overrides)
+    if cluster is not None:
+        from intunnel.models import database
+        if database.obj is not None and not database.is_closed():
+            database.close()
+        cluster.drop_database(overrides["database_url"])
+
+
+def bare_database(settings) -> pw.Database:
+    """The configured database without the models bound (what version 1 code saw)."""
+    if settings.db_backend == "sqlite":
+        return pw.SqliteDatabase(str(settings.db_path), pragmas={"foreign_keys": 1})
+    return dburl.make_database(settings.db_url)
+
+
+def make_v1_database(settings) -> None:
+    db = bare_database(settings)
     with db.connection_context():
         assert migrations.migrate(db, target=1) == [1]
         assert migrations.current_version(db) == 1
-        # rows written as version 1 would have written them (raw SQL: no today's models)
-        db.execute_sql('INSERT INTO "user" (id, username, email, password_hash, is_admin, disabled, created_at) '
-                       "VALUES (1, 'alice', 'alice@example.com', ?, 1, 0, '2026-01-10 08:00:00')",
-                       (hash_password("password1"),))
-        db.execute_sql("INSERT INTO tunnel (id, owner_id, name, subdomain, local_port, token, status, created_at, "
-                       "last_connected) VALUES (7, 1, 'My Web App', 'myapp', 3000, 'tok', 'inactive', "
-                       "'2026-01-15 10:30:00', '2026-02-01 14:20:00')")
-        db.execute_sql("INSERT INTO session (id_hash, user_id, csrf_token, created_at, expires_at) "
-                       "VALUES (?, 1, 'csrf', '2026-01-15 10:30:00', '2099-01-01 00:00:00')", (sha256_hex("sid"),))
-        db.execute_sql("INSERT INTO api_token (id, user_id, name, prefix, token_hash, created_at) "
-                       "VALUES (3, 1, 'ci', 'itk_abcdefgh', ?, '2026-01-15 10:30:00')", (sha256_hex("itk_x"),))
+        # rows written as version 1 would have written them (tables, not today's models)
+        table = lambda name: pw.Table(name).bind(db)  # noqa: E731
+        table("user").insert(id=1, username="alice", email="alice@example.com",
+                             password_hash=hash_password("password1"), is_admin=True, disabled=False,
+                             created_at=datetime(2026, 1, 10, 8)).execute()
+        table("tunnel").insert(id=7, owner_id=1, name="My Web App", subdomain="myapp", local_port=3000,
+                               token="tok", status="inactive", created_at=datetime(2026, 1, 15, 10, 30),
+                               last_connected=datetime(2026, 2, 1, 14, 20)).execute()
+        table("session").insert(id_hash=sha256_hex("sid"), user_id=1, csrf_token="csrf",
+                                created_at=datetime(2026, 1, 15, 10, 30),
+                                expires_at=datetime(2099, 1, 1)).execute()
+        table("api_token").insert(id=3, user_id=1, name="ci", prefix="itk_abcdefgh", token_hash=sha256_hex("itk_x"),
+                                  created_at=datetime(2026, 1, 15, 10, 30)).execute()
+        if isinstance(db, pw.PostgresqlDatabase):
+            # Rows given explicit ids (as a copy or a restore does): the sequences follow.
+            for name in ("user", "tunnel", "api_token"):
+                db.execute_sql(f"SELECT setval(pg_get_serial_sequence('\"{name}\"', 'id'), "
+                               f"(SELECT MAX(id) FROM \"{name}\"))")
+    db.close()
 
 
-def test_v1_database_upgrades_and_keeps_rows(tmp_path):
-    path = tmp_path / "old.db"
-    make_v1_database(path)
-    db = open_database(path)  # what every service does at start: migrate to the latest
+def test_v1_database_upgrades_and_keeps_rows(empty_settings):
+    make_v1_database(empty_settings)
+    db = open_database(empty_settings)  # what every service does at start: migrate to the latest
     with db.connection_context():
         assert migrations.current_version(db) == migrations.LATEST
         user = User.get_by_id(1)
@@ -45,10 +85,47 @@ def test_v1_database_upgrades_and_keeps_rows(tmp_path):
         assert Tunnel.select().count() == 2
 
 
-def test_migrate_is_idempotent_and_versions_have_no_gaps(tmp_path):
+def test_migrate_is_idempotent_and_versions_have_no_gaps(empty_settings):
     versions = [v for v, _ in migrations.MIGRATIONS]
     assert versions == list(range(1, len(versions) + 1))
-    db = open_database(tmp_path / "x.db")
+    db = open_database(empty_settings)
     with db.connection_context():
         assert migrations.migrate(db) == []
         assert migrations.current_version(db) == migrations.LATEST
+
+
+STARTER = """
+import json, os, sys, time
+from intunnel.models import open_database
+from intunnel.migrations import migrate
+from intunnel.settings import load_settings
+settings = load_settings(env={"INTUNNEL_CONFIG": ""}, overrides=json.loads(sys.argv[1]))
+deadline = time.monotonic() + 30
+while not os.path.exists(sys.argv[2]) and time.monotonic() < deadline:
+    time.sleep(0.005)
+db = open_database(settings, migrate=False)
+with db.connection_context():
+    print(json.dumps(migrate(db)))
+"""
+
+
+def test_concurrent_starts_apply_each_step_once(empty_settings, tmp_path):
+    """Web app, relay and admin may start at once on an empty database: one applies, none fails."""
+    overrides = {"data_dir": empty_settings.data_dir, "database_url": empty_settings.database_url}
+    Path(empty_settings.data_dir).mkdir(parents=True, exist_ok=True)
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", STARTER, json.dumps(overrides), str(go)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    go.touch()
+    outcomes = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outcomes
+    results = sorted((json.loads(out) for out, _ in outcomes), key=len)
+    assert results == [[], [], list(range(1, migrations.LATEST + 1))]
+
+
+def test_schema_migrator_is_the_backends(empty_settings):
+    """Future migrations write their DDL through playhouse.migrate: the right dialect for each backend."""
+    from playhouse.migrate import PostgresqlMigrator, SqliteMigrator
+    db = bare_database(empty_settings)
+    expected = SqliteMigrator if empty_settings.db_backend == "sqlite" else PostgresqlMigrator
+    assert isinstance(migrations.schema_migrator(db), expected)

@@ -1,4 +1,4 @@
-"""The data model on a real SQLite file: WAL, foreign keys, uniqueness by the database."""
+"""The data model on a real database (SQLite file: WAL; both: foreign keys, uniqueness by the database)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ def user(n: int) -> User:
     return User.create(username=f"user{n}", email=f"user{n}@example.com", password_hash="x")
 
 
+@pytest.mark.sqlite_only("SQLite's pragmas")
 def test_pragmas(db):
     assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1

@@ -91,6 +91,7 @@ def apply_retention(directory: Path, keep_daily: int, keep_weekly: int) -> list[
 
 
 def take_backup(ctx: Context, args) -> dict:
+    ctx.require_sqlite("backup")
     settings = ctx.settings
     db_path = settings.db_path
     dest = backup_dir(ctx, args)

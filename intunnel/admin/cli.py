@@ -16,7 +16,7 @@ import traceback
 
 import peewee as pw
 
-from .. import __version__
+from .. import __version__, dburl
 from ..errors import AppError, ConfigError
 from . import backup, db, doctor, nginx, restore, tokens, tunnels, users
 from .common import EXIT_FAILURE, EXIT_USAGE, AdminError, Context
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe_db_error(e: Exception) -> str:
-    text = str(e)
+    text = " ".join(str(e).split())  # libpq's messages span lines
     if "locked" in text or "busy" in text:
         return "database is locked: another process held a write lock too long; try again"
     if "unable to open" in text or "readonly" in text:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     except (pw.DatabaseError, sqlite3.DatabaseError) as e:
         if os.environ.get("INTUNNEL_ADMIN_DEBUG"):
             traceback.print_exc()
-        return fail(describe_db_error(e), EXIT_FAILURE)
+        return fail(dburl.scrub(describe_db_error(e), ctx.db), EXIT_FAILURE)
     except KeyboardInterrupt:
         return fail("interrupted", 130)
     except BrokenPipeError:

@@ -14,7 +14,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .. import migrations
+import peewee as pw
+
+from .. import dburl, migrations
 from ..errors import ConfigError
 from ..settings import SECRET_KEY_FILE, load_settings
 from .backup import list_backups
@@ -63,7 +65,46 @@ def check_data_dir(settings) -> Check:
     return Check("data dir", "ok", f"{d} (mode {mode:04o})")
 
 
+def _schema_check(version: int, where: str) -> Check | None:
+    """A warn/fail for a schema version this code does not run as it is; None when current."""
+    if version > migrations.LATEST:
+        return Check("database", "fail", f"{where}: schema version {version} is newer than this code "
+                     f"({migrations.LATEST})", "upgrade InTunnel")
+    if version < migrations.LATEST:
+        return Check("database", "warn", f"{where}: schema version {version}, code expects {migrations.LATEST}",
+                     "run 'intunnel-admin db migrate' (services also migrate at start)")
+    return None
+
+
+def check_postgresql(settings) -> Check:
+    """Connect, read the server version and the schema version; say what is wrong, never the password."""
+    from ..models import connect_settings
+    from .db import server_version
+    where = dburl.redact_url(settings.db_url)
+    db = None
+    try:
+        db = connect_settings(settings)
+        version_text = server_version(db)
+        version = migrations.current_version(db)
+    except ConfigError as e:
+        return Check("database", "fail", str(e), "fix the setting named above")
+    except pw.DatabaseError as e:
+        detail = " ".join(dburl.scrub(str(e), db).split()) or type(e).__name__
+        return Check("database", "fail", f"{where}: cannot connect or read: {detail}",
+                     "is PostgreSQL running and reachable? check the host, port, database name, "
+                     "user and password (database_password_file), and pg_hba.conf")
+    finally:
+        if db is not None and not db.is_closed():
+            db.close()
+    found = _schema_check(version, where)
+    if found:
+        return found
+    return Check("database", "ok", f"{where} (PostgreSQL {version_text}, schema version {version})")
+
+
 def check_database(settings) -> Check:
+    if settings.db_backend != dburl.SQLITE:
+        return check_postgresql(settings)
     path = settings.db_path
     if not path.exists():
         return Check("database", "fail", f"{path} does not exist",
@@ -82,12 +123,9 @@ def check_database(settings) -> Check:
     version = version or 0
     if quick != "ok":
         return Check("database", "fail", f"{path}: quick_check says {quick}", "run 'intunnel-admin db check'")
-    if version > migrations.LATEST:
-        return Check("database", "fail", f"schema version {version} is newer than this code ({migrations.LATEST})",
-                     "upgrade InTunnel")
-    if version < migrations.LATEST:
-        return Check("database", "warn", f"schema version {version}, code expects {migrations.LATEST}",
-                     "run 'intunnel-admin db migrate' (services also migrate at start)")
+    found = _schema_check(version, str(path))
+    if found:
+        return found
     mode = _mode(path)
     if mode & 0o077:
         return Check("database", "warn", f"{path} is mode {mode:04o}; it holds password hashes",

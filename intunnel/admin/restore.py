@@ -64,6 +64,7 @@ def keep_current(db_path: Path, now: datetime, owner) -> Path:
 
 
 def cmd_restore(ctx: Context, args) -> int:
+    ctx.require_sqlite("restore")
     settings = ctx.settings
     source = Path(args.file)
     if not source.is_file():
@@ -93,7 +94,7 @@ def cmd_restore(ctx: Context, args) -> int:
                 with contextlib.suppress(FileNotFoundError):
                     leftover.unlink()
 
-        db = open_database(db_path, migrate=False)
+        db = open_database(settings, migrate=False)
         try:
             db.connect(reuse_if_open=True)
             applied = migrations.migrate(db)

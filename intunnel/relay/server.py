@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 
 from ..wire import protocol as p
 from ..wire.http1 import HttpError, parse_request_head
 from ..wire.netio import Conn, ConnClosed
 from ..logsafe import redact
+from ..metrics import instrument_queries, new_registry
 from . import pages
 from .agents import AgentSession
 from .store import Store
 from .link import Link, limits_for
+from .metrics import RelayCollector, RelayStats
 
 log = logging.getLogger("intunnel.relay")
 
@@ -40,12 +43,16 @@ class Tunables:
 
 
 class Relay:
-    def __init__(self, settings, store: Store | None = None):
+    def __init__(self, settings, store: Store | None = None, registry=None):
         self.settings = settings
         self.tunables = Tunables(settings)
-        self.limits = limits_for(settings)
+        # Metrics: counted in plain ints (relay/metrics.py), collected into ``registry`` at scrape time.
+        self.stats = RelayStats()
+        self.registry = registry if registry is not None else new_registry()
+        self.registry.register(RelayCollector(self))
+        self.limits = replace(limits_for(settings), stats=self.stats)
         self.domain = settings.domain.lower().rstrip(".")
-        self.store = store or Store(settings.db_path)
+        self.store = store or Store(settings)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -58,6 +65,8 @@ class Relay:
     # --- lifecycle ---
     async def start(self, sock=None) -> tuple[str, int]:
         await self.store.open()
+        if getattr(self.store, "_db", None) is not None:
+            instrument_queries(self.store._db, self.registry)
         self.loop = loop = asyncio.get_running_loop()
         if sock is not None:
             self.server = await loop.create_server(self._make_conn, sock=sock, backlog=1024)
@@ -70,7 +79,7 @@ class Relay:
             # Public URLs must name the port we really got.
             self.settings = self.settings.replace(relay_listen=f"{self.address[0]}:{self.address[1]}")
             self.tunables = Tunables(self.settings)
-            self.limits = limits_for(self.settings)
+            self.limits = replace(limits_for(self.settings), stats=self.stats)
         self.spawn(self._heartbeats())
         self.spawn(self._revocations())
         log.info("relay listening on http://%s:%d (tunnels at %s)", *self.address,
@@ -140,7 +149,7 @@ class Relay:
         timer.cancel()
         conn.on_close = conn.on_data = None  # back to buffering: what follows the head waits there
         if end < 0 or end + 4 > limit:
-            self._reply(conn, pages.response(431, "Request head too large."))
+            self._refuse(conn, pages.response(431, "Request head too large."))
             return
         raw = bytes(buf[:end])
         del buf[:end + 4]
@@ -154,18 +163,25 @@ class Relay:
         try:
             head = parse_request_head(raw)
         except HttpError as e:
-            self._reply(conn, pages.response(e.status, e.message))
+            self._refuse(conn, pages.response(e.status, e.message))
             return
         head.size = len(raw) + 4
         host = head.host
         if host == self.domain:
             self.spawn(self._relay_endpoint(conn, head))
-        elif self.subdomain_of(host) is not None:
+            return
+        conn.meter = self.stats   # a visitor: its bytes are counted from here on (and its head)
+        self.stats.rx += head.size + len(conn.buffer)
+        if self.subdomain_of(host) is not None:
             rest = bytes(conn.buffer)
             conn.buffer.clear()
             Link(self, conn, head, rest)
         else:
-            self._reply(conn, pages.unknown_tunnel(host, head.get("accept"), head.method == "HEAD"))
+            self._refuse(conn, pages.unknown_tunnel(host, head.get("accept"), head.method == "HEAD"))
+
+    def _refuse(self, conn: Conn, page: pages.Page) -> None:
+        self.stats.refused(page)
+        self._reply(conn, page)
 
     def _reply(self, conn: Conn, data: bytes) -> None:
         conn.write(data)

@@ -1,6 +1,6 @@
 """The relay's database access: token checks, live status, revocation checks.
 
-Every call runs on one dedicated thread so SQLite never blocks the event loop.
+Every call runs on one dedicated thread so the database never blocks the event loop.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ class LiveSession:
 
 
 class Store:
-    def __init__(self, db_path):
-        self.db_path = db_path
+    def __init__(self, settings):
+        self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._db = None
 
@@ -43,7 +43,7 @@ class Store:
 
     # --- run on the DB thread ---
     def _open(self):
-        self._db = open_database(self.db_path)
+        self._db = open_database(self.settings)
         self._db.connect(reuse_if_open=True)
         Tunnel.update(status="inactive").where(Tunnel.status != "inactive").execute()
 

@@ -136,7 +136,7 @@ def _rate_limit(state: WebState, environ: dict) -> None:
 
 
 class ThreadConnections:
-    """One SQLite connection per worker thread, kept between requests.
+    """One database connection per worker thread, kept between requests.
 
     Opening a connection costs about 1 ms (pragmas, then SQLite parsing the
     schema at the first query): most of a small API request.  So each waitress
@@ -146,10 +146,12 @@ class ThreadConnections:
     """
 
     def __init__(self, path):
-        self.path = str(path)
+        self.path = None if path is None else str(path)  # None: not a file (PostgreSQL)
         self.local = threading.local()
 
     def _file_identity(self):
+        if self.path is None:
+            return None
         try:
             st = os.stat(self.path)
         except OSError:
@@ -179,8 +181,8 @@ class ThreadConnections:
 
 def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
     """Build the web app on ``settings`` (database migrated); ``clock`` drives rate limits."""
-    open_database(settings.db_path)
-    connections = ThreadConnections(settings.db_path)
+    open_database(settings)
+    connections = ThreadConnections(settings.db_path if settings.db_backend == "sqlite" else None)
     state = WebState.build(settings, clock or time.time)
     app = IntunnelApp()
     app.intunnel = state

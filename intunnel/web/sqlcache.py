@@ -2,7 +2,7 @@
 
 For a small query peewee spends longer writing the SQL than SQLite spends
 running it.  ``cached_sql(name, build, params)`` builds the query once per
-database (the SQL is still peewee's, so it stays portable), checks its
+kind of database (the SQL is still peewee's, so it stays portable), checks its
 parameters are exactly ``params`` in that order, and hands back the text.
 """
 
@@ -18,7 +18,9 @@ _cache: dict[tuple[int, str], str] = {}
 
 
 def cached_sql(name: str, build: Callable[[], pw.Query], params: Sequence) -> str:
-    key = (id(database.obj), name)
+    # By the database's class, not its id: the SQL differs between backends
+    # (placeholders), and a freed database's id may be reused by another one.
+    key = (type(database.obj), name)
     sql = _cache.get(key)
     if sql is None:
         sql, built = build().sql()

@@ -35,17 +35,27 @@ def free_port() -> int:
 class Admin:
     """One InTunnel installation in a temp dir, driven through `intunnel-admin`."""
 
-    def __init__(self, root: Path, domain: str = "example.test"):
+    def __init__(self, root: Path, domain: str = "example.test", database_url: str = "",
+                 password: str | None = None):
+        """``database_url`` empty: the data dir's SQLite file.  ``password``: written to a
+        ``database_password_file`` (the URL then has none), as an operator would."""
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.data_dir = root / "data"
         self.web_port, self.relay_port = free_port(), free_port()
         self.config = root / "intunnel.toml"
+        self.database_url = database_url
+        database = f'database_url = "{database_url}"\n' if database_url else ""
+        if password is not None:
+            secret = root / "db-password"
+            secret.write_text(password + "\n")
+            secret.chmod(0o600)
+            database += f'database_password_file = "{secret}"\n'
         self.config.write_text(
             f'data_dir = "{self.data_dir}"\n'
             f'domain = "{domain}"\n'
             f'web_listen = "127.0.0.1:{self.web_port}"\n'
-            f'relay_listen = "127.0.0.1:{self.relay_port}"\n')
+            f'relay_listen = "127.0.0.1:{self.relay_port}"\n' + database)
         # The machine's INTUNNEL_* must not leak in; a cron-like minimal environment.
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("INTUNNEL_")}
 
@@ -99,14 +109,23 @@ class Admin:
 
     def open_models(self):
         """Bind the models in this (test) process to the installation's database."""
-        db = open_database(self.db_path)
+        db = open_database(self.settings)
         db.connect(reuse_if_open=True)
         return db
 
 
 @pytest.fixture
-def admin(tmp_path):
-    a = Admin(tmp_path)
+def admin(tmp_path, db_backend, request):
+    """An installation on the backend under test; on PostgreSQL an empty database
+    (``db migrate`` makes the schema) and the password in a database_password_file."""
+    if db_backend == "postgresql":
+        from support.postgres import PASSWORD
+        cluster = request.getfixturevalue("postgres_cluster")
+        url = cluster.new_database(migrated=False, password=False)
+        request.addfinalizer(lambda: cluster.drop_database(url))
+        a = Admin(tmp_path, database_url=url, password=PASSWORD)
+    else:
+        a = Admin(tmp_path)
     yield a
     from intunnel.models import database
     if database.obj is not None and not database.is_closed():

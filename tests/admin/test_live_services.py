@@ -1,6 +1,7 @@
 """The admin CLI against the real relay, client and web app (in-process, port 0)."""
 
 from intunnel.models import Tunnel
+from support.backends import database_toml
 from support.tunnel import tunnel_setup, wait_for
 from support.web_server import running_web_app
 
@@ -14,7 +15,7 @@ def admin_for(settings, tmp_path, relay_port: int, web_port: int | None = None) 
         f'data_dir = "{settings.data_dir}"\n'
         f'domain = "{settings.domain}"\n'
         f'relay_listen = "127.0.0.1:{relay_port}"\n'
-        f'web_listen = "127.0.0.1:{web_port or a.web_port}"\n')
+        f'web_listen = "127.0.0.1:{web_port or a.web_port}"\n' + database_toml(settings))
     a.web_port = web_port or a.web_port
     a.relay_port = relay_port
     return a

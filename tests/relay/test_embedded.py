@@ -9,13 +9,14 @@ import subprocess
 import sys
 import urllib.request
 
+from tests.support.backends import database_env
 from tests.support.tunnel import HttpUpstream, _Process, _python_env, free_port, visit
 
 
 class ServeProcess(_Process):
     def __init__(self, settings, web_port, relay_port, env=None):
         super().__init__(["serve"], _python_env({
-            "INTUNNEL_DATA_DIR": str(settings.data_dir),
+            "INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
             "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{web_port}",
             "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{relay_port}", **(env or {})}))
 

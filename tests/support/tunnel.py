@@ -38,6 +38,7 @@ from bench import procs
 from intunnel import accounts, tunnels
 from intunnel.client.agent import Agent
 from intunnel.relay.server import Relay
+from support.backends import database_env
 
 REPO = Path(__file__).resolve().parents[2]
 PATTERN_BLOCK = bytes(range(256)) * 256  # 64 KiB
@@ -259,7 +260,7 @@ class RelayProcess(_Process):
 
     def __init__(self, settings, port: int = 0, env: dict | None = None):
         super().__init__(["relay"], _python_env({
-            "INTUNNEL_DATA_DIR": str(settings.data_dir), "INTUNNEL_DATABASE": str(settings.db_path),
+            "INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
             "INTUNNEL_DOMAIN": settings.domain, "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{port}",
             **(env or {})}))
         m = self.wait_line(r"relay listening on http://127\.0\.0\.1:(\d+)")

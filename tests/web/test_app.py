@@ -19,6 +19,7 @@ from intunnel.timeutil import utcnow
 from intunnel.web.api import tunnel_summaries
 
 from conftest import PASSWORD, create_user
+from support.backends import database_env
 
 
 def test_access_log_one_line_per_request_without_secrets(web, alice, caplog):
@@ -99,9 +100,9 @@ def test_disabled_mid_session(web, alice, alice_session):
     assert alice_session.get(web.url + "/api/user/profile").status_code == 401
 
 
-def test_intunnel_web_command(tmp_path):
-    env = {**os.environ, "INTUNNEL_DATA_DIR": str(tmp_path / "data"), "INTUNNEL_WEB_LISTEN": "127.0.0.1:0",
-           "INTUNNEL_CONFIG": ""}
+def test_intunnel_web_command(settings):
+    env = {**os.environ, "INTUNNEL_DATA_DIR": str(settings.data_dir), "INTUNNEL_WEB_LISTEN": "127.0.0.1:0",
+           "INTUNNEL_CONFIG": "", **database_env(settings)}
     proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", "web"], env=env, stderr=subprocess.PIPE,
                             text=True)
     try:
