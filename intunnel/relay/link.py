@@ -208,8 +208,8 @@ class Link:
         except Exception:
             log.exception("visitor %s: routing failed", self.conn.peername)
             if not self.done:
-                self.run(self.state.route_failed(pages.response(502, "The relay could not reach the tunnel."),
-                                                 self.loop.time()))
+                self.run(self.state.route_failed(pages.response(502, "The relay could not reach the tunnel.",
+                                                                why="relay_error"), self.loop.time()))
 
     async def _offline(self, subdomain: str, head) -> None:
         known = await self.relay.store.exists(subdomain)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 import json
 
+from .metrics import CODE_REASONS
+
 REASONS = {
     101: "Switching Protocols", 200: "OK", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
@@ -17,6 +19,13 @@ CODES = {
     431: "HEADERS_TOO_LARGE", 501: "NOT_IMPLEMENTED", 502: "BAD_GATEWAY",
     503: "TUNNEL_OFFLINE", 504: "GATEWAY_TIMEOUT",
 }
+
+
+class Page(bytes):
+    """A relay page: the bytes of a complete response, and ``reason``, why the relay answered
+    instead of the local app (``metrics.REASONS``: the refusals the relay counts)."""
+
+    reason: str = "bad_request"
 
 
 def wants_json(accept: str | None) -> bool:
@@ -42,11 +51,14 @@ def wants_json(accept: str | None) -> bool:
 
 
 def response(status: int, message: str, accept: str | None = None, title: str | None = None,
-             code: str | None = None, head_only: bool = False, extra_headers: tuple = ()) -> bytes:
-    """A complete HTTP/1.1 response that closes the connection."""
+             code: str | None = None, head_only: bool = False, extra_headers: tuple = (),
+             why: str | None = None) -> Page:
+    """A complete HTTP/1.1 response that closes the connection; ``why``: its ``Page.reason``
+    (default: from ``code``)."""
+    code = code or CODES.get(status, "ERROR")
     reason = REASONS.get(status, "Error")
     if wants_json(accept):
-        body = json.dumps({"error": True, "message": message, "code": code or CODES.get(status, "ERROR")})
+        body = json.dumps({"error": True, "message": message, "code": code})
         ctype = "application/json"
     else:
         title = title or f"{status} {reason}"
@@ -67,7 +79,9 @@ def response(status: int, message: str, accept: str | None = None, title: str | 
         "Connection: close",
         *extra_headers,
     ]
-    return ("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else data)
+    page = Page(("\r\n".join(headers) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else data))
+    page.reason = why or CODE_REASONS.get(code, "bad_request")
+    return page
 
 
 def tunnel_offline(subdomain: str, accept: str | None, head_only: bool = False) -> bytes:
@@ -87,7 +101,7 @@ def local_refused(subdomain: str, port: int, accept: str | None, head_only: bool
     return response(502, f"The tunnel '{subdomain}' is connected, but nothing answered on {where} "
                     "of the client's machine (connection refused). Start the local app.", accept,
                     title=f"Local app on {where} is not responding", code="BAD_GATEWAY",
-                    head_only=head_only)
+                    head_only=head_only, why="local_refused")
 
 
 def upstream_timeout(subdomain: str, seconds: float, accept: str | None, head_only: bool = False) -> bytes:

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 from ..wire.http1 import END, HttpError, MessageReader, RequestHead, ResponseHead, has_token
 from . import cookies, pages
+from .metrics import DISCARD
 
 # A body piece this big (or this much Content-Length body still to come) goes through the kernel.
 BULK = 128 * 1024
@@ -165,6 +166,7 @@ class Limits:
     public_scheme: str
     cookie_domain: str
     reuse: bool = True        # upstream keep-alive on (relay_upstream_keepalive > 0)
+    stats: object = DISCARD   # the relay's metrics.RelayStats: counted in plain ints
 
 
 class ProxyState:
@@ -194,6 +196,8 @@ class ProxyState:
         self.window_start = now
         self.window_bytes = 0
         self.begun = 0               # exchanges begun (request heads taken)
+        self.stats = limits.stats
+        self.head_at = now           # when the current exchange's head was taken (metrics)
         self.outcomes: list[str] = []  # R7: how each exchange that began ended, in order
 
     # --- derived -----------------------------------------------------------------------------
@@ -286,6 +290,7 @@ class ProxyState:
         self.host = self.head.host
         self.host_header, self.reused = host_header, reused
         self.reusable = True
+        self.stats.route.observe(now - self.head_at)
         self.responses = MessageReader("response", 64 * 1024)
         self._go("req", "routed", Req.BODY)
         return self._send_head(now) + self._advance(now)
@@ -353,7 +358,7 @@ class ProxyState:
                 return [Detach(park=False), Route(head)]
             return self._fail(pages.response(502, "The local app closed the connection without "
                                              "answering.", head.get("accept"),
-                                             head_only=head.method == "HEAD"), now)
+                                             head_only=head.method == "HEAD", why="upstream_closed"), now)
         if self.resp is Resp.BODY and self.responses.eof():
             return self._response_end(now, upstream_gone=True)   # a read-until-close body ended
         return self._close(now, "closed", abort=True)   # a framed response cut short
@@ -391,7 +396,7 @@ class ProxyState:
                 self.window_start, self.window_bytes = now, 0
                 return []
             return self._fail(pages.response(408, "The request body arrived too slowly.",
-                                             self.head.get("accept")), now)
+                                             self.head.get("accept"), why="body_timeout"), now)
         head = self.head
         return self._fail(pages.upstream_timeout(self.host or "?", lim.upstream_timeout, head.get("accept"),
                                                  head.method == "HEAD"), now)
@@ -445,6 +450,7 @@ class ProxyState:
         """A head (``events[0]``; a bodiless request's END may follow: ``_send_head`` ends it)."""
         head = events[0]
         self.begun += 1
+        self.head_at = now
         self.head, self.answered, self.retried = head, False, False
         self.head_since = None
         if head.version != "HTTP/1.1" or _asks_close(head):
@@ -503,6 +509,7 @@ class ProxyState:
             self._go("req", "101", Req.TUNNEL)
             self.requests.switch_to_raw()
             self.answered = True
+            self.stats.response(101)
             out: list = [ToVisitor(head.raw)]
             if self.held:
                 out.append(ToUpstream(self.held))
@@ -516,6 +523,7 @@ class ProxyState:
             self.answered = True
             return [ToVisitor(head.raw)]
         self._go("resp", "final", Resp.BODY)
+        self.stats.response(head.status)
         hop = False
         if not head.keep_alive:
             self.reusable = False    # the app closes after this response
@@ -556,6 +564,7 @@ class ProxyState:
         self._go("req", "reset", Req.IDLE)
         self._go("resp", "reset", Resp.IDLE)
         self.outcomes.append("complete")
+        self.stats.duration.observe(now - self.head_at)
         self.idle_since = now
         self.answered = False
         if self.must_close or self.visitor_gone:
@@ -579,7 +588,7 @@ class ProxyState:
             return self._close(now, "closed", abort=True)
         return self._fail(pages.response(502, "The local app sent a response the relay can't "
                                          "forward safely.", self.head.get("accept"),
-                                         head_only=self.head.method == "HEAD"), now)
+                                         head_only=self.head.method == "HEAD", why="unframable"), now)
 
     def _drop_upstream(self, now: float) -> list:
         """R6: an upstream that spoke out of turn is closed; the visitor's connection stays."""
@@ -592,6 +601,7 @@ class ProxyState:
     def _fail(self, page: bytes, now: float) -> list:
         """Answer with a relay page (only if nothing of a response went out yet) and close."""
         out = [] if self.answered else [ToVisitor(page)]
+        self.stats.refused(page, not self.answered)
         return out + self._close(now, "error" if not self.answered else "closed")
 
     def _close(self, now: float, outcome: str | None, abort: bool = False) -> list:

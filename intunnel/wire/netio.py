@@ -50,6 +50,9 @@ class Conn(asyncio.Protocol):
         # Told True when the transport's write buffer passes the high-water mark, False when it
         # has drained below the low one (a control channel stops reading its own peer meanwhile).
         self.on_write_pressure: Callable[[bool], None] | None = None
+        # Counts the bytes received (``rx``) and written (``tx``) here, kernel pumps included
+        # (the relay's RelayStats, for visitor connections); None: not counted.
+        self.meter = None
 
     # --- asyncio.Protocol ---
     def connection_made(self, transport):
@@ -69,6 +72,9 @@ class Conn(asyncio.Protocol):
             self.on_made()
 
     def data_received(self, data: bytes) -> None:
+        meter = self.meter
+        if meter is not None:
+            meter.rx += len(data)
         if self.on_data is not None:
             self.on_data(data)
             return
@@ -161,6 +167,9 @@ class Conn(asyncio.Protocol):
     def write(self, data) -> None:
         if not self.closed:
             self.transport.write(data)
+            meter = self.meter
+            if meter is not None:
+                meter.tx += len(data)
 
     def close(self):
         if self.transport is not None and not self.closed:
@@ -318,6 +327,7 @@ def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_err
     src.transport.pause_reading()
     pump = zerocopy.Pump(src_fd, dst_fd, on_eof, on_error, limit, hand_back(on_limit), on_moved,
                          hand_back(on_refused))
+    pump.rx_meter, pump.tx_meter = src.meter, dst.meter
     src.pump = pump
     src.pumps.append(pump)
     dst.pumps.append(pump)

@@ -71,6 +71,7 @@ class Pump:
         self.source_done = False
         self.stopped = False
         self.paused = False    # paused by the owner (backpressure from elsewhere)
+        self.rx_meter = self.tx_meter = None   # netio.Conn.meter of src / dst: bytes counted
         self.loop.add_reader(self.src, self._readable)
 
     def _readable(self) -> None:
@@ -96,6 +97,8 @@ class Pump:
                 self._eof()
             return
         self.pending += n
+        if self.rx_meter is not None:
+            self.rx_meter.rx += n
         if self.left is not None:
             self.left -= n
         if self.on_moved is not None:
@@ -121,6 +124,8 @@ class Pump:
                 self._fail()
                 return
             self.pending -= n
+            if self.tx_meter is not None:
+                self.tx_meter.tx += n
 
     def _writable(self) -> None:
         self._flush()
