@@ -34,6 +34,7 @@ from ..errors import AppError, InternalError, PayloadTooLarge, RateLimited
 from ..models import database, open_database
 from ..ratelimit import Clock
 from . import api, auth, errors_render, login
+from .metrics import RATE_LIMITED_KEY, WebMetrics
 from .state import ENVIRON_KEY, WebState
 
 log = logging.getLogger("intunnel.web")
@@ -56,6 +57,7 @@ class IntunnelApp(bottle.Bottle):
     """Bottle plus what every response needs: security headers, rate headers, access log."""
 
     intunnel: WebState
+    metrics: WebMetrics | None = None
 
     def wsgi(self, environ, start_response):
         started = time.perf_counter()
@@ -83,10 +85,13 @@ class IntunnelApp(bottle.Bottle):
         try:
             return super().wsgi(environ, start)
         finally:
+            elapsed = time.perf_counter() - started
+            if self.metrics is not None:
+                self.metrics.observe(self, environ, seen.get("status", ""), elapsed)
             access_log.info("%s %s %s %s %s %.1fms user=%s", auth.client_address(environ),
                             environ.get("REQUEST_METHOD", "-"), quote(raw_path, safe="/:@!$&'()*+,;=-._~"),
                             seen.get("status", "-")[:3], seen.get("length", "-"),
-                            (time.perf_counter() - started) * 1000, environ.get("intunnel.user_id", "-"))
+                            elapsed * 1000, environ.get("intunnel.user_id", "-"))
 
     def default_error_handler(self, res: bottle.HTTPError):
         """Bottle's own errors (no route, wrong method, a crash in a hook) in our format."""
@@ -119,19 +124,24 @@ def _rate_limit(state: WebState, environ: dict) -> None:
     key = f"user:{user.id}" if user is not None else f"addr:{auth.client_address(environ)}"
     method = environ.get("REQUEST_METHOD", "GET")
     now = state.clock()
+    limit = "write"
     if method in auth.SAFE_METHODS:
-        decision = state.get_limiter.hit(key)
+        decision, limit = state.get_limiter.hit(key), "get"
     elif method == "POST" and REGENERATE_PATH.match(environ.get("PATH_INFO", "")):
-        decision = state.regenerate_limiter.peek(key)
+        decision, limit = state.regenerate_limiter.peek(key), "regenerate"
         if decision.allowed:
             write = state.write_limiter.hit(key)
-            decision = write if not write.allowed else state.regenerate_limiter.hit(key)
+            if write.allowed:
+                decision = state.regenerate_limiter.hit(key)
+            else:
+                decision, limit = write, "write"
             if decision.allowed and write.remaining < decision.remaining:
                 decision = write
     else:
         decision = state.write_limiter.hit(key)
     environ[_RATE_KEY] = decision
     if not decision.allowed:
+        environ[RATE_LIMITED_KEY] = limit
         raise RateLimited(retry_after=decision.retry_after(now))
 
 
@@ -179,13 +189,17 @@ class ThreadConnections:
             database.close()  # start the next request from a clean connection
 
 
-def create_app(settings, clock: Clock | None = None) -> IntunnelApp:
-    """Build the web app on ``settings`` (database migrated); ``clock`` drives rate limits."""
+def create_app(settings, clock: Clock | None = None, registry=None) -> IntunnelApp:
+    """Build the web app on ``settings`` (database migrated); ``clock`` drives rate limits.
+
+    Its metrics go to ``registry`` (default: a new one, ``app.metrics.registry``)."""
     open_database(settings)
     connections = ThreadConnections(settings.db_path if settings.db_backend == "sqlite" else None)
     state = WebState.build(settings, clock or time.time)
     app = IntunnelApp()
     app.intunnel = state
+    app.metrics = WebMetrics(settings, registry)
+    app.metrics.instrument(database.obj)
 
     @app.hook("before_request")
     def before_request():

@@ -25,6 +25,7 @@ from ..errors import RateLimited, Unauthorized, UnsupportedMedia, ValidationErro
 from ..timeutil import iso
 from . import auth, jsonbody
 from . import state as web_state
+from .metrics import RATE_LIMITED_KEY
 
 ERROR_MESSAGES = {
     "invalid": "Wrong email or password.",
@@ -97,6 +98,7 @@ def login():
     try:
         throttle.check(account, address)
     except RateLimited:
+        bottle.request.environ[RATE_LIMITED_KEY] = "login"
         if is_browser():
             _redirect_to_login("throttled", next_path)
         raise

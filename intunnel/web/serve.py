@@ -92,11 +92,20 @@ def configure_logging(settings) -> None:
 def run(args) -> int:
     settings = prepare_data_dir(load_settings(args.config))
     configure_logging(settings)
-    server = make_server(settings)
+    from .app import create_app
+    from .metrics import start_listener, stop_listener
+    app = create_app(settings)
+    server = make_server(settings, app)
+    metrics = start_listener(settings.web_metrics_address, app.metrics.registry) \
+        if settings.web_metrics_address else None
 
     def terminate(signum, frame):
         raise SystemExit(0)  # waitress's run() shuts its workers down on SystemExit
 
     signal.signal(signal.SIGTERM, terminate)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if metrics is not None:
+            stop_listener(metrics)
     return 0
