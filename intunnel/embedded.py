@@ -3,7 +3,8 @@
 The web app (waitress, in a thread) on ``web_listen`` and the relay (asyncio,
 main thread) on ``relay_listen``, with domain ``localhost`` by default, so
 ``http://<subdomain>.localhost:8080`` works in any browser with no DNS and no
-nginx.  On first run (no users yet) it creates an admin account from
+nginx; Prometheus metrics of both on ``relay_metrics_listen``.  On first run
+(no users yet) it creates an admin account from
 ``admin_email``/``admin_password`` or a generated password printed once.
 """
 
@@ -83,8 +84,11 @@ def run(args) -> int:
     with db.connection_context():
         admin = ensure_first_admin(settings)
 
+    from .metrics import new_registry
+    from .web.app import create_app
     from .web.serve import make_server, start_in_thread, stop_server
-    web = make_server(settings)
+    registry = new_registry()  # one /metrics listener (relay_metrics_listen) for the web app and the relay
+    web = make_server(settings, app=create_app(settings, registry=registry))
     web_thread = start_in_thread(web)
     web_address = (web.effective_host, int(web.effective_port))
 
@@ -92,7 +96,7 @@ def run(args) -> int:
         print(next_steps(relay.settings, web_address, relay.address, admin), flush=True)
 
     try:
-        netio.run(serve_relay(Relay(settings), extra_start=announce))
+        netio.run(serve_relay(Relay(settings, registry=registry), extra_start=announce))
     finally:
         stop_server(web, web_thread)
         logging.getLogger("intunnel").info("stopped")

@@ -34,7 +34,6 @@ from bisect import bisect_left
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from ..errors import ConfigError
 from ..metrics import exposition
 
 log = logging.getLogger("intunnel.relay")
@@ -175,8 +174,11 @@ SCRAPE_TIMEOUT = 5.0
 
 
 async def start_listener(listen_address: tuple[str, int], registry,
-                         setting: str = "relay_metrics_listen") -> asyncio.AbstractServer:
-    """Serve ``registry`` at ``/metrics`` on ``listen_address``; ``server.sockets[0]`` says where."""
+                         setting: str = "relay_metrics_listen") -> asyncio.AbstractServer | None:
+    """Serve ``registry`` at ``/metrics`` on ``listen_address``; ``server.sockets[0]`` says where.
+
+    None when the address can't be had: one warning naming the setting, and the relay serves
+    on without metrics (they must never take the data path down)."""
     async def scrape(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(SCRAPE_TIMEOUT):
@@ -200,7 +202,8 @@ async def start_listener(listen_address: tuple[str, int], registry,
     try:
         server = await asyncio.start_server(scrape, host, port, limit=SCRAPE_HEAD_LIMIT, reuse_address=True)
     except OSError as e:
-        raise ConfigError(f"setting {setting!r}: cannot listen on {host}:{port} ({e.strerror})") from None
+        log.warning("no metrics: setting %r: cannot listen on %s:%s (%s)", setting, host, port, e.strerror)
+        return None
     where = server.sockets[0].getsockname()
     log.info("relay metrics at http://%s:%d/metrics", where[0], where[1])
     return server

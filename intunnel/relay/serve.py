@@ -9,6 +9,7 @@ import signal
 from ..wire import netio
 from ..cli import add_config_argument
 from ..settings import load_settings, prepare_data_dir
+from .metrics import start_listener
 from .server import Relay
 
 HELP = "Run the relay: public tunnel traffic and agent connections (asyncio)."
@@ -24,16 +25,21 @@ def setup_logging(level: str) -> None:
 
 
 async def serve(relay: Relay, extra_start=None) -> None:
-    """Start ``relay``, wait for SIGTERM/SIGINT, stop it within its grace period."""
+    """Start ``relay`` (and its metrics listener, ``relay_metrics_listen``), wait for
+    SIGTERM/SIGINT, stop it within its grace period."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    where = relay.settings.relay_metrics_address
+    metrics = await start_listener(where, relay.registry) if where else None
     await relay.start()
     if extra_start is not None:
         extra_start(relay)
     await stop.wait()
     logging.getLogger("intunnel.relay").info("stopping: telling agents to reconnect later")
+    if metrics is not None:
+        metrics.close()
     await relay.stop()
 
 

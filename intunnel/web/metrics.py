@@ -29,7 +29,6 @@ import bottle
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from ..errors import ConfigError
 from ..metrics import instrument_queries, new_registry, wsgi_app
 
 log = logging.getLogger("intunnel.web")
@@ -105,7 +104,9 @@ class BackupCollector:
 def start_listener(listen_address: tuple[str, int], registry, setting: str = "web_metrics_listen"):
     """Serve ``registry`` at ``/metrics`` on ``listen_address`` with waitress in a thread.
 
-    Returns the server (``effective_host``/``effective_port``); stop it with ``stop_listener``.
+    Returns the server (``effective_host``/``effective_port``; stop it with ``stop_listener``),
+    or None when the address can't be had: metrics never keep the service from serving, so
+    that is one warning naming the setting, and the service runs on without them.
     """
     import waitress
     from .serve import start_in_thread
@@ -114,7 +115,8 @@ def start_listener(listen_address: tuple[str, int], registry, setting: str = "we
         server = waitress.create_server(wsgi_app(registry), host=host, port=port, threads=1,
                                         ident="intunnel-metrics", map={})
     except OSError as e:
-        raise ConfigError(f"setting {setting!r}: cannot listen on {host}:{port} ({e.strerror})") from None
+        log.warning("no metrics: setting %r: cannot listen on %s:%s (%s)", setting, host, port, e.strerror)
+        return None
     server.intunnel_thread = start_in_thread(server)
     log.info("metrics at http://%s:%s/metrics", server.effective_host, server.effective_port)
     return server

@@ -7,6 +7,7 @@ import re
 import stat
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 from tests.support.backends import database_env
@@ -106,3 +107,32 @@ def test_config_add_token_then_http_port_alone(settings, db, tmp_path):
                          env=_python_env({"XDG_CONFIG_HOME": str(tmp_path / "empty")}),
                          capture_output=True, text=True, timeout=30)
     assert bad.returncode == 2 and "add-token" in bad.stderr
+
+
+def test_serve_exposes_web_and_relay_metrics_on_one_loopback_listener(settings):
+    from tests.support.metrics import scrape
+    web_port, relay_port, metrics_port = free_port(), free_port(), free_port()
+    serve = ServeProcess(settings, web_port, relay_port,
+                         env={"INTUNNEL_RELAY_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
+    try:
+        serve.wait_line(r"Next steps:")
+        serve.wait_line(rf"relay metrics at http://127\.0\.0\.1:{metrics_port}/metrics")
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        assert visit(relay_port, f"nosuch.localhost:{relay_port}", "/")[0] == 404
+        samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert samples.value("intunnel_web_requests_total", route="/healthz", method="GET", status="200") == 1
+        assert samples.value("intunnel_relay_refusals_total", reason="unknown_tunnel") == 1
+        assert samples.value("intunnel_relay_agents_connected") == 0
+        assert samples.has("intunnel_db_query_seconds_count", statement="select")
+        # neither public port serves them
+        assert visit(relay_port, f"localhost:{relay_port}", "/metrics")[0] == 404
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{web_port}/metrics", timeout=10)
+            raise AssertionError("the web port served /metrics")
+        except urllib.error.HTTPError as e:
+            assert e.code == 404
+        assert serve.stop() == 0
+    finally:
+        serve.close()
+    assert not any("Traceback" in line for line in serve.lines)
