@@ -224,3 +224,52 @@ def test_relay_process_without_metrics(settings, db):
     with RelayProcess(settings, env=env) as relay:
         assert relay.stop() == 0
     assert not any("metrics at" in line for line in relay.lines)
+
+
+@pytest.mark.nginx
+def test_behind_the_generated_nginx_no_public_vhost_serves_metrics(settings, db, tmp_path):
+    """The deployed shape: nginx (the generated config, TLS) in front of the real web app and the
+    relay, each with its metrics listener.  /metrics on the web vhost is the web app's 404, on the
+    relay's path its 404, on a tunnel host the local app's own page; nginx has no route to either
+    metrics listener."""
+    from conftest import require_tool
+    from intunnel import nginxconf
+    from intunnel.web.metrics import start_listener as start_web_listener, stop_listener
+    from tests.deploy.nginx_support import (free_port as nginx_port, make_self_signed_cert, nginx_test,
+                                            running_nginx, write_main_config)
+    from tests.support.rawapps import RawVisitor, request
+    from tests.support.web_server import running_web_app
+    nginx = require_tool("nginx")
+    require_tool("openssl")
+    with running_web_app(settings) as web, tunnel_setup(settings.replace(relay_trust_proxy=True)) as t, \
+            relay_metrics(t.relay) as relay_url:
+        web_metrics = start_web_listener(("127.0.0.1", 0), web.app.metrics.registry)
+        try:
+            cert, key = make_self_signed_cert(tmp_path / "tls", settings.domain)
+            https_port = nginx_port()
+            (tmp_path / "acme").mkdir()
+            rendered = nginxconf.render(t.relay.settings.replace(
+                tls_cert=str(cert), tls_key=str(key), nginx_http_port=nginx_port(), nginx_https_port=https_port,
+                nginx_ipv6=False, nginx_acme_root=str(tmp_path / "acme"), web_listen=f"127.0.0.1:{web.port}"))
+            text = "\n".join(rendered.values())
+            assert "metrics" not in text
+            assert str(web_metrics.effective_port) not in text and relay_url.split(":")[2].split("/")[0] not in text
+            main = write_main_config(tmp_path / "nginx", rendered)
+            assert nginx_test(nginx, main).returncode == 0
+            with running_nginx(nginx, main, https_port):
+                def get(host, target):
+                    with RawVisitor(https_port, tls_host=host) as v:
+                        v.send(request("GET", target, host, [("Connection", "close")]))
+                        return v.read_response(timeout=10)
+                on_web = get(settings.domain, "/metrics")
+                on_relay = get(settings.domain, "/_intunnel/metrics")
+                on_tunnel = get(t.host, "/metrics")
+            web_samples = scrape(f"http://127.0.0.1:{web_metrics.effective_port}/metrics")
+        finally:
+            stop_listener(web_metrics)
+        relay_samples = scrape(relay_url)
+    assert on_web.status == 404 and b"intunnel_" not in on_web.body
+    assert on_relay.status == 404 and b"intunnel_" not in on_relay.body
+    assert on_tunnel.status == 200 and json.loads(on_tunnel.body)["path"] == "/metrics"
+    assert web_samples.value("intunnel_web_requests_total", route="(unmatched)", method="-", status="404") == 1
+    assert relay_samples.value(REQS, class_="2xx") == 1
