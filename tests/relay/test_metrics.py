@@ -273,3 +273,19 @@ def test_behind_the_generated_nginx_no_public_vhost_serves_metrics(settings, db,
     assert on_tunnel.status == 200 and json.loads(on_tunnel.body)["path"] == "/metrics"
     assert web_samples.value("intunnel_web_requests_total", route="(unmatched)", method="-", status="404") == 1
     assert relay_samples.value(REQS, class_="2xx") == 1
+
+
+def test_the_readme_documents_every_metric(settings):
+    from pathlib import Path
+    from intunnel.metrics import db_histogram
+    from intunnel.relay.server import Relay
+    from intunnel.web.metrics import WebMetrics
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    relay = Relay(settings)
+    web = WebMetrics(settings)
+    db_histogram(relay.registry)
+    names = {f.name for registry in (relay.registry, web.registry) for f in registry.collect()}
+    assert len(names) >= 15
+    for name in names:
+        documented = name.replace("intunnel_relay_visitor_bytes_sent", "..._sent")
+        assert f"`{documented}" in readme, name
