@@ -2,11 +2,13 @@
 # Sets up everything the tests need on a fresh Debian/Ubuntu machine, then runs them.
 #   ./scripts/test.sh            all tests
 #   ./scripts/test.sh -k relay   extra arguments go to pytest
+#   ./scripts/test.sh --db=both  database tests on SQLite and on a throwaway PostgreSQL (CI does)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# System tools the real-world tests drive (nginx, Chromium, a systemd container host).
-APT_PACKAGES=(nginx-light chromium debootstrap systemd-container openssh-server openssh-client sqlite3 cron curl openssl systemd)
+# System tools the real-world tests drive (nginx, Chromium, a systemd container host, and
+# PostgreSQL's binaries: --db=postgresql|both starts a throwaway cluster of its own).
+APT_PACKAGES=(nginx-light chromium debootstrap systemd-container openssh-server openssh-client sqlite3 cron curl openssl systemd postgresql)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -19,8 +21,9 @@ if ((${#missing[@]})); then
     echo "note: missing system packages (tests needing them will skip): ${missing[*]}" >&2
   fi
 fi
-# The distribution's nginx unit may start on install; tests run their own.
+# The distribution's nginx and PostgreSQL units may start on install; tests run their own.
 if command -v systemctl >/dev/null && systemctl is-active --quiet nginx 2>/dev/null; then systemctl stop nginx || true; fi
+if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/dev/null; then systemctl stop postgresql || true; fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv

@@ -1,5 +1,6 @@
 """`intunnel-admin db migrate | check`."""
 
+import pytest
 import sqlite3
 
 from intunnel import migrations
@@ -13,6 +14,7 @@ def test_migrate_creates_and_reports(admin):
     assert again.strip().endswith(f"is up to date (version {migrations.LATEST})")
 
 
+@pytest.mark.sqlite_only("writes a version 1 SQLite file (tests/test_migrations.py upgrades version 1 on both)")
 def test_migrate_brings_a_version_1_database_up(admin):
     admin.data_dir.mkdir()
     import peewee as pw
@@ -26,13 +28,15 @@ def test_migrate_brings_a_version_1_database_up(admin):
 
 def test_check_ok(installed):
     result = installed.json("db", "check")
+    journal = "wal" if not installed.database_url else result["journal_mode"]
     assert result == {"integrity": ["ok"], "foreign_key_violations": [], "schema_version": migrations.LATEST,
-                      "latest_version": migrations.LATEST, "journal_mode": "wal", "ok": True}
+                      "latest_version": migrations.LATEST, "journal_mode": journal, "ok": True}
     table = installed.ok("db", "check").stdout.splitlines()
     assert table[0].split() == ["CHECK", "RESULT"]
     assert any(line.startswith("integrity") and line.endswith("ok") for line in table)
 
 
+@pytest.mark.sqlite_only("SQLite lets foreign keys be switched off; PostgreSQL enforces them")
 def test_check_finds_foreign_key_violations(installed):
     conn = sqlite3.connect(installed.db_path)
     conn.execute("PRAGMA foreign_keys=OFF")
@@ -48,6 +52,7 @@ def test_check_finds_foreign_key_violations(installed):
     assert json.loads(r.stdout)["foreign_key_violations"] == [{"table": "tunnel", "rowid": 1, "parent": "user"}]
 
 
+@pytest.mark.sqlite_only("corrupts the SQLite file")
 def test_check_finds_corruption(installed):
     installed.ok("db", "check")
     # Overwrite a page in the middle of the file (not the header): integrity must notice.
@@ -59,6 +64,7 @@ def test_check_finds_corruption(installed):
     assert [line for line in r.stdout.splitlines() if line.startswith("integrity")][0].split()[1] == "fail:"
 
 
+@pytest.mark.sqlite_only("edits the SQLite file directly")
 def test_check_newer_schema_fails(installed):
     conn = sqlite3.connect(installed.db_path)
     conn.execute("INSERT INTO schema_version VALUES (999, 'future', '2030-01-01 00:00:00')")

@@ -36,6 +36,7 @@ def fake_nginx(tmp_path):
     return make
 
 
+@pytest.mark.sqlite_only("takes a file backup (doctor on PostgreSQL: tests/admin/test_postgresql.py)")
 def test_all_healthy(installed, fake_services, fake_nginx):
     fake_services(installed.web_port, installed.relay_port)
     installed.ok("backup")
@@ -74,6 +75,7 @@ def test_relay_check_sends_the_domain_as_host(installed, fake_services, fake_ngi
     assert status["web"] == "ok" and status["relay"] == "fail" and "answered 404" in r.stdout
 
 
+@pytest.mark.sqlite_only("file modes of the SQLite database")
 def test_permissions(installed, fake_nginx):
     (installed.data_dir / "secret_key").chmod(0o644)
     installed.db_path.chmod(0o644)
@@ -92,6 +94,7 @@ def test_bad_config_is_a_failed_check_not_a_traceback(admin):
     assert status == {"config": "fail"} and "web_threads" in r.stdout
 
 
+@pytest.mark.sqlite_only("a missing SQLite file")
 def test_missing_database(admin, fake_nginx):
     r = admin.run("doctor", env=fake_nginx(True))
     status = lines_by_check(r.stdout)

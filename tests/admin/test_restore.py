@@ -14,6 +14,8 @@ from intunnel.admin.cli import main
 
 from .conftest import Admin
 
+pytestmark = pytest.mark.sqlite_only("SQLite file backups; backups on PostgreSQL (pg_dump) come with issue 11, item 3")
+
 
 def usernames(db_path) -> list[str]:
     conn = sqlite3.connect(db_path)

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import requests
 
 from intunnel import tunnels
@@ -74,6 +75,7 @@ def test_tunnel_list_fast_path_equals_summary(web, alice):
         assert tunnel_summaries(alice) == [tunnels.summary(t) for t in tunnels.list_for(alice)]
 
 
+@pytest.mark.sqlite_only("replaces the SQLite file (intunnel-admin restore)")
 def test_replaced_database_file_is_picked_up(web, alice_session, tmp_path):
     """`intunnel-admin restore` swaps the file: kept connections must follow it."""
     assert alice_session.post(web.url + "/api/tunnels",
