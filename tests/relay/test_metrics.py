@@ -232,7 +232,7 @@ def test_behind_the_generated_nginx_no_public_vhost_serves_metrics(settings, db,
     relay, each with its metrics listener.  /metrics on the web vhost is the web app's 404, on the
     relay's path its 404, on a tunnel host the local app's own page; nginx has no route to either
     metrics listener."""
-    from conftest import require_tool
+    from tests.conftest import require_tool
     from intunnel import nginxconf
     from intunnel.web.metrics import start_listener as start_web_listener, stop_listener
     from tests.deploy.nginx_support import (free_port as nginx_port, make_self_signed_cert, nginx_test,
