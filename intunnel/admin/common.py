@@ -74,13 +74,6 @@ class Context:
         give_to_owner_of(path.parent, sqlite_files(path))
         return self.db
 
-    def require_sqlite(self, what: str) -> None:
-        """Refuse, in one line, a command that so far works on SQLite files only."""
-        if self.settings.db_backend != "sqlite":
-            raise AdminError(f"{what} on PostgreSQL: not yet supported by intunnel-admin "
-                             f"(database_url is {dburl.redact_url(self.settings.db_url)}); "
-                             "use PostgreSQL's own tools (pg_dump, pg_restore) meanwhile")
-
     @property
     def db_description(self) -> str:
         """The database for messages: its file, or its URL without the password."""

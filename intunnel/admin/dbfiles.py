@@ -81,15 +81,19 @@ def set_owner(path: Path, owner: tuple[int, int] | None) -> None:
 
 
 @contextlib.contextmanager
-def atomic_output(final: Path, mode: int = 0o600, owner: tuple[int, int] | None = None) -> Iterator:
-    """A binary file that appears at ``final`` complete or not at all (temp + fsync + rename)."""
+def atomic_path(final: Path, mode: int = 0o600, owner: tuple[int, int] | None = None) -> Iterator[Path]:
+    """A temp file (made empty with ``mode``) for a writer to fill -- a child process
+    such as pg_dump -- that then appears at ``final`` complete or not at all
+    (fsync + rename + fsync of the directory)."""
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode))
     try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.chmod(tmp, mode)
         set_owner(tmp, owner)
         os.replace(tmp, final)
@@ -98,6 +102,14 @@ def atomic_output(final: Path, mode: int = 0o600, owner: tuple[int, int] | None 
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_output(final: Path, mode: int = 0o600, owner: tuple[int, int] | None = None) -> Iterator:
+    """A binary file that appears at ``final`` complete or not at all (temp + fsync + rename)."""
+    with atomic_path(final, mode, owner) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
 
 
 def gzip_to(source: Path, final: Path, owner: tuple[int, int] | None) -> None:
@@ -123,7 +135,8 @@ def unpack_to(source: Path, target: Path) -> None:
 
 @contextlib.contextmanager
 def admin_lock(db_path: Path, timeout: float, owner: tuple[int, int] | None) -> Iterator[None]:
-    """Hold ``<db>.admin-lock`` (flock) so backups and restores never overlap.
+    """Hold ``<db>.admin-lock`` (flock) so backups and restores never overlap
+    (on PostgreSQL ``<data_dir>/intunnel-postgresql.admin-lock``: one host's runs).
 
     Waits up to ``timeout`` seconds, then fails with one line.  The lock goes
     away with the process, so a killed run never leaves a stale lock.

@@ -1,6 +1,7 @@
 """Backup file names and the retention rule (pure, no I/O).
 
-A backup is ``intunnel-YYYYMMDDTHHMMSSZ.db.gz`` (UTC time it was taken); with
+A backup is ``intunnel-YYYYMMDDTHHMMSSZ.db.gz`` (UTC time it was taken) on SQLite,
+``intunnel-YYYYMMDDTHHMMSSZ.pgdump`` (``pg_dump --format=custom``) on PostgreSQL; with
 ``--include-config`` a companion ``intunnel-YYYYMMDDTHHMMSSZ.config.tar.gz``
 holds the config file and secret key.
 
@@ -11,7 +12,9 @@ Retention, the same rule as restic's ``--keep-daily``/``--keep-weekly``:
 * weekly: among the ISO weeks that have backups, the newest backup of each of
   the ``keep_weekly`` most recent such weeks is kept;
 * the newest backup of all is always kept (even with both counts at 0);
-* every other ``intunnel-*.db.gz`` (and its config companion) is deleted.
+* every other backup of either kind (and its config companion) is deleted: one
+  timeline, so an appliance moved from SQLite to PostgreSQL ages its old
+  SQLite backups out as the new ones come in.
   Files not named like a backup are never touched.
 
 Counting days *with backups* rather than calendar days means a month of failed
@@ -25,7 +28,8 @@ from datetime import datetime
 from typing import Callable, Hashable, Iterable
 
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
-BACKUP_RE = re.compile(r"^intunnel-(\d{8}T\d{6}Z)\.db\.gz$")
+SUFFIXES = {"sqlite": ".db.gz", "postgresql": ".pgdump"}  # by database backend
+BACKUP_RE = re.compile(r"^intunnel-(\d{8}T\d{6}Z)(?:\.db\.gz|\.pgdump)$")
 CONFIG_SUFFIX = ".config.tar.gz"
 
 
@@ -33,8 +37,8 @@ def stamp(when: datetime) -> str:
     return when.strftime(STAMP_FORMAT)
 
 
-def backup_name(when: datetime) -> str:
-    return f"intunnel-{stamp(when)}.db.gz"
+def backup_name(when: datetime, backend: str = "sqlite") -> str:
+    return f"intunnel-{stamp(when)}{SUFFIXES[backend]}"
 
 
 def config_name(when: datetime) -> str:

@@ -7,7 +7,6 @@ import re
 import sqlite3
 import stat
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -15,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from .conftest import admin_command
+from .writer import backups_while_writing
 
-pytestmark = pytest.mark.sqlite_only("SQLite file backups; backups on PostgreSQL (pg_dump) come with issue 11, item 3")
+pytestmark = pytest.mark.sqlite_only("SQLite file backups; pg_dump backups: test_pg_backup.py")
 
 NAME = re.compile(r"^intunnel-\d{8}T\d{6}Z\.db\.gz$")
-WRITER = Path(__file__).with_name("writer.py")
 
 
 def unpack(backup: Path, target: Path) -> Path:
@@ -112,10 +111,6 @@ def test_backup_belongs_to_the_data_dirs_owner(installed):
 
 def test_backup_while_another_process_writes(installed, tmp_path):
     """Every row committed before a backup began is in it; the copy passes integrity_check."""
-    stop = tmp_path / "stop-writer"
-    writer = subprocess.Popen([sys.executable, str(WRITER), str(installed.db_path), str(stop), "30"],
-                              stdout=subprocess.PIPE, text=True)
-    started = time.monotonic()
     reader = sqlite3.connect(installed.db_path, timeout=30)
 
     def committed() -> int:
@@ -124,35 +119,13 @@ def test_backup_while_another_process_writes(installed, tmp_path):
         except sqlite3.OperationalError:  # table not created yet
             return 0
 
-    taken = []
     try:
-        deadline = time.monotonic() + 20
-        while committed() < 2000:
-            assert time.monotonic() < deadline and writer.poll() is None, "writer did not get going"
-            time.sleep(0.02)
-        # Back up again and again while the writer runs: at least 3 times and 3 seconds, at most 9 runs.
-        i = 0
-        while i < 9 and (i < 3 or time.monotonic() - started < 3):
-            i += 1
-            before = committed()
-            # Retention must not prune earlier copies: every one is restored below.
-            result = installed.json("backup", "--keep-daily", "30", "--now", f"2030-01-0{i}T00:00:00Z")["backup"]
-            after = committed()
-            assert after > before, "the writer must keep committing while the backup runs"
-            taken.append((Path(result["path"]), before))
+        taken = backups_while_writing(installed, str(installed.db_path), committed, tmp_path / "stop-writer")
     finally:
-        stop.touch()
-        out, _ = writer.communicate(timeout=60)
         reader.close()
-    elapsed = time.monotonic() - started
-    total = int(out)
-    rate = total / elapsed
-    print(f"writer: {total} rows in {elapsed:.1f} s = {rate:.0f} inserts/s")
-    assert rate > 1000
-
     for i, (backup, before) in enumerate(taken):
         target = installed.__class__(tmp_path / f"restore{i}")
-        target.ok("restore", str(backup))
+        target.ok("restore", backup)
         conn = sqlite3.connect(target.db_path)
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         count, top = conn.execute("SELECT COUNT(*), MAX(n) FROM writer_rows WHERE n <= ?", (before,)).fetchone()

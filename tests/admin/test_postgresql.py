@@ -1,6 +1,6 @@
 """intunnel-admin on PostgreSQL: doctor (connection, server version, schema version, what is
-wrong when it can't connect, never the password), db check, and the file-only commands
-refusing in one line.  Runs when --db selects postgresql."""
+wrong when it can't connect, never the password) and db check.  Backups: test_pg_backup.py.
+Runs when --db selects postgresql."""
 
 from __future__ import annotations
 
@@ -73,14 +73,6 @@ def test_db_check_and_migrate(pg_admin):
     assert out["ok"] and out["integrity"] == ["ok"] and out["journal_mode"].startswith("PostgreSQL ")
     assert "up to date" in pg_admin.json("db", "migrate")["message"]
     assert PASSWORD not in pg_admin.ok("db", "migrate").stdout
-
-
-@pytest.mark.parametrize("args, what", [(("backup",), "backup"), (("restore", "x.db.gz"), "restore")])
-def test_file_backups_refuse_in_one_line(pg_admin, tmp_path, args, what):
-    if what == "restore":
-        (tmp_path / "x.db.gz").write_bytes(b"")
-        args = ("restore", str(tmp_path / "x.db.gz"))
-    pg_admin.fails(*args, match=f"{what} on PostgreSQL: not yet")
 
 
 def test_missing_password_file_is_a_config_error(pg_admin):

@@ -14,7 +14,7 @@ from intunnel.admin.cli import main
 
 from .conftest import Admin
 
-pytestmark = pytest.mark.sqlite_only("SQLite file backups; backups on PostgreSQL (pg_dump) come with issue 11, item 3")
+pytestmark = pytest.mark.sqlite_only("SQLite file backups; pg_dump backups: test_pg_backup.py")
 
 
 def usernames(db_path) -> list[str]:
@@ -162,3 +162,10 @@ def test_restored_files_belong_to_the_service_user(backed_up):
     for path in (backed_up.db_path, kept, backed_up.data_dir / "intunnel.db.admin-lock"):
         assert (path.stat().st_uid, path.stat().st_gid) == (65534, 65534), path
     assert oct(kept.stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_postgresql_dump_is_refused_on_sqlite(backed_up, tmp_path):
+    dump = tmp_path / "intunnel-20300101T000000Z.pgdump"
+    dump.write_bytes(b"PGDMP\x01\x0e\x00" + b"\x00" * 100)
+    backed_up.fails("restore", str(dump), match="a PostgreSQL dump, but this installation uses SQLite")
+    assert usernames(backed_up.db_path) == ["root", "alice", "bob"]

@@ -58,7 +58,7 @@ def test_zero_keeps_only_the_newest_and_empty_keeps_nothing():
         retention.select_keep(JAN, -1, 4)
 
 
-@pytest.mark.sqlite_only("SQLite file backups; on PostgreSQL with issue 11, item 3")
+@pytest.mark.sqlite_only("SQLite backup names; pg_dump ones: test_pg_backup.py")
 def test_cli_applies_retention_over_a_month(installed, capsys, in_process):
     """31 daily runs of the real command with an injected clock (in-process: no sleeping, fast)."""
     backups = installed.backup_dir
@@ -82,7 +82,7 @@ def test_cli_applies_retention_over_a_month(installed, capsys, in_process):
     assert capsys.readouterr().out == ""  # silent on success
 
 
-@pytest.mark.sqlite_only("SQLite file backups; on PostgreSQL with issue 11, item 3")
+@pytest.mark.sqlite_only("SQLite backup names; pg_dump ones: test_pg_backup.py")
 def test_cli_retention_options_and_settings(installed):
     """One real subprocess: --keep-* win over the settings, which give the defaults."""
     for d in (1, 2, 3):
