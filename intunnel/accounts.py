@@ -6,7 +6,7 @@ from typing import Any
 
 import peewee as pw
 
-from . import validation
+from . import changes, validation
 from .errors import Conflict
 from .models import User, database
 from .security import hash_password, verify_password
@@ -88,7 +88,7 @@ def set_disabled(user: User, disabled: bool) -> None:
         user.save()
         if disabled:
             Session.delete().where(Session.user == user).execute()
-            request_disconnect_all(user)
+            request_disconnect_all(user)  # and tells the relay (changes.user_changed)
 
 
 def delete_user(user: User) -> int:
@@ -99,4 +99,5 @@ def delete_user(user: User) -> int:
     with database.atomic():
         count = Tunnel.select().where(Tunnel.owner == user).count()
         user.delete_instance()  # ON DELETE CASCADE takes tunnels, sessions and tokens
+        changes.user_changed(user.id)
     return count

@@ -11,7 +11,7 @@ from typing import Any
 
 import peewee as pw
 
-from . import validation
+from . import changes, validation
 from .errors import NotFound, SubdomainTaken, ValidationError
 from .models import Tunnel, User, database
 from .security import new_tunnel_token
@@ -74,14 +74,22 @@ def update(user: User, tunnel_id: Any, changes: dict[str, Any]) -> Tunnel:
 def regenerate_token(user: User, tunnel_id: Any) -> Tunnel:
     """New token; the relay notices the change and cuts the old agent session."""
     tunnel = get_owned(user, tunnel_id)
-    tunnel.token = new_tunnel_token()
-    tunnel.save()
+    with database.atomic():
+        tunnel.token = new_tunnel_token()
+        tunnel.save()
+        changes.tunnel_changed(tunnel.id)
     return tunnel
 
 
 def delete(user: User, tunnel_id: Any) -> None:
-    tunnel = get_owned(user, tunnel_id)
-    tunnel.delete_instance()
+    delete_row(get_owned(user, tunnel_id))
+
+
+def delete_row(tunnel: Tunnel) -> None:
+    """Delete ``tunnel`` (no ownership check: the admin CLI's); the relay cuts its agent."""
+    with database.atomic():
+        tunnel.delete_instance()
+        changes.tunnel_changed(tunnel.id)
 
 
 def summary(tunnel: Tunnel) -> dict[str, Any]:
@@ -108,13 +116,15 @@ def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
 
 
 def request_disconnect(tunnel: Tunnel) -> datetime:
-    """Ask the relay to cut the tunnel's live agent session (it polls for this).
+    """Ask the relay to cut the tunnel's live agent session (notified, or it polls for this).
 
     Stored with microseconds so a request is later than a session that started
     earlier in the same second.
     """
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    Tunnel.update(disconnect_requested_at=now).where(Tunnel.id == tunnel.id).execute()
+    with database.atomic():
+        Tunnel.update(disconnect_requested_at=now).where(Tunnel.id == tunnel.id).execute()
+        changes.tunnel_changed(tunnel.id)
     tunnel.disconnect_requested_at = now
     return now
 
@@ -122,4 +132,7 @@ def request_disconnect(tunnel: Tunnel) -> datetime:
 def request_disconnect_all(user: User) -> int:
     """The same for every tunnel of ``user``; returns how many."""
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    return Tunnel.update(disconnect_requested_at=now).where(Tunnel.owner == user).execute()
+    with database.atomic():
+        count = Tunnel.update(disconnect_requested_at=now).where(Tunnel.owner == user).execute()
+        changes.user_changed(user.id)
+    return count

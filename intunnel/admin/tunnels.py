@@ -55,7 +55,7 @@ def cmd_delete(ctx: Context, args) -> int:
     tunnel = find_tunnel(args.tunnel)
     label = f"'{tunnel.subdomain}' ({tunnel.name}, owner {tunnel.owner.username})"
     ctx.confirm(f"Delete tunnel {label}?", args.yes)
-    tunnel.delete_instance()  # the relay notices the row is gone and cuts the agent
+    rules.delete_row(tunnel)  # the relay notices the row is gone and cuts the agent
     ctx.done(f"deleted tunnel {label}", {"deleted": {"id": tunnel.id, "subdomain": tunnel.subdomain}})
     return 0
 

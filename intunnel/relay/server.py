@@ -19,6 +19,7 @@ from ..logsafe import redact
 from ..metrics import instrument_queries, new_registry
 from . import pages
 from .agents import AgentSession
+from .revocations import Revocations
 from .store import Store
 from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
@@ -81,7 +82,8 @@ class Relay:
             self.tunables = Tunables(self.settings)
             self.limits = replace(limits_for(self.settings), stats=self.stats)
         self.spawn(self._heartbeats())
-        self.spawn(self._revocations())
+        self.revocations = Revocations(self)  # pushed on PostgreSQL, polled on SQLite
+        self.revocations.start()
         log.info("relay listening on http://%s:%d (tunnels at %s)", *self.address,
                  self.settings.tunnel_url("<subdomain>"))
         return self.address
@@ -219,6 +221,7 @@ class Relay:
         if len(self.sessions) >= self.settings.relay_max_agents:
             self._error(conn, 503, "the relay has too many connected agents", "TOO_MANY_AGENTS")
             return
+        authenticated_at = time.monotonic()
         tunnel = await self.store.find_by_token(token)
         if tunnel is None:
             log.info("agent from %s refused: unknown token %s", conn.peername, redact(token))
@@ -250,6 +253,7 @@ class Relay:
             old.on_closed()
         self.sessions[tunnel.subdomain] = session
         self.by_secret[session.secret] = session
+        self.revocations.joined(session, authenticated_at)
         conn.on_close = session.on_closed
         session.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain), subdomain=tunnel.subdomain,
                                session=session.secret,
@@ -295,19 +299,3 @@ class Relay:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 session.heartbeat(now)
-
-    async def _revocations(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.relay_revocation_poll)
-            sessions = list(self.sessions.values())
-            try:
-                cut = dict(await self.store.revoked([s.live for s in sessions]))
-            except Exception:
-                log.exception("revocation check failed")
-                continue
-            for session in sessions:
-                revoked = cut.get(session.tunnel.id)
-                if revoked and not session.closed:
-                    log.info("tunnel %s: cutting the agent: %s", session.subdomain, revoked.reason)
-                    session.end(revoked)
-                    session.on_closed()

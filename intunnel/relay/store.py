@@ -22,6 +22,7 @@ class TunnelInfo:
     local_port: int
     token: str
     owner_disabled: bool = False
+    owner_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,9 @@ class Store:
         Tunnel.update(status="inactive").where(Tunnel.status != "inactive").execute()
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
-        row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled)
+        row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id)
                .join(User).where(Tunnel.token == token).tuples().first())
-        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]))
+        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
 
     def _exists(self, subdomain: str) -> bool:
         return Tunnel.select().where(Tunnel.subdomain == subdomain).exists()
@@ -83,6 +84,11 @@ class Store:
             self._db.close()
 
     # --- async API ---
+    @property
+    def database(self):
+        """The opened peewee database (after ``open``): the LISTEN connection copies its parameters."""
+        return self._db
+
     async def open(self) -> None:
         """Open the database and mark every tunnel inactive (no agent is connected yet)."""
         await self._run(self._open)

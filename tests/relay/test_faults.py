@@ -10,9 +10,8 @@ import time
 import pytest
 
 from intunnel.wire import protocol as p
-from intunnel import accounts, tunnels
-from intunnel.models import Tunnel, User
-from intunnel.timeutil import utcnow
+from intunnel import accounts, changes, tunnels
+from intunnel.models import Tunnel, User, database
 from tests.support.tunnel import (ClientProcess, ClientThread, HttpUpstream, RelayProcess, RelayThread,
                                   free_port, make_tunnel, tunnel_setup, visit, wait_for)
 
@@ -55,10 +54,12 @@ def test_revocation_cuts_the_agent_within_one_second_and_the_client_stops(settin
             tunnels.delete(t.tunnel.owner, t.tunnel.id)
         elif action == "disable":
             accounts.set_disabled(t.tunnel.owner, True)
-        elif action == "disable-flag":
-            User.update(disabled=True).where(User.id == t.tunnel.owner_id).execute()
+        elif action == "disable-flag":  # the flag alone, and (PostgreSQL) the notification every writer sends
+            with database.atomic():
+                User.update(disabled=True).where(User.id == t.tunnel.owner_id).execute()
+                changes.user_changed(t.tunnel.owner_id)
         else:
-            Tunnel.update(disconnect_requested_at=utcnow()).where(Tunnel.id == t.tunnel.id).execute()
+            tunnels.request_disconnect(t.tunnel)
         assert t.client.wait_exit(5) == 1  # exits: no retrying forever
         assert time.monotonic() - started < 1.0
         (final,) = [line for line in t.client.lines if "Not retrying" in line]
