@@ -75,9 +75,31 @@ def _v1_initial(db: pw.Database) -> None:
     db.create_tables([User, Tunnel, Session, ApiToken])
 
 
+def _v2_rate_limits(db: pw.Database) -> None:
+    """Rate-limit and login-throttle counters, shared by every web process (PostgreSQL)."""
+    from playhouse.migrate import migrate as run
+
+    class RateLimit(pw.Model):
+        scope = pw.CharField(max_length=32)
+        key_hash = pw.CharField(max_length=64)
+        window_start = pw.DoubleField()
+        hits = pw.IntegerField()
+        allowed = pw.BooleanField()
+        expires_at = pw.DoubleField()
+
+        class Meta:
+            database = db
+            table_name = "rate_limit"
+            primary_key = pw.CompositeKey("scope", "key_hash")
+
+    db.create_tables([RateLimit])
+    run(schema_migrator(db).add_index("rate_limit", ("expires_at",), False))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
+    (2, _v2_rate_limits),
 ]
 LATEST = MIGRATIONS[-1][0]
 

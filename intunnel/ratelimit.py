@@ -4,7 +4,9 @@ A window opens at a key's first hit and lasts ``period`` seconds; up to ``limit`
 hits are allowed in it.  A refused hit is not counted, so a client that keeps
 hammering is let in again as soon as the window ends.  State lives in memory of
 one process (the web app): a restart forgets it, and several web processes would
-each count on their own.  That is the documented trade-off for a one-VPS appliance.
+each count on their own.  That is the documented trade-off on SQLite (one VPS);
+on PostgreSQL the web app counts in the database instead (``sharedlimits``, the
+same semantics), so every web process shares one budget.
 
     limiter = RateLimiter(limit=100, period=60, clock=time.time)
     decision = limiter.hit("user:1")

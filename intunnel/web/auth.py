@@ -31,8 +31,9 @@ CSRF, in two layers:
        ``csrf_token()`` is None for anonymous visitors (no session, no form).
 
 Login failures are throttled per (account, client address) and per address
-(``LoginThrottle``; counters in memory of the web process), so guesses from
-elsewhere never lock an owner out of their own address.
+(``LoginThrottle``; counters in memory of the web process on SQLite, shared by
+every web process in the database on PostgreSQL), so guesses from elsewhere
+never lock an owner out of their own address.
 """
 
 from __future__ import annotations

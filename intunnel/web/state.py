@@ -2,8 +2,9 @@
 
 One ``WebState`` per ``create_app``; it is reachable as ``app.intunnel`` and,
 during a request, through ``current()``.  Rate-limit and login-throttle counters
-and the not-yet-shown secrets live here, in the memory of the web process (a
-restart forgets them).
+live here: in the memory of the web process on SQLite (a restart forgets them),
+in the database on PostgreSQL, shared by every web process (``sharedlimits``).
+The not-yet-shown secrets stay in memory.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable
 import bottle
 
 from ..ratelimit import Clock, RateLimiter
+from ..sharedlimits import limiter_for
 from .flash import MAX_AGE as FLASH_MAX_AGE
 from .onetime import OneTimeSecrets
 
@@ -30,6 +32,7 @@ LOGIN_ADDRESS_ACCOUNTS = 4
 class WebState:
     settings: object
     clock: Clock
+    # RateLimiter, or DatabaseRateLimiter on PostgreSQL (the same hit/peek/reset)
     get_limiter: RateLimiter
     write_limiter: RateLimiter
     regenerate_limiter: RateLimiter
@@ -41,16 +44,18 @@ class WebState:
 
     @classmethod
     def build(cls, settings, clock: Clock) -> "WebState":
+        def limiter(scope: str, limit: int, period: float):
+            return limiter_for(settings, scope, limit, period, clock)
         return cls(
             settings=settings,
             clock=clock,
-            get_limiter=RateLimiter(settings.rate_limit_get, 60, clock),
-            write_limiter=RateLimiter(settings.rate_limit_write, 60, clock),
-            regenerate_limiter=RateLimiter(settings.rate_limit_regenerate, 3600, clock),
-            login_failures_by_account_address=RateLimiter(settings.login_max_failures, LOGIN_FAILURE_WINDOW,
-                                                          clock),
-            login_failures_by_address=RateLimiter(settings.login_max_failures * LOGIN_ADDRESS_ACCOUNTS,
-                                                  LOGIN_FAILURE_WINDOW, clock),
+            get_limiter=limiter("api_get", settings.rate_limit_get, 60),
+            write_limiter=limiter("api_write", settings.rate_limit_write, 60),
+            regenerate_limiter=limiter("api_regenerate", settings.rate_limit_regenerate, 3600),
+            login_failures_by_account_address=limiter("login_account_address", settings.login_max_failures,
+                                                      LOGIN_FAILURE_WINDOW),
+            login_failures_by_address=limiter("login_address", settings.login_max_failures * LOGIN_ADDRESS_ACCOUNTS,
+                                              LOGIN_FAILURE_WINDOW),
             one_time_secrets=OneTimeSecrets(FLASH_MAX_AGE, clock),
         )
 
