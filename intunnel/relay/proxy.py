@@ -48,6 +48,8 @@ from .metrics import DISCARD
 # A body piece this big (or this much Content-Length body still to come) goes through the kernel.
 BULK = 128 * 1024
 FORWARDED = frozenset(("x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"))
+FORWARDED_AND_CONNECTION = FORWARDED | {"connection"}
+OUTCOMES = ("complete", "closed", "error", "tunnel")
 IDEMPOTENT = frozenset(("GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"))
 
 
@@ -103,6 +105,8 @@ TABLE = frozenset({
 }   # a tunnel (after 101) is handed to netio.splice and ends there: no close row for TUNNEL
   | {("req", s, "close", Req.CLOSED) for s in Req.ALL if s not in (Req.CLOSED, Req.TUNNEL)}
   | {("resp", s, "close", Resp.CLOSED) for s in Resp.ALL if s not in (Resp.CLOSED, Resp.TUNNEL)})
+# The same rows without their side (every state's name says its side): what ``_go`` looks up.
+_STEPS = frozenset((frm, event, to) for _, frm, event, to in TABLE)
 
 
 # --- actions (treated as immutable; not frozen=True, whose __init__ costs a call per field) ---
@@ -198,7 +202,7 @@ class ProxyState:
         self.begun = 0               # exchanges begun (request heads taken)
         self.stats = limits.stats
         self.head_at = now           # when the current exchange's head was taken (metrics)
-        self.outcomes: list[str] = []  # R7: how each exchange that began ended, in order
+        self.outcomes = dict.fromkeys(OUTCOMES, 0)  # R7: how the exchanges that began ended
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -242,7 +246,7 @@ class ProxyState:
     # --- transitions -------------------------------------------------------------------------
     def _go(self, side: str, event: str, to) -> None:
         now_state = self.req if side == "req" else self.resp
-        if (side, now_state, event, to) not in TABLE:
+        if (now_state, event, to) not in _STEPS:
             raise AssertionError(f"no transition {side} {now_state} --{event}--> {to}")
         if side == "req":
             self.req = to
@@ -468,19 +472,20 @@ class ProxyState:
     def _send_head(self, now: float) -> list:
         head, lim, peer = self.head, self.limits, self.peer
         add = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", lim.public_scheme),
-               ("X-Forwarded-Host", head.get("host"))]
+               ("X-Forwarded-Host", head.index["host"][0])]
         if lim.trust_proxy:
             xff = head.get("x-forwarded-for")
             add = [("X-Forwarded-For", f"{xff}, {peer}" if xff else peer),
                    ("X-Forwarded-Proto", head.get("x-forwarded-proto") or lim.public_scheme),
                    ("X-Forwarded-Host", head.get("x-forwarded-host") or head.get("host"))]
         remove = FORWARDED
-        if lim.reuse and head.version == "HTTP/1.1" and head.body != "upgrade" and "connection" in head.index:
+        if lim.reuse and head.version == "HTTP/1.1" and head.body != "upgrade" and self.must_close:
             # Connection is hop-by-hop: the app keeps its connection for the tunnel's next
-            # visitor; the relay itself closes the visitor after the response (R9).
-            kept = [t.strip() for v in head.index["connection"] for t in v.split(",")
+            # visitor; the relay itself closes the visitor after the response (R9).  (Without
+            # a close token the header goes as it came.)
+            kept = [t.strip() for v in head.index.get("connection", ()) for t in v.split(",")
                     if t.strip() and t.strip().lower() != "close"]
-            remove = FORWARDED | {"connection"}
+            remove = FORWARDED_AND_CONNECTION
             if kept:
                 add.append(("Connection", ", ".join(kept)))
         if head.version != "HTTP/1.1":
@@ -514,7 +519,7 @@ class ProxyState:
             if self.held:
                 out.append(ToUpstream(self.held))
                 self.held = b""
-            self.outcomes.append("tunnel")
+            self.outcomes["tunnel"] += 1
             return out + [Splice()]
         if head.status < 200:
             if head.status == 103 or self.limits.trust_proxy or \
@@ -538,7 +543,7 @@ class ProxyState:
         # when both halves have, _maybe_complete.)
         raw = head.raw
         scrubbed = cookies.scrub_set_cookies(raw[:-4], self.limits.cookie_domain) \
-            if b"set-cookie" in raw.lower() else None
+            if head.sets_cookies else None
         if scrubbed is not None:
             raw = scrubbed + b"\r\n\r\n"
         if self.must_close and head.version == "HTTP/1.1":
@@ -563,7 +568,7 @@ class ProxyState:
             return []
         self._go("req", "reset", Req.IDLE)
         self._go("resp", "reset", Resp.IDLE)
-        self.outcomes.append("complete")
+        self.outcomes["complete"] += 1
         self.stats.duration.observe(now - self.head_at)
         self.idle_since = now
         self.answered = False
@@ -607,7 +612,7 @@ class ProxyState:
     def _close(self, now: float, outcome: str | None, abort: bool = False) -> list:
         out: list = []
         if self.req not in (Req.IDLE,) and outcome is not None:
-            self.outcomes.append(outcome)
+            self.outcomes[outcome] += 1
         if self.attached:
             idle = self.req is Req.IDLE and self.resp is Resp.IDLE and self.reusable and self.kernel is None
             out.append(Detach(park=idle))
