@@ -69,7 +69,7 @@ def seed_database(settings, tunnels_per_user: int) -> None:
     """The benchmark user with N tunnels, and a user with 1 (for the query-count check)."""
     from intunnel import accounts, tunnels
     from intunnel.models import database, open_database
-    open_database(settings.db_path)
+    open_database(settings)
     with database.connection_context():
         user = accounts.create_user(EMAIL, "bench", PASSWORD)
         for i in range(tunnels_per_user):

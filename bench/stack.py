@@ -80,7 +80,7 @@ class Stack:
     def _open_db(self):
         from intunnel.models import database, open_database
         if self._db is None or database.obj is not self._db:
-            self._db = open_database(self.settings.db_path)
+            self._db = open_database(self.settings)
         database.connect(reuse_if_open=True)
 
     def add_tunnel(self, subdomain: str, local_port: int) -> str:
