@@ -42,6 +42,7 @@ class Link:
         self.timer = None
         self.timer_at = 0.0
         self.reading = True
+        self.up_reading: bool | None = None
         self.pump = None           # (pump, limit) while the kernel moves a request body
         self.done = False
         relay.visitors.add(self)
@@ -149,10 +150,10 @@ class Link:
             self.reading = want
             self.conn.resume() if want else self.conn.pause()
         if up is not None and st.kernel != "down":
-            if st.wants_upstream_input and not self.conn._writing_paused:
-                up.conn.resume()
-            else:
-                up.conn.pause()
+            want = st.wants_upstream_input and not self.conn._writing_paused
+            if want is not self.up_reading:   # None: not known (just attached, or after a pump)
+                self.up_reading = want
+                up.conn.resume() if want else up.conn.pause()
         when = st.deadline()
         if when is None:
             return
@@ -241,6 +242,7 @@ class Link:
 
     def _attach(self, session, data: Conn, rest: bytes, reused: bool) -> None:
         self.up = Upstream(session, data, reused, self)
+        self.up_reading = None
         data.feeders.append(self)
         data.on_eof = self._upstream_ended
         data.on_close = self._upstream_ended
@@ -263,11 +265,13 @@ class Link:
 
         def done():
             self.pump = None
+            self.up_reading = None
             self.reading = up or self.reading
             self.run(self.state.kernel_done(n, self.loop.time()))
 
         def refused():
             self.pump = None
+            self.up_reading = None
             self.run(self.state.kernel_done(0, self.loop.time()))
 
         def failed():
