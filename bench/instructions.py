@@ -1,0 +1,85 @@
+"""Instructions the relay executes per keep-alive request, counted by valgrind (callgrind).
+
+    .venv/bin/python -m bench.instructions                      # this tree
+    .venv/bin/python -m bench.instructions --requests 2000
+
+The wall-clock figures of ``bench.tunnel`` move with whatever else the machine runs; an
+instruction count doesn't, so two trees (``git worktree add``) can be compared to a few per
+cent on a busy machine.  The relay runs under callgrind twice, serving ``--requests`` and
+then no requests (each after the same warm-up) on one keep-alive connection from a plain
+socket client; the difference divided by the count is the relay's user-space instructions
+per exchange (interpreter, event loop, parsing; not the kernel's share of the syscalls).
+The revocation poll is set out of the way: it runs on a clock, and valgrind's runs differ
+in length.  Needs ``valgrind`` (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from . import procs, servers, stack
+
+TOTALS = re.compile(r"^totals: (\d+)", re.M)  # one line per dumped process (callgrind also writes summary:)
+
+
+def exchange(sock: socket.socket, request: bytes) -> None:
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(re.search(rb"(?im)^content-length: *(\d+)", head).group(1))
+    while len(body) < length:
+        body += sock.recv(65536)
+
+
+def relay_instructions(work: Path, app: servers.App, requests: int, warmup: int = 50) -> int:
+    """Instructions the relay process executed over its life, having served ``requests``."""
+    out = work / "callgrind.out"
+    with stack.Stack(work, procs.free_port(), settings={"relay_revocation_poll": 3600}) as st:
+        token = st.add_tunnel("bench", app.port)
+        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *st.intunnel,
+                "relay", "--config", str(st.config)]
+        st.relay = procs.start(argv, st._log("relay"), env=st.env)
+        procs.wait_until(st.relay_healthy, 180, "the relay under valgrind to listen")
+        client = st.start_client(app.port, token)
+        host = st.public_host("bench")
+        st.wait_serving(st.relay_port, host, "/1k", watch=client, timeout=180)
+        request = f"GET /1k HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n".encode()
+        with socket.create_connection(("127.0.0.1", st.relay_port)) as sock:
+            for _ in range(warmup + requests):
+                exchange(sock, request)
+        st.relay.send_signal(signal.SIGTERM)
+        st.relay.wait(120)   # callgrind writes its counts on the way out: no SIGKILL
+    return sum(int(n) for n in TOTALS.findall(out.read_text(errors="replace")))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=1000, help="keep-alive requests counted (default 1000)")
+    opts = ap.parse_args(argv)
+    if shutil.which("valgrind") is None:
+        print("needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="intunnel-instr-") as tmp:
+        work = Path(tmp)
+        app = servers.start_app(work / "app")
+        try:
+            served = relay_instructions(work / "served", app, opts.requests)
+            idle = relay_instructions(work / "idle", app, 0)
+        finally:
+            procs.stop(app.proc)
+    print(f"relay: {(served - idle) / opts.requests:,.0f} instructions per keep-alive request "
+          f"({opts.requests} requests, callgrind)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
