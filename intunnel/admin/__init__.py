@@ -6,9 +6,10 @@
     users.py      user create | list | show | set-password | disable | enable | delete | promote | demote
     tunnels.py    tunnel list | show | delete | disconnect
     tokens.py     token list | revoke
-    db.py         db migrate | check
+    db.py         db migrate | check             dbcopy.py     db copy (SQLite -> empty PostgreSQL)
     backup.py     backup, backup list            retention.py  names and retention rule (pure)
     restore.py    restore                        dbfiles.py    online copy, verify, atomic gzip, lock
+                                                 pgtools.py    pg_dump, pg_restore, psql: versions, password
     doctor.py     doctor                         probe.py      health endpoints, systemd units
     nginx.py      nginx render
 

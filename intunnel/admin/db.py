@@ -1,4 +1,4 @@
-"""`intunnel-admin db ...`: migrate the schema, check the database."""
+"""`intunnel-admin db ...`: migrate the schema, check the database, copy SQLite into PostgreSQL."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import peewee as pw
 
 from .. import migrations
 from ..models import connect_settings
+from . import dbcopy
 from .common import AdminError, Context
 from .table import format_table
 
@@ -129,10 +130,12 @@ def cmd_check(ctx: Context, args) -> int:
 
 
 def register(groups, common) -> None:
-    p = groups.add_parser("db", help="database schema and checks", description="Database schema and checks.")
+    p = groups.add_parser("db", help="database schema, checks, copy to PostgreSQL",
+                          description="Database schema, checks, and copying SQLite into PostgreSQL.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     m = sub.add_parser("migrate", parents=[common], help="apply pending schema migrations (creates the database)")
     m.set_defaults(func=cmd_migrate)
     c = sub.add_parser("check", parents=[common],
                        help="integrity and foreign-key checks, schema version (exit 1 on a problem)")
     c.set_defaults(func=cmd_check)
+    dbcopy.register(sub, common)

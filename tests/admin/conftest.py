@@ -114,6 +114,20 @@ class Admin:
         return db
 
 
+def pg_query(url: str, sql: str, params=None) -> list:
+    """Run one statement on a PostgreSQL database (URL with its password) and commit; its rows."""
+    import psycopg2
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql, params)
+            rows = cur.fetchall() if cur.description else []
+        conn.commit()
+        return rows
+    finally:
+        conn.close()
+
+
 @pytest.fixture
 def admin(tmp_path, db_backend, request):
     """An installation on the backend under test; on PostgreSQL an empty database

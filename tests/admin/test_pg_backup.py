@@ -19,7 +19,7 @@ from intunnel import migrations
 from intunnel.admin import pgtools, retention
 from support.postgres import PASSWORD
 
-from .conftest import Admin, admin_command
+from .conftest import Admin, admin_command, pg_query
 from .writer import backups_while_writing
 
 NAME = re.compile(r"^intunnel-\d{8}T\d{6}Z\.pgdump$")
@@ -40,24 +40,12 @@ def url_of(a: Admin) -> str:
     return a.database_url.replace("postgresql://intunnel@", f"postgresql://intunnel:{PASSWORD}@")
 
 
-def query(url: str, sql: str, params=None) -> list:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            rows = cur.fetchall() if cur.description else []
-        conn.commit()
-        return rows
-    finally:
-        conn.close()
-
-
 def table_rows(url: str, table: str) -> list:
-    return query(url, f'SELECT * FROM "{table}" ORDER BY 1')
+    return pg_query(url, f'SELECT * FROM "{table}" ORDER BY 1')
 
 
 def usernames(a: Admin) -> list[str]:
-    return [r[0] for r in query(url_of(a), 'SELECT username FROM "user" ORDER BY id')]
+    return [r[0] for r in pg_query(url_of(a), 'SELECT username FROM "user" ORDER BY id')]
 
 
 def populate(a: Admin) -> None:
@@ -179,9 +167,9 @@ def test_rejects_bad_backups_and_changes_nothing(backed_up, tmp_path):
 
 def test_rejects_a_newer_schema(pg_admin):
     url = url_of(pg_admin)
-    query(url, "INSERT INTO schema_version VALUES (999, 'from the future', '2030-01-01 00:00:00')")
+    pg_query(url, "INSERT INTO schema_version VALUES (999, 'from the future', '2030-01-01 00:00:00')")
     backup = pg_admin.json("backup")["backup"]["path"]
-    query(url, "DELETE FROM schema_version WHERE version = 999")
+    pg_query(url, "DELETE FROM schema_version WHERE version = 999")
     pg_admin.fails("restore", backup, match="schema version 999 is newer")
 
 
@@ -189,7 +177,7 @@ def test_a_failing_restore_rolls_back(backed_up):
     """An error in the middle of the load (here: a type squatting on a table's name, which the
     restore does not drop) leaves every table as it was: the drop and the load are one transaction."""
     url = url_of(backed_up)
-    query(url, "DROP TABLE api_token; CREATE TYPE api_token AS (x int)")
+    pg_query(url, "DROP TABLE api_token; CREATE TYPE api_token AS (x int)")
     kept = ("user", "tunnel", "session", "schema_version")
     before = {t: table_rows(url, t) for t in kept}
     line = backed_up.fails("restore", backed_up.backup_file, match="rolled back")
@@ -270,7 +258,7 @@ def test_backup_while_another_process_writes(pg_admin, postgres_cluster, tmp_pat
         target = scratch(tmp_path, postgres_cluster, f"restore{i}")
         try:
             target.ok("restore", backup)
-            count, top = query(url_of(target), "SELECT COUNT(*), MAX(n) FROM writer_rows WHERE n <= %s",
+            count, top = pg_query(url_of(target), "SELECT COUNT(*), MAX(n) FROM writer_rows WHERE n <= %s",
                                (before,))[0]
             assert count == before and top == before, f"backup {i}: rows 1..{before} expected"
         finally:
