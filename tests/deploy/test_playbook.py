@@ -1,4 +1,4 @@
-"""The playbook's static checks: ansible-lint (production profile), syntax, and the TLS-mode wiring."""
+"""The playbook's static checks: ansible-lint (production profile), syntax, the TLS-mode and database wiring."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from intunnel.settings import load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
-WIRING = Path(__file__).resolve().parent / "playbooks" / "tls_wiring.yml"
+WIRING = Path(__file__).resolve().parent / "playbooks" / "config_wiring.yml"
 
 
 def ansible_tool(name: str) -> str:
@@ -62,7 +62,7 @@ def test_every_variable_is_prefixed_and_commented():
             previous = "variable"
 
 
-def render_wiring(tmp_path, **extra) -> Path:
+def run_wiring(tmp_path, **extra) -> tuple[Path, subprocess.CompletedProcess]:
     out = tmp_path / "out"
     out.mkdir()
     args = [ansible_tool("ansible-playbook"), "-i", "localhost,", str(WIRING), "-e", f"out_dir={out}",
@@ -70,6 +70,11 @@ def render_wiring(tmp_path, **extra) -> Path:
     for key, value in extra.items():
         args += ["-e", f"{key}={value}"]
     result = subprocess.run(args, capture_output=True, text=True, env=ansible_env(tmp_path), timeout=120)
+    return out, result
+
+
+def render_wiring(tmp_path, **extra) -> Path:
+    out, result = run_wiring(tmp_path, **extra)
     assert result.returncode == 0, result.stdout + result.stderr
     return out
 
@@ -106,4 +111,51 @@ def test_certbot_dns_plugins_are_wired(tmp_path, plugin, package, lines):
     credentials = (out / "certbot.ini").read_text().splitlines()
     assert [l for l in credentials if not l.startswith("#")] == lines
     derived = json.loads((out / "derived.json").read_text())
-    assert derived == {"package": package, "credentials": f"/etc/intunnel/certbot-{plugin}.ini"}
+    assert (derived["package"], derived["credentials"]) == (package, f"/etc/intunnel/certbot-{plugin}.ini")
+
+
+def test_sqlite_by_default_leaves_the_database_settings_out(tmp_path):
+    """An installation that never chose a database keeps the config it had (so an upgrade changes nothing)."""
+    out = render_wiring(tmp_path, intunnel_tls_mode="off")
+    text = (out / "intunnel.toml").read_text()
+    assert "database" not in text
+    settings = load_settings(out / "intunnel.toml", env={})
+    assert settings.db_url == "sqlite:////var/lib/intunnel/intunnel.db"
+    assert json.loads((out / "derived.json").read_text())["database_backend"] == "sqlite"
+
+
+def test_local_postgresql_is_reached_over_loopback_with_the_password_file(tmp_path):
+    out = render_wiring(tmp_path, intunnel_tls_mode="off", intunnel_database="postgresql",
+                        intunnel_postgresql_port="6543")
+    settings = load_settings(out / "intunnel.toml", env={})
+    assert settings.db_url == "postgresql://intunnel@127.0.0.1:6543/intunnel"
+    assert settings.database_password_file == "/etc/intunnel/database-password"
+    derived = json.loads((out / "derived.json").read_text())
+    assert derived["database_local"] is True and derived["database_backend"] == "postgresql"
+
+
+@pytest.mark.parametrize("password, password_file", [("s3cret", "/etc/intunnel/database-password"), ("", "")])
+def test_existing_postgresql_gets_the_url_and_the_vaulted_password_by_file(tmp_path, password, password_file):
+    url = "postgresql://intunnel@db.example.org:5433/appliance?sslmode=verify-full"
+    out = render_wiring(tmp_path, intunnel_tls_mode="off", intunnel_database_url=url,
+                        intunnel_database_password=password)
+    text = (out / "intunnel.toml").read_text()
+    settings = load_settings(out / "intunnel.toml", env={})
+    assert settings.db_url == url and settings.database_password_file == password_file
+    assert "s3cret" not in text
+    derived = json.loads((out / "derived.json").read_text())
+    assert derived["database_local"] is False and derived["database_backend"] == "postgresql"
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"intunnel_database_url": "postgresql://intunnel:hunter2@db.example.org/intunnel"}, "holds a password"),
+    ({"intunnel_database_url": "mysql://intunnel@db.example.org/intunnel"}, "is postgresql://"),
+    ({"intunnel_database_url": "postgresql://intunnel@db.example.org/"}, "is postgresql://"),
+    ({"intunnel_database": "postgres"}, "is sqlite or postgresql"),
+    ({"intunnel_database": "postgresql", "intunnel_postgresql_user": "In-Tunnel"}, "lower-case SQL names"),
+])
+def test_bad_database_settings_stop_the_play_naming_the_variable_not_the_value(tmp_path, extra, message):
+    out, result = run_wiring(tmp_path, intunnel_tls_mode="off", **extra)
+    assert result.returncode != 0 and message in result.stdout, result.stdout + result.stderr
+    assert "hunter2" not in result.stdout + result.stderr
+    assert not (out / "intunnel.toml").exists()

@@ -78,3 +78,28 @@ def test_security_exposure_is_below_four(unit):
     match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
     assert match, result.stdout + result.stderr
     assert float(match.group(1)) < MAX_EXPOSURE, result.stdout
+
+
+POSTGRESQL_DROP_IN = Path(__file__).resolve().parents[2] / "deploy/roles/intunnel/files/postgresql-local.conf"
+
+
+def test_local_postgresql_drop_in_orders_the_services_after_it():
+    """With intunnel_database: postgresql the playbook adds this to both units: start after the
+    server (and pull it in), never Requires= (a PostgreSQL restart must not stop InTunnel)."""
+    options = unit_options(POSTGRESQL_DROP_IN.read_text())
+    assert options == {"Wants": ["postgresql.service"], "After": ["postgresql.service"]}
+
+
+def test_units_with_the_postgresql_drop_in_verify_clean(units_runnable_here):
+    analyze = require_tool("systemd-analyze")
+    for unit in units_runnable_here:
+        drop_ins = unit.with_name(unit.name + ".d")
+        drop_ins.mkdir()
+        (drop_ins / "intunnel-postgresql.conf").write_text(POSTGRESQL_DROP_IN.read_text())
+    result = subprocess.run([analyze, "verify", *map(str, units_runnable_here)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.strip() == "" and result.stdout.strip() == "", result.stderr
+    # The check sees the drop-in: a bad key in it is reported.
+    broken = units_runnable_here[0].with_name(units_runnable_here[0].name + ".d") / "intunnel-postgresql.conf"
+    broken.write_text(broken.read_text() + "NoSuchKey=1\n")
+    result = subprocess.run([analyze, "verify", str(units_runnable_here[0])], capture_output=True, text=True)
+    assert "NoSuchKey" in result.stderr
