@@ -64,7 +64,7 @@ def run_shown_command(text: str, config_home) -> _Process:
 @pytest.fixture
 def stack(settings, browser):
     """Relay first (its port goes into the public URLs), then the web app, then the local app."""
-    open_database(settings.db_path)  # migrated before either service reads it
+    open_database(settings)  # migrated before either service reads it
     with contextlib.ExitStack() as stack:
         relay = stack.enter_context(RelayThread(settings))
         web = stack.enter_context(running_web_app(
