@@ -200,6 +200,7 @@ class ProxyState:
         self.window_start = now
         self.window_bytes = 0
         self.begun = 0               # exchanges begun (request heads taken)
+        self.forwarded = ("", "")    # (Host, its X-Forwarded-* lines) of the last request
         self.stats = limits.stats
         self.head_at = now           # when the current exchange's head was taken (metrics)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)  # R7: how the exchanges that began ended
@@ -471,13 +472,19 @@ class ProxyState:
 
     def _send_head(self, now: float) -> list:
         head, lim, peer = self.head, self.limits, self.peer
-        add = [("X-Forwarded-For", peer), ("X-Forwarded-Proto", lim.public_scheme),
-               ("X-Forwarded-Host", head.index["host"][0])]
+        add: list = []
         if lim.trust_proxy:
             xff = head.get("x-forwarded-for")
             add = [("X-Forwarded-For", f"{xff}, {peer}" if xff else peer),
                    ("X-Forwarded-Proto", head.get("x-forwarded-proto") or lim.public_scheme),
                    ("X-Forwarded-Host", head.get("x-forwarded-host") or head.get("host"))]
+            rendered = ""
+        else:
+            host = head.index["host"][0]
+            if self.forwarded[0] != host:   # the same for every request of one Host: made once
+                self.forwarded = (host, f"\r\nX-Forwarded-For: {peer}\r\nX-Forwarded-Proto: "
+                                        f"{lim.public_scheme}\r\nX-Forwarded-Host: {host}")
+            rendered = self.forwarded[1]
         remove = FORWARDED
         if lim.reuse and head.version == "HTTP/1.1" and head.body != "upgrade" and self.must_close:
             # Connection is hop-by-hop: the app keeps its connection for the tunnel's next
@@ -496,7 +503,7 @@ class ProxyState:
         self._go("resp", "sent", Resp.WAITING)
         self.last_sent = now
         self.window_start, self.window_bytes = now, 0
-        out = [ToUpstream(head.wire(remove=remove, add=add, replace=replace))]
+        out = [ToUpstream(head.wire(remove=remove, add=add, replace=replace, rendered=rendered))]
         if head.body in ("none", "upgrade"):
             out += self._request_end(now)
         return out

@@ -74,11 +74,12 @@ class RequestHead:
         return self._host
 
     def wire(self, remove: tuple[str, ...] = (), add: list[tuple[str, str]] | None = None,
-             replace: dict[str, str] | None = None) -> bytes:
-        """Serialize, dropping headers named in ``remove``, replacing and appending some."""
+             replace: dict[str, str] | None = None, rendered: str = "") -> bytes:
+        """Serialize, dropping headers named in ``remove``, replacing and appending some
+        (``rendered``: header lines to append as they are, each "\r\nName: value")."""
+        extra = rendered + "".join([f"\r\n{k}: {v}" for k, v in add]) if add else rendered
         if self.raw is not None and not replace and self.index.keys().isdisjoint(remove):
             # Nothing of it changes (the usual request): the validated bytes as they came.
-            extra = "".join([f"\r\n{k}: {v}" for k, v in add or ()])
             return b"".join((self.raw, extra.encode("latin-1"), b"\r\n\r\n"))
         replace = {k.lower(): v for k, v in (replace or {}).items()}
         lines = [f"{self.method} {self.target} {self.version}"]
@@ -87,9 +88,8 @@ class RequestHead:
             if lk in remove:
                 continue
             lines.append(f"{k}: {replace.pop(lk)}" if lk in replace else f"{k}: {v}")
-        lines.extend(f"{k}: {v}" for k, v in list(replace.items()) + (add or []))
-        lines.append("\r\n")
-        return "\r\n".join(lines).encode("latin-1")
+        lines.extend(f"{k}: {v}" for k, v in replace.items())
+        return ("\r\n".join(lines) + extra + "\r\n\r\n").encode("latin-1")
 
 
 def _split_headers(block: str, start: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
@@ -406,9 +406,15 @@ class MessageReader:
                 events.append(data if pos == 0 else data[pos:])
                 pos = n
                 break
-            head, pos = self._head(data, pos)
-            if head is None:
-                break
+            end = -1 if self._buf or data[pos] in (13, 10) else data.find(b"\r\n\r\n", pos, pos + self.max_head)
+            if end > 0:   # the usual case: a whole head in this read (no stray CRLF before it)
+                raw = data[pos:end + 4] if pos or end + 4 < n else data
+                head = self._parse(raw if type(raw) is bytes else bytes(raw))
+                pos = end + 4
+            else:
+                head, pos = self._head(data, pos)
+                if head is None:
+                    break
             events.append(head)
             if self._start_body(head, events) or self.side == "request":
                 break  # a request's body waits until its head is routed
