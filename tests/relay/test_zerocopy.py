@@ -29,14 +29,37 @@ def run(request):
 
 
 def open_fds() -> int:
-    """Open sockets and pipes of this process (event loops open other files lazily)."""
+    """Open sockets and pipes of this process (event loops open other files lazily), less its
+    connections to a PostgreSQL server: peewee opens one per thread that queries, so an
+    executor thread of the relay's may open one at any time (no leak)."""
+    database = _database_sockets()
     count = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(("socket:", "pipe:"))
+            target = os.readlink(f"/proc/self/fd/{fd}")
         except OSError:
-            pass  # the listing's own descriptor, gone already
+            continue  # the listing's own descriptor, gone already
+        count += target.startswith(("socket:", "pipe:")) and target not in database
     return count
+
+
+def _database_sockets() -> set[str]:
+    """``socket:[inode]`` of this machine's TCP connections to a PostgreSQL server's port."""
+    from intunnel.models import database
+    port = getattr(database.obj, "connect_params", {}).get("port") if database.obj is not None else None
+    found: set[str] = set()
+    if not port:
+        return found
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = open(table).read().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == int(port):
+                found.add(f"socket:[{fields[9]}]")
+    return found
 
 
 async def conn_pair() -> tuple[netio.Conn, socket.socket]:
