@@ -1,17 +1,24 @@
-"""REST API benchmark: the web app under waitress, 8 keep-alive clients on loopback.
+"""REST API benchmark: the web app under waitress, 8 keep-alive clients on loopback, SQLite and PostgreSQL.
 
-    .venv/bin/python -m bench.api_bench                 # 5 s per endpoint; updates the "API" section of bench/RESULTS.md
-    .venv/bin/python -m bench.api_bench --duration 2 --no-write
+    .venv/bin/python -m bench.api_bench                 # both databases, 5 s per endpoint; updates bench/RESULTS.md
+    .venv/bin/python -m bench.api_bench --db sqlite --duration 2 --no-write
 
-Measures ``GET /api/tunnels`` for a user with 50 tunnels and ``GET /api/user/profile``:
-requests per second, p50 and p99 latency, and SQL queries per request (counted
-with a hook on peewee's ``execute_sql``, for a user with 1 and with 50 tunnels,
-which must give the same count).  The app runs as a real ``intunnel web``
-subprocess (its own interpreter, so the clients don't share its GIL) on a fresh
-SQLite file, with the rate limits raised out of the way and the access log on
-as in production (written to a file).  The load comes from ``wrk -t1 -c8``
-(8 keep-alive connections) when wrk is installed, else from 8 Python threads
-with one ``http.client`` keep-alive connection each; both log in by session cookie.
+Measures ``GET /api/tunnels`` for a user with 50 tunnels, ``GET /api/user/profile``
+and the writes ``POST /api/tunnels`` + ``DELETE /api/tunnels/<id>`` (each client
+creates a tunnel and deletes it again, in a loop): requests per second, p50 and
+p99 latency, and SQL queries per request (counted with a hook on peewee's
+``execute_sql``, for a user with 1 and with 50 tunnels, which must give the same
+count).  The app runs as a real ``intunnel web`` subprocess (its own
+interpreter, so the clients don't share its GIL) with the rate limits raised out
+of the way and the access log on as in production (written to a file), once on
+a fresh SQLite file and once on a fresh database of a throwaway PostgreSQL
+cluster the benchmark starts itself (``tests/support/postgres.py``, as the
+tests do).  Both servers run for the whole benchmark and every endpoint is
+measured on one backend right after the other, so load elsewhere on a shared
+machine hits both alike.  The GET load comes from ``wrk -t1 -c8`` (8 keep-alive
+connections) when wrk is installed, else from 8 Python threads with one
+``http.client`` keep-alive connection each; the writes always come from the
+Python threads (they need the id the POST returned); all log in by session cookie.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ ROOT = HERE.parent
 EMAIL, PASSWORD = "bench@example.com", "bench-password"
 TARGET_P99_MS = 25.0
 ENDPOINTS = ("/api/tunnels", "/api/user/profile")
+WRITES = ("POST /api/tunnels", "DELETE /api/tunnels/<id>")  # measured together: create, then delete
+WRITER = "writer@example.com"  # the write load's user (no tunnels between its create/delete pairs)
+BACKENDS = ("sqlite", "postgresql")
 BASELINE = "/healthz"  # same server and middleware, no credential, no SQL: the floor under the API figures
 SECTION_START, SECTION_END = "<!-- api-bench -->", "<!-- /api-bench -->"
 UNLIMITED = str(10 ** 9)
@@ -47,6 +57,7 @@ CLIENTS = {"wrk": "`wrk -t1 -c{n}`, one connection per client", "python": "threa
 @dataclass(frozen=True)
 class Result:
     path: str
+    backend: str
     requests: int
     errors: int
     seconds: float
@@ -58,11 +69,11 @@ class Result:
         return self.requests / self.seconds
 
 
-def bench_settings(data_dir: str, port: int = 0):
+def bench_settings(data_dir: str, port: int = 0, database_url: str = ""):
     from intunnel.settings import load_settings, prepare_data_dir
     return prepare_data_dir(load_settings(env={}, overrides={
         "data_dir": data_dir, "web_listen": f"127.0.0.1:{port}", "rate_limit_get": UNLIMITED,
-        "rate_limit_write": UNLIMITED, "login_max_failures": UNLIMITED}))
+        "rate_limit_write": UNLIMITED, "login_max_failures": UNLIMITED, "database_url": database_url}))
 
 
 def seed_database(settings, tunnels_per_user: int) -> None:
@@ -76,6 +87,7 @@ def seed_database(settings, tunnels_per_user: int) -> None:
             tunnels.create(settings, user, f"Tunnel {i}", f"bench{i}", 3000 + i)
         small = accounts.create_user("one@example.com", "one", PASSWORD)
         tunnels.create(settings, small, "Only", "only", 3000)
+        accounts.create_user(WRITER, "writer", PASSWORD)
 
 
 def login_cookie(host: str, port: int, email: str) -> str:
@@ -128,10 +140,45 @@ def count_queries(settings) -> dict[tuple[str, str], float]:
                 counts[(path, label)] = counter["n"] / repeats
             db.execute_sql = original
             conn.close()
+        cookie = login_cookie(host, port, WRITER)
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        counter_post = counter_delete = 0
+        db.execute_sql = counting
+        for i in range(repeats):
+            counter["n"] = 0
+            tunnel_id = create_tunnel(conn, cookie, f"count{i}")
+            counter_post += counter["n"]
+            counter["n"] = 0
+            delete_tunnel(conn, cookie, tunnel_id)
+            counter_delete += counter["n"]
+        db.execute_sql = original
+        conn.close()
+        for label in ("1 tunnel", "50 tunnels"):  # the writer owns none besides its own: one figure
+            counts[(WRITES[0], label)] = counter_post / repeats
+            counts[(WRITES[1], label)] = counter_delete / repeats
     finally:
         db.execute_sql = original
         stop_server(server, thread)
     return counts
+
+
+def create_tunnel(conn: http.client.HTTPConnection, cookie: str, subdomain: str) -> int:
+    """POST /api/tunnels on a keep-alive connection; the new tunnel's id."""
+    body = json.dumps({"name": subdomain, "subdomain": subdomain, "local_port": 3000})
+    conn.request("POST", "/api/tunnels", body=body, headers={"Cookie": cookie, "Content-Type": "application/json"})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"POST /api/tunnels: {r.status} {data[:200]!r}")
+    return json.loads(data)["tunnel"]["id"]
+
+
+def delete_tunnel(conn: http.client.HTTPConnection, cookie: str, tunnel_id: int) -> None:
+    conn.request("DELETE", f"/api/tunnels/{tunnel_id}", headers={"Cookie": cookie})
+    r = conn.getresponse()
+    data = r.read()
+    if r.status != 200:
+        raise RuntimeError(f"DELETE /api/tunnels/{tunnel_id}: {r.status} {data[:200]!r}")
 
 
 def free_port() -> int:
@@ -142,10 +189,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def web_subprocess(data_dir: str, port: int, log_path: Path, threads: int):
+def web_subprocess(data_dir: str, port: int, log_path: Path, threads: int, database_url: str = ""):
     env = {**os.environ, "INTUNNEL_DATA_DIR": data_dir, "INTUNNEL_WEB_THREADS": str(threads), "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{port}",
            "INTUNNEL_RATE_LIMIT_GET": UNLIMITED, "INTUNNEL_RATE_LIMIT_WRITE": UNLIMITED,
-           "INTUNNEL_LOGIN_MAX_FAILURES": UNLIMITED, "INTUNNEL_LOG_LEVEL": "info"}
+           "INTUNNEL_LOGIN_MAX_FAILURES": UNLIMITED, "INTUNNEL_LOG_LEVEL": "info",
+           # no metrics listener: its fixed default port would collide with other engineers' servers
+           "INTUNNEL_WEB_METRICS_LISTEN": "", "INTUNNEL_DATABASE_URL": database_url}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", "web"], env=env, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
@@ -173,8 +222,19 @@ def web_subprocess(data_dir: str, port: int, log_path: Path, threads: int):
             proc.wait()
 
 
-def run_clients(port: int, path: str, cookie: str, clients: int, seconds: float) -> Result:
-    latencies: list[list[float]] = [[] for _ in range(clients)]
+def run_clients(port: int, path: str, cookie: str, clients: int, seconds: float, backend: str = "") -> Result:
+    return _run_threads(port, path, cookie, clients, seconds, backend)[0]
+
+
+def run_writes(port: int, cookie: str, clients: int, seconds: float, backend: str) -> list[Result]:
+    """Each client: POST a tunnel, DELETE it, again; one Result per method."""
+    return _run_threads(port, WRITES[0], cookie, clients, seconds, backend, writes=True)
+
+
+def _run_threads(port: int, path: str, cookie: str, clients: int, seconds: float, backend: str,
+                 writes: bool = False) -> list[Result]:
+    kinds = 2 if writes else 1
+    latencies: list[list[list[float]]] = [[[] for _ in range(clients)] for _ in range(kinds)]
     errors = [0] * clients
     start_barrier = threading.Barrier(clients + 1)
     stop_at = [0.0]
@@ -182,23 +242,31 @@ def run_clients(port: int, path: str, cookie: str, clients: int, seconds: float)
     def client(i: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         headers = {"Cookie": cookie}
-        mine = latencies[i]
+        n = 0
         start_barrier.wait()
         while True:
             t0 = time.perf_counter()
             if t0 >= stop_at[0]:
                 break
             try:
+                if writes:
+                    n += 1
+                    tunnel_id = create_tunnel(conn, cookie, f"w{os.getpid()}c{i}n{n}")
+                    t1 = time.perf_counter()
+                    latencies[0][i].append(t1 - t0)
+                    delete_tunnel(conn, cookie, tunnel_id)
+                    latencies[1][i].append(time.perf_counter() - t1)
+                    continue
                 conn.request("GET", path, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 ok = response.status == 200
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException, RuntimeError):
                 ok = False
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
             if ok:
-                mine.append(time.perf_counter() - t0)
+                latencies[0][i].append(time.perf_counter() - t0)
             else:
                 errors[i] += 1
         conn.close()
@@ -212,14 +280,17 @@ def run_clients(port: int, path: str, cookie: str, clients: int, seconds: float)
     for t in threads:
         t.join(seconds + 30)
     elapsed = time.perf_counter() - began
-    merged = sorted(x for per in latencies for x in per)
-    if not merged:
-        raise RuntimeError(f"no successful request to {path}")
-    q = statistics.quantiles(merged, n=100, method="inclusive")
-    return Result(path, len(merged), sum(errors), elapsed, q[49] * 1000, q[98] * 1000)
+    results = []
+    for kind, name in zip(latencies, WRITES if writes else (path,)):
+        merged = sorted(x for per in kind for x in per)
+        if not merged:
+            raise RuntimeError(f"no successful request to {name}")
+        q = statistics.quantiles(merged, n=100, method="inclusive")
+        results.append(Result(name, backend, len(merged), sum(errors), elapsed, q[49] * 1000, q[98] * 1000))
+    return results
 
 
-def run_wrk(port: int, path: str, cookie: str, clients: int, seconds: float) -> Result:
+def run_wrk(port: int, path: str, cookie: str, clients: int, seconds: float, backend: str = "") -> Result:
     """The same load from wrk (C, epoll, one thread): only the server's latency is measured."""
     from bench.load import parse_wrk
     argv = [shutil.which("wrk"), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
@@ -228,7 +299,7 @@ def run_wrk(port: int, path: str, cookie: str, clients: int, seconds: float) -> 
     if out.returncode != 0:
         raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
     r = parse_wrk(out.stdout)
-    return Result(path, r.requests, r.errors, r.requests / r.rps if r.rps else seconds, r.p50_ms, r.p99_ms)
+    return Result(path, backend, r.requests, r.errors, r.requests / r.rps if r.rps else seconds, r.p50_ms, r.p99_ms)
 
 
 def machine_line() -> str:
@@ -250,33 +321,44 @@ def in_app_latency(log_path: Path, offset: int, path: str) -> tuple[float, float
     with open(log_path, "rb") as f:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
+    method, _, path = path.rpartition(" ")
+    pattern = re.escape(path).replace(re.escape("<id>"), r"\d+")
     durations = sorted(float(m.group(1)) for m in re.finditer(
-        r" GET " + re.escape(path) + r" 200 \S+ ([\d.]+)ms", text))
+        " " + (method or "GET") + " " + pattern + r" 200 \S+ ([\d.]+)ms", text))
     if len(durations) < 2:
         return float("nan"), float("nan")
     q = statistics.quantiles(durations, n=100, method="inclusive")
     return q[49], q[98]
 
 
-def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str) -> str:
+def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str, versions: dict | None = None) -> str:
+    versions = versions or {}
+    where = " and ".join(f"{'a fresh SQLite file' if b == 'sqlite' else 'a throwaway PostgreSQL cluster'}"
+                         f"{' (' + versions[b] + ')' if versions.get(b) else ''}" for b in opts.backends)
     lines = [
         f"## API\n\n{SECTION_START}\n",
-        f"`python -m bench.api_bench --duration {opts.duration:g} --clients {opts.clients} --client {opts.client}` "
+        f"`python -m bench.api_bench --db {','.join(opts.backends)} --duration {opts.duration:g} "
+        f"--clients {opts.clients} --client {opts.client}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); {machine}.",
-        f"`intunnel web` (waitress, {opts.threads} threads) on a fresh SQLite file, {opts.clients} keep-alive "
-        f"clients on loopback ({CLIENTS[opts.client].format(n=opts.clients)}), session cookie, rate limits raised, access log on; "
-        f"after a {opts.warmup:g} s warm-up.\n",
-        "| endpoint | req/s | p50 | p99 | errors | in-app p50 / p99 | SQL queries/request (1 tunnel / 50 tunnels) "
-        "| p99 < 25 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        f"`intunnel web` (waitress, {opts.threads} threads) on {where}, both servers up for the whole run and each "
+        f"endpoint measured on one database right after the other; {opts.clients} keep-alive "
+        f"clients on loopback (GETs: {CLIENTS[opts.client].format(n=opts.clients)}; writes: "
+        f"{CLIENTS['python']}, each client POSTs a tunnel and DELETEs it), session cookie, rate limits raised, "
+        f"access log on; after a {opts.warmup:g} s warm-up.\n",
+        "| endpoint | database | req/s | p50 | p99 | errors | in-app p50 / p99 | SQL queries/request "
+        "(1 tunnel / 50 tunnels) | p99 < 25 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in results:
-        label = f"GET {r.path}" + (f" ({opts.tunnels} tunnels)" if r.path == "/api/tunnels" else "")
+    order = list(ENDPOINTS + WRITES + (BASELINE,))
+    for r in sorted(results, key=lambda r: (order.index(r.path), BACKENDS.index(r.backend))):
+        label = r.path if r.path in WRITES else f"GET {r.path}"
+        if r.path == "/api/tunnels":
+            label += f" ({opts.tunnels} tunnels)"
         if r.path == BASELINE:
             label += " (baseline)"
-        q1, qn = counts.get((r.path, "1 tunnel"), 0), counts.get((r.path, "50 tunnels"), 0)
-        a50, a99 = in_app[r.path]
-        lines.append(f"| {label} | {r.rps:,.0f} | {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms | {r.errors} | "
+        q1, qn = counts[r.backend].get((r.path, "1 tunnel"), 0), counts[r.backend].get((r.path, "50 tunnels"), 0)
+        a50, a99 = in_app[(r.backend, r.path)]
+        lines.append(f"| {label} | {r.backend} | {r.rps:,.0f} | {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms | {r.errors} | "
                      f"{a50:.2f} / {a99:.2f} ms | {q1:g} / {qn:g} | "
                      f"{'met' if r.p99_ms < TARGET_P99_MS else 'NOT met'} |")
     lines.append(f"\n{SECTION_END}\n")
@@ -295,8 +377,35 @@ def write_section(path: Path, section: str) -> None:
     path.write_text(text)
 
 
+def parse_backends(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value.split(",") if v.strip()))
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--db takes {','.join(BACKENDS)} (or one of them), not {value!r}")
+    return names
+
+
+@contextlib.contextmanager
+def backend_database(backend: str, tmp: str):
+    """The database URL for one backend ("" for the SQLite file in the data dir) and a version label."""
+    if backend == "sqlite":
+        import sqlite3
+        yield "", f"SQLite {sqlite3.sqlite_version}"
+        return
+    # The tests' throwaway cluster: initdb + postgres on a free loopback port, removed at the end.
+    from tests.support.postgres import PostgresCluster
+    cluster = PostgresCluster.start()
+    try:
+        version = cluster.execute("SHOW server_version")[0][0].split()[0]
+        yield cluster.new_database(), f"PostgreSQL {version}, fsync off"
+    finally:
+        cluster.stop()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.api_bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--db", dest="backends", type=parse_backends, default=BACKENDS,
+                   help="databases to measure, side by side: sqlite,postgresql (default both)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per endpoint (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per endpoint (default 1)")
     p.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients (default 8)")
@@ -311,24 +420,36 @@ def main(argv=None) -> int:
     opts.threads = opts.threads or load_settings(env={}).web_threads
 
     machine = machine_line()
-    with tempfile.TemporaryDirectory(prefix="intunnel-api-bench-") as tmp:
-        data_dir = os.path.join(tmp, "data")
-        settings = bench_settings(data_dir)
-        seed_database(settings, opts.tunnels)
-        counts = count_queries(settings)
-        port = free_port()
-        results = []
-        log_path = Path(tmp) / "web.log"
-        in_app = {}
-        with web_subprocess(data_dir, port, log_path, opts.threads):
-            load = run_wrk if opts.client == "wrk" else run_clients
-            for path in ENDPOINTS + (BASELINE,):
-                cookie = login_cookie("127.0.0.1", port, EMAIL)
-                run_clients(port, path, cookie, opts.clients, opts.warmup)
-                offset = log_path.stat().st_size
-                results.append(load(port, path, cookie, opts.clients, opts.duration))
-                in_app[path] = in_app_latency(log_path, offset, path)
-    section = report(results, counts, in_app, opts, machine)
+    results, counts, in_app, versions = [], {}, {}, {}
+    with tempfile.TemporaryDirectory(prefix="intunnel-api-bench-") as tmp, contextlib.ExitStack() as stack:
+        servers = {}  # backend -> (port, log path)
+        for backend in opts.backends:
+            url, versions[backend] = stack.enter_context(backend_database(backend, tmp))
+            data_dir = os.path.join(tmp, backend)
+            settings = bench_settings(data_dir, database_url=url)
+            seed_database(settings, opts.tunnels)
+            counts[backend] = count_queries(settings)
+            port, log_path = free_port(), Path(tmp) / f"web-{backend}.log"
+            stack.enter_context(web_subprocess(data_dir, port, log_path, opts.threads, url))
+            servers[backend] = port, log_path
+        load = run_wrk if opts.client == "wrk" else run_clients
+        for path in ENDPOINTS + WRITES[:1] + (BASELINE,):
+            for backend, (port, log_path) in servers.items():
+                print(f"[api-bench] {backend} {path}", file=sys.stderr, flush=True)
+                if path in WRITES:
+                    cookie = login_cookie("127.0.0.1", port, WRITER)
+                    run_writes(port, cookie, opts.clients, opts.warmup, backend)
+                    offset = log_path.stat().st_size
+                    measured = run_writes(port, cookie, opts.clients, opts.duration, backend)
+                else:
+                    cookie = login_cookie("127.0.0.1", port, EMAIL)
+                    run_clients(port, path, cookie, opts.clients, opts.warmup)
+                    offset = log_path.stat().st_size
+                    measured = [load(port, path, cookie, opts.clients, opts.duration, backend)]
+                for r in measured:
+                    results.append(r)
+                    in_app[(backend, r.path)] = in_app_latency(log_path, offset, r.path)
+    section = report(results, counts, in_app, opts, machine, versions)
     print(section)
     if not opts.no_write:
         write_section(Path(opts.out), section)

@@ -86,13 +86,50 @@ def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int], 
     return best[0], best[1], best_direct
 
 
+def route_buckets(metrics_port: int) -> list[tuple[float, float]]:
+    """The relay's ``intunnel_relay_route_seconds`` histogram now: (upper bound, cumulative count)."""
+    import http.client
+    from prometheus_client.parser import text_string_to_metric_families
+    conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for family in text_string_to_metric_families(text):
+        if family.name == "intunnel_relay_route_seconds":
+            return sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket"))
+    raise RuntimeError("the relay's metrics have no intunnel_relay_route_seconds")
+
+
+def histogram_quantile(q: float, before: list[tuple[float, float]], after: list[tuple[float, float]]) -> float:
+    """The q-quantile (seconds) of what was observed between two scrapes, interpolated inside its
+    bucket as Prometheus' ``histogram_quantile`` does (so only as fine as the buckets)."""
+    counts = [(bound, a - b) for (bound, a), (_, b) in zip(after, before)]
+    total = counts[-1][1]
+    if total <= 0:
+        return float("nan")
+    rank, lower, below = q * total, 0.0, 0.0
+    for bound, cumulative in counts:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return lower  # beyond the last finite bucket: its bound is all that is known
+            return lower + (bound - lower) * (rank - below) / max(cumulative - below, 1e-12)
+        lower, below = bound, cumulative
+    return lower
+
+
 def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
-                 sides: dict[str, int] | None = None, app: servers.App | None = None) -> dict:
+                 sides: dict[str, int] | None = None, app: servers.App | None = None,
+                 metrics_port: int | None = None) -> dict:
     """The traffic figures for one target: keep-alive, new connections, bulk both ways.
 
     ``sides`` names the processes of the tunnel ("relay", "client" -> pid) whose
     CPU time per request is reported too.  With ``app``, every measurement is
-    paired with one of the app directly, stored under "paired_direct".
+    paired with one of the app directly, stored under "paired_direct".  With
+    ``metrics_port`` (the relay's /metrics), the relay's own route latency during
+    the new-connection runs is reported too (a new connection is where the route
+    lookup happens; keep-alive requests mostly stay on their upstream).
     """
     scheme = "https" if tls else "http"
     url = f"{scheme}://127.0.0.1:{port}/1k"
@@ -106,14 +143,23 @@ def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
         + "".join(f", {side} {us:.0f} us CPU/req" for side, us in ka_cpu.items())
         + (f" (direct alongside: {ka_direct.rps:,.0f} req/s, p99 {ka_direct.p99_ms:.2f} ms)" if ka_direct else ""))
     out.update(ka_rps=ka.rps, ka_p50=ka.p50_ms, ka_p99=ka.p99_ms)
+    route_before = route_buckets(metrics_port) if metrics_port else None
     cl, cl_cpu, cl_direct = wrk_with_cpu(url, host, opts, True, sides, paired_url)
-    log(f"{name}: new connection per request {cl.rps:,.0f} req/s errors {cl.errors}"
+    log(f"{name}: new connection per request {cl.rps:,.0f} req/s p50 {cl.p50_ms:.3f} ms p99 {cl.p99_ms:.2f} ms "
+        f"errors {cl.errors}"
         + "".join(f", {side} {us:.0f} us CPU/req" for side, us in cl_cpu.items())
         + (f" (direct alongside: {cl_direct.rps:,.0f} req/s)" if cl_direct else ""))
-    out["close_rps"] = cl.rps
+    out.update(close_rps=cl.rps, close_p50=cl.p50_ms, close_p99=cl.p99_ms)
+    if metrics_port:
+        route_after = route_buckets(metrics_port)
+        out["route_p50_ms"], out["route_p99_ms"] = (
+            1000 * histogram_quantile(q, route_before, route_after) for q in (0.5, 0.99))
+        log(f"{name}: relay route latency (intunnel_relay_route_seconds, new connections, "
+            f"{route_after[-1][1] - route_before[-1][1]:.0f} requests) p50 {out['route_p50_ms']:.3f} ms "
+            f"p99 {out['route_p99_ms']:.3f} ms")
     if app:
         paired.update(ka_rps=ka_direct.rps, ka_p50=ka_direct.p50_ms, ka_p99=ka_direct.p99_ms,
-                      close_rps=cl_direct.rps)
+                      close_rps=cl_direct.rps, close_p50=cl_direct.p50_ms, close_p99=cl_direct.p99_ms)
     for side in ka_cpu:
         out[f"{side}_us_ka"] = ka_cpu[side]
         out[f"{side}_us_close"] = cl_cpu[side]
@@ -226,7 +272,9 @@ def profile(st: stack.Stack, client, host: str, opts) -> None:
 
 def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | None, relay_port: int, opts) -> None:
     if opts.wants("intunnel"):
-        with stack.Stack(work / "intunnel", relay_port, uvloop=opts.uvloop) as st:
+        metrics_port = procs.free_port()
+        with stack.Stack(work / "intunnel", relay_port, uvloop=opts.uvloop,
+                         settings={"relay_metrics_listen": f"127.0.0.1:{metrics_port}"}) as st:
             token = st.add_tunnel("bench", app.port)
             st.start_relay()
             client = st.start_client(app.port, token)
@@ -235,7 +283,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
             figures = idle_rss(st, client)
             figures.update(measure_http("intunnel", relay_port, host, opts,
                                         sides={"relay": st.relay.pid, "client": client.pid,
-                                               "app": app.proc.pid}, app=app))
+                                               "app": app.proc.pid}, app=app, metrics_port=metrics_port))
             if opts.profile:
                 profile(st, client, host, opts)
             if opts.agents:
@@ -246,7 +294,7 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
         # Set up as deployed: the relay trusts the proxy in front (and follows every response,
         # so nginx's keep-alive connections can move between tunnels).
         with stack.Stack(work / "intunnel-nginx", relay_port, uvloop=opts.uvloop,
-                         settings={"relay_trust_proxy": True}) as st:
+                         settings={"relay_trust_proxy": True, "relay_metrics_listen": ""}) as st:
             token = st.add_tunnel("benchtls", app.port)
             st.start_relay()
             client = st.start_client(app.port, token, server=f"https://localhost:{front.tls_port}",

@@ -96,3 +96,15 @@ def test_ratios_use_the_paired_direct_run_when_there_is_one():
                "intunnel": {"ka_rps": 30_000, "paired_direct": {"ka_rps": 60_000}}}
     assert "30,000 (0.50 / -)" in report.table(results)
     assert "keep-alive req/s >= 0.25x direct: 0.50 -> **met**" in report.targets_report(results)
+
+
+def test_route_quantiles_from_two_scrapes():
+    from bench.tunnel import histogram_quantile
+    inf = float("inf")
+    before = [(0.0001, 10), (0.00025, 10), (0.0005, 10), (0.001, 10), (inf, 10)]
+    # between the scrapes: 50 observations <= 0.1 ms, 40 in (0.1, 0.25], 9 in (0.25, 0.5], 1 in (0.5, 1]
+    after = [(0.0001, 60), (0.00025, 100), (0.0005, 109), (0.001, 110), (inf, 110)]
+    assert histogram_quantile(0.5, before, after) == pytest.approx(0.0001)
+    assert histogram_quantile(0.9, before, after) == pytest.approx(0.00025)
+    assert histogram_quantile(0.99, before, after) == pytest.approx(0.0005)
+    assert histogram_quantile(0.5, before, before) != histogram_quantile(0.5, before, before)  # nan: no traffic

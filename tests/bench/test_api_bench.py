@@ -1,0 +1,45 @@
+"""The API benchmark's pure parts: choosing backends, in-app latency from the access log, the table."""
+
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+
+import pytest
+
+from bench import api_bench
+
+
+def test_parse_backends():
+    assert api_bench.parse_backends("sqlite,postgresql") == ("sqlite", "postgresql")
+    assert api_bench.parse_backends(" PostgreSQL ,sqlite,postgresql") == ("postgresql", "sqlite")
+    for bad in ("", "mysql", "sqlite,pg"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            api_bench.parse_backends(bad)
+
+
+def test_in_app_latency_by_method_and_id(tmp_path):
+    log = tmp_path / "web.log"
+    lines = [f"127.0.0.1 GET /api/tunnels 200 900 {ms}ms user=1" for ms in (1.0, 2.0, 3.0)]
+    lines += [f"127.0.0.1 POST /api/tunnels 200 300 {ms}ms user=3" for ms in (10.0, 20.0)]
+    lines += [f"127.0.0.1 DELETE /api/tunnels/{i} 200 40 {ms}ms user=3" for i, ms in ((7, 5.0), (8, 7.0))]
+    log.write_text("\n".join(lines) + "\n")
+    assert api_bench.in_app_latency(log, 0, "/api/tunnels")[0] == pytest.approx(2.0)
+    assert api_bench.in_app_latency(log, 0, "POST /api/tunnels")[0] == pytest.approx(15.0)
+    assert api_bench.in_app_latency(log, 0, "DELETE /api/tunnels/<id>")[0] == pytest.approx(6.0)
+
+
+def test_report_puts_backends_side_by_side():
+    results = [api_bench.Result(path, backend, 1000, 0, 1.0, 2.0, 30.0 if backend == "postgresql" else 9.0)
+               for backend in ("postgresql", "sqlite") for path in (api_bench.BASELINE, "/api/tunnels")]
+    counts = {"sqlite": {("/api/tunnels", "1 tunnel"): 2, ("/api/tunnels", "50 tunnels"): 2},
+              "postgresql": {("/api/tunnels", "1 tunnel"): 3, ("/api/tunnels", "50 tunnels"): 3}}
+    in_app = {(r.backend, r.path): (0.5, 1.5) for r in results}
+    opts = SimpleNamespace(backends=("sqlite", "postgresql"), duration=5, clients=8, client="wrk", threads=8,
+                           warmup=1, tunnels=50)
+    text = api_bench.report(results, counts, in_app, opts, "test machine", {"postgresql": "PostgreSQL 15"})
+    rows = [line for line in text.splitlines() if line.startswith("| GET")]
+    assert [row.split("|")[2].strip() for row in rows] == ["sqlite", "postgresql", "sqlite", "postgresql"]
+    assert rows[0].startswith("| GET /api/tunnels (50 tunnels) | sqlite | 1,000 |")
+    assert "| 3 / 3 | NOT met |" in rows[1]
+    assert "--db sqlite,postgresql" in text and "PostgreSQL 15" in text
