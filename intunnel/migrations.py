@@ -96,10 +96,42 @@ def _v2_rate_limits(db: pw.Database) -> None:
     run(schema_migrator(db).add_index("rate_limit", ("expires_at",), False))
 
 
+def _v3_routes(db: pw.Database) -> None:
+    """Routes and relays: which relay holds each tunnel (several relays on PostgreSQL)."""
+    from playhouse.migrate import migrate as run
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+
+    class Tunnel(Base):  # only the key the route refers to
+        class Meta:
+            table_name = "tunnel"
+
+    class Route(Base):
+        tunnel = pw.ForeignKeyField(Tunnel, primary_key=True, on_delete="CASCADE")
+        relay_id = pw.CharField(max_length=64)
+        session_id = pw.CharField(max_length=32)
+        claimed_at = pw.DateTimeField()
+        lease_expires_at = pw.DateTimeField()
+
+    class Relay(Base):
+        relay_id = pw.CharField(max_length=64, primary_key=True)
+        address = pw.CharField(max_length=100)
+        started_at = pw.DateTimeField()
+        last_heartbeat = pw.DateTimeField()
+        agents = pw.IntegerField(default=0)
+
+    db.create_tables([Route, Relay])
+    run(schema_migrator(db).add_index("route", ("relay_id",), False))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
     (2, _v2_rate_limits),
+    (3, _v3_routes),
 ]
 LATEST = MIGRATIONS[-1][0]
 

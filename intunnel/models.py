@@ -78,7 +78,32 @@ class ApiToken(BaseModel):
     last_used_at = pw.DateTimeField(null=True)
 
 
-MODELS = (User, Tunnel, Session, ApiToken)
+class Route(BaseModel):
+    """Which relay holds a tunnel's agent session (PostgreSQL, several relays; see relay/routes).
+
+    Valid while ``lease_expires_at`` (the database's clock, UTC) is ahead: the holding relay
+    renews it every second; a relay that died stops renewing, and the tunnel is free again.
+    """
+    tunnel = pw.ForeignKeyField(Tunnel, primary_key=True, on_delete="CASCADE")
+    relay_id = pw.CharField(max_length=64, index=True)
+    session_id = pw.CharField(max_length=32)  # a random name of the session, not its data-connection secret
+    claimed_at = pw.DateTimeField()
+    lease_expires_at = pw.DateTimeField()
+
+
+class RelayNode(BaseModel):
+    """One relay sharing the database: its last heartbeat and how many agents it holds."""
+    relay_id = pw.CharField(max_length=64, primary_key=True)
+    address = pw.CharField(max_length=100)
+    started_at = pw.DateTimeField()
+    last_heartbeat = pw.DateTimeField()
+    agents = pw.IntegerField(default=0)
+
+    class Meta:
+        table_name = "relay"
+
+
+MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode)
 
 
 def connect_settings(settings) -> pw.Database:

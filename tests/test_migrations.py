@@ -129,3 +129,31 @@ def test_schema_migrator_is_the_backends(empty_settings):
     db = bare_database(empty_settings)
     expected = SqliteMigrator if empty_settings.db_backend == "sqlite" else PostgresqlMigrator
     assert isinstance(migrations.schema_migrator(db), expected)
+
+
+def test_v3_adds_routes_and_relays_to_a_v2_database(empty_settings):
+    """Routes (issue 12): a v2 database gains the route and relay tables on both backends;
+    a tunnel's route goes with the tunnel; the relay's own queries run on PostgreSQL."""
+    from intunnel.models import RelayNode, Route
+    make_v1_database(empty_settings)
+    db = bare_database(empty_settings)
+    with db.connection_context():
+        assert migrations.migrate(db, target=2) == [2]
+    db.close()
+    db = open_database(empty_settings)  # the services' start: migrates to the latest
+    with db.connection_context():
+        assert migrations.current_version(db) == migrations.LATEST >= 3
+        assert {"route", "relay"} <= set(db.get_tables())
+        assert any(i.columns == ["relay_id"] for i in db.get_indexes("route"))
+        now = datetime(2026, 3, 1, 12)
+        RelayNode.create(relay_id="relay-a", address="10.0.0.1:8080", started_at=now, last_heartbeat=now)
+        Route.create(tunnel=7, relay_id="relay-a", session_id="0123456789abcdef", claimed_at=now,
+                     lease_expires_at=now)
+        with pytest.raises(pw.IntegrityError), db.atomic():  # one route per tunnel
+            Route.insert(tunnel=7, relay_id="relay-b", session_id="x", claimed_at=now,
+                         lease_expires_at=now).execute()
+        with pytest.raises(pw.IntegrityError), db.atomic():  # only for a tunnel that exists
+            Route.insert(tunnel=8, relay_id="relay-a", session_id="x", claimed_at=now,
+                         lease_expires_at=now).execute()
+        Tunnel.delete_by_id(7)
+        assert Route.select().count() == 0 and RelayNode.select().count() == 1
