@@ -88,6 +88,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_body_timeout", float, 30.0, "Request bodies: the window, in seconds, over which a visitor must send at least relay_body_min_rate bytes per second (nginx's client_body_timeout, with a rate)."),
     Setting("relay_body_min_rate", int, 64, "Slowest accepted request body upload, in bytes per second over each relay_body_timeout window; 0: only a window with no byte at all times out."),
     Setting("relay_control_write_limit", int, 1024 * 1024, "Bytes the relay may hold unsent for one agent's control channel (an agent that stops reading is dropped past this)."),
+    Setting("relay_id", str, "", "This relay's name among several sharing one PostgreSQL database (routes, /metrics, "
+            "`intunnel-admin relay list`); empty: <hostname>:<port of relay_listen>.  Letters, digits and . _ : - only, at most 64."),
+    Setting("relay_route_lease", float, 15.0, "PostgreSQL: seconds a relay's claim on a tunnel (its route) lasts unless renewed; "
+            "renewed every heartbeat tick (1 s), so a relay that died frees its tunnels within this."),
     Setting("relay_metrics_listen", str, "127.0.0.1:9811", "HOST:PORT of the relay's Prometheus /metrics listener, a socket of its "
             "own (not the public one); `intunnel serve` serves the web app's metrics there too; empty: none."),
     # --- backups ---
@@ -275,7 +279,34 @@ def load_settings(config_file: str | os.PathLike | None = None,
     settings.web_address, settings.relay_address  # validate now, not at first use
     settings.web_metrics_address, settings.relay_metrics_address
     check_database_settings(settings)
+    if settings.relay_id:
+        check_relay_id(settings.relay_id)
+    if settings.relay_route_lease < 3:
+        raise ConfigError("setting 'relay_route_lease': at least 3 seconds (it is renewed every second)")
     return settings
+
+
+RELAY_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:-")
+RELAY_ID_MAX = 64
+
+
+def check_relay_id(value: str, where: str = "relay_id") -> str:
+    if not value or len(value) > RELAY_ID_MAX or not set(value) <= RELAY_ID_CHARS:
+        raise ConfigError(f"setting {where!r}: {value!r} is not a relay id (letters, digits and . _ : - "
+                          f"only, 1 to {RELAY_ID_MAX} characters)")
+    return value
+
+
+def relay_identity(settings: Settings, port: int | None = None) -> str:
+    """The relay's id: ``relay_id``, else ``<hostname>:<port>`` (the port it listens on: two
+    relays on one host differ by it).  Stable across restarts on the same address."""
+    if settings.relay_id:
+        return settings.relay_id
+    import socket
+    port = settings.relay_address[1] if port is None else port
+    suffix = f":{port}"
+    host = "".join(c if c in RELAY_ID_CHARS else "-" for c in socket.gethostname()) or "relay"
+    return host[: RELAY_ID_MAX - len(suffix)] + suffix
 
 
 def check_database_settings(settings: Settings) -> None:

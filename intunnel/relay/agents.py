@@ -28,6 +28,9 @@ class AgentSession:
         self.host_header = hello.host_header
         self.control = control
         self.secret = secrets.token_urlsafe(24)
+        # The session's name in its route row (relay/routes): not the secret, which admits data connections.
+        self.session_id = secrets.token_hex(8)
+        self.routed = False
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
         self.idle: deque[Conn] = deque()
         self.active: set[Conn] = set()   # data connections carrying a visitor right now
@@ -48,7 +51,7 @@ class AgentSession:
 
     @property
     def live(self) -> LiveSession:
-        return LiveSession(self.tunnel.id, self.tunnel.token, self.started_at)
+        return LiveSession(self.tunnel.id, self.tunnel.token, self.started_at, self.session_id, self.routed)
 
     # --- control channel ---
     # Backpressure, both ways.  While the transport holds more than its high-water mark

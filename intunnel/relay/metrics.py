@@ -6,6 +6,7 @@ counts into one ``RelayStats`` per relay (list slots, dict entries, ints); the s
 (``RelayCollector.collect``, run on the relay's own event loop by ``start_listener``)
 reads those and the live state (agents, pools) and builds the families:
 
+    intunnel_relay_info{relay_id}                  1: the relay's id (relay_id; one series)
     intunnel_relay_agents_connected                agent control channels open
     intunnel_relay_tunnels_active                  tunnels with a connected agent
     intunnel_relay_tunnels_busy                    of those, tunnels with a visitor attached now
@@ -21,7 +22,8 @@ reads those and the live state (agents, pools) and builds the families:
     intunnel_relay_request_duration_seconds        request head parsed -> response complete
     intunnel_db_query_seconds{statement}           (intunnel.metrics)
 
-No label names a tunnel, a user or an address: cardinality is fixed by the code.
+No label names a tunnel, a user or an address: cardinality is fixed by the code
+(``relay_id`` is one value per process).
 Bytes are counted where they cross the visitor's socket (``netio.Conn.meter``, and
 ``zerocopy.Pump`` for the bytes the kernel moves), so upgraded and bulk streams count too.
 """
@@ -131,6 +133,10 @@ class RelayCollector:
     def collect(self):
         relay, st = self.relay, self.relay.stats
         sessions = list(relay.sessions.values())
+        info = GaugeMetricFamily("intunnel_relay_info", "This relay (1); its id in a label: one series per "
+                                 "relay, to tell relays apart when several share a database.", labels=["relay_id"])
+        info.add_metric([relay.relay_id], 1)
+        yield info
         yield _gauge("intunnel_relay_agents_connected", "Agent control channels open.", len(relay.by_secret))
         yield _gauge("intunnel_relay_tunnels_active", "Tunnels with a connected agent.", len(sessions))
         yield _gauge("intunnel_relay_tunnels_busy", "Tunnels with at least one visitor attached now.",

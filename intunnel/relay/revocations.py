@@ -87,6 +87,10 @@ class Revocations:
                 self._queue(TUNNEL, tunnel_id)
                 return
 
+    def check_tunnel(self, tunnel_id: int) -> None:
+        """Re-check the sessions of ``tunnel_id`` soon (routes: another relay took it)."""
+        self._queue(TUNNEL, tunnel_id)
+
     # --- what to check ---
     def _queue(self, kind: str | None, ident: int = 0) -> None:
         if kind == TUNNEL:

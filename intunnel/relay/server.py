@@ -20,9 +20,11 @@ from ..metrics import instrument_queries, new_registry
 from . import pages
 from .agents import AgentSession
 from .revocations import Revocations
+from .routes import Routes
 from .store import Store
 from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
+from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
 
@@ -46,6 +48,7 @@ class Tunables:
 class Relay:
     def __init__(self, settings, store: Store | None = None, registry=None):
         self.settings = settings
+        self.relay_id = relay_identity(settings)  # final once listening (the default names the port)
         self.tunables = Tunables(settings)
         # Metrics: counted in plain ints (relay/metrics.py), collected into ``registry`` at scrape time.
         self.stats = RelayStats()
@@ -54,6 +57,7 @@ class Relay:
         self.limits = replace(limits_for(settings), stats=self.stats)
         self.domain = settings.domain.lower().rstrip(".")
         self.store = store or Store(settings)
+        self.routes = Routes(self)   # PostgreSQL: route rows (relay/routes); SQLite: nothing
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -81,11 +85,14 @@ class Relay:
             self.settings = self.settings.replace(relay_listen=f"{self.address[0]}:{self.address[1]}")
             self.tunables = Tunables(self.settings)
             self.limits = replace(limits_for(self.settings), stats=self.stats)
+        self.relay_id = relay_identity(self.settings, self.address[1])
+        await self.routes.start()
         self.spawn(self._heartbeats())
         self.revocations = Revocations(self)  # pushed on PostgreSQL, polled on SQLite
         self.revocations.start()
-        log.info("relay listening on http://%s:%d (tunnels at %s)", *self.address,
-                 self.settings.tunnel_url("<subdomain>"))
+        log.info("relay listening on http://%s:%d (tunnels at %s; relay id %s%s)", *self.address,
+                 self.settings.tunnel_url("<subdomain>"), self.relay_id,
+                 ", routes in PostgreSQL" if self.routes.enabled else "")
         return self.address
 
     async def stop(self, grace: float = p.SHUTDOWN_GRACE) -> None:
@@ -99,8 +106,14 @@ class Relay:
         for session in sessions:
             session.end(p.GoAway("the relay is restarting"))
             session.on_closed()
-        for session in sessions:
-            await self.store.set_status(session.tunnel.id, False)
+        if self.routes.enabled:
+            try:
+                await self.routes.stop()   # this relay's routes and relay row go
+            except Exception:
+                log.exception("could not delete this relay's routes (their leases will expire)")
+        else:
+            for session in sessions:
+                await self.store.set_status(session.tunnel.id, False)
         deadline = time.monotonic() + grace
         while self.visitors and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
@@ -192,7 +205,8 @@ class Relay:
     async def _relay_endpoint(self, conn: Conn, head) -> None:
         path = head.target.split("?", 1)[0]
         if path == p.HEALTH_PATH and head.method in ("GET", "HEAD"):
-            self._reply(conn, pages.json_response(200, {"status": "ok", "agents": len(self.sessions)}))
+            self._reply(conn, pages.json_response(200, {"status": "ok", "agents": len(self.sessions),
+                                                        "relay_id": self.relay_id}))
         elif path == p.AGENT_PATH and head.method == "GET":
             await self._agent(conn, head)
         elif path == p.DATA_PATH and head.method == "GET":
@@ -264,6 +278,9 @@ class Relay:
                  redact(token))
         conn.forward_to(session.on_control_bytes)
         session.on_control_bytes(b"")  # frames that came right behind the hello
+        if self.routes.enabled:
+            await self.routes.claim(session)  # a session that ended meanwhile: its release is queued behind
+            return
         await self.store.set_status(tunnel.id, True)
         if session.closed and self.sessions.get(tunnel.subdomain) is None:
             await self.store.set_status(tunnel.id, False)
@@ -286,7 +303,9 @@ class Relay:
 
     async def _mark_inactive(self, session: AgentSession) -> None:
         try:
-            if session.subdomain not in self.sessions:
+            if self.routes.enabled:
+                await self.routes.release(session, mark_inactive=session.subdomain not in self.sessions)
+            elif session.subdomain not in self.sessions:
                 await self.store.set_status(session.tunnel.id, False)
         except Exception:
             log.exception("could not record tunnel %s as inactive", session.subdomain)
@@ -299,3 +318,4 @@ class Relay:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 session.heartbeat(now)
+            self.routes.tick()

@@ -1,18 +1,37 @@
-"""The relay's database access: token checks, live status, revocation checks.
+"""The relay's database access: token checks, live status, revocation checks, routes.
 
 Every call runs on one dedicated thread so the database never blocks the event loop.
+
+Routes (PostgreSQL only; ``routes`` is False on SQLite and none of it runs): the
+``route`` row of a tunnel names the relay and session holding its agent until
+``lease_expires_at``, on the database's clock so relays' clocks don't matter.
+Lock order, so claims, releases and expiries never deadlock: the tunnel row first
+(``UPDATE``/``SELECT ... FOR UPDATE``), then its route.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 from ..wire import protocol as p
-from ..models import Tunnel, User, open_database
+import peewee as pw
+
+from ..changes import tunnel_changed
+from ..models import RelayNode, Route, Tunnel, User, open_database
 from ..timeutil import utcnow
+
+log = logging.getLogger("intunnel.relay")
+
+# The database's clock (UTC, naive like every stored time): one clock for every relay.
+DB_NOW = pw.SQL("(now() AT TIME ZONE 'UTC')")
+
+
+def _db_later(seconds: float):
+    return pw.SQL("((now() AT TIME ZONE 'UTC') + make_interval(secs => %s))", (float(seconds),))
 
 
 @dataclass(frozen=True)
@@ -31,6 +50,8 @@ class LiveSession:
     tunnel_id: int
     token: str
     started_at: datetime
+    session_id: str = ""
+    routed: bool = False   # its route was claimed (only then can it be found replaced)
 
 
 class Store:
@@ -38,6 +59,9 @@ class Store:
         self.settings = settings
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="relay-db")
         self._db = None
+        self.routes = False     # PostgreSQL: route and relay rows are kept
+        self.relay_id = ""
+        self.lease = float(settings.relay_route_lease)
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -46,7 +70,11 @@ class Store:
     def _open(self):
         self._db = open_database(self.settings)
         self._db.connect(reuse_if_open=True)
-        Tunnel.update(status="inactive").where(Tunnel.status != "inactive").execute()
+        self.routes = isinstance(self._db, pw.PostgresqlDatabase)
+        inactive = Tunnel.update(status="inactive").where(Tunnel.status != "inactive")
+        if self.routes:  # tunnels held by other relays stay active
+            inactive = inactive.where(~pw.fn.EXISTS(self._valid_route(Tunnel.id)))
+        inactive.execute()
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
         row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id)
@@ -63,6 +91,7 @@ class Store:
         Tunnel.update(**changes).where(Tunnel.id == tunnel_id).execute()
 
     def _revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
+        holders = self._holders([s.tunnel_id for s in live if s.routed])
         rows = {r[0]: r for r in Tunnel.select(Tunnel.id, Tunnel.token, Tunnel.disconnect_requested_at,
                                                User.disabled).join(User)
                 .where(Tunnel.id.in_([s.tunnel_id for s in live])).tuples()}
@@ -77,7 +106,116 @@ class Store:
                 out.append((s.tunnel_id, p.Revoked("the owner's account was disabled", p.REVOKED_DISABLED)))
             elif row[2] and row[2] >= s.started_at.replace(microsecond=0):
                 out.append((s.tunnel_id, p.Revoked("disconnected by an administrator", p.REVOKED_DISCONNECTED)))
+            elif s.routed and s.tunnel_id in holders and holders[s.tunnel_id] != (self.relay_id, s.session_id):
+                other = holders[s.tunnel_id][0]
+                where = "" if other == self.relay_id else f" (relay {other})"
+                out.append((s.tunnel_id, p.Revoked("replaced: another client connected with this tunnel's "
+                                                   f"token{where}", p.REVOKED_REPLACED)))
         return out
+
+    # --- routes (PostgreSQL) ---
+    @staticmethod
+    def _valid_route(tunnel_id):
+        return Route.select(Route.tunnel).where((Route.tunnel == tunnel_id) & (Route.lease_expires_at > DB_NOW))
+
+    def _holders(self, tunnel_ids) -> dict[int, tuple[str, str]]:
+        """{tunnel id: (relay id, session id)} of the valid routes among ``tunnel_ids``."""
+        if not self.routes or not tunnel_ids:
+            return {}
+        return {t: (r, s) for t, r, s in Route.select(Route.tunnel, Route.relay_id, Route.session_id)
+                .where(Route.tunnel.in_(list(tunnel_ids)) & (Route.lease_expires_at > DB_NOW)).tuples()}
+
+    def _register(self, relay_id: str, address: str) -> None:
+        """At start: forget this relay id's routes of an earlier run (that process is gone), be listed."""
+        self.relay_id = relay_id
+        if not self.routes:
+            return
+        with self._db.atomic():
+            self._free(Route.relay_id == relay_id)
+            RelayNode.insert(relay_id=relay_id, address=address, started_at=DB_NOW, last_heartbeat=DB_NOW,
+                             agents=0).on_conflict(
+                conflict_target=[RelayNode.relay_id],
+                update={RelayNode.address: address, RelayNode.started_at: DB_NOW,
+                        RelayNode.last_heartbeat: DB_NOW, RelayNode.agents: 0}).execute()
+
+    def _free(self, condition) -> list[int]:
+        """Delete the routes matching ``condition``; their tunnels become inactive.  Inside a transaction."""
+        ids = [t for (t,) in Route.select(Route.tunnel).where(condition).tuples()]
+        if not ids:
+            return []
+        list(Tunnel.select(Tunnel.id).where(Tunnel.id.in_(ids)).order_by(Tunnel.id).for_update().tuples())
+        gone = [t for (t,) in Route.delete().where(condition & Route.tunnel.in_(ids))
+                .returning(Route.tunnel).tuples().execute()]
+        if gone:
+            Tunnel.update(status="inactive").where(Tunnel.id.in_(gone)).execute()
+        return gone
+
+    def _claim(self, tunnel_id: int, session_id: str) -> str | None:
+        """The newest session wins: take the tunnel's route whoever held it; tell every relay.
+        Returns the relay that held a valid route before, if another session did."""
+        with self._db.atomic():
+            Tunnel.update(status="active", last_connected=utcnow()).where(Tunnel.id == tunnel_id).execute()
+            before = self._holders([tunnel_id]).get(tunnel_id)
+            Route.insert(tunnel=tunnel_id, relay_id=self.relay_id, session_id=session_id, claimed_at=DB_NOW,
+                         lease_expires_at=_db_later(self.lease)).on_conflict(
+                conflict_target=[Route.tunnel],
+                update={Route.relay_id: self.relay_id, Route.session_id: session_id,
+                        Route.claimed_at: DB_NOW, Route.lease_expires_at: _db_later(self.lease)}).execute()
+            tunnel_changed(tunnel_id)  # the holder before re-checks its session: replaced
+        return before[0] if before and before != (self.relay_id, session_id) else None
+
+    def _release(self, tunnel_id: int, session_id: str, mark_inactive: bool) -> None:
+        """The session ended: its route goes; the tunnel is inactive unless another relay holds it."""
+        with self._db.atomic():
+            list(Tunnel.select(Tunnel.id).where(Tunnel.id == tunnel_id).for_update().tuples())
+            Route.delete().where((Route.tunnel == tunnel_id) & (Route.relay_id == self.relay_id)
+                                 & (Route.session_id == session_id)).execute()
+            if mark_inactive:
+                Tunnel.update(status="inactive").where(
+                    (Tunnel.id == tunnel_id) & ~pw.fn.EXISTS(self._valid_route(tunnel_id))).execute()
+
+    def _renew(self, live: dict[int, str]) -> list[int]:
+        """Every heartbeat tick: extend this relay's leases, retake lapsed ones that nobody took,
+        expire other relays' lapsed routes, record the heartbeat.  Returns the live tunnels that
+        another relay holds now (their sessions are to be re-checked: replaced)."""
+        renewed = dict(Route.update(lease_expires_at=_db_later(self.lease))
+                       .where(Route.relay_id == self.relay_id)
+                       .returning(Route.tunnel, Route.session_id).tuples().execute())
+        stale = [t for t, s in renewed.items() if live.get(t) != s]
+        for tunnel_id in stale:  # a session that ended without its release (the release failed)
+            with self._db.atomic():
+                self._free((Route.tunnel == tunnel_id) & (Route.relay_id == self.relay_id)
+                           & (Route.session_id == renewed[tunnel_id]))
+        lost = []
+        missing = [t for t, s in live.items() if renewed.get(t) != s]
+        for tunnel_id in missing:  # our lease lapsed (the database was unreachable) or was taken
+            with self._db.atomic():
+                list(Tunnel.select(Tunnel.id).where(Tunnel.id == tunnel_id).for_update().tuples())
+                taken = (Route.insert(tunnel=tunnel_id, relay_id=self.relay_id, session_id=live[tunnel_id],
+                                      claimed_at=DB_NOW, lease_expires_at=_db_later(self.lease))
+                         .on_conflict(conflict_target=[Route.tunnel],
+                                      update={Route.relay_id: self.relay_id, Route.session_id: live[tunnel_id],
+                                              Route.claimed_at: DB_NOW,
+                                              Route.lease_expires_at: _db_later(self.lease)},
+                                      where=(Route.lease_expires_at <= DB_NOW))
+                         .returning(Route.tunnel).tuples().execute())
+                if list(taken):
+                    Tunnel.update(status="active").where(Tunnel.id == tunnel_id).execute()
+                else:
+                    lost.append(tunnel_id)
+        with self._db.atomic():
+            expired = self._free((Route.lease_expires_at <= DB_NOW) & (Route.relay_id != self.relay_id))
+        if expired:
+            log.info("route leases expired (their relay stopped renewing): %d tunnel(s) free", len(expired))
+        RelayNode.update(last_heartbeat=DB_NOW, agents=len(live)).where(
+            RelayNode.relay_id == self.relay_id).execute()
+        return lost
+
+    def _unregister(self) -> None:
+        """A clean stop: this relay's routes and row go."""
+        with self._db.atomic():
+            self._free(Route.relay_id == self.relay_id)
+            RelayNode.delete().where(RelayNode.relay_id == self.relay_id).execute()
 
     def _close(self):
         if self._db is not None and not self._db.is_closed():
@@ -107,6 +245,21 @@ class Store:
         if not live:
             return []
         return await self._run(self._revoked, live)
+
+    async def register(self, relay_id: str, address: str) -> None:
+        await self._run(self._register, relay_id, address)
+
+    async def claim(self, tunnel_id: int, session_id: str) -> str | None:
+        return await self._run(self._claim, tunnel_id, session_id)
+
+    async def release(self, tunnel_id: int, session_id: str, mark_inactive: bool) -> None:
+        await self._run(self._release, tunnel_id, session_id, mark_inactive)
+
+    async def renew(self, live: dict[int, str]) -> list[int]:
+        return await self._run(self._renew, live)
+
+    async def unregister(self) -> None:
+        await self._run(self._unregister)
 
     async def close(self) -> None:
         await self._run(self._close)
