@@ -161,6 +161,41 @@ def check_backups(settings, now: datetime) -> Check:
     return Check("backups", "ok", f"{len(backups)} in {directory}, newest {hours:.1f} h old")
 
 
+def check_relays(settings) -> Check:
+    """This host's relay id; on PostgreSQL the relays sharing the database and any stale ones."""
+    from ..models import RelayNode, Route, connect_settings
+    from ..settings import relay_identity
+    from .relays import relays
+    own = relay_identity(settings)
+    if settings.db_backend == dburl.SQLITE:
+        return Check("relay id", "ok", f"{own} (single host on SQLite: routes are not recorded)")
+    db = None
+    try:
+        db = connect_settings(settings)
+        with db.bind_ctx([RelayNode, Route]):
+            found = relays(db, settings.relay_route_lease)
+    except pw.DatabaseError as e:
+        detail = " ".join(dburl.scrub(str(e), db).split()) or type(e).__name__
+        return Check("relay id", "warn", f"{own}; cannot read the relay table: {detail}",
+                     "run 'intunnel-admin db migrate' (services also migrate at start)")
+    finally:
+        if db is not None and not db.is_closed():
+            db.close()
+    mine = next((r for r in found if r["relay_id"] == own), None)
+    stale = [r["relay_id"] for r in found if r["state"] == "stale"]
+    others = f"{len(found)} relay(s) share the database"
+    if mine is None:
+        return Check("relay id", "warn", f"{own}: not registered in the database; {others}",
+                     "is intunnel-relay running here with this relay_id? 'intunnel-admin relay list'")
+    message = (f"{own}: {mine['state']}, heartbeat {mine['seconds_since_heartbeat']:g} s ago, "
+               f"{mine['agents']} agent(s); {others}")
+    if stale:
+        return Check("relay id", "warn", f"{message}; stale: {', '.join(stale)}",
+                     "a stale relay stopped renewing (died or lost the database); its tunnels are freed "
+                     "when their leases lapse: 'intunnel-admin relay list'")
+    return Check("relay id", "ok", message)
+
+
 def check_services(settings) -> list[Check]:
     unit = {"web": "intunnel-web", "relay": "intunnel-relay"}
     checks = []
@@ -196,7 +231,7 @@ def run_checks(explicit_config: str | None) -> list[Check]:
         return [config]
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     return [config, check_data_dir(settings), check_database(settings), check_secret_key(settings),
-            check_backups(settings, now), *check_services(settings), check_nginx()]
+            check_backups(settings, now), *check_services(settings), check_relays(settings), check_nginx()]
 
 
 def cmd_doctor(ctx: Context, args) -> int:

@@ -39,11 +39,20 @@ def cmd_list(ctx: Context, args) -> int:
 
 
 def cmd_show(ctx: Context, args) -> int:
-    ctx.open_db()
-    d = tunnel_dict(ctx.settings, find_tunnel(args.tunnel), show_token=args.show_token)
+    from .relays import holder
+    db = ctx.open_db()
+    tunnel = find_tunnel(args.tunnel)
+    d = tunnel_dict(ctx.settings, tunnel, show_token=args.show_token)
+    d["relay"] = holder(db, ctx.settings, tunnel)
+    if d["relay"] is None:
+        held = "none"
+    elif d["relay"]["lease_expires_at"]:
+        held = f"{d['relay']['relay_id']} (lease until {d['relay']['lease_expires_at']})"
+    else:
+        held = f"{d['relay']['relay_id']} (single host)"
     pairs = [("id", d["id"]), ("owner", d["owner"]), ("name", d["name"]), ("subdomain", d["subdomain"]),
              ("url", d["url"]), ("local port", d["local_port"]), ("status", d["status"]),
-             ("created", d["created_at"]), ("last connected", d["last_connected"])]
+             ("relay", held), ("created", d["created_at"]), ("last connected", d["last_connected"])]
     if args.show_token:
         pairs.append(("token", d["token"]))
     ctx.emit_object("tunnel", d, pairs)

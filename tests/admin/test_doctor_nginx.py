@@ -43,7 +43,7 @@ def test_all_healthy(installed, fake_services, fake_nginx):
     r = installed.run("doctor", env=fake_nginx(True))
     assert r.returncode == 0, r.stdout + r.stderr
     assert lines_by_check(r.stdout) == {"config": "ok", "data dir": "ok", "database": "ok", "secret key": "ok",
-                                        "backups": "ok", "web": "ok", "relay": "ok", "nginx": "ok"}
+                                        "backups": "ok", "web": "ok", "relay": "ok", "relay id": "ok", "nginx": "ok"}
     assert str(installed.config) in r.stdout
 
 
