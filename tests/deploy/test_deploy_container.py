@@ -5,7 +5,9 @@ playbook runs over SSH with TLS mode `selfsigned` and domain `intunnel.test` on
 free ports; then, from outside: log in over HTTPS, create a tunnel through the
 API, run the client on this machine against the container's nginx, fetch a page
 and a WebSocket echo through https://<sub>.intunnel.test, check the units, run
-the backup job as cron would, restore it, and run the playbook again: changed=0.
+the backup job as cron would, restore it, and run the playbook again: changed=0.  Last, the same booted host
+is switched to `intunnel_database: postgresql` (a server installed by the playbook on a free
+port): two more runs, the second changed=0, then the web app, the relay and `doctor` on it.
 """
 
 from __future__ import annotations
@@ -280,17 +282,22 @@ def test_tunnel_through_the_deployed_host(site):
         upstream.close()
 
 
-def test_backup_as_cron_runs_it_and_restore(site):
-    c = site.container
-    line = next(l for l in c.ssh("cat /etc/cron.d/intunnel-backup").stdout.splitlines()
+def run_backup_as_cron(container) -> list[str]:
+    """The nightly job as cron runs it (the user's uid, /bin/sh -c, only the environment cron
+    sets); the backups there are afterwards."""
+    line = next(l for l in container.ssh("cat /etc/cron.d/intunnel-backup").stdout.splitlines()
                 if l.strip() and not l.startswith("#"))
     fields = line.split(None, 6)
     user, command = fields[5], fields[6]
     assert user == "intunnel" and (fields[0], fields[1]) == ("17", "3")
-    # As cron runs it: the user's uid, /bin/sh -c, and only the environment cron sets.
-    c.ssh(f"cd / && env -i PATH=/usr/bin:/bin SHELL=/bin/sh /usr/sbin/runuser -u {user} -- "
-          f"/bin/sh -c {shlex.quote(command)}")
-    backups = c.ssh("ls /var/lib/intunnel/backups/").stdout.split()
+    container.ssh(f"cd / && env -i PATH=/usr/bin:/bin SHELL=/bin/sh /usr/sbin/runuser -u {user} -- "
+                  f"/bin/sh -c {shlex.quote(command)}")
+    return container.ssh("ls /var/lib/intunnel/backups/").stdout.split()
+
+
+def test_backup_as_cron_runs_it_and_restore(site):
+    c = site.container
+    backups = run_backup_as_cron(c)
     backup = next(b for b in backups if b.endswith(".db.gz"))
 
     site.login()
@@ -365,3 +372,76 @@ def test_newer_checkout_upgrades_in_place(site):
     site.login()
     status, _, body = site.request("GET", "/api/tunnels")
     assert status == 200 and [t["subdomain"] for t in json.loads(body)["tunnels"]] == ["myapp"]
+
+
+def test_postgresql_on_the_same_host(site):
+    """`intunnel_database: postgresql` on the host deployed above: Debian's server installed and
+    set up by the playbook, InTunnel moved onto it (a fresh database: `db copy` moves data), the
+    units ordered after it, the password generated on the host and never in the play's output."""
+    c = site.container
+    t0 = time.monotonic()
+    pg_port = free_port()  # the container shares this machine's network
+    with open(site.inventory, "a") as f:
+        f.write(f"intunnel_database=postgresql\nintunnel_postgresql_port={pg_port}\n")
+    log_start = site.log.stat().st_size
+    first = run_playbook(site.inventory, site.log)
+    site.timings["postgresql_first_playbook"] = time.monotonic() - t0
+    assert recap(first)["failed"] == 0
+    for task in ("Create InTunnel's role and database when missing", "Apply database migrations",
+                 "Create the first admin account"):
+        assert re.search(rf"TASK \[intunnel : {re.escape(task)}\] \**\nchanged:", first), task
+    t1 = time.monotonic()
+    second = run_playbook(site.inventory, site.log)
+    site.timings["postgresql_second_playbook"] = time.monotonic() - t1
+    counts = recap(second)
+    assert counts["changed"] == 0 and counts["failed"] == 0, second[-8000:]
+
+    password = c.ssh("cat /etc/intunnel/database-password").stdout.strip()
+    assert len(password) >= 32
+    assert password not in site.log.read_text()[log_start:], "the database password is in the play's output"
+    assert c.ssh("stat -c '%a %U %G' /etc/intunnel/database-password").stdout.split() == ["640", "root", "intunnel"]
+    config = c.ssh("cat /etc/intunnel/intunnel.toml").stdout
+    assert f'database_url = "postgresql://intunnel@127.0.0.1:{pg_port}/intunnel"' in config
+    assert 'database_password_file = "/etc/intunnel/database-password"' in config and password not in config
+    hba = c.ssh("grep -v '^#' /etc/postgresql/15/main/pg_hba.conf | grep .").stdout.splitlines()
+    assert hba[0].split() == ["host", "intunnel", "intunnel", "127.0.0.1/32", "scram-sha-256"], hba
+    assert c.ssh("systemctl is-enabled postgresql").stdout.strip() == "enabled"
+    for unit in UNITS:
+        assert c.ssh(f"systemctl is-active {unit}", check=False).stdout.strip() == "active", \
+            c.ssh(f"journalctl -u {unit} --no-pager -n 50", check=False).stdout
+        for dependency in ("After", "Wants"):
+            assert "postgresql.service" in c.ssh(f"systemctl show -P {dependency} {unit}").stdout.split(), dependency
+        verify = c.ssh(f"systemd-analyze verify /etc/systemd/system/{unit}", check=False)
+        assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+
+    # doctor as the service user: it reads the password file and finds the schema on PostgreSQL.
+    doctor = c.ssh("/usr/sbin/runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin doctor --json "
+                   "--config /etc/intunnel/intunnel.toml", check=False)
+    report = json.loads(doctor.stdout)
+    checks = {check["name"]: check for check in report["checks"]}
+    failed = [check for check in report["checks"] if check["level"] == "fail" and check["name"] != "nginx"]
+    assert not failed, report  # nginx -t needs root to read the TLS key; the rest must pass
+    assert checks["database"]["level"] == "ok" and "PostgreSQL 15" in checks["database"]["message"], checks
+    assert password not in doctor.stdout + doctor.stderr
+
+    # The web app on PostgreSQL: the first admin was created there, a tunnel is stored there...
+    wait_until(lambda: web_is_up(site), 30, "the web app on PostgreSQL")
+    site.login()
+    status, _, body = site.request("GET", "/api/tunnels")
+    assert status == 200 and json.loads(body)["tunnels"] == [], body  # a new, empty database
+    status, _, body = site.request("POST", "/api/tunnels", {"name": "On PostgreSQL", "subdomain": "pgapp",
+                                                            "local_port": 5000})
+    assert status in (200, 201), body
+    rows = c.ssh(f"runuser -u postgres -- psql -X -tA -p {pg_port} -d intunnel "
+                 "-c \"SELECT subdomain FROM tunnel\"").stdout.split()
+    assert rows == ["pgapp"], rows
+    # ...and the relay reads it: a known tunnel with no agent is "offline" (503), an unknown one 404.
+    assert site.request("GET", "/", host=f"pgapp.{DOMAIN}")[0] == 503
+    assert site.request("GET", "/", host=f"nosuch.{DOMAIN}")[0] == 404
+
+    # The same nightly job, now a pg_dump (client tools, password file and pg_hba line all serve it).
+    dumps = [b for b in run_backup_as_cron(c) if b.endswith(".pgdump")]
+    assert len(dumps) == 1, dumps
+    listing = c.ssh(f"pg_restore --list /var/lib/intunnel/backups/{dumps[0]}").stdout
+    assert "TABLE public tunnel" in listing, listing
+    site.timings["postgresql_total"] = time.monotonic() - t0
