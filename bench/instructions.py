@@ -1,14 +1,16 @@
-"""Instructions the relay executes per keep-alive request, counted by valgrind (callgrind).
+"""Instructions the relay executes per request, counted by valgrind (callgrind).
 
-    .venv/bin/python -m bench.instructions                      # this tree
+    .venv/bin/python -m bench.instructions                      # keep-alive, this tree
+    .venv/bin/python -m bench.instructions --new-connections    # a connection per request
     .venv/bin/python -m bench.instructions --requests 2000
 
 The wall-clock figures of ``bench.tunnel`` move with whatever else the machine runs; an
 instruction count doesn't, so two trees (``git worktree add``) can be compared to a few per
 cent on a busy machine.  The relay runs under callgrind twice, serving ``--requests`` and
 then no requests (each after the same warm-up) on one keep-alive connection from a plain
-socket client; the difference divided by the count is the relay's user-space instructions
-per exchange (interpreter, event loop, parsing; not the kernel's share of the syscalls).
+socket client (or a new connection per request, ``Connection: close``: accept, the first
+head, the route to the tunnel and the close); the difference divided by the count is the
+relay's user-space instructions per exchange (interpreter, event loop, parsing; not the kernel's share of the syscalls).
 The revocation poll is set out of the way: it runs on a clock, and valgrind's runs differ
 in length.  Needs ``valgrind`` (Debian package).
 """
@@ -40,7 +42,16 @@ def exchange(sock: socket.socket, request: bytes) -> None:
         body += sock.recv(65536)
 
 
-def relay_instructions(work: Path, app: servers.App, requests: int, warmup: int = 50) -> int:
+def closed_exchange(port: int, request: bytes) -> None:
+    """One request on a connection of its own; the relay closes it after the response."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request)
+        while sock.recv(65536):
+            pass
+
+
+def relay_instructions(work: Path, app: servers.App, requests: int, new_connections: bool = False,
+                       warmup: int = 50) -> int:
     """Instructions the relay process executed over its life, having served ``requests``."""
     out = work / "callgrind.out"
     with stack.Stack(work, procs.free_port(), settings={"relay_revocation_poll": 3600}) as st:
@@ -52,10 +63,15 @@ def relay_instructions(work: Path, app: servers.App, requests: int, warmup: int 
         client = st.start_client(app.port, token)
         host = st.public_host("bench")
         st.wait_serving(st.relay_port, host, "/1k", watch=client, timeout=180)
-        request = f"GET /1k HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\nAccept: */*\r\n\r\n".encode()
-        with socket.create_connection(("127.0.0.1", st.relay_port)) as sock:
+        close = "Connection: close\r\n" if new_connections else ""
+        request = f"GET /1k HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\nAccept: */*\r\n{close}\r\n".encode()
+        if new_connections:
             for _ in range(warmup + requests):
-                exchange(sock, request)
+                closed_exchange(st.relay_port, request)
+        else:
+            with socket.create_connection(("127.0.0.1", st.relay_port)) as sock:
+                for _ in range(warmup + requests):
+                    exchange(sock, request)
         st.relay.send_signal(signal.SIGTERM)
         st.relay.wait(120)   # callgrind writes its counts on the way out: no SIGKILL
     return sum(int(n) for n in TOTALS.findall(out.read_text(errors="replace")))
@@ -63,7 +79,8 @@ def relay_instructions(work: Path, app: servers.App, requests: int, warmup: int 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=1000, help="keep-alive requests counted (default 1000)")
+    ap.add_argument("--requests", type=int, default=1000, help="requests counted (default 1000)")
+    ap.add_argument("--new-connections", action="store_true", help="a new connection per request")
     opts = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
@@ -72,11 +89,12 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         app = servers.start_app(work / "app")
         try:
-            served = relay_instructions(work / "served", app, opts.requests)
-            idle = relay_instructions(work / "idle", app, 0)
+            served = relay_instructions(work / "served", app, opts.requests, opts.new_connections)
+            idle = relay_instructions(work / "idle", app, 0, opts.new_connections)
         finally:
             procs.stop(app.proc)
-    print(f"relay: {(served - idle) / opts.requests:,.0f} instructions per keep-alive request "
+    kind = "new-connection" if opts.new_connections else "keep-alive"
+    print(f"relay: {(served - idle) / opts.requests:,.0f} instructions per {kind} request "
           f"({opts.requests} requests, callgrind)")
     return 0
 
