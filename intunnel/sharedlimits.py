@@ -27,9 +27,10 @@ import time
 
 import peewee as pw
 
-from .models import BaseModel
+from .models import BaseModel, database
 from .ratelimit import Clock, Decision, RateLimiter
 from .security import sha256_hex
+from .web.sqlcache import cached_sql
 
 PRUNE_INTERVAL = 60.0
 
@@ -83,24 +84,36 @@ class DatabaseRateLimiter:
         return (RateLimit.scope == self.scope) & (RateLimit.key_hash == sha256_hex(key))
 
     def hit(self, key: str) -> Decision:
-        """Count one hit for ``key`` if the limit allows it (one statement)."""
-        now, limit = self.clock(), self.limit
+        """Count one hit for ``key`` if the limit allows it (one statement).
+
+        Every API request makes one, so peewee writes its SQL once (``cached_sql``: 1.7 ms a
+        time on a loaded 2-core machine, more than PostgreSQL takes to run it)."""
+        now, limit, period = self.clock(), self.limit, self.period
         _pruner.maybe(now)
-        over = (RateLimit.window_start + self.period <= now) | (RateLimit.window_start > now)
         first = 1 if limit > 0 else 0
-        query = (RateLimit
-                 .insert(scope=self.scope, key_hash=sha256_hex(key), window_start=now, hits=first,
-                         allowed=limit > 0, expires_at=now + self.period)
-                 .on_conflict(conflict_target=[RateLimit.scope, RateLimit.key_hash], update={
-                     RateLimit.window_start: pw.Case(None, [(over, now)], RateLimit.window_start),
-                     RateLimit.expires_at: pw.Case(None, [(over, now + self.period)], RateLimit.expires_at),
-                     RateLimit.hits: pw.Case(None, [(over, first), (RateLimit.hits < limit, RateLimit.hits + 1)],
-                                             RateLimit.hits),
-                     RateLimit.allowed: pw.Case(None, [(over, limit > 0), (RateLimit.hits < limit, True)], False),
-                 })
-                 .returning(RateLimit.window_start, RateLimit.hits, RateLimit.allowed))
-        start, hits, allowed = next(iter(query.tuples().execute()))
-        return Decision(bool(allowed), limit, max(0, limit - hits), start + self.period)
+        key_hash = sha256_hex(key)
+        # The parameters in the order peewee writes them (cached_sql checks it at the first build).
+        params = [self.scope, key_hash, now, first, limit > 0, now + period,
+                  period, now, now, now, period, now, now, now + period,
+                  period, now, now, first, limit, 1, period, now, now, limit > 0, limit, True, False]
+        sql = cached_sql("rate limit hit", lambda: self._upsert(now, first, key_hash), params)
+        start, hits, allowed = database.execute_sql(sql, params).fetchone()
+        return Decision(bool(allowed), limit, max(0, limit - hits), start + period)
+
+    def _upsert(self, now: float, first: int, key_hash: str) -> pw.Query:
+        limit = self.limit
+        over = (RateLimit.window_start + self.period <= now) | (RateLimit.window_start > now)
+        return (RateLimit
+                .insert(scope=self.scope, key_hash=key_hash, window_start=now, hits=first,
+                        allowed=limit > 0, expires_at=now + self.period)
+                .on_conflict(conflict_target=[RateLimit.scope, RateLimit.key_hash], update={
+                    RateLimit.window_start: pw.Case(None, [(over, now)], RateLimit.window_start),
+                    RateLimit.expires_at: pw.Case(None, [(over, now + self.period)], RateLimit.expires_at),
+                    RateLimit.hits: pw.Case(None, [(over, first), (RateLimit.hits < limit, RateLimit.hits + 1)],
+                                            RateLimit.hits),
+                    RateLimit.allowed: pw.Case(None, [(over, limit > 0), (RateLimit.hits < limit, True)], False),
+                })
+                .returning(RateLimit.window_start, RateLimit.hits, RateLimit.allowed))
 
     def peek(self, key: str) -> Decision:
         """The state for ``key`` without counting a hit (allowed = another hit would be)."""
