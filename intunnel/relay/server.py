@@ -205,8 +205,7 @@ class Relay:
     async def _relay_endpoint(self, conn: Conn, head) -> None:
         path = head.target.split("?", 1)[0]
         if path == p.HEALTH_PATH and head.method in ("GET", "HEAD"):
-            self._reply(conn, pages.json_response(200, {"status": "ok", "agents": len(self.sessions),
-                                                        "relay_id": self.relay_id}))
+            self._reply(conn, pages.json_response(200, {"status": "ok", "agents": len(self.sessions)}))
         elif path == p.AGENT_PATH and head.method == "GET":
             await self._agent(conn, head)
         elif path == p.DATA_PATH and head.method == "GET":
