@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.instructions                      # keep-alive, this tree
     .venv/bin/python -m bench.instructions --new-connections    # a connection per request
+    .venv/bin/python -m bench.instructions --behind-proxy       # as deployed: nginx's headers, trusted
     .venv/bin/python -m bench.instructions --requests 2000
 
 The wall-clock figures of ``bench.tunnel`` move with whatever else the machine runs; an
@@ -50,11 +51,17 @@ def closed_exchange(port: int, request: bytes) -> None:
             pass
 
 
+# What the generated nginx config adds to every request it passes on (templates/nginx/_forwarded.conf.tpl).
+PROXY_HEADERS = ("X-Real-IP: 203.0.113.7\r\nX-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"
+                 "X-Forwarded-Host: {host}\r\n")
+
+
 def relay_instructions(work: Path, app: servers.App, requests: int, new_connections: bool = False,
-                       warmup: int = 50) -> int:
+                       behind_proxy: bool = False, warmup: int = 50) -> int:
     """Instructions the relay process executed over its life, having served ``requests``."""
     out = work / "callgrind.out"
-    with stack.Stack(work, procs.free_port(), settings={"relay_revocation_poll": 3600}) as st:
+    settings = {"relay_revocation_poll": 3600, "relay_trust_proxy": behind_proxy}
+    with stack.Stack(work, procs.free_port(), settings=settings) as st:
         token = st.add_tunnel("bench", app.port)
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *st.intunnel,
                 "relay", "--config", str(st.config)]
@@ -64,7 +71,9 @@ def relay_instructions(work: Path, app: servers.App, requests: int, new_connecti
         host = st.public_host("bench")
         st.wait_serving(st.relay_port, host, "/1k", watch=client, timeout=180)
         close = "Connection: close\r\n" if new_connections else ""
-        request = f"GET /1k HTTP/1.1\r\nHost: {host}\r\nUser-Agent: bench\r\nAccept: */*\r\n{close}\r\n".encode()
+        proxy = PROXY_HEADERS.format(host=host) if behind_proxy else ""
+        request = (f"GET /1k HTTP/1.1\r\nHost: {host}\r\n{proxy}User-Agent: bench\r\nAccept: */*\r\n"
+                   f"{close}\r\n").encode()
         if new_connections:
             for _ in range(warmup + requests):
                 closed_exchange(st.relay_port, request)
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests counted (default 1000)")
     ap.add_argument("--new-connections", action="store_true", help="a new connection per request")
+    ap.add_argument("--behind-proxy", action="store_true",
+                    help="relay_trust_proxy on, each request with the headers the generated nginx config adds")
     opts = ap.parse_args(argv)
     if shutil.which("valgrind") is None:
         print("needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
@@ -89,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         app = servers.start_app(work / "app")
         try:
-            served = relay_instructions(work / "served", app, opts.requests, opts.new_connections)
-            idle = relay_instructions(work / "idle", app, 0, opts.new_connections)
+            served = relay_instructions(work / "served", app, opts.requests, opts.new_connections, opts.behind_proxy)
+            idle = relay_instructions(work / "idle", app, 0, opts.new_connections, opts.behind_proxy)
         finally:
             procs.stop(app.proc)
-    kind = "new-connection" if opts.new_connections else "keep-alive"
+    kind = ("new-connection" if opts.new_connections else "keep-alive") + (" proxied" if opts.behind_proxy else "")
     print(f"relay: {(served - idle) / opts.requests:,.0f} instructions per {kind} request "
           f"({opts.requests} requests, callgrind)")
     return 0
