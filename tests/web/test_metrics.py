@@ -114,7 +114,6 @@ def test_no_secret_reaches_the_metrics(web, metrics_url):
         assert secret not in text
 
 
-@pytest.mark.sqlite_only("intunnel-admin backup copies the SQLite file (pg_dump backups: issue 11 item 3)")
 def test_backup_age_from_a_real_backup(web, metrics_url, settings):
     assert not scrape(metrics_url).has("intunnel_backup_last_success_timestamp_seconds")
     started = time.time()
