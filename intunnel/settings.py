@@ -92,6 +92,14 @@ SETTINGS: tuple[Setting, ...] = (
             "`intunnel-admin relay list`); empty: <hostname>:<port of relay_listen>.  Letters, digits and . _ : - only, at most 64."),
     Setting("relay_route_lease", float, 15.0, "PostgreSQL: seconds a relay's claim on a tunnel (its route) lasts unless renewed; "
             "renewed every heartbeat tick (1 s), so a relay that died frees its tunnels within this."),
+    Setting("relay_peer_listen", str, "", "HOST:PORT this relay listens on for visitors forwarded by the other relays sharing its "
+            "PostgreSQL database (their private network; PostgreSQL only); empty: no forwarding (one relay)."),
+    Setting("relay_peer_address", str, "", "HOST:PORT the other relays dial to reach relay_peer_listen (set it when that listens "
+            "on a wildcard address); empty: relay_peer_listen as it is."),
+    Setting("relay_peer_secret_file", str, "", "File holding the secret (at least 32 bytes) every relay shares to authenticate "
+            "forwarded connections; required with relay_peer_listen."),
+    Setting("relay_peer_timeout", float, 3.0, "Seconds a relay gives a peer relay to accept and authenticate a forwarded "
+            "connection before the visitor gets a 502."),
     Setting("relay_metrics_listen", str, "127.0.0.1:9811", "HOST:PORT of the relay's Prometheus /metrics listener, a socket of its "
             "own (not the public one); `intunnel serve` serves the web app's metrics there too; empty: none."),
     # --- backups ---
@@ -172,6 +180,14 @@ class Settings:
     @property
     def relay_metrics_address(self) -> tuple[str, int] | None:
         return parse_listen(self.relay_metrics_listen, "relay_metrics_listen") if self.relay_metrics_listen else None
+
+    @property
+    def relay_peer_dial_address(self) -> tuple[str, int] | None:
+        """Where the other relays reach this one's peer listener (None: no forwarding)."""
+        if not self.relay_peer_listen:
+            return None
+        listen = parse_listen(self.relay_peer_listen, "relay_peer_listen")
+        return parse_listen(self.relay_peer_address, "relay_peer_address") if self.relay_peer_address else listen
 
     @property
     def url_port_suffix(self) -> str:
@@ -278,7 +294,9 @@ def load_settings(config_file: str | os.PathLike | None = None,
     settings = Settings(values)
     settings.web_address, settings.relay_address  # validate now, not at first use
     settings.web_metrics_address, settings.relay_metrics_address
+    settings.relay_peer_dial_address
     check_database_settings(settings)
+    check_peer_settings(settings)
     if settings.relay_id:
         check_relay_id(settings.relay_id)
     if settings.relay_route_lease < 3:
@@ -325,6 +343,20 @@ def check_database_settings(settings: Settings) -> None:
         if dburl.has_password(settings.database_url):
             raise ConfigError("settings 'database_url' and 'database_password_file': "
                               "give the password in one of them, not both")
+
+
+def check_peer_settings(settings: Settings) -> None:
+    """Forwarding between relays needs the shared database (routes) and the shared secret."""
+    if not settings.relay_peer_listen:
+        for name in ("relay_peer_address", "relay_peer_secret_file"):
+            if getattr(settings, name):
+                raise ConfigError(f"setting {name!r} is for forwarding between relays: set relay_peer_listen too")
+        return
+    if not settings.relay_peer_secret_file:
+        raise ConfigError("setting 'relay_peer_listen' needs relay_peer_secret_file (the relays' shared secret)")
+    if not settings.database_url or dburl.check_url(settings.database_url) != dburl.POSTGRESQL:
+        raise ConfigError("setting 'relay_peer_listen': forwarding between relays needs a PostgreSQL "
+                          "database_url (the relays find each other's tunnels there)")
 
 
 def prepare_data_dir(settings: Settings) -> Settings:
