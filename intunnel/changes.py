@@ -8,8 +8,9 @@ the relay polls (``relay_revocation_poll``).
 
 Payloads are small and carry no secret, only what to re-check:
 
-    t:<tunnel id>   the tunnel's token was regenerated, it was deleted, or a
-                    disconnect was requested (``intunnel-admin tunnel disconnect``)
+    t:<tunnel id>   the tunnel's token was regenerated, it was deleted, a
+                    disconnect was requested (``intunnel-admin tunnel disconnect``),
+                    or its access policy changed (the relay reloads it)
     u:<user id>     the account was disabled or deleted (all of its tunnels)
 
 The relay re-reads the rows it names; a notification is a hint, never the
@@ -35,7 +36,7 @@ def _notify(kind: str, ident: int) -> None:
 
 
 def tunnel_changed(tunnel_id: int) -> None:
-    """Call inside the transaction that regenerates, deletes or disconnects a tunnel."""
+    """Call inside the transaction that regenerates, deletes, disconnects a tunnel or changes its policy."""
     _notify(TUNNEL, tunnel_id)
 
 

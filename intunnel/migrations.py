@@ -127,11 +127,20 @@ def _v3_routes(db: pw.Database) -> None:
     run(schema_migrator(db).add_index("route", ("relay_id",), False))
 
 
+def _v4_tunnel_access(db: pw.Database) -> None:
+    """Tunnel access policies: a JSON text column (basic-auth users with password hashes, IP rules)."""
+    from playhouse.migrate import migrate as run
+    # NULL: public, as every tunnel was before.  JSON, not columns per mode: the policy grows
+    # (members only, bypass paths) without a migration per mode.
+    run(schema_migrator(db).add_column("tunnel", "access", pw.TextField(null=True)))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
     (2, _v2_rate_limits),
     (3, _v3_routes),
+    (4, _v4_tunnel_access),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -57,6 +57,8 @@ class Tunnel(BaseModel):
     last_connected = pw.DateTimeField(null=True)
     # Set by `intunnel-admin tunnel disconnect`; the relay cuts sessions older than it.
     disconnect_requested_at = pw.DateTimeField(null=True)
+    # Who may visit (intunnel.access): JSON with password hashes, never shown; NULL = public.
+    access = pw.TextField(null=True)
 
 
 class Session(BaseModel):

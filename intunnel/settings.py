@@ -102,6 +102,16 @@ SETTINGS: tuple[Setting, ...] = (
             "connection before the visitor gets a 502."),
     Setting("relay_metrics_listen", str, "127.0.0.1:9811", "HOST:PORT of the relay's Prometheus /metrics listener, a socket of its "
             "own (not the public one); `intunnel serve` serves the web app's metrics there too; empty: none."),
+    # --- tunnel access policies (intunnel.access; enforced by the relay) ---
+    Setting("access_max_users", int, 20, "Basic-auth users one tunnel's access policy may list."),
+    Setting("access_max_cidrs", int, 100, "CIDRs each list of a tunnel's access policy (ip_allow, ip_deny) may hold."),
+    Setting("access_max_username", int, 64, "Longest basic-auth user name of an access policy, in characters."),
+    Setting("access_min_password", int, 8, "Shortest basic-auth password of an access policy, in characters."),
+    Setting("access_max_password", int, 256, "Longest basic-auth password of an access policy, in characters."),
+    Setting("relay_access_cache_size", int, 4096, "Verified basic-auth credentials each relay remembers (least recently "
+            "used go first; keyed by a keyed hash that changes with the policy), so keep-alive visitors skip the password hash."),
+    Setting("relay_access_max_pending", int, 32, "Basic-auth password hashes a relay computes at once (off the event loop); "
+            "a visitor beyond that gets 429 with Retry-After."),
     # --- backups ---
     Setting("backup_dir", str, "", "Where backups go (default: <data_dir>/backups)."),
     Setting("backup_keep_daily", int, 7, "Daily backups to keep."),

@@ -157,3 +157,23 @@ def test_v3_adds_routes_and_relays_to_a_v2_database(empty_settings):
                          lease_expires_at=now).execute()
         Tunnel.delete_by_id(7)
         assert Route.select().count() == 0 and RelayNode.select().count() == 1
+
+
+def test_v4_adds_tunnel_access_to_a_v3_database(empty_settings):
+    """Access policies (issue 13): a v3 database's tunnels gain a NULL access column (public,
+    as they were) on both backends; a stored policy reads back through today's models."""
+    from intunnel import access
+    make_v1_database(empty_settings)
+    db = bare_database(empty_settings)
+    with db.connection_context():
+        assert migrations.migrate(db, target=3) == [2, 3]
+        assert "access" not in {c.name for c in db.get_columns("tunnel")}
+    db.close()
+    db = open_database(empty_settings)
+    with db.connection_context():
+        assert migrations.current_version(db) == migrations.LATEST >= 4
+        tunnel = Tunnel.get_by_id(7)
+        assert tunnel.access is None and access.load(tunnel.access).public
+        stored = access.dump(access.Policy(users=(("alice", hash_password("wonderland")),)))
+        Tunnel.update(access=stored).where(Tunnel.id == 7).execute()
+        assert access.load(Tunnel.get_by_id(7).access).hash_of("alice").startswith("$argon2")

@@ -1,0 +1,347 @@
+"""Who may visit a tunnel: its access policy, validated, stored and decided (pure; no I/O).
+
+A policy is a combination of modes; none of them is ``public`` (the default, every
+visitor is let through, as before policies existed):
+
+  * ``basic_auth``: HTTP basic auth; one of the listed ``user:password`` pairs must be
+    given (RFC 7617), else 401 with ``WWW-Authenticate: Basic realm="<subdomain>"``;
+  * ``ip_allow``: the visitor's address must be in one of these CIDRs, else 403;
+  * ``ip_deny``: the visitor's address must be in none of these CIDRs, else 403.
+
+The order of the checks: IP rules first (a refused address is never asked for a
+password, and costs no hash), then credentials.
+
+Stored with the tunnel (``Tunnel.access``, JSON text; NULL is public).  Passwords are
+stored as the project's password hashes (``security.hash_password``), never as text,
+and never leave the server: ``public_view`` names the users only.  Stored form::
+
+    {"v": 1, "basic_auth": [{"user": "alice", "hash": "$argon2id$..."}],
+     "ip_allow": ["10.0.0.0/8", "2001:db8::/32"], "ip_deny": []}
+
+Later modes (members only, bypass paths) become more keys.  A reader meeting a key it
+does not know refuses the policy (``PolicyError``): a relay older than the policy it is
+given forbids every visitor rather than serving a tunnel less protected than its owner
+asked (fail closed).
+
+Changes come as the ``access`` object of ``PATCH /api/tunnels/:id`` (the dashboard and
+``intunnel-admin tunnel access`` build the same object): each key given replaces that
+part, keys not given keep theirs, ``{"public": true}`` clears everything.  In
+``basic_auth`` a ``"user:password"`` string (or ``{"username", "password"}``) sets a
+user, ``{"username": "alice"}`` keeps alice's stored hash; users not listed go.
+
+The decision (``evaluate``) is a function of (policy, visitor address, Authorization
+header): ``ALLOW``, ``CHALLENGE`` (401), ``FORBID`` (403), or ``Verify``: a password
+to check against a stored hash, which the caller does (the relay off its event loop,
+with a cache of verified credentials: ``relay/access.py``).  Every limit is a setting
+(``access_max_*``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import ValidationError
+
+STORED_VERSION = 1
+ALLOW, CHALLENGE, FORBID = "allow", "challenge", "forbid"
+UPDATE_KEYS = ("public", "basic_auth", "ip_allow", "ip_deny")
+STORED_KEYS = frozenset(("v", "basic_auth", "ip_allow", "ip_deny"))
+
+
+class PolicyError(ValueError):
+    """A stored policy this code can't read (malformed, or written by a newer version)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The ``access_*`` settings."""
+    max_users: int = 20
+    max_cidrs: int = 100
+    max_username: int = 64
+    min_password: int = 8
+    max_password: int = 256
+
+
+def limits_of(settings) -> Limits:
+    return Limits(settings.access_max_users, settings.access_max_cidrs, settings.access_max_username,
+                  settings.access_min_password, settings.access_max_password)
+
+
+@dataclass(frozen=True)
+class Policy:
+    users: tuple[tuple[str, str], ...] = ()   # (user name, password hash), in the owner's order
+    allow: tuple = ()                         # ipaddress networks
+    deny: tuple = ()
+
+    @property
+    def public(self) -> bool:
+        return not (self.users or self.allow or self.deny)
+
+    def hash_of(self, user: str) -> str | None:
+        for name, hashed in self.users:
+            if name == user:
+                return hashed
+        return None
+
+
+PUBLIC = Policy()
+
+
+@dataclass(frozen=True, slots=True)
+class Verify:
+    """Credentials to check: ``password`` against ``hash`` (None: no such user; the caller still
+    spends a hash on it, so an unknown name costs the time a known one does)."""
+    user: str
+    password: str
+    hash: str | None
+
+
+# --- addresses ---------------------------------------------------------------------------------
+
+def parse_address(text: str | None):
+    """An ``ipaddress`` address, IPv4-mapped IPv6 (``::ffff:1.2.3.4``) as the IPv4 it is; None if
+    ``text`` is not an address."""
+    if not text:
+        return None
+    try:
+        address = ipaddress.ip_address(text.strip())
+    except ValueError:
+        return None
+    if address.version == 6 and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def visitor_address(peer: str, forwarded_for: str | None, trust_proxy: bool) -> str:
+    """The visitor's real address: the connection's peer, or, behind our nginx
+    (``relay_trust_proxy`` and a loopback peer), the last ``X-Forwarded-For`` entry: the
+    address nginx itself saw (``$proxy_add_x_forwarded_for`` appends it; what a visitor
+    wrote before it is not to be trusted)."""
+    if trust_proxy and forwarded_for:
+        address = parse_address(peer)
+        if address is not None and address.is_loopback:
+            last = forwarded_for.rsplit(",", 1)[-1].strip()
+            if last:
+                return last
+    return peer
+
+
+def _in_any(address, networks) -> bool:
+    return any(address.version == n.version and address in n for n in networks)
+
+
+# --- credentials -------------------------------------------------------------------------------
+
+def parse_basic(authorization: str | None) -> tuple[str, str] | None:
+    """(user, password) of an ``Authorization: Basic ...`` header; None for anything else."""
+    if not authorization:
+        return None
+    scheme, _, encoded = authorization.strip().partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        raw = base64.b64decode(encoded.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # older browsers send ISO-8859-1 (RFC 7617 §2.1)
+    user, colon, password = text.partition(":")
+    if not colon:
+        return None
+    return user, password
+
+
+def basic_header(user: str, password: str) -> str:
+    """The Authorization header value a browser sends for ``user:password``."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode("utf-8")).decode("ascii")
+
+
+# --- the decision ------------------------------------------------------------------------------
+
+def evaluate(policy: Policy, address: str, authorization: str | None):
+    """ALLOW, FORBID, CHALLENGE, or a ``Verify`` the caller settles (then ALLOW or CHALLENGE)."""
+    if policy.public:
+        return ALLOW
+    if policy.allow or policy.deny:
+        parsed = parse_address(address)
+        if parsed is None:  # fail closed: an address we can't read matches no allow rule
+            return FORBID
+        if policy.deny and _in_any(parsed, policy.deny):
+            return FORBID
+        if policy.allow and not _in_any(parsed, policy.allow):
+            return FORBID
+    if not policy.users:
+        return ALLOW
+    credentials = parse_basic(authorization)
+    if credentials is None:
+        return CHALLENGE
+    user, password = credentials
+    return Verify(user, password, policy.hash_of(user))
+
+
+def decide(policy: Policy, address: str, authorization: str | None,
+           verify: Callable[[Verify], bool]) -> str:
+    """``evaluate`` with the password check done by ``verify``: ALLOW, CHALLENGE or FORBID."""
+    verdict = evaluate(policy, address, authorization)
+    if isinstance(verdict, Verify):
+        return ALLOW if verify(verdict) else CHALLENGE  # (verify spends a hash on an unknown user too)
+    return verdict
+
+
+# --- stored form -------------------------------------------------------------------------------
+
+def dump(policy: Policy) -> str | None:
+    """The stored JSON (None for public)."""
+    if policy.public:
+        return None
+    return json.dumps({"v": STORED_VERSION, "basic_auth": [{"user": u, "hash": h} for u, h in policy.users],
+                       "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny]},
+                      separators=(",", ":"))
+
+
+def load(stored: str | None) -> Policy:
+    """The policy of a stored JSON text (NULL/empty: public); PolicyError if it can't be read."""
+    if not stored:
+        return PUBLIC
+    try:
+        data = json.loads(stored)
+    except ValueError:
+        raise PolicyError("the stored access policy is not JSON") from None
+    if not isinstance(data, dict) or data.get("v") != STORED_VERSION:
+        raise PolicyError("the stored access policy has an unknown version")
+    unknown = set(data) - STORED_KEYS
+    if unknown:
+        raise PolicyError(f"the stored access policy has modes this version can't enforce: {sorted(unknown)}")
+    try:
+        users = tuple((str(e["user"]), str(e["hash"])) for e in data.get("basic_auth") or ())
+        allow = tuple(ipaddress.ip_network(n) for n in data.get("ip_allow") or ())
+        deny = tuple(ipaddress.ip_network(n) for n in data.get("ip_deny") or ())
+    except (KeyError, TypeError, ValueError):
+        raise PolicyError("the stored access policy is malformed") from None
+    return Policy(users, allow, deny)
+
+
+def public_view(policy: Policy) -> dict[str, Any]:
+    """What the API and the dashboard show: no password hash, ever."""
+    return {"public": policy.public, "basic_auth": [u for u, _ in policy.users],
+            "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny]}
+
+
+# --- changes (the API's ``access`` object) -----------------------------------------------------
+
+def _field(key: str) -> str:
+    return f"access.{key}"
+
+
+def _list(data: dict, key: str, limit: int) -> list:
+    value = data[key]
+    if not isinstance(value, list):
+        raise ValidationError(f"{_field(key)} must be a list", field=_field(key))
+    if len(value) > limit:
+        raise ValidationError(f"{_field(key)} may hold at most {limit} entries", field=_field(key))
+    return value
+
+
+def parse_cidr(value: Any, field: str = "access.ip_allow"):
+    """A network from ``10.0.0.0/8``, ``2001:db8::/32`` or a bare address (one host).  Host bits
+    are cleared (``10.1.2.3/8`` is ``10.0.0.0/8``), IPv4-mapped IPv6 becomes IPv4."""
+    if not isinstance(value, str) or not value.strip() or len(value) > 64:
+        raise ValidationError(f"{field}: each entry must be an IP address or CIDR such as 10.0.0.0/8",
+                              field=field)
+    text = value.strip()
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValidationError(f"{field}: {text!r} is not an IP address or CIDR (such as 10.0.0.0/8 "
+                              "or 2001:db8::/32)", field=field) from None
+    if network.version == 6 and network.network_address.ipv4_mapped is not None and network.prefixlen >= 96:
+        mapped = network.network_address.ipv4_mapped
+        network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}", strict=False)
+    return network
+
+
+def _cidrs(data: dict, key: str, limits: Limits) -> tuple:
+    networks = []
+    for entry in _list(data, key, limits.max_cidrs):
+        network = parse_cidr(entry, _field(key))
+        if network not in networks:
+            networks.append(network)
+    return tuple(networks)
+
+
+def _user_name(value: Any, limits: Limits) -> str:
+    field = _field("basic_auth")
+    if not isinstance(value, str) or not 1 <= len(value) <= limits.max_username:
+        raise ValidationError(f"{field}: a user name must be 1-{limits.max_username} characters", field=field)
+    if ":" in value or any(ord(c) < 32 or ord(c) == 127 for c in value) or value != value.strip():
+        raise ValidationError(f"{field}: a user name must not contain ':', control characters or "
+                              "surrounding spaces", field=field)
+    return value
+
+
+def _password(value: Any, user: str, limits: Limits) -> str:
+    field = _field("basic_auth")
+    if not isinstance(value, str) or not limits.min_password <= len(value) <= limits.max_password:
+        raise ValidationError(f"{field}: the password of '{user}' must be {limits.min_password}-"
+                              f"{limits.max_password} characters", field=field)
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValidationError(f"{field}: the password of '{user}' must not contain control characters",
+                              field=field)
+    return value
+
+
+def _users(data: dict, current: Policy, limits: Limits, hash_password: Callable[[str], str]) -> tuple:
+    field = _field("basic_auth")
+    parsed: list[tuple[str, str | None]] = []  # (user, new password or None: keep the stored hash)
+    for entry in _list(data, "basic_auth", limits.max_users):
+        if isinstance(entry, str):
+            user, colon, password = entry.partition(":")
+            if not colon:
+                raise ValidationError(f"{field}: each entry is \"user:password\" (or an object with "
+                                      "username and password)", field=field)
+        elif isinstance(entry, dict):
+            extra = sorted(set(entry) - {"username", "password"})
+            if extra or "username" not in entry:
+                raise ValidationError(f"{field}: an object entry has username and, to set it, password",
+                                      field=field)
+            user, password = entry["username"], entry.get("password")
+        else:
+            raise ValidationError(f"{field}: each entry is \"user:password\" or an object", field=field)
+        user = _user_name(user, limits)
+        if any(user == u for u, _ in parsed):
+            raise ValidationError(f"{field}: user '{user}' is listed twice", field=field)
+        if password is None:
+            if current.hash_of(user) is None:
+                raise ValidationError(f"{field}: user '{user}' has no password yet: give one", field=field)
+        else:
+            password = _password(password, user, limits)
+        parsed.append((user, password))
+    # Validate everything before hashing anything: a hash costs tens of milliseconds.
+    return tuple((u, current.hash_of(u) if p is None else hash_password(p)) for u, p in parsed)
+
+
+def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Callable[[str], str]) -> Policy:
+    """The policy after the API's ``access`` object ``data``; ValidationError naming the field."""
+    if not isinstance(data, dict):
+        raise ValidationError("access must be an object (see GET /api/tunnels/:id for its shape)",
+                              field="access")
+    unknown = sorted(set(data) - set(UPDATE_KEYS))
+    if unknown:
+        raise ValidationError(f"access.{unknown[0]} is not an access mode (modes: basic_auth, ip_allow, "
+                              "ip_deny; or public: true)", field=_field(unknown[0]))
+    if "public" in data:
+        if data["public"] is not True or len(data) > 1:
+            raise ValidationError("access.public can only be true, alone: it clears every rule",
+                                  field=_field("public"))
+        return PUBLIC
+    allow = _cidrs(data, "ip_allow", limits) if "ip_allow" in data else current.allow
+    deny = _cidrs(data, "ip_deny", limits) if "ip_deny" in data else current.deny
+    users = _users(data, current, limits, hash_password) if "basic_auth" in data else current.users
+    return Policy(users, allow, deny)
