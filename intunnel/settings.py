@@ -124,6 +124,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nginx_ipv6", bool, True, "Also listen on IPv6 in the generated nginx config."),
     Setting("nginx_acme_root", str, "/var/www/intunnel-acme", "Web root nginx serves ACME HTTP-01 challenges from."),
     Setting("tunnel_max_body", str, "0", "nginx client_max_body_size for tunnel traffic (0 = unlimited)."),
+    Setting("nginx_relays", list, [], "HOST:PORT of every relay listener the generated nginx config balances over; "
+            "two or more: each tunnel's agent and visitors go to one of them by consistent hashing of the tunnel's "
+            "name, and a dead one is skipped; empty: the one relay at relay_listen."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

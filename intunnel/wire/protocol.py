@@ -48,6 +48,10 @@ HEALTH_PATH = "/_intunnel/healthz"
 RELAY_PATH_PREFIX = "/_intunnel/"
 UPGRADE_TOKEN = "intunnel"           # value of the Upgrade header on both channels
 SESSION_HEADER = "X-Intunnel-Session"  # data connections: the session secret
+# Both channels: the subdomain of the tunnel the agent serves (from its last Welcome), so a
+# front nginx balancing several relays sends the agent where that tunnel's visitors go.
+# Only nginx reads it; the relay ignores it (the token and the session secret authenticate).
+PLACEMENT_HEADER = "X-InTunnel-Tunnel"
 
 # --- limits (the relay's tunables live in settings: relay_*) ---------------------
 FRAME_HEADER = struct.Struct("!I")

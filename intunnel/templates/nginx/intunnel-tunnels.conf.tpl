@@ -3,7 +3,15 @@
 # Connections to the relay are kept alive and carry any tunnel's requests: the relay
 # (relay_trust_proxy = true) follows each response and moves between tunnels.
 upstream intunnel_relay {
+% if relays:
+    # Several relays: a tunnel's visitors go to the relay its name ($host, <subdomain>.{{domain}})
+    # hashes to, where intunnel-web.conf sends its agent by the same hash of the same name.
+    # The hash is consistent (ketama): a relay leaving or joining moves only its share of tunnels.
+    hash $host consistent;
+%   include('_relay_servers.conf.tpl')
+% else:
     server {{relay_upstream}};
+% end
     keepalive 32;
 }
 map $http_upgrade $intunnel_tunnel_connection {
@@ -26,5 +34,8 @@ server {
         proxy_pass http://intunnel_relay;
 % include('_forwarded.conf.tpl')
 % include('_stream_proxy.conf.tpl', connection_map='intunnel_tunnel_connection')
+% if relays:
+% include('_relay_failover.conf.tpl')
+% end
     }
 }
