@@ -101,6 +101,11 @@ class Agent:
         self.url: str | None = None
         self.connected: asyncio.Event | None = None  # created in run() (needs a running loop)
         self._session: str | None = None
+        # Placement (several relays behind nginx): the subdomain of the last Welcome, kept across
+        # reconnects; a session names the value it started with on all its connections, so its
+        # data connections reach the relay holding its control channel.
+        self._placement = ""
+        self._placed: dict[str, str] = {}  # the header this session sends ({} when none)
         self._address = self.server.host
         self._idle = 0
         self._dialing = 0
@@ -138,7 +143,8 @@ class Agent:
         control_conn = None
         try:
             self._address = await self._resolve()  # every session: the relay may have moved
-            control_conn = await self._dial(p.AGENT_PATH, {"Authorization": f"Bearer {self.token}"})
+            self._placed = {p.PLACEMENT_HEADER: self._placement} if self._placement else {}
+            control_conn = await self._dial(p.AGENT_PATH, {"Authorization": f"Bearer {self.token}", **self._placed})
             control = p.ControlSession(p.AGENT, time.monotonic())
             control_conn.write(control.send(p.Hello(client=f"intunnel/{__version__}",
                                                     local_port=self.local_port,
@@ -154,6 +160,7 @@ class Agent:
             control.dead_peer_timeout = first.dead_peer_timeout
             self.url = first.url
             self._session = first.session
+            self._placement = placement_of(first)
             self._base_pool = self._pool_size = max(0, min(first.pool_size, p.MAX_POOL_SIZE))
             self._idle = self._dialing = 0  # a new session starts with an empty pool
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {first.url} -> "
@@ -245,10 +252,10 @@ class Agent:
     async def _data_connection(self, counted: bool) -> None:
         """One data connection: dial, wait idle for a Bind, then serve that visitor."""
         counted_dialing = counted
-        session = self._session
+        session, placed = self._session, self._placed
         conn = None
         try:
-            conn = await self._dial(p.DATA_PATH, {p.SESSION_HEADER: session})
+            conn = await self._dial(p.DATA_PATH, {p.SESSION_HEADER: session, **placed})
         except (OSError, ConnClosed, HandshakeFailed, TokenRefused, asyncio.TimeoutError):
             if counted_dialing:
                 self._dialing -= 1
@@ -345,6 +352,17 @@ class Agent:
             return str(body.get("message", ""))[:200], str(body.get("code", ""))[:64]
         except (asyncio.TimeoutError, ConnClosed, ValueError, AttributeError):
             return "", ""
+
+
+def placement_of(welcome: p.Welcome) -> str:
+    """The header value naming a Welcome's tunnel: its subdomain when it is one DNS label
+    (what nginx's map hashes), else none."""
+    label = welcome.subdomain
+    ok = 0 < len(label) <= 63 and all(c in _LABEL_CHARS for c in label)
+    return label if ok else ""
+
+
+_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 
 
 def _describe(exc: BaseException) -> str:
