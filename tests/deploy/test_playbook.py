@@ -17,6 +17,9 @@ from intunnel.settings import load_settings
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
 WIRING = Path(__file__).resolve().parent / "playbooks" / "config_wiring.yml"
+MULTI_WIRING = Path(__file__).resolve().parent / "playbooks" / "multi_wiring.yml"
+MULTI_INVENTORY = DEPLOY / "inventory.multi.example.ini"
+PEER_SECRET = "peer-secret-0123456789abcdef-0123456789"
 
 
 def ansible_tool(name: str) -> str:
@@ -38,8 +41,9 @@ def test_ansible_lint_production_profile(tmp_path):
     assert "Profile 'production' was required, and it passed" in result.stdout + result.stderr
 
 
-def test_playbook_syntax(tmp_path):
-    result = subprocess.run([ansible_tool("ansible-playbook"), "--syntax-check", "-i", "deploy/inventory.example.ini",
+@pytest.mark.parametrize("inventory", ["inventory.example.ini", "inventory.multi.example.ini"])
+def test_playbook_syntax(tmp_path, inventory):
+    result = subprocess.run([ansible_tool("ansible-playbook"), "--syntax-check", "-i", f"deploy/{inventory}",
                              "deploy/site.yml"], cwd=REPO, capture_output=True, text=True, env=ansible_env(tmp_path),
                             timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -159,3 +163,70 @@ def test_bad_database_settings_stop_the_play_naming_the_variable_not_the_value(t
     assert result.returncode != 0 and message in result.stdout, result.stdout + result.stderr
     assert "hunter2" not in result.stdout + result.stderr
     assert not (out / "intunnel.toml").exists()
+
+
+def run_multi_wiring(tmp_path, inventory=MULTI_INVENTORY, **extra) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path / "out"
+    out.mkdir()
+    values = {"intunnel_database_password": "db-s3cret", "intunnel_relay_peer_secret": PEER_SECRET, **extra}
+    args = [ansible_tool("ansible-playbook"), "-i", str(inventory), str(MULTI_WIRING), "-e", f"out_dir={out}",
+            "-e", f"ansible_python_interpreter={sys.executable}"]
+    for key, value in values.items():
+        args += ["-e", f"{key}={value}"]
+    result = subprocess.run(args, capture_output=True, text=True, env=ansible_env(tmp_path), timeout=120)
+    return out, result
+
+
+def test_multi_host_inventory_gives_each_host_its_part(tmp_path):
+    """The example multi-host inventory: PostgreSQL on the db host (reached by the others' private addresses
+    only), the web app and the front nginx balancing over both relays on the web host, each relay with its
+    id, its private listeners and the shared secret by file; no secret in any config file."""
+    out, result = run_multi_wiring(tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    derived = {h.name: json.loads((h / "derived.json").read_text()) for h in out.iterdir()}
+    db, front = derived["db.example.com"], derived["front.example.com"]
+    assert db["services"] == [] and db["database_local"] and not (out / "db.example.com" / "intunnel.toml").exists()
+    assert sorted(db["postgresql_clients"]) == ["10.0.0.11", "10.0.0.12", "10.0.0.3"]
+    assert sorted(db["firewall"]) == [["10.0.0.11", 5432], ["10.0.0.12", 5432], ["10.0.0.3", 5432]]
+    assert front["services"] == ["intunnel-web.service"] and front["firewall"] == []
+
+    web = load_settings(out / "front.example.com" / "intunnel.toml", env={})
+    assert web.db_url == "postgresql://intunnel@10.0.0.2:5432/intunnel"
+    assert web.database_password_file == "/etc/intunnel/database-password"
+    assert web.nginx_relays == ["10.0.0.11:8080", "10.0.0.12:8080"] and not web.relay_peer_listen
+    rendered = "".join(nginxconf.render(web).values())
+    assert "10.0.0.11:8080" in rendered and "10.0.0.12:8080" in rendered
+
+    for host, number, other in (("relay1.example.com", 11, 12), ("relay2.example.com", 12, 11)):
+        assert derived[host]["services"] == ["intunnel-relay.service"]
+        assert sorted(derived[host]["firewall"]) == sorted([["10.0.0.3", 8080], [f"10.0.0.{other}", 8081]])
+        relay = load_settings(out / host / "intunnel.toml", env={})
+        assert relay.relay_id == host.split(".")[0]
+        assert relay.relay_listen == f"10.0.0.{number}:8080" and relay.relay_peer_listen == f"10.0.0.{number}:8081"
+        assert relay.relay_peer_secret_file == "/etc/intunnel/relay-peer-secret"
+        assert relay.db_url == web.db_url and relay.relay_trust_proxy and not relay.nginx_relays
+    for config in out.glob("*/intunnel.toml"):
+        assert PEER_SECRET not in config.read_text() and "db-s3cret" not in config.read_text()
+
+
+def test_the_single_host_inventory_is_not_multi_host(tmp_path):
+    """The single-host example (the group `intunnel` alone) keeps everything on its one host."""
+    out, result = run_multi_wiring(tmp_path, inventory=DEPLOY / "inventory.example.ini",
+                                   intunnel_database_password="", intunnel_relay_peer_secret="")
+    assert result.returncode == 0, result.stdout + result.stderr
+    derived = json.loads((out / "vps.example.com" / "derived.json").read_text())
+    assert derived["services"] == ["intunnel-web.service", "intunnel-relay.service"] and derived["firewall"] == []
+    text = (out / "vps.example.com" / "intunnel.toml").read_text()
+    assert "nginx_relays" not in text and "relay_peer" not in text and "relay_id" not in text
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"intunnel_relay_peer_secret": "short"}, "intunnel_relay_peer_secret"),
+    ({"intunnel_database_password": ""}, "intunnel_database_password"),
+    ({"intunnel_private_address": "db.internal"}, "intunnel_private_address"),
+])
+def test_bad_multi_host_settings_stop_the_play_naming_the_variable(tmp_path, extra, message):
+    out, result = run_multi_wiring(tmp_path, **extra)
+    assert result.returncode != 0 and message in result.stdout, result.stdout + result.stderr
+    assert PEER_SECRET not in result.stdout + result.stderr
+    assert not list(out.glob("*/intunnel.toml"))
