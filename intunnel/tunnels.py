@@ -11,10 +11,10 @@ from typing import Any
 
 import peewee as pw
 
-from . import changes, validation
+from . import access, changes, validation
 from .errors import NotFound, SubdomainTaken, ValidationError
 from .models import Tunnel, User, database
-from .security import new_tunnel_token
+from .security import hash_password, new_tunnel_token
 from .timeutil import iso, utcnow
 
 
@@ -55,20 +55,44 @@ def create(settings, user: User, name: Any, subdomain: Any, local_port: Any) -> 
         raise SubdomainTaken(f"Subdomain '{subdomain}' is already in use") from None
 
 
-def update(user: User, tunnel_id: Any, changes: dict[str, Any]) -> Tunnel:
+def update(user: User, tunnel_id: Any, changes: dict[str, Any], settings=None) -> Tunnel:
+    """Rename, change the port and/or the access policy (``access``: needs ``settings``, its limits)."""
     tunnel = get_owned(user, tunnel_id)
-    allowed = {"name", "local_port"}
+    allowed = {"name", "local_port"} | ({"access"} if settings is not None else set())
     unknown = sorted(set(changes) - allowed)
     if unknown:
         raise ValidationError(f"{unknown[0]} cannot be changed", field=unknown[0])
     if not changes:
-        raise ValidationError("nothing to change: give name or local_port", field="name")
+        raise ValidationError("nothing to change: give name, local_port or access", field="name")
     if "name" in changes:
         tunnel.name = validation.name(changes["name"])
     if "local_port" in changes:
         tunnel.local_port = validation.local_port(changes["local_port"])
-    tunnel.save()
+    if "access" in changes:
+        set_access(settings, tunnel, changes["access"])  # saves (with the rest) and tells the relay
+    else:
+        tunnel.save()
     return tunnel
+
+
+def policy_of(tunnel: Tunnel) -> access.Policy:
+    """The tunnel's stored policy (one this version can't read shows as the error it is)."""
+    return access.load(tunnel.access)
+
+
+def set_access(settings, tunnel: Tunnel, data: Any) -> access.Policy:
+    """Apply the API's ``access`` object to ``tunnel`` (no ownership check: callers do it) and
+    tell the relays, which apply it to the next request of every visitor."""
+    try:
+        current = policy_of(tunnel)
+    except access.PolicyError:
+        current = access.PUBLIC  # unreadable: only a full replacement (or public) is accepted
+    policy = access.apply_update(current, data, access.limits_of(settings), hash_password)
+    with database.atomic():
+        tunnel.access = access.dump(policy)
+        tunnel.save()
+        changes.tunnel_changed(tunnel.id)
+    return policy
 
 
 def regenerate_token(user: User, tunnel_id: Any) -> Tunnel:
@@ -112,7 +136,16 @@ def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
         **summary(tunnel),
         "domain": settings.domain,
         "url": settings.tunnel_url(tunnel.subdomain),
+        "access": access_view(tunnel),
     }
+
+
+def access_view(tunnel: Tunnel) -> dict[str, Any]:
+    """The policy without secrets: user names, never password hashes."""
+    try:
+        return access.public_view(policy_of(tunnel))
+    except access.PolicyError as e:
+        return {**access.public_view(access.PUBLIC), "public": False, "error": str(e)}
 
 
 def request_disconnect(tunnel: Tunnel) -> datetime:

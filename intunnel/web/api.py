@@ -21,7 +21,7 @@ from .auth import require_user
 from .state import current as current_state
 
 TUNNEL_FIELDS = ("name", "subdomain", "local_port")
-TUNNEL_CHANGEABLE = ("name", "local_port")
+TUNNEL_CHANGEABLE = ("name", "local_port", "access")
 
 
 def _body(required=(), optional=()) -> dict:
@@ -78,7 +78,7 @@ def update_tunnel(id):
     user = require_user()
     tunnels.get_owned(user, id)  # 404 before looking at the body
     data = _body(optional=TUNNEL_CHANGEABLE + ("subdomain",))
-    tunnel = tunnels.update(user, id, data)
+    tunnel = tunnels.update(user, id, data, current_state().settings)
     return {"success": True, "tunnel": tunnels.detail(current_state().settings, tunnel)}
 
 

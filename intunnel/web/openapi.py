@@ -61,6 +61,7 @@ NULL_TIME = {**TIME, "nullable": True}
 NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 SUBDOMAIN = {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}
+CIDR = {"type": "string", "description": "an IPv4 or IPv6 address or CIDR", "example": "203.0.113.0/24"}
 
 _LOGIN = {"type": "object", "required": ["email", "password"], "additionalProperties": False, "properties": {
     "email": {"type": "string", "description": "email (or username)"}, "password": STR,
@@ -77,9 +78,32 @@ SCHEMAS = {
         "status": {"type": "string", "enum": ["active", "inactive"]},
         "created_at": TIME, "last_connected": NULL_TIME}},
     "TunnelDetail": {"allOf": [_ref("TunnelSummary"), {"type": "object", "properties": {
-        "domain": STR, "url": {"type": "string", "format": "uri"}}}]},
+        "domain": STR, "url": {"type": "string", "format": "uri"}, "access": _ref("Access")}}]},
+    "Access": {"type": "object", "description": "Who may visit the tunnel, enforced by the relay before "
+               "a request reaches the client. Password hashes are never shown.", "properties": {
+        "public": {"type": "boolean", "description": "true: no rule, anyone may visit (the default)"},
+        "basic_auth": {"type": "array", "items": STR, "description": "user names of HTTP basic auth; "
+                       "visitors without one of their passwords get 401"},
+        "ip_allow": {"type": "array", "items": CIDR, "description": "visitor addresses admitted (empty: any); "
+                     "others get 403"},
+        "ip_deny": {"type": "array", "items": CIDR, "description": "visitor addresses refused with 403"}}},
+    "AccessUpdate": {"type": "object", "additionalProperties": False, "description":
+                     "Each mode given replaces that mode; modes not given stay as they are. "
+                     "{\"public\": true} (alone) clears every rule. Rules combine: IP rules first (403), "
+                     "then the password (401).", "properties": {
+        "public": {"type": "boolean", "enum": [True]},
+        "basic_auth": {"type": "array", "items": {"oneOf": [
+            {"type": "string", "description": "user:password (the password is stored hashed)",
+             "example": "alice:correct-horse"},
+            {"type": "object", "additionalProperties": False, "required": ["username"], "properties": {
+                "username": STR, "password": {"type": "string", "description": "omitted: keep the "
+                                                                                "stored one"}}}]},
+            "description": "the users, all of them: users not listed are removed (at most "
+                           "access_max_users, a setting)"},
+        "ip_allow": {"type": "array", "items": CIDR, "description": "at most access_max_cidrs (a setting)"},
+        "ip_deny": {"type": "array", "items": CIDR, "description": "at most access_max_cidrs (a setting)"}}},
     "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT),
-    "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT), "minProperties": 1},
+    "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate")), "minProperties": 1},
     "ApiToken": {"type": "object", "properties": {
         "id": INT, "name": STR, "prefix": STR, "created_at": TIME, "last_used_at": NULL_TIME}},
     "Profile": {"type": "object", "properties": {
@@ -93,7 +117,7 @@ _CSRF_TOKEN = {"type": "string", "description": "the session's form token, from 
 def _paths() -> dict:
     tunnel_ok = _json({"type": "object", "properties": {"success": {"type": "boolean"},
                                                           "tunnel": _ref("TunnelDetail")}}, "The tunnel")
-    update = _op("Change a tunnel's name and/or local_port", tunnel_ok,
+    update = _op("Change a tunnel's name, local_port and/or access policy", tunnel_ok,
                  ("400", "401", "404", "413", "415", "429"), body=_ref("TunnelUpdate"), params=True)
     return {
         "/api/tunnels": {
