@@ -13,6 +13,7 @@ import logging
 
 from ..wire.netio import Conn, pump_through_kernel, splice
 from . import pages, proxy
+from .peers import PeerUnreachable, PeerUpstream
 from .upstream import Refused, Upstream, open_data
 
 log = logging.getLogger("intunnel.relay")
@@ -32,12 +33,13 @@ def limits_for(settings) -> proxy.Limits:
 
 
 class Link:
-    def __init__(self, relay, conn: Conn, head, rest: bytes):
+    def __init__(self, relay, conn: Conn, head, rest: bytes, hop: bool = False):
         self.relay = relay
         self.conn = conn
         self.loop = relay.loop
+        self.hop = hop             # a peer relay forwarded it (relay/peers): never forwarded on
         now = self.loop.time()
-        self.state = proxy.ProxyState(relay.limits, conn.peername, now)
+        self.state = proxy.ProxyState(relay.hop_limits if hop else relay.limits, conn.peername, now)
         self.up: Upstream | None = None
         self.timer = None
         self.timer_at = 0.0
@@ -181,7 +183,10 @@ class Link:
             return
         session = relay.sessions.get(subdomain)
         if session is None:
-            self._task(self._offline(subdomain, head))
+            if relay.peers is not None and not self.hop:
+                self._task(self._forward(subdomain, head))
+            else:
+                self._task(self._offline(subdomain, head))
             return
         limit = relay.tunables.relay_max_visitors_per_tunnel
         if session.visitors >= limit:
@@ -221,6 +226,27 @@ class Link:
             pages.unknown_tunnel(head.host, accept, head_only)
         self.run(self.state.route_failed(page, self.loop.time()))
 
+    async def _forward(self, subdomain: str, head) -> None:
+        """No agent here: the relay holding it serves the request, through this relay (relay/peers)."""
+        try:
+            got = await self.relay.peers.upstream(subdomain)
+        except PeerUnreachable:
+            if not self.done:
+                self.run(self.state.route_failed(pages.response(
+                    502, f"The relay holding the tunnel '{subdomain}' could not be reached; try again shortly.",
+                    head.get("accept"), head_only=head.method == "HEAD", why="peer_unreachable"),
+                    self.loop.time()))
+            return
+        if got is None:
+            await self._offline(subdomain, head)
+            return
+        conn, reused = got
+        if self.done:
+            conn.close()
+            return
+        self.relay.stats.routed["forwarded_out"] += 1
+        self._connect(PeerUpstream(self.relay.peers, subdomain, conn, reused, self), None, b"")
+
     async def _fresh(self, session, head) -> None:
         try:
             data, rest = await open_data(session, self.conn.peername)
@@ -241,13 +267,18 @@ class Link:
         self._attach(session, data, rest, reused=False)
 
     def _attach(self, session, data: Conn, rest: bytes, reused: bool) -> None:
-        self.up = Upstream(session, data, reused, self)
+        self.relay.stats.routed["forwarded_in" if self.hop else "local"] += 1
+        self._connect(Upstream(session, data, reused, self), session.host_header, rest)
+
+    def _connect(self, up, host_header: str | None, rest: bytes) -> None:
+        self.up = up
         self.up_reading = None
+        data = up.conn
         data.feeders.append(self)
         data.on_eof = self._upstream_ended
         data.on_close = self._upstream_ended
         data.on_data = self._upstream_data
-        actions = self.state.attached_upstream(session.host_header, reused, self.loop.time())
+        actions = self.state.attached_upstream(host_header, up.reused, self.loop.time())
         if rest:
             actions = actions + self.state.upstream_data(rest, self.loop.time())
         self.run(actions)

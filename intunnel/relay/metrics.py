@@ -13,6 +13,9 @@ reads those and the live state (agents, pools) and builds the families:
     intunnel_relay_visitor_connections             visitor connections open
     intunnel_relay_data_connections{state}         data connections: idle (the warm pool),
                                                    parked (kept for the next visitor), active
+    intunnel_relay_attached_total{path}            upstreams attached: local, forwarded_out, forwarded_in
+    intunnel_relay_peer_connections_opened_total   connections opened to peer relays (relay/peers)
+    intunnel_relay_peer_failures_total             forwards to a peer relay that failed
     intunnel_relay_requests_total{class}           visitor requests answered, by response class
                                                    (1xx = upgrades: 101), the relay's own pages included
     intunnel_relay_refusals_total{reason}          exchanges the relay ended itself, by reason (REASONS)
@@ -55,7 +58,11 @@ REASONS = (
     "head_too_large",     # request head above relay_max_header_size (431)
     "bad_gateway",        # any other 502
     "relay_error",        # a bug in the relay (502)
+    "peer_unreachable",   # the relay holding the tunnel's agent could not be reached (502; relay/peers)
 )
+# Where a routed request was served (relay/peers): by an agent here, passed on to the relay
+# holding its agent, or received from a relay that passed it on.
+ROUTED = ("local", "forwarded_out", "forwarded_in")
 # The reason of a page that doesn't name its own, from its error code.
 CODE_REASONS = {
     "TUNNEL_OFFLINE": "offline", "NOT_FOUND": "unknown_tunnel", "TOO_MANY_CONNECTIONS": "limits",
@@ -96,7 +103,8 @@ class Buckets:
 class RelayStats:
     """What the hot path counts, one per relay.  Only the event loop thread writes it."""
 
-    __slots__ = ("rx", "tx", "responses", "refusals", "route", "duration")
+    __slots__ = ("rx", "tx", "responses", "refusals", "route", "duration", "routed", "peer_dials",
+                 "peer_failures")
 
     def __init__(self):
         self.rx = 0                      # netio.Conn.meter / zerocopy.Pump add to these
@@ -105,6 +113,9 @@ class RelayStats:
         self.refusals = dict.fromkeys(REASONS, 0)
         self.route = Buckets(ROUTE_BUCKETS)
         self.duration = Buckets(DURATION_BUCKETS)
+        self.routed = dict.fromkeys(ROUTED, 0)
+        self.peer_dials = 0              # connections opened to peer relays (relay/peers)
+        self.peer_failures = 0           # peer relays that could not be reached or refused us
 
     def response(self, status: int) -> None:
         self.responses[status // 100] += 1
@@ -160,6 +171,19 @@ class RelayCollector:
         for reason, count in list(st.refusals.items()):
             refusals.add_metric([reason], count)
         yield refusals
+        routed = CounterMetricFamily("intunnel_relay_attached", "Upstreams attached to visitors' requests, "
+                                     "by path: an agent on this relay (local), the relay holding the agent "
+                                     "(forwarded_out), or an agent here for a request another relay passed "
+                                     "on (forwarded_in).  A keep-alive connection's next request to the "
+                                     "same tunnel keeps its upstream and is not counted again.",
+                                     labels=["path"])
+        for path, count in st.routed.items():
+            routed.add_metric([path], count)
+        yield routed
+        yield CounterMetricFamily("intunnel_relay_peer_connections_opened", "Connections opened to peer relays "
+                                  "to forward visitors (each carries many requests).", value=st.peer_dials)
+        yield CounterMetricFamily("intunnel_relay_peer_failures", "Forwards to a peer relay that could not "
+                                  "connect or were refused (the visitor got a 502).", value=st.peer_failures)
         yield CounterMetricFamily("intunnel_relay_visitor_bytes_received", "Bytes received from visitors.",
                                   value=st.rx)
         yield CounterMetricFamily("intunnel_relay_visitor_bytes_sent", "Bytes sent to visitors.", value=st.tx)

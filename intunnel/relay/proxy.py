@@ -170,6 +170,7 @@ class Limits:
     public_scheme: str
     cookie_domain: str
     reuse: bool = True        # upstream keep-alive on (relay_upstream_keepalive > 0)
+    hop: bool = False         # a peer relay forwarded this connection: its X-Forwarded-* are ours, as they are
     stats: object = DISCARD   # the relay's metrics.RelayStats: counted in plain ints
 
 
@@ -473,7 +474,10 @@ class ProxyState:
     def _send_head(self, now: float) -> list:
         head, lim, peer = self.head, self.limits, self.peer
         add: list = []
-        if lim.trust_proxy:
+        remove = FORWARDED
+        if lim.hop:
+            rendered, remove = "", ()   # the first relay wrote them, for the app to see (relay/peers)
+        elif lim.trust_proxy:
             xff = head.get("x-forwarded-for")
             add = [("X-Forwarded-For", f"{xff}, {peer}" if xff else peer),
                    ("X-Forwarded-Proto", head.get("x-forwarded-proto") or lim.public_scheme),
@@ -485,14 +489,13 @@ class ProxyState:
                 self.forwarded = (host, f"\r\nX-Forwarded-For: {peer}\r\nX-Forwarded-Proto: "
                                         f"{lim.public_scheme}\r\nX-Forwarded-Host: {host}")
             rendered = self.forwarded[1]
-        remove = FORWARDED
         if lim.reuse and head.version == "HTTP/1.1" and head.body != "upgrade" and self.must_close:
             # Connection is hop-by-hop: the app keeps its connection for the tunnel's next
             # visitor; the relay itself closes the visitor after the response (R9).  (Without
             # a close token the header goes as it came.)
             kept = [t.strip() for v in head.index.get("connection", ()) for t in v.split(",")
                     if t.strip() and t.strip().lower() != "close"]
-            remove = FORWARDED_AND_CONNECTION
+            remove = ("connection",) if lim.hop else FORWARDED_AND_CONNECTION
             if kept:
                 add.append(("Connection", ", ".join(kept)))
         if head.version != "HTTP/1.1":

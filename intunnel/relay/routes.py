@@ -40,8 +40,10 @@ class Routes:
         return self.store.routes
 
     async def start(self) -> None:
+        """Be listed: with forwarding, at the address the other relays dial (relay/peers)."""
         host, port = self.relay.address
-        await self.store.register(self.relay.relay_id, f"{host}:{port}")
+        peers = self.relay.peers
+        await self.store.register(self.relay.relay_id, peers.dial_address if peers else f"{host}:{port}")
 
     async def claim(self, session) -> None:
         """``session`` was welcomed: its tunnel's route is now this relay's."""

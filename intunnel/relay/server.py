@@ -24,6 +24,8 @@ from .routes import Routes
 from .store import Store
 from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
+from .peers import Peers, read_secret
+from ..errors import ConfigError
 from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
@@ -58,6 +60,9 @@ class Relay:
         self.domain = settings.domain.lower().rstrip(".")
         self.store = store or Store(settings)
         self.routes = Routes(self)   # PostgreSQL: route rows (relay/routes); SQLite: nothing
+        # Forwarding to and from the other relays (relay/peers), only with relay_peer_listen.
+        self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
+        self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -73,26 +78,32 @@ class Relay:
         if getattr(self.store, "_db", None) is not None:
             instrument_queries(self.store._db, self.registry)
         self.loop = loop = asyncio.get_running_loop()
+        visitor = lambda: self.make_conn(self._dispatch)  # noqa: E731
         if sock is not None:
-            self.server = await loop.create_server(self._make_conn, sock=sock, backlog=1024)
+            self.server = await loop.create_server(visitor, sock=sock, backlog=1024)
         else:
             host, port = self.settings.relay_address
-            self.server = await loop.create_server(self._make_conn, host, port, backlog=1024,
-                                                   reuse_address=True)
+            self.server = await loop.create_server(visitor, host, port, backlog=1024, reuse_address=True)
         self.address = self.server.sockets[0].getsockname()[:2]
         if self.settings.relay_address[1] == 0 or sock is not None:
             # Public URLs must name the port we really got.
             self.settings = self.settings.replace(relay_listen=f"{self.address[0]}:{self.address[1]}")
             self.tunables = Tunables(self.settings)
             self.limits = replace(limits_for(self.settings), stats=self.stats)
+            self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
         self.relay_id = relay_identity(self.settings, self.address[1])
+        if self.peers is not None:
+            if not self.routes.enabled:
+                raise ConfigError("setting 'relay_peer_listen': forwarding between relays needs PostgreSQL")
+            await self.peers.start()
         await self.routes.start()
         self.spawn(self._heartbeats())
         self.revocations = Revocations(self)  # pushed on PostgreSQL, polled on SQLite
         self.revocations.start()
-        log.info("relay listening on http://%s:%d (tunnels at %s; relay id %s%s)", *self.address,
+        log.info("relay listening on http://%s:%d (tunnels at %s; relay id %s%s%s)", *self.address,
                  self.settings.tunnel_url("<subdomain>"), self.relay_id,
-                 ", routes in PostgreSQL" if self.routes.enabled else "")
+                 ", routes in PostgreSQL" if self.routes.enabled else "",
+                 f", peers at {self.peers.dial_address}" if self.peers else "")
         return self.address
 
     async def stop(self, grace: float = p.SHUTDOWN_GRACE) -> None:
@@ -102,6 +113,8 @@ class Relay:
         self.stopping = True
         if self.server is not None:
             self.server.close()
+        if self.peers is not None:
+            self.peers.close()
         sessions = list(self.sessions.values())
         for session in sessions:
             session.end(p.GoAway("the relay is restarting"))
@@ -130,19 +143,24 @@ class Relay:
         task.add_done_callback(self._tasks.discard)
         return task
 
-    def _make_conn(self) -> Conn:
+    def make_conn(self, dispatch) -> Conn:
+        """A connection whose first request head goes to ``dispatch(conn, raw head)``."""
         conn = Conn()
         conn.registry = self.conns  # Conn leaves it by itself when closed, whoever owns on_close
-        conn.on_made = lambda: self._accepted(conn)
+        conn.on_made = lambda: self.accept_heads(conn, dispatch)
         return conn
 
-    def _accepted(self, conn: Conn) -> None:
-        """Wait for the first request head with callbacks, not a task: a new connection per
+    def accept_heads(self, conn: Conn, dispatch) -> None:
+        """Wait for the next request head with callbacks, not a task: a new connection per
         request is the relay's most expensive case, and most of them are served without awaiting."""
         self.conns.add(conn)
-        timer = asyncio.get_running_loop().call_later(self.tunables.relay_handshake_timeout, conn.abort)
+        timer = self.loop.call_later(self.tunables.relay_handshake_timeout, conn.abort)
         conn.on_close = timer.cancel
-        conn.on_data = lambda data: self._head_bytes(conn, timer, data)
+        conn.on_data = lambda data: self._head_bytes(conn, timer, data, dispatch)
+        if conn.buffer:   # what came right behind a peer's opening request
+            data = bytes(conn.buffer)
+            conn.buffer.clear()
+            self._head_bytes(conn, timer, data, dispatch)
 
     # --- dispatch ---
     def subdomain_of(self, host: str) -> str | None:
@@ -153,7 +171,7 @@ class Relay:
                 return label
         return None
 
-    def _head_bytes(self, conn: Conn, timer: asyncio.TimerHandle, data: bytes) -> None:
+    def _head_bytes(self, conn: Conn, timer: asyncio.TimerHandle, data: bytes, dispatch) -> None:
         buf = conn.buffer
         start = max(0, len(buf) - 3)
         buf += data
@@ -169,12 +187,12 @@ class Relay:
         raw = bytes(buf[:end])
         del buf[:end + 4]
         try:
-            self._dispatch(conn, raw)
+            dispatch(conn, raw)
         except Exception:  # never let one connection take the relay down
             log.exception("connection from %s: dispatch failed", conn.peername)
             conn.abort()
 
-    def _dispatch(self, conn: Conn, raw: bytes) -> None:
+    def _dispatch(self, conn: Conn, raw: bytes, hop: bool = False) -> None:
         try:
             head = parse_request_head(raw)
         except HttpError as e:
@@ -182,7 +200,7 @@ class Relay:
             return
         head.size = len(raw) + 4
         host = head.host
-        if host == self.domain:
+        if host == self.domain and not hop:
             self.spawn(self._relay_endpoint(conn, head))
             return
         conn.meter = self.stats   # a visitor: its bytes are counted from here on (and its head)
@@ -190,9 +208,13 @@ class Relay:
         if self.subdomain_of(host) is not None:
             rest = bytes(conn.buffer)
             conn.buffer.clear()
-            Link(self, conn, head, rest)
+            Link(self, conn, head, rest, hop)
         else:
             self._refuse(conn, pages.unknown_tunnel(host, head.get("accept"), head.method == "HEAD"))
+
+    def dispatch_forwarded(self, conn: Conn, raw: bytes) -> None:
+        """A visitor's request forwarded by a peer relay (relay/peers): tunnels only, never on."""
+        self._dispatch(conn, raw, hop=True)
 
     def _refuse(self, conn: Conn, page: pages.Page) -> None:
         self.stats.refused(page)

@@ -125,6 +125,16 @@ class Store:
         return {t: (r, s) for t, r, s in Route.select(Route.tunnel, Route.relay_id, Route.session_id)
                 .where(Route.tunnel.in_(list(tunnel_ids)) & (Route.lease_expires_at > DB_NOW)).tuples()}
 
+    def _route_of(self, subdomain: str) -> tuple[int, str, str] | None:
+        """(tunnel id, relay id, relay address) of the valid route of ``subdomain``'s tunnel."""
+        if not self.routes:
+            return None
+        return (Route.select(Route.tunnel, Route.relay_id, RelayNode.address)
+                .join(Tunnel, on=(Route.tunnel == Tunnel.id))
+                .switch(Route).join(RelayNode, on=(Route.relay_id == RelayNode.relay_id))
+                .where((Tunnel.subdomain == subdomain) & (Route.lease_expires_at > DB_NOW))
+                .tuples().first())
+
     def _register(self, relay_id: str, address: str) -> None:
         """At start: forget this relay id's routes of an earlier run (that process is gone), be listed."""
         self.relay_id = relay_id
@@ -245,6 +255,9 @@ class Store:
         if not live:
             return []
         return await self._run(self._revoked, live)
+
+    async def route_of(self, subdomain: str) -> tuple[int, str, str] | None:
+        return await self._run(self._route_of, subdomain)
 
     async def register(self, relay_id: str, address: str) -> None:
         await self._run(self._register, relay_id, address)
