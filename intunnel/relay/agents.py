@@ -11,6 +11,7 @@ from datetime import datetime, timezone
 
 from ..wire import protocol as p
 from ..wire.netio import Conn
+from .access import Gate
 from .store import LiveSession, TunnelInfo
 
 log = logging.getLogger("intunnel.relay")
@@ -31,6 +32,8 @@ class AgentSession:
         # The session's name in its route row (relay/routes): not the secret, which admits data connections.
         self.session_id = secrets.token_hex(8)
         self.routed = False
+        # Who may visit: the tunnel's access policy, replaced when it changes (relay/access).
+        self.gate = Gate(tunnel.id, tunnel.subdomain, tunnel.access)
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
         self.idle: deque[Conn] = deque()
         self.active: set[Conn] = set()   # data connections carrying a visitor right now

@@ -15,6 +15,7 @@ from ..wire.netio import Conn, pump_through_kernel, splice
 from . import pages, proxy
 from .peers import PeerUnreachable, PeerUpstream
 from .upstream import Refused, Upstream, open_data
+from .access import admit, guard_for
 
 log = logging.getLogger("intunnel.relay")
 
@@ -40,6 +41,7 @@ class Link:
         self.hop = hop             # a peer relay forwarded it (relay/peers): never forwarded on
         now = self.loop.time()
         self.state = proxy.ProxyState(relay.hop_limits if hop else relay.limits, conn.peername, now)
+        self.state.guard = guard_for(self)   # R12: each request to an attached tunnel passes its policy
         self.up: Upstream | None = None
         self.timer = None
         self.timer_at = 0.0
@@ -188,6 +190,8 @@ class Link:
             else:
                 self._task(self._offline(subdomain, head))
             return
+        if session.gate.policy is not None and not admit(self, session, head):
+            return   # refused (401/403), or its password is being checked (then routed again)
         limit = relay.tunables.relay_max_visitors_per_tunnel
         if session.visitors >= limit:
             idlest = sorted((h for h in session.holders if h is not self and h.state.between_requests),

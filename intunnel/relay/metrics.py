@@ -47,6 +47,9 @@ log = logging.getLogger("intunnel.relay")
 REASONS = (
     "offline",            # no agent connected for the tunnel (503), or it gave no data connection
     "unknown_tunnel",     # no such tunnel (404)
+    "access_challenge",   # the tunnel's access policy wants a password: none or a wrong one (401)
+    "access_forbidden",   # the tunnel's access policy does not admit the visitor's address (403)
+    "access_busy",        # too many password checks under way (429, relay_access_max_pending)
     "limits",             # relay_max_visitors_per_tunnel reached (503)
     "local_refused",      # the agent could not reach the local app (502)
     "upstream_timeout",   # the app did not start its answer within relay_upstream_timeout (504)

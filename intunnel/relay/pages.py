@@ -109,6 +109,27 @@ def upstream_timeout(subdomain: str, seconds: float, accept: str | None, head_on
                     accept, title="Local app timed out", code="GATEWAY_TIMEOUT", head_only=head_only)
 
 
+def auth_required(subdomain: str, accept: str | None, head_only: bool = False) -> bytes:
+    """401 for a tunnel whose access policy asks for a password (the realm names the subdomain)."""
+    return response(401, "This tunnel is protected by a password. Sign in with the user name and "
+                    "password its owner gave you.", accept, title="Password required", code="UNAUTHORIZED",
+                    head_only=head_only, why="access_challenge",
+                    extra_headers=(f'WWW-Authenticate: Basic realm="{subdomain}", charset="UTF-8"',))
+
+
+def access_forbidden(accept: str | None, head_only: bool = False) -> bytes:
+    """403 for a visitor address the tunnel's access policy does not admit."""
+    return response(403, "Visitors from your network address may not open this tunnel.", accept,
+                    title="Access denied", code="FORBIDDEN", head_only=head_only, why="access_forbidden")
+
+
+def access_busy(accept: str | None, head_only: bool = False) -> bytes:
+    """429: too many password checks under way on this relay (relay_access_max_pending)."""
+    return response(429, "Too many sign-ins are being checked right now; try again in a moment.", accept,
+                    title="Try again shortly", code="RATE_LIMITED", head_only=head_only, why="access_busy",
+                    extra_headers=("Retry-After: 1",))
+
+
 def json_response(status: int, payload: dict) -> bytes:
     data = json.dumps(payload).encode()
     return (f"HTTP/1.1 {status} {REASONS.get(status, 'OK')}\r\nContent-Type: application/json\r\n"

@@ -35,6 +35,10 @@ R10 A reused (parked) upstream that closes before answering an idempotent, bodil
     gets that request again on a fresh upstream, once (as nginx's proxy_next_upstream does).
 R11 Interim responses: 103 (and every 1xx but 101 behind a proxy, which can't read them) are
     dropped; the final response follows.  ``Set-Cookie`` for the web app's domain is removed.
+R12 Every request head passes its tunnel's access policy before it goes out: a head for the
+    attached tunnel goes straight on only if ``guard`` (set by the I/O layer, relay/access)
+    admits it at once; otherwise it is routed anew, where the policy is decided (401/403, or a
+    password checked first).
 """
 
 from __future__ import annotations
@@ -205,6 +209,7 @@ class ProxyState:
         self.stats = limits.stats
         self.head_at = now           # when the current exchange's head was taken (metrics)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)  # R7: how the exchanges that began ended
+        self.guard = None            # R12: head -> True if the attached tunnel's policy admits it now
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -461,7 +466,7 @@ class ProxyState:
         self.head_since = None
         if head.version != "HTTP/1.1" or _asks_close(head):
             self.must_close = True
-        if self.attached and head.host == self.host:
+        if self.attached and head.host == self.host and (self.guard is None or self.guard(head)):
             self._go("req", "head", Req.BODY)
             return self._send_head(now)
         out: list = []

@@ -3,7 +3,9 @@
 What ends it: a regenerated token, a deleted tunnel, a disconnect request
 (``intunnel-admin tunnel disconnect``), a disabled or deleted account.  The
 store's ``revoked()`` decides from the rows; this module only decides *when*
-to ask it, and about *which* sessions.
+to ask it, and about *which* sessions.  The sessions that survive a check have
+their tunnels' access policies reloaded the same way (``access.refresh``): a
+policy change is a ``t:<tunnel id>`` notification too.
 
 SQLite: every ``relay_revocation_poll`` seconds (0.25), every live session.
 
@@ -35,6 +37,7 @@ import logging
 import time
 
 from ..changes import CHANNEL, TUNNEL, USER, parse
+from . import access
 
 log = logging.getLogger("intunnel.relay")
 
@@ -135,6 +138,11 @@ class Revocations:
                     log.info("tunnel %s: cutting the agent: %s", session.subdomain, revoked.reason)
                     session.end(revoked)
                     session.on_closed()
+            try:  # the same change may be a new access policy: the survivors' next requests get it
+                await access.refresh(self.relay, sessions)
+            except Exception:
+                log.exception("access policy check failed")
+                self._full = True
 
     async def _timer(self) -> None:
         """Full checks: every relay_revocation_poll while not listening, every

@@ -18,6 +18,7 @@ from ..wire.netio import Conn, ConnClosed
 from ..logsafe import redact
 from ..metrics import instrument_queries, new_registry
 from . import pages
+from .access import Checker
 from .agents import AgentSession
 from .revocations import Revocations
 from .routes import Routes
@@ -59,6 +60,7 @@ class Relay:
         self.limits = replace(limits_for(settings), stats=self.stats)
         self.domain = settings.domain.lower().rstrip(".")
         self.store = store or Store(settings)
+        self.access = Checker(settings)   # tunnels' access policies: verified credentials, hashing (relay/access)
         self.routes = Routes(self)   # PostgreSQL: route rows (relay/routes); SQLite: nothing
         # Forwarding to and from the other relays (relay/peers), only with relay_peer_listen.
         self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
@@ -136,6 +138,7 @@ class Relay:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.store.close()
+        self.access.close()
 
     def spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

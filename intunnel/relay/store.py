@@ -42,6 +42,7 @@ class TunnelInfo:
     token: str
     owner_disabled: bool = False
     owner_id: int | None = None
+    access: str | None = None   # the stored access policy (intunnel.access; relay/access): None = public
 
 
 @dataclass(frozen=True)
@@ -77,9 +78,13 @@ class Store:
         inactive.execute()
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
-        row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id)
+        row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id,
+                             Tunnel.access)
                .join(User).where(Tunnel.token == token).tuples().first())
-        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5])
+        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+
+    def _policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
+        return dict(Tunnel.select(Tunnel.id, Tunnel.access).where(Tunnel.id.in_(tunnel_ids)).tuples())
 
     def _exists(self, subdomain: str) -> bool:
         return Tunnel.select().where(Tunnel.subdomain == subdomain).exists()
@@ -249,6 +254,10 @@ class Store:
 
     async def set_status(self, tunnel_id: int, active: bool) -> None:
         await self._run(self._set_status, tunnel_id, active)
+
+    async def policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
+        """{tunnel id: its stored access policy} of those that still exist (relay/access.refresh)."""
+        return await self._run(self._policies, tunnel_ids)
 
     async def revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
         """(tunnel id, the Revoked message to send) for each live session that must be cut."""

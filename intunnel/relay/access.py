@@ -1,0 +1,194 @@
+"""Tunnel access policies at the relay: every request is checked before a byte of it reaches the agent.
+
+The rules are ``intunnel.access`` (pure); this module is where the relay applies them:
+
+  * a ``Gate`` per agent session holds its tunnel's current policy, loaded with the
+    tunnel when the agent authenticates (``store.TunnelInfo.access``) and replaced when
+    it changes (``refresh``, from the revocation checker: pushed on PostgreSQL by the
+    ``t:<tunnel id>`` notification the writer sends, polled on SQLite), so the next
+    request of every connected visitor is judged by the new policy;
+  * ``Link._route`` calls ``admit`` for a request that needs an upstream of a tunnel whose
+    policy is not public, and the proxy state machine calls ``guard_for(link)`` for each
+    further request of a keep-alive connection to the same tunnel: one that the guard can't
+    let through at once is routed anew (``proxy`` rule R12), so ``admit`` decides it;
+  * a refused request gets the relay's 401 (``WWW-Authenticate: Basic realm="<subdomain>"``)
+    or 403 page and closes; it never takes or opens a data connection.
+
+Passwords: checking one costs an argon2 hash (tens of ms), so it runs in a small thread
+pool, never on the event loop, at most ``relay_access_max_pending`` at once (more get 429).
+Verified credentials are remembered per relay (``Checker``): an LRU of
+``relay_access_cache_size`` entries, keyed by HMAC-SHA256 under a random key of this process
+over (the policy's stamp, the Authorization header), so the plain password is never kept, a
+key is worthless outside this process, and a policy change (a new stamp: any password
+reset, user removed, rule changed) misses every entry made under the old one.  A keep-alive
+visitor's further requests then cost a dictionary lookup, not a hash.  Wrong passwords are
+not cached (nor logged); throttling them is a later slice of issue 13.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import ipaddress
+import logging
+import secrets
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import access
+from ..access import ALLOW, CHALLENGE, FORBID, Verify
+from ..security import verify_password
+from . import pages
+
+log = logging.getLogger("intunnel.relay")
+
+HASH_THREADS = 2  # argon2 releases the GIL: two hashes at once on the relay's two cores, the loop free
+# What an unreadable stored policy (a newer version's, or damaged) enforces: no visitor at all.
+NOBODY = access.Policy(deny=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")))
+
+
+class Gate:
+    """One agent session's view of its tunnel's policy (``policy`` None: public)."""
+
+    __slots__ = ("tunnel_id", "subdomain", "stored", "policy", "stamp")
+
+    def __init__(self, tunnel_id: int, subdomain: str, stored: str | None):
+        self.tunnel_id, self.subdomain = tunnel_id, subdomain
+        self.stored = self.policy = None
+        self.stamp = b""
+        self.load(stored)
+
+    def load(self, stored: str | None) -> bool:
+        """Take the stored policy ``stored``; True if it changed."""
+        if stored == self.stored and self.stamp:
+            return False
+        try:
+            policy = access.load(stored)
+        except access.PolicyError as e:
+            log.error("tunnel %s: %s; refusing every visitor until it is set again", self.subdomain, e)
+            policy = NOBODY
+        self.stored = stored
+        self.policy = None if policy.public else policy
+        self.stamp = hashlib.sha256(f"{self.tunnel_id}\0{stored or ''}".encode()).digest()
+        return True
+
+
+class Checker:
+    """The relay's credential cache and password-hashing pool (one per relay)."""
+
+    def __init__(self, settings):
+        self.trust_proxy = settings.relay_trust_proxy
+        self.size = max(0, settings.relay_access_cache_size)
+        self.max_pending = max(1, settings.relay_access_max_pending)
+        self.pending = 0
+        self._key = secrets.token_bytes(32)
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._executor: ThreadPoolExecutor | None = None
+
+    def address(self, peer: str, head) -> str:
+        return access.visitor_address(peer, head.get("x-forwarded-for"), self.trust_proxy)
+
+    def _cache_key(self, gate: Gate, authorization: str) -> bytes:
+        return hmac.digest(self._key, gate.stamp + authorization.encode("utf-8", "surrogateescape"), "sha256")
+
+    def check(self, gate: Gate, head, peer: str):
+        """ALLOW, FORBID, CHALLENGE, or the ``Verify`` to do (credentials not verified before)."""
+        policy = gate.policy
+        if policy is None:
+            return ALLOW
+        authorization = head.get("authorization")
+        verdict = access.evaluate(policy, self.address(peer, head), authorization)
+        if type(verdict) is Verify:
+            key = self._cache_key(gate, authorization)
+            if key in self._verified:
+                self._verified.move_to_end(key)
+                return ALLOW
+        return verdict
+
+    async def verify(self, gate: Gate, authorization: str, verdict: Verify) -> bool:
+        """Check the password off the loop; remember the credentials if they are right."""
+        loop = asyncio.get_running_loop()
+        key = self._cache_key(gate, authorization)  # the stamp of the policy whose hash is checked
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="relay-access")
+        self.pending += 1
+        try:
+            ok = await loop.run_in_executor(self._executor, verify_password, verdict.password, verdict.hash)
+        finally:
+            self.pending -= 1
+        if ok and verdict.hash is not None and self.size:
+            self._verified[key] = None
+            while len(self._verified) > self.size:
+                self._verified.popitem(last=False)
+        return ok and verdict.hash is not None
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+
+def _page(verdict: str, gate: Gate, head) -> bytes:
+    accept, head_only = head.get("accept"), head.method == "HEAD"
+    if verdict == FORBID:
+        return pages.access_forbidden(accept, head_only)
+    return pages.auth_required(gate.subdomain, accept, head_only)
+
+
+def admit(link, session, head) -> bool:
+    """``Link._route``: may ``head`` have an upstream of ``session``'s tunnel now?  If not, the
+    visitor was answered (401/403/429), or its password is being checked and the request is
+    routed again once it was (then from the cache)."""
+    relay, gate = link.relay, session.gate
+    checker = relay.access
+    verdict = checker.check(gate, head, link.conn.peername)
+    if verdict is ALLOW:
+        return True
+    now = link.loop.time()
+    if type(verdict) is not Verify:
+        link.run(link.state.route_failed(_page(verdict, gate, head), now))
+        return False
+    if checker.pending >= checker.max_pending:
+        link.run(link.state.route_failed(pages.access_busy(head.get("accept"), head.method == "HEAD"), now))
+        return False
+    link._task(_verify_then_route(link, gate, head, verdict))
+    return False
+
+
+async def _verify_then_route(link, gate: Gate, head, verdict: Verify) -> None:
+    ok = await link.relay.access.verify(gate, head.get("authorization"), verdict)
+    del verdict  # the plain password: no longer than the check
+    if link.done:
+        return
+    if ok:
+        link._route(head)  # from the top: the session may have changed meanwhile; the cache answers
+    else:
+        link.run(link.state.route_failed(_page(CHALLENGE, gate, head), link.loop.time()))
+
+
+def guard_for(link):
+    """The proxy's per-request check for a keep-alive connection's next request to the tunnel
+    it is attached to: True lets it through at once; False routes it anew (``admit`` decides)."""
+    checker = link.relay.access
+    conn = link.conn
+
+    def admits(head) -> bool:
+        session = getattr(link.up, "session", None)
+        if session is None:   # a peer relay's upstream (relay/peers): the holding relay checks
+            return True
+        gate = session.gate
+        return gate.policy is None or checker.check(gate, head, conn.peername) is ALLOW
+    return admits
+
+
+async def refresh(relay, sessions) -> None:
+    """Reload the stored policies of ``sessions`` (the revocation checker's, after its cuts)."""
+    live = [s for s in sessions if not s.closed]
+    if not live:
+        return
+    stored = await relay.store.policies([s.tunnel.id for s in live])
+    for session in live:
+        if session.tunnel.id in stored and session.gate.load(stored[session.tunnel.id]):
+            log.info("tunnel %s: access policy changed (%s)", session.subdomain,
+                     "public" if session.gate.policy is None else "restricted")
