@@ -117,18 +117,32 @@ def parse_address(text: str | None):
     return address
 
 
-def visitor_address(peer: str, forwarded_for: str | None, trust_proxy: bool) -> str:
-    """The visitor's real address: the connection's peer, or, behind our nginx
-    (``relay_trust_proxy`` and a loopback peer), the last ``X-Forwarded-For`` entry: the
-    address nginx itself saw (``$proxy_add_x_forwarded_for`` appends it; what a visitor
-    wrote before it is not to be trusted)."""
-    if trust_proxy and forwarded_for:
+def visitor_address(peer: str, forwarded_for: str | None, trust_proxy: bool, hop: bool = False) -> str:
+    """The visitor's real address, the one the relay's proxy forwards too (``X-Forwarded-For``):
+
+      * the connection's peer;
+      * behind our nginx (``relay_trust_proxy``, and the peer on loopback or a private network:
+        never a public address), the last ``X-Forwarded-For`` entry, the address nginx saw
+        (``$proxy_add_x_forwarded_for`` appends it; what a visitor wrote before it is not believed);
+      * forwarded by a peer relay (``hop``, authenticated: relay/peers), what that relay saw: the
+        entry it appended last, or, behind nginx, the one before it (nginx's own address follows it).
+    """
+    entries = [e.strip() for e in forwarded_for.split(",")] if forwarded_for else []
+    if hop:
+        entries = entries[:-1] if trust_proxy else entries
+    elif not trust_proxy:
+        return peer
+    else:
         address = parse_address(peer)
-        if address is not None and address.is_loopback:
-            last = forwarded_for.rsplit(",", 1)[-1].strip()
-            if last:
-                return last
-    return peer
+        if address is None or not _in_any(address, PROXY_NETWORKS):
+            return peer
+    return entries[-1] if entries and entries[-1] else peer
+
+
+# Where our nginx may be: loopback (one host) or the hosts' private network (several relays).
+# Written out: ipaddress's is_private also counts documentation and reserved ranges.
+PROXY_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7"))
 
 
 def _in_any(address, networks) -> bool:

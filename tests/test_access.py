@@ -78,13 +78,24 @@ def test_an_unknown_user_is_still_verified_so_it_costs_a_hash():
     ("127.0.0.1", "10.9.9.9, 198.51.100.7", True, "198.51.100.7"),   # nginx appends what it saw: the last
     ("::1", "2001:db8::5", True, "2001:db8::5"),
     ("::ffff:127.0.0.1", "198.51.100.7", True, "198.51.100.7"),
-    ("192.0.2.1", "198.51.100.7", True, "192.0.2.1"),                # only a loopback peer is our nginx
+    ("10.0.0.3", "198.51.100.7", True, "198.51.100.7"),              # nginx on another host of the network
+    ("fd00::3", "198.51.100.7", True, "198.51.100.7"),
+    ("203.0.113.1", "198.51.100.7", True, "203.0.113.1"),            # a public peer is never our nginx
     ("127.0.0.1", "198.51.100.7", False, "127.0.0.1"),               # not behind a proxy: never trusted
     ("127.0.0.1", None, True, "127.0.0.1"),
     ("127.0.0.1", " , ", True, "127.0.0.1"),
 ])
 def test_visitor_address(peer, xff, trust, expected):
     assert access.visitor_address(peer, xff, trust) == expected
+
+
+@pytest.mark.parametrize("xff, trust, expected", [
+    ("198.51.100.7", False, "198.51.100.7"),                  # the first relay faced the visitor
+    ("10.9.9.9, 198.51.100.7, 10.0.0.3", True, "198.51.100.7"),  # ...or nginx, whose address it appended
+    ("", True, "10.0.0.11"), (None, False, "10.0.0.11"),
+])
+def test_visitor_address_of_a_request_a_peer_relay_forwarded(xff, trust, expected):
+    assert access.visitor_address("10.0.0.11", xff, trust, hop=True) == expected
 
 
 @pytest.mark.parametrize("header, expected", [

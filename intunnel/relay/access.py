@@ -86,19 +86,19 @@ class Checker:
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
 
-    def address(self, peer: str, head) -> str:
-        return access.visitor_address(peer, head.get("x-forwarded-for"), self.trust_proxy)
+    def address(self, peer: str, head, hop: bool = False) -> str:
+        return access.visitor_address(peer, head.get("x-forwarded-for"), self.trust_proxy, hop)
 
     def _cache_key(self, gate: Gate, authorization: str) -> bytes:
         return hmac.digest(self._key, gate.stamp + authorization.encode("utf-8", "surrogateescape"), "sha256")
 
-    def check(self, gate: Gate, head, peer: str):
+    def check(self, gate: Gate, head, peer: str, hop: bool = False):
         """ALLOW, FORBID, CHALLENGE, or the ``Verify`` to do (credentials not verified before)."""
         policy = gate.policy
         if policy is None:
             return ALLOW
         authorization = head.get("authorization")
-        verdict = access.evaluate(policy, self.address(peer, head), authorization)
+        verdict = access.evaluate(policy, self.address(peer, head, hop), authorization)
         if type(verdict) is Verify:
             key = self._cache_key(gate, authorization)
             if key in self._verified:
@@ -142,7 +142,7 @@ def admit(link, session, head) -> bool:
     routed again once it was (then from the cache)."""
     relay, gate = link.relay, session.gate
     checker = relay.access
-    verdict = checker.check(gate, head, link.conn.peername)
+    verdict = checker.check(gate, head, link.conn.peername, getattr(link, "hop", False))
     if verdict is ALLOW:
         return True
     now = link.loop.time()
@@ -171,14 +171,14 @@ def guard_for(link):
     """The proxy's per-request check for a keep-alive connection's next request to the tunnel
     it is attached to: True lets it through at once; False routes it anew (``admit`` decides)."""
     checker = link.relay.access
-    conn = link.conn
+    conn, hop = link.conn, getattr(link, "hop", False)
 
     def admits(head) -> bool:
         session = getattr(link.up, "session", None)
         if session is None:   # a peer relay's upstream (relay/peers): the holding relay checks
             return True
         gate = session.gate
-        return gate.policy is None or checker.check(gate, head, conn.peername) is ALLOW
+        return gate.policy is None or checker.check(gate, head, conn.peername, hop) is ALLOW
     return admits
 
 
