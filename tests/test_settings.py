@@ -38,6 +38,13 @@ def test_file_then_env_precedence(tmp_path):
     ('web_threads = "many"\n', "web_threads"),
     ('public_scheme = "ftp"\n', "public_scheme"),
     ('relay_listen = "nohostport"\n', "relay_listen"),
+    # forwarding between relays: all of its settings, and PostgreSQL
+    ('relay_peer_listen = "10.0.0.2:7001"\ndatabase_url = "postgresql://u@db/intunnel"\n', "relay_peer_secret_file"),
+    ('relay_peer_listen = "10.0.0.2:7001"\nrelay_peer_secret_file = "/s"\n', "relay_peer_listen"),
+    ('relay_peer_secret_file = "/s"\n', "relay_peer_secret_file"),
+    ('relay_peer_address = "10.0.0.2:7001"\n', "relay_peer_address"),
+    ('relay_peer_listen = "nohostport"\nrelay_peer_secret_file = "/s"\n'
+     'database_url = "postgresql://u@db/intunnel"\n', "relay_peer_listen"),
 ])
 def test_bad_config_names_the_key(tmp_path, content, key):
     cfg = tmp_path / "c.toml"
@@ -45,6 +52,16 @@ def test_bad_config_names_the_key(tmp_path, content, key):
     with pytest.raises(ConfigError) as e:
         load_settings(cfg, env={})
     assert key in str(e.value) and "\n" not in str(e.value)
+
+
+def test_forwarding_settings_and_where_peers_dial():
+    pg = {"database_url": "postgresql://u@db/intunnel", "relay_peer_secret_file": "/s"}
+    s = load_settings(env={}, overrides={**pg, "relay_peer_listen": "0.0.0.0:7001",
+                                         "relay_peer_address": "10.0.0.2:7001"})
+    assert s.relay_peer_dial_address == ("10.0.0.2", 7001)
+    assert load_settings(env={}, overrides={**pg, "relay_peer_listen": "10.0.0.3:7001"}
+                         ).relay_peer_dial_address == ("10.0.0.3", 7001)
+    assert load_settings(env={}).relay_peer_dial_address is None
 
 
 def test_bad_env_names_the_variable():
