@@ -1,4 +1,4 @@
-"""`intunnel-admin tunnel ...`: list, show, delete, disconnect (any user's tunnels)."""
+"""`intunnel-admin tunnel ...`: list, show, delete, disconnect, access (any user's tunnels)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,8 @@ def cmd_show(ctx: Context, args) -> int:
         held = f"{d['relay']['relay_id']} (single host)"
     pairs = [("id", d["id"]), ("owner", d["owner"]), ("name", d["name"]), ("subdomain", d["subdomain"]),
              ("url", d["url"]), ("local port", d["local_port"]), ("status", d["status"]),
-             ("relay", held), ("created", d["created_at"]), ("last connected", d["last_connected"])]
+             ("relay", held), ("created", d["created_at"]), ("last connected", d["last_connected"]),
+             access_pairs(d["access"])[0]]
     if args.show_token:
         pairs.append(("token", d["token"]))
     ctx.emit_object("tunnel", d, pairs)
@@ -106,6 +107,51 @@ def cmd_disconnect(ctx: Context, args) -> int:
     return 0
 
 
+def access_pairs(view: dict) -> list[tuple[str, str]]:
+    if view.get("error"):
+        return [("access", f"unreadable: {view['error']} (every visitor is refused)")]
+    none = "none"
+    return [("access", "public" if view["public"] else "restricted"),
+            ("basic auth users", ", ".join(view["basic_auth"]) or none),
+            ("allowed addresses", ", ".join(view["ip_allow"]) or "any"),
+            ("denied addresses", ", ".join(view["ip_deny"]) or none)]
+
+
+def access_change(ctx: Context, args) -> dict | None:
+    """The API's access object from the options (None: nothing to change, show it)."""
+    if args.public:
+        if args.basic_auth or args.allow_ip or args.deny_ip or args.no_basic_auth or args.basic_auth_stdin:
+            raise AdminError("--public clears every rule: give it alone", 2)
+        return {"public": True}
+    data: dict = {}
+    users = list(args.basic_auth or [])
+    if args.basic_auth_stdin:  # user:password lines, so no password shows in the process list
+        users += [line.rstrip("\r\n") for line in ctx.stdin if line.strip()]
+    if users or args.no_basic_auth:
+        # USER alone keeps USER's stored password; USER:PASSWORD sets it
+        data["basic_auth"] = [u if ":" in u else {"username": u} for u in users]
+    if args.allow_ip is not None:
+        data["ip_allow"] = [c for c in args.allow_ip if c]
+    if args.deny_ip is not None:
+        data["ip_deny"] = [c for c in args.deny_ip if c]
+    return data or None
+
+
+def cmd_access(ctx: Context, args) -> int:
+    ctx.open_db()
+    tunnel = find_tunnel(args.tunnel)
+    data = access_change(ctx, args)
+    if data is not None:
+        rules.set_access(ctx.settings, tunnel, data)  # the relays apply it to the next request
+    view = rules.access_view(tunnel)
+    if data is None:
+        ctx.emit_object("access", view, access_pairs(view))
+        return 0
+    summary = "; ".join(f"{k}: {v}" for k, v in access_pairs(view))
+    ctx.done(f"tunnel '{tunnel.subdomain}': {summary}", {"access": view})
+    return 0
+
+
 def register(groups, common) -> None:
     p = groups.add_parser("tunnel", help="manage tunnels", description="Manage every user's tunnels.")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -130,3 +176,21 @@ def register(groups, common) -> None:
     dc.add_argument("--wait", type=float, default=5.0, metavar="SECONDS",
                     help="how long to wait for the relay to cut it (default 5)")
     dc.set_defaults(func=cmd_disconnect)
+
+    a = sub.add_parser("access", parents=[common], help="show or change who may visit a tunnel",
+                       description="Show the tunnel's access policy, or change it: each option given "
+                                   "replaces that rule, the others stay. Live visitors get the new policy "
+                                   "on their next request.")
+    a.add_argument("tunnel", metavar="TUNNEL", help="id or subdomain")
+    a.add_argument("--basic-auth", action="append", metavar="USER[:PASSWORD]",
+                   help="a basic-auth user (repeat for more; replaces the users); USER alone keeps "
+                        "that user's password")
+    a.add_argument("--basic-auth-stdin", action="store_true",
+                   help="read USER:PASSWORD lines from standard input (keeps passwords out of ps)")
+    a.add_argument("--no-basic-auth", action="store_true", help="remove every basic-auth user")
+    a.add_argument("--allow-ip", action="append", metavar="CIDR",
+                   help="only these addresses may visit (repeat; replaces the list; '' empties it)")
+    a.add_argument("--deny-ip", action="append", metavar="CIDR",
+                   help="these addresses may not visit (repeat; replaces the list; '' empties it)")
+    a.add_argument("--public", action="store_true", help="clear every rule: anyone may visit")
+    a.set_defaults(func=cmd_access)
