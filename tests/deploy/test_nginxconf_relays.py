@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -45,7 +47,7 @@ def directives(body: str) -> list[str]:
 
 
 def servers(relays: list[str]) -> list[str]:
-    return [f"server {r} max_fails=1 fail_timeout=2s;" for r in relays]
+    return [f"server {r} max_fails=1 fail_timeout=10s;" for r in relays]
 
 
 FAILOVER = ["proxy_connect_timeout 2s;", "proxy_next_upstream error timeout;"]
@@ -152,19 +154,53 @@ class Named(BaseHTTPRequestHandler):
         pass
 
 
+def stand_in_relay() -> ThreadingHTTPServer:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Named)
+    server.daemon_threads = True
+    server.name = f"127.0.0.1:{server.server_port}"
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
 @pytest.fixture
 def three_relays():
-    relays = {}
-    for _ in range(3):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), Named)
-        server.daemon_threads = True
-        server.name = f"127.0.0.1:{server.server_port}"
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        relays[server.name] = server
+    relays = {server.name: server for server in (stand_in_relay() for _ in range(3))}
     yield relays
     for server in relays.values():
         server.shutdown()
         server.server_close()
+
+
+class Front:
+    """The generated config (TLS) in front of ``relays`` (HOST:PORT as nginx names them)."""
+
+    def __init__(self, relays: list[str], tmp_path, cert):
+        self.port, self.ca = free_port(), cert[0]
+        files = render(domain=DOMAIN, nginx_relays=",".join(relays), tls_cert=str(cert[0]), tls_key=str(cert[1]),
+                       nginx_http_port=free_port(), nginx_https_port=self.port, nginx_ipv6=False,
+                       nginx_acme_root=str(tmp_path))
+        self.main = write_main_config(tmp_path / "nginx", files)
+        self.ring = Ring(relays)
+
+    def running(self):
+        return running_nginx(require_tool("nginx"), self.main, self.port)
+
+    def visitor(self, name: str) -> str:
+        """The relay a visitor of ``<name>.<domain>`` reached."""
+        r = tls_request(self.port, f"{name}.{DOMAIN}", "/", tls_ca=self.ca)
+        seen = json.loads(r.body)
+        assert r.status == 200 and seen["host"] == f"{name}.{DOMAIN}"
+        return seen["relay"]
+
+    def agent(self, name: str | None, path: str = AGENT_PATH) -> str:
+        """The relay an agent connection naming ``name`` (None: no header) reached."""
+        headers = {"Upgrade": UPGRADE_TOKEN, "Connection": "Upgrade"}
+        if name is not None:
+            headers[PLACEMENT_HEADER] = name
+        r = tls_request(self.port, DOMAIN, path, tls_ca=self.ca, headers=headers)
+        seen = json.loads(r.body)
+        assert r.status == 200 and seen["host"] == DOMAIN and seen["placement"] == name
+        return seen["relay"]
 
 
 NAMES = [f"app{i}" for i in range(24)]
@@ -172,38 +208,16 @@ NAMES = [f"app{i}" for i in range(24)]
 
 @pytest.mark.nginx
 def test_nginx_sends_an_agent_and_its_visitors_to_one_relay_and_past_a_dead_one(cert, tmp_path, three_relays):
-    nginx = require_tool("nginx")
-    https_port = free_port()
-    files = render(domain=DOMAIN, nginx_relays=",".join(three_relays), tls_cert=str(cert[0]), tls_key=str(cert[1]),
-                   nginx_http_port=free_port(), nginx_https_port=https_port, nginx_ipv6=False,
-                   nginx_acme_root=str(tmp_path))
-    main = write_main_config(tmp_path / "nginx", files)
-    ring = Ring(list(three_relays))
-    ca = cert[0]
-
-    def visitor(name: str) -> str:
-        r = tls_request(https_port, f"{name}.{DOMAIN}", "/", tls_ca=ca)
-        seen = json.loads(r.body)
-        assert r.status == 200 and seen["host"] == f"{name}.{DOMAIN}"
-        return seen["relay"]
-
-    def agent(name: str | None, path: str = AGENT_PATH) -> str:
-        headers = {"Upgrade": UPGRADE_TOKEN, "Connection": "Upgrade"}
-        if name is not None:
-            headers[PLACEMENT_HEADER] = name
-        r = tls_request(https_port, DOMAIN, path, tls_ca=ca, headers=headers)
-        seen = json.loads(r.body)
-        assert r.status == 200 and seen["host"] == DOMAIN and seen["placement"] == name
-        return seen["relay"]
-
-    with running_nginx(nginx, main, https_port):
+    front = Front(list(three_relays), tmp_path, cert)
+    ring = front.ring
+    with front.running():
         placed = {name: ring.pick(f"{name}.{DOMAIN}") for name in NAMES}
         assert set(placed.values()) == set(three_relays), placed  # 24 names cover all three
         for name in NAMES:
-            assert visitor(name) == agent(name) == agent(name, DATA_PATH) == placed[name], name
+            assert front.visitor(name) == front.agent(name) == front.agent(name, DATA_PATH) == placed[name], name
         # No header, or anything but one DNS label: the main domain's relay, every time (an empty
         # key would be round robin, sending a session's data connections elsewhere).
-        unplaced = [agent(name) for name in [None, "", "Upper", "a.b", "x" * 64, "a b"] * 3]
+        unplaced = [front.agent(name) for name in [None, "", "Upper", "a.b", "x" * 64, "a b"] * 3]
         assert set(unplaced) == {ring.pick(DOMAIN)}, unplaced
 
         dead = placed[NAMES[0]]
@@ -212,4 +226,45 @@ def test_nginx_sends_an_agent_and_its_visitors_to_one_relay_and_past_a_dead_one(
         for name in NAMES:  # none fails: nginx skips the dead relay, for agents and visitors alike
             moved = ring.pick(f"{name}.{DOMAIN}", down={dead})
             assert moved != dead and (moved == placed[name]) == (placed[name] != dead)
-            assert visitor(name) == agent(name) == moved, name
+            assert front.visitor(name) == front.agent(name) == moved, name
+
+
+@pytest.mark.nginx
+def test_a_relay_that_accepts_nothing_is_skipped_after_the_connect_timeout_then_at_once(cert, tmp_path):
+    """A relay host cut off answers no SYN.  Stand-in: a listening socket whose accept queue is
+    full (the kernel then drops SYNs).  The first visitor and the first agent for its tunnels
+    (two upstreams, each learning alone) wait out proxy_connect_timeout and go to the next relay;
+    then, for fail_timeout, every request skips it at once."""
+    live = [stand_in_relay() for _ in range(2)]
+    silent = socket.create_server(("127.0.0.1", 0), backlog=0)
+    queued = []
+    try:
+        while len(queued) < 8:  # connect until the queue is full: then a connection times out
+            try:
+                queued.append(socket.create_connection(silent.getsockname(), timeout=0.5))
+            except TimeoutError:
+                break
+        assert len(queued) < 8, "the kernel kept accepting connections nobody accepts"
+        silent_name = f"127.0.0.1:{silent.getsockname()[1]}"
+        front = Front([s.name for s in live] + [silent_name], tmp_path, cert)
+        homed = [n for n in NAMES if front.ring.pick(f"{n}.{DOMAIN}") == silent_name]
+        assert len(homed) >= 2, homed
+        next_relay = {n: front.ring.pick(f"{n}.{DOMAIN}", down={silent_name}) for n in homed}
+        with front.running():
+            for call in (front.visitor, front.agent):
+                started = time.monotonic()
+                assert call(homed[0]) == next_relay[homed[0]]
+                waited = time.monotonic() - started
+                assert 1.5 <= waited <= 2 + 1.5, f"{call.__name__}: the first request took {waited:.2f} s"
+                print(f"unresponsive relay: the first {call.__name__} request took {waited:.2f} s")
+            started = time.monotonic()
+            for name in homed * 3:
+                assert front.agent(name) == front.visitor(name) == next_relay[name], name
+            took = time.monotonic() - started
+            assert took < 0.1 * len(homed) * 3 * 2, f"{took:.2f} s: skipped without waiting"
+    finally:
+        for s in [silent, *queued]:
+            s.close()
+        for server in live:
+            server.shutdown()
+            server.server_close()
