@@ -1,4 +1,4 @@
-"""`intunnel-admin relay list`: the relays sharing the database, and which holds a tunnel.
+"""`intunnel-admin relay list|forget`: the relays sharing the database, and which holds a tunnel.
 
 On PostgreSQL each relay keeps a ``relay`` row (its last heartbeat, every second)
 and a ``route`` row per tunnel it holds (relay/routes).  A relay whose heartbeat
@@ -6,6 +6,11 @@ is older than ``relay_route_lease`` is marked stale: it died or lost the
 database, and its leases have lapsed or soon will.  Times are compared on the
 database's clock, the one the relays write with.  On SQLite (one host) no
 routes are recorded: the one relay holds every active tunnel.
+
+A relay that is gone for good (its host retired) stays listed as stale, and if every
+relay died at once nobody is left to expire the leases of its routes: ``relay forget``
+deletes a stale relay's row and routes, and its tunnels are inactive until an agent
+connects again.
 """
 
 from __future__ import annotations
@@ -14,10 +19,11 @@ from datetime import datetime
 
 import peewee as pw
 
-from ..models import RelayNode, Route
+from .. import changes
+from ..models import RelayNode, Route, Tunnel
 from ..settings import relay_identity
 from ..timeutil import iso
-from .common import Context
+from .common import AdminError, Context
 
 HEADERS = ("RELAY", "ADDRESS", "STATE", "LAST HEARTBEAT", "AGO", "AGENTS", "STARTED")
 
@@ -76,6 +82,31 @@ def cmd_list(ctx: Context, args) -> int:
     return 0
 
 
+def cmd_forget(ctx: Context, args) -> int:
+    db = ctx.open_db()
+    if not routes_recorded(db):
+        raise AdminError("single host (SQLite): relays are not recorded, there is nothing to forget")
+    found = {d["relay_id"]: d for d in relays(db, ctx.settings.relay_route_lease)}.get(args.relay_id)
+    if found is None:
+        raise AdminError(f"no relay {args.relay_id!r} is registered (see intunnel-admin relay list)")
+    if found["state"] == "live":
+        raise AdminError(f"relay {args.relay_id} is live (heartbeat {found['seconds_since_heartbeat']:g} s ago): "
+                         "stop it first; a relay that stops cleanly removes itself")
+    with db.atomic():
+        held = [t for (t,) in Route.select(Route.tunnel).where(Route.relay_id == args.relay_id).tuples()]
+        # Lock order as the relays take it (relay/store.py): the tunnel rows first, then routes.
+        list(Tunnel.select(Tunnel.id).where(Tunnel.id.in_(held)).order_by(Tunnel.id).for_update().tuples())
+        Route.delete().where(Route.relay_id == args.relay_id).execute()
+        if held:
+            Tunnel.update(status="inactive").where(Tunnel.id.in_(held)).execute()
+        RelayNode.delete().where(RelayNode.relay_id == args.relay_id).execute()
+        for tunnel_id in held:
+            changes.tunnel_changed(tunnel_id)   # the other relays drop what they cached of its routes
+    ctx.done(f"relay {args.relay_id} forgotten: {len(held)} route(s) deleted, those tunnels are inactive "
+             "until their agents connect again", {"relay_id": args.relay_id, "routes_deleted": len(held)})
+    return 0
+
+
 def format_or_none(rows) -> str:
     from .table import format_table
     if not rows:
@@ -90,3 +121,7 @@ def register(groups, common) -> None:
     ls = sub.add_parser("list", parents=[common], help="list relays, their last heartbeat and agents held "
                         "(stale: no heartbeat within relay_route_lease)")
     ls.set_defaults(func=cmd_list)
+    forget = sub.add_parser("forget", parents=[common], help="delete a stale relay's row and routes (its "
+                            "tunnels become inactive); refused while the relay is live")
+    forget.add_argument("relay_id", metavar="RELAY_ID")
+    forget.set_defaults(func=cmd_forget)

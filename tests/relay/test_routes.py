@@ -104,7 +104,7 @@ def test_newest_session_wins_across_relays(pg, settings, db, stack, tmp_path):
     assert route.relay_id == "relay-b" and len(route.session_id) == 16
     status, _, body = visit(b.port, "myapp.localhost", "/hello")
     assert status == 200 and b'"path": "/hello"' in body
-    # relay A no longer serves it (forwarding between relays is a later part of the issue)
+    # relay A no longer serves it (these relays have no peer listener: no forwarding, test_forwarding.py)
     assert visit(a.port, "myapp.localhost", "/hello")[0] == 503
     assert Tunnel.get_by_id(tunnel.id).status == "active"
 
@@ -149,6 +149,25 @@ def test_a_killed_relay_s_lease_expires_and_another_relay_takes_the_tunnel(pg, s
     assert visit(b.port, "myapp.localhost", "/after")[0] == 200
     assert shown_relay(admin, "myapp")["relay_id"] == "relay-b"
     assert Tunnel.get_by_id(tunnel.id).status == "active"
+
+
+def test_relay_forget_removes_a_dead_relay_and_frees_its_tunnels(pg, settings, db, stack, tmp_path):
+    """Every relay died (nobody is left to expire the leases): `relay forget` clears what the dead
+    relay left; a live relay is refused."""
+    upstream, a, b, tunnel, first = held_by_a(stack, settings)
+    admin = admin_for(tmp_path, settings, b.port)
+    admin.fails("relay", "forget", "relay-b", match="relay-b is live")
+    admin.fails("relay", "forget", "relay-z", match="no relay 'relay-z' is registered")
+    b.stop()
+    a.kill()
+    first.close()
+    assert Tunnel.get_by_id(tunnel.id).status == "active"   # what nobody is left to correct
+    wait_for(lambda: relay_rows(admin)["relay-a"]["state"] == "stale", LEASE + 3, message="relay-a stale")
+    done = admin.json("relay", "forget", "relay-a")
+    assert done["ok"] and done["routes_deleted"] == 1
+    assert "relay-a" not in relay_rows(admin) and route_of(tunnel.id) is None
+    assert Tunnel.get_by_id(tunnel.id).status == "inactive"
+    assert re.search(r"^relay:\s+none$", admin.ok("tunnel", "show", "myapp").stdout, re.M)
 
 
 def test_a_clean_stop_deletes_the_relay_s_routes(pg, settings, db, stack, tmp_path):
