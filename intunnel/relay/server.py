@@ -31,6 +31,8 @@ from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
 
+PLACEMENT_RETRY = 60.0  # seconds before an agent that named no tunnel is asked again (_misplaced)
+
 SWITCHING = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + p.UPGRADE_TOKEN +
              "\r\nConnection: Upgrade\r\n\r\n").encode()
 
@@ -65,6 +67,7 @@ class Relay:
         # Forwarding to and from the other relays (relay/peers), only with relay_peer_listen.
         self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
         self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
+        self.placed: dict[str, float] = {}   # subdomain -> when its agent was asked to name it
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -281,6 +284,21 @@ class Relay:
             log.info("agent for %s failed its handshake: %s", tunnel.subdomain, e)
             conn.abort()
             return
+        if self._misplaced(head, tunnel.subdomain):
+            # Its first session named no tunnel (no Welcome yet), so nginx placed it by the main
+            # domain, not with its visitors: welcome it (it learns its subdomain), then have it
+            # reconnect at once naming the tunnel.  Once per tunnel per PLACEMENT_RETRY, so a
+            # client that never names it is served where it is (forwarding covers its visitors).
+            log.info("tunnel %s: the agent named no tunnel; asking it to reconnect naming it, to be "
+                     "placed with its visitors", tunnel.subdomain)
+            conn.write(control.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain),
+                                              subdomain=tunnel.subdomain, session="",
+                                              heartbeat_interval=self.settings.relay_heartbeat_interval,
+                                              dead_peer_timeout=self.settings.relay_dead_peer_timeout,
+                                              pool_size=0)))
+            conn.write(control.send(p.GoAway("reconnecting to be placed with this tunnel's visitors")))
+            conn.close()
+            return
         session = AgentSession(self, conn, tunnel, hello, control)
         old = self.sessions.get(tunnel.subdomain)
         if old is not None:
@@ -308,6 +326,19 @@ class Relay:
         await self.store.set_status(tunnel.id, True)
         if session.closed and self.sessions.get(tunnel.subdomain) is None:
             await self.store.set_status(tunnel.id, False)
+
+    def _misplaced(self, head, subdomain: str) -> bool:
+        """Several relays (forwarding on) and an agent that did not name its tunnel, not lately."""
+        if self.peers is None or head.get(p.PLACEMENT_HEADER):
+            return False
+        now = time.monotonic()
+        placed = self.placed   # in time order (a name goes in again only after it went out)
+        while placed and now - next(iter(placed.values())) > PLACEMENT_RETRY:
+            del placed[next(iter(placed))]
+        if subdomain in placed:
+            return False
+        self.placed[subdomain] = now
+        return True
 
     def _data(self, conn: Conn, head) -> None:
         session = self.by_secret.get(head.get(p.SESSION_HEADER) or "")

@@ -123,6 +123,25 @@ def test_a_visitor_at_the_other_relay_is_served_through_the_one_holding_the_agen
     assert relays.routed(0)["local"] == 1
 
 
+def test_an_agent_that_named_no_tunnel_is_asked_once_to_reconnect_naming_it(pg, settings, db, stack, secret_file):
+    """With several relays, a client's first session names no tunnel (nginx could not place it with
+    its visitors): the relay welcomes it and has it reconnect at once, now naming it."""
+    upstream = stack.enter_context(HttpUpstream())
+    relays = Relays(stack, settings, secret_file)
+    tunnel, client = connect(stack, settings, relays[0], "myapp", upstream.port)
+    client.wait_line(r"^reconnected: ")
+    lines = [line for line in client.lines if line.startswith(("connected", "disconnected", "reconnected"))]
+    assert lines[0].startswith("connected: http://myapp.localhost") and "to be placed" in lines[1], lines
+    relays[0].wait_line(r"tunnel myapp: the agent named no tunnel; asking it to reconnect")
+    assert visit(relays[0].port, "myapp.localhost", "/")[0] == 200
+    # the session after it named the tunnel, and a client that still names none is not asked again
+    other = stack.enter_context(ClientProcess(relays[0].url, tunnel.token, upstream.port))
+    other.wait_line(r"^connected: ")
+    client.wait_line("Not retrying", timeout=5)   # replaced by the newer session
+    assert sum("asking it to reconnect" in line for line in relays[0].lines) == 1
+    assert not any(line.startswith("disconnected") for line in other.lines)
+
+
 def test_one_visitor_connection_alternating_between_tunnels_on_two_relays(pg, settings, db, stack, secret_file):
     """Tenant isolation across relays: each request of one keep-alive connection reaches the tunnel
     its own Host names, whichever relay holds it, and each response is its own request's."""
