@@ -11,6 +11,7 @@ Routes
     GET  /tunnels/new, POST /tunnels  create
     GET  /tunnels/<id>                commands, token, settings, danger zone
     POST /tunnels/<id>/edit           rename / change port
+    POST /tunnels/<id>/access         who may visit: basic-auth users, allowed/denied addresses
     GET|POST /tunnels/<id>/regenerate confirm, then new token (the relay cuts the old client)
     GET|POST /tunnels/<id>/delete     confirm, then delete
     GET  /tokens, POST /tokens, POST /tokens/<id>/revoke
@@ -178,9 +179,39 @@ class Pages:
         tunnel = tunnels.get_owned(user, tunnel_id)
         return self.render_tunnel(user, tunnel, {}, {"name": tunnel.name, "local_port": str(tunnel.local_port)})
 
-    def render_tunnel(self, user, tunnel, errors, form, status=200):
+    def render_tunnel(self, user, tunnel, errors, form, status=200, access_form=None):
+        view = tunnels.access_view(tunnel)
+        if access_form is None:
+            access_form = {"ip_allow": "\n".join(view["ip_allow"]), "ip_deny": "\n".join(view["ip_deny"]),
+                           "new_user": ""}
         return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
-                           url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form)
+                           url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
+                           access=view, access_form=access_form)
+
+    def set_access(self, tunnel_id):
+        """The tunnel page's access form: the same ``access`` object the API takes."""
+        user = self.form_user()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        form = {k: self.field(k) for k in ("ip_allow", "ip_deny", "new_user")}
+        if self.field("public") == "1":
+            data = {"public": True}
+        else:
+            removed = set(bottle.request.forms.getall("remove_user"))
+            new_user, new_password = form["new_user"].strip(), self.field("new_password")
+            users: list = [{"username": u} for u in tunnels.access_view(tunnel)["basic_auth"]
+                           if u not in removed and u != new_user]
+            if new_user or new_password:
+                users.append({"username": new_user, "password": new_password})
+            data = {"basic_auth": users, "ip_allow": address_lines(form["ip_allow"]),
+                    "ip_deny": address_lines(form["ip_deny"])}
+        try:
+            tunnels.set_access(self.settings, tunnel, data)
+        except ValidationError as err:
+            return self.render_tunnel(user, tunnel, {"access": human(err.message.removeprefix("access."))},
+                                      {"name": tunnel.name, "local_port": str(tunnel.local_port)},
+                                      status=400, access_form=form)
+        self.done("Access saved. Visitors get it on their next request." if not data.get("public") else
+                  "The tunnel is public again: anyone with its address may visit.", f"/tunnels/{tunnel.id}")
 
     def edit_tunnel(self, tunnel_id):
         user = self.form_user()
@@ -328,6 +359,11 @@ class Pages:
         return response
 
 
+def address_lines(text: str) -> list[str]:
+    """A textarea of addresses/CIDRs: one per line (commas and spaces separate too)."""
+    return [part for part in text.replace(",", " ").split() if part]
+
+
 def port_value(text: str) -> Any:
     """A form's port: an int when it is digits, else the text (validation names the error)."""
     text = text.strip()
@@ -363,6 +399,7 @@ def install(app: bottle.Bottle, settings) -> None:
         ("/tunnels", "POST", pages.create_tunnel),
         ("/tunnels/<tunnel_id>", "GET", pages.tunnel_page),
         ("/tunnels/<tunnel_id>/edit", "POST", pages.edit_tunnel),
+        ("/tunnels/<tunnel_id>/access", "POST", pages.set_access),
         ("/tunnels/<tunnel_id>/regenerate", "GET", pages.confirm_regenerate),
         ("/tunnels/<tunnel_id>/regenerate", "POST", pages.regenerate),
         ("/tunnels/<tunnel_id>/delete", "GET", pages.confirm_delete),

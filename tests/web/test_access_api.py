@@ -100,3 +100,27 @@ def test_only_the_owner_reads_or_changes_the_policy(web, alice_session, tunnel_u
 def test_the_subdomain_still_cannot_be_changed(alice_session, tunnel_url):
     r = alice_session.patch(tunnel_url, json={"subdomain": "other", "access": {"public": True}})
     assert r.status_code == 400 and r.json()["message"].startswith("subdomain")
+
+
+def test_the_dashboard_form_needs_its_csrf_token_and_the_owner(web, alice_session, tunnel_url):
+    import re
+    tunnel_id = tunnel_url.rsplit("/", 1)[1]
+    page = alice_session.get(f"{web.url}/tunnels/{tunnel_id}").text
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"new_user": "carol", "new_password": "carols-secret", "ip_allow": "", "ip_deny": ""}
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data=form, allow_redirects=False)
+    assert r.status_code == 403 and stored(tunnel_url) is None
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "ip_deny": "not-an-ip",
+                                                                          "csrf_token": csrf})
+    assert r.status_code == 400 and "is not an IP address or CIDR" in r.text and stored(tunnel_url) is None
+    assert "carols-secret" not in r.text
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "csrf_token": csrf},
+                           allow_redirects=False)
+    assert r.status_code == 303 and access.load(stored(tunnel_url)).hash_of("carol")
+    create_user("mallory@example.com", "mallory")
+    with login_session(web, "mallory@example.com") as mallory:
+        page = mallory.get(web.url + "/").text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+        r = mallory.post(f"{web.url}/tunnels/{tunnel_id}/access", data={"public": "1", "csrf_token": token})
+        assert r.status_code == 404
+    assert not access.load(stored(tunnel_url)).public
