@@ -234,3 +234,40 @@ def test_an_unreadable_stored_policy_refuses_everyone(settings, db):
         wait_for_policy(relay, tunnel)
         assert get(relay.port, f"myapp.{settings.domain}", "/newer")[0] == 403
         assert app.seen == []
+
+
+def test_upgrades_and_head_requests_are_refused_the_same_way(settings, db):
+    with protected(settings, {"basic_auth": ["alice:wonderland"]}) as (relay, tunnel, app, _):
+        host = f"myapp.{settings.domain}"
+        ws = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+              "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+        status, headers, _ = get(relay.port, host, "/socket", ws)
+        assert status == 401 and headers["www-authenticate"].startswith("Basic ")
+        with connect(relay.port) as sock, sock.makefile("rb") as f:
+            sock.sendall(f"HEAD /head HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+            status_line = f.readline()
+            assert b" 401 " in status_line
+            lines = []
+            while (line := f.readline()) not in (b"\r\n", b""):
+                lines.append(line)
+            assert f.read() == b""   # no body after the head, and the connection closed
+        assert app.seen == []
+
+
+def test_too_many_password_checks_at_once_get_429(settings, db):
+    with protected(settings, {"basic_auth": ["alice:wonderland"]}) as (relay, tunnel, app, _):
+        checker = relay.relay.access
+        host = f"myapp.{settings.domain}"
+        relay.call(_set_pending(checker, checker.max_pending))  # as if that many hashes were running
+        try:
+            status, headers, body = get(relay.port, host, "/busy", {"Authorization": ALICE,
+                                                                     "Accept": "application/json"})
+        finally:
+            relay.call(_set_pending(checker, 0))
+        assert status == 429 and headers["retry-after"] == "1" and json.loads(body)["code"] == "RATE_LIMITED"
+        assert get(relay.port, host, "/later", {"Authorization": ALICE})[0] == 200
+        assert seen_paths(app) == ["/later"]
+
+
+async def _set_pending(checker, n: int) -> None:
+    checker.pending = n  # on the relay's loop, where it is counted
