@@ -43,6 +43,7 @@ import binascii
 import ipaddress
 import json
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Any, Callable
 
 from .errors import ValidationError
@@ -88,6 +89,16 @@ class Policy:
                 return hashed
         return None
 
+    # The rules as integer ranges (version, first, last): a visitor's check is a few integer
+    # comparisons per rule, not ipaddress's containment test (measured ~10x slower).
+    @cached_property
+    def allow_ranges(self) -> tuple:
+        return tuple((n.version, int(n.network_address), int(n.broadcast_address)) for n in self.allow)
+
+    @cached_property
+    def deny_ranges(self) -> tuple:
+        return tuple((n.version, int(n.network_address), int(n.broadcast_address)) for n in self.deny)
+
 
 PUBLIC = Policy()
 
@@ -103,6 +114,7 @@ class Verify:
 
 # --- addresses ---------------------------------------------------------------------------------
 
+@lru_cache(maxsize=4096)  # the relay asks for the same few visitor addresses over and over
 def parse_address(text: str | None):
     """An ``ipaddress`` address, IPv4-mapped IPv6 (``::ffff:1.2.3.4``) as the IPv4 it is; None if
     ``text`` is not an address."""
@@ -149,6 +161,24 @@ def _in_any(address, networks) -> bool:
     return any(address.version == n.version and address in n for n in networks)
 
 
+def _in_ranges(address, ranges) -> bool:
+    version, x = address.version, int(address)
+    return any(v == version and lo <= x <= hi for v, lo, hi in ranges)
+
+
+def address_admitted(policy: Policy, address: str) -> bool:
+    """The IP rules alone: ``address`` is in no ``ip_deny`` CIDR and, if ``ip_allow`` lists any,
+    in one of them.  An address that can't be read is not admitted by any rule (fail closed)."""
+    if not (policy.allow or policy.deny):
+        return True
+    parsed = parse_address(address)
+    if parsed is None:
+        return False
+    if policy.deny and _in_ranges(parsed, policy.deny_ranges):
+        return False
+    return not policy.allow or _in_ranges(parsed, policy.allow_ranges)
+
+
 # --- credentials -------------------------------------------------------------------------------
 
 def parse_basic(authorization: str | None) -> tuple[str, str] | None:
@@ -183,14 +213,8 @@ def evaluate(policy: Policy, address: str, authorization: str | None):
     """ALLOW, FORBID, CHALLENGE, or a ``Verify`` the caller settles (then ALLOW or CHALLENGE)."""
     if policy.public:
         return ALLOW
-    if policy.allow or policy.deny:
-        parsed = parse_address(address)
-        if parsed is None:  # fail closed: an address we can't read matches no allow rule
-            return FORBID
-        if policy.deny and _in_any(parsed, policy.deny):
-            return FORBID
-        if policy.allow and not _in_any(parsed, policy.allow):
-            return FORBID
+    if not address_admitted(policy, address):
+        return FORBID
     if not policy.users:
         return ALLOW
     credentials = parse_basic(authorization)

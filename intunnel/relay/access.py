@@ -17,7 +17,7 @@ The rules are ``intunnel.access`` (pure); this module is where the relay applies
 Passwords: checking one costs an argon2 hash (tens of ms), so it runs in a small thread
 pool, never on the event loop, at most ``relay_access_max_pending`` at once (more get 429).
 Verified credentials are remembered per relay (``Checker``): an LRU of
-``relay_access_cache_size`` entries, keyed by HMAC-SHA256 under a random key of this process
+``relay_access_cache_size`` entries, keyed by keyed BLAKE2b under a random key of this process
 over (the policy's stamp, the Authorization header), so the plain password is never kept, a
 key is worthless outside this process, and a policy change (a new stamp: any password
 reset, user removed, rule changed) misses every entry made under the old one.  A keep-alive
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
 import ipaddress
 import logging
 import secrets
@@ -90,7 +89,9 @@ class Checker:
         return access.visitor_address(peer, head.get("x-forwarded-for"), self.trust_proxy, hop)
 
     def _cache_key(self, gate: Gate, authorization: str) -> bytes:
-        return hmac.digest(self._key, gate.stamp + authorization.encode("utf-8", "surrogateescape"), "sha256")
+        # BLAKE2b in its keyed mode is a MAC (RFC 7693), and a few times cheaper than HMAC-SHA256.
+        return hashlib.blake2b(gate.stamp + authorization.encode("utf-8", "surrogateescape"),
+                               key=self._key, digest_size=32).digest()
 
     def check(self, gate: Gate, head, peer: str, hop: bool = False):
         """ALLOW, FORBID, CHALLENGE, or the ``Verify`` to do (credentials not verified before)."""
@@ -98,13 +99,16 @@ class Checker:
         if policy is None:
             return ALLOW
         authorization = head.get("authorization")
-        verdict = access.evaluate(policy, self.address(peer, head, hop), authorization)
-        if type(verdict) is Verify:
+        address = self.address(peer, head, hop)
+        if policy.users and authorization:
+            # IP rules first, then the cache: credentials verified under this very policy
+            if not access.address_admitted(policy, address):
+                return FORBID
             key = self._cache_key(gate, authorization)
             if key in self._verified:
                 self._verified.move_to_end(key)
                 return ALLOW
-        return verdict
+        return access.evaluate(policy, address, authorization)
 
     async def verify(self, gate: Gate, authorization: str, verdict: Verify) -> bool:
         """Check the password off the loop; remember the credentials if they are right."""
