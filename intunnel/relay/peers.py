@@ -42,6 +42,7 @@ log = logging.getLogger("intunnel.relay")
 ROUTE_TTL = 5.0        # seconds a looked-up route is trusted without hearing of a change
 PEER_IDLE = 30.0       # seconds a parked peer connection is reused (the owner closes after relay_keepalive_timeout)
 PARKED_PER_TUNNEL = 32
+PEER_DOWN_FOR = 2.0    # seconds a peer that could not be reached is not dialed again (its visitors get a 502 at once)
 OPENING_LIMIT = 4096   # bytes of the peer's opening request / reply
 
 
@@ -74,6 +75,7 @@ class Peers:
         self.routes: dict[str, tuple[float, tuple[int, str, str] | None]] = {}  # subdomain -> (until, route)
         self.parked: dict[str, collections.deque] = {}   # subdomain -> deque[(conn, parked at)]
         self.timeout = relay.settings.relay_peer_timeout
+        self.down: dict[str, float] = {}   # relay id -> until when it is not dialed (it could not be reached)
 
     # --- the peer listener ---------------------------------------------------------------------
     async def start(self) -> tuple[str, int]:
@@ -164,6 +166,8 @@ class Peers:
 
     async def _dial(self, route: tuple[int, str, str]) -> Conn:
         _, relay_id, address = route
+        if self.down.get(relay_id, 0.0) > time.monotonic():
+            raise PeerUnreachable(relay_id)   # a cut-off host: don't make every visitor wait the timeout
         conn: Conn | None = None
         try:
             host, port = parse_listen(address, f"relay {relay_id}'s address")
@@ -175,6 +179,7 @@ class Peers:
             if conn is not None:
                 conn.abort()
             self.relay.stats.peer_failures += 1
+            self.down[relay_id] = time.monotonic() + PEER_DOWN_FOR
             log.warning("relay %s at %s: could not forward to it (%s)", relay_id, address,
                         type(e).__name__ if not str(e) else e)
             raise PeerUnreachable(relay_id) from None

@@ -202,8 +202,9 @@ def _python_env(extra: dict) -> dict:
 
 
 class _Process:
-    def __init__(self, argv, env):
-        self.proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", *argv], env=env,
+    def __init__(self, argv, env, prefix: tuple = ()):
+        # prefix: what runs the command elsewhere (``ip netns exec HOST``: support/netns.py)
+        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "intunnel.cli", *argv], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []

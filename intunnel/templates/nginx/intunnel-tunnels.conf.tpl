@@ -9,10 +9,14 @@ upstream intunnel_relay {
     # The hash is consistent (ketama): a relay leaving or joining moves only its share of tunnels.
     hash $host consistent;
 %   include('_relay_servers.conf.tpl')
+    # No pool of idle connections to the relays here: nginx marks a relay down only when a
+    # connection to it fails or times out, so after its host is cut off (no RST, just silence)
+    # a pooled connection would take a visitor's request and wait up to proxy_read_timeout
+    # (an hour, for streams).  A new connection per request fails over in one connect timeout.
 % else:
     server {{relay_upstream}};
-% end
     keepalive 32;
+% end
 }
 map $http_upgrade $intunnel_tunnel_connection {
     default upgrade;
