@@ -110,6 +110,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("access_max_password", int, 256, "Longest basic-auth password of an access policy, in characters."),
     Setting("relay_access_cache_size", int, 4096, "Verified basic-auth credentials each relay remembers (least recently "
             "used go first; keyed by a keyed hash that changes with the policy), so keep-alive visitors skip the password hash."),
+    Setting("relay_access_max_failures", int, 10, "Wrong basic-auth passwords one visitor address may try on one tunnel "
+            "per minute (per relay); then 429 with Retry-After until the minute is over."),
+    Setting("relay_access_max_failures_per_tunnel", int, 100, "Wrong basic-auth passwords one tunnel takes per minute "
+            "from all addresses together (per relay); then new password checks get 429 (visitors already signed in are unaffected)."),
     Setting("relay_access_max_pending", int, 32, "Basic-auth password hashes a relay computes at once (off the event loop); "
             "a visitor beyond that gets 429 with Retry-After."),
     # --- backups ---

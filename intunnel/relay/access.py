@@ -16,13 +16,16 @@ The rules are ``intunnel.access`` (pure); this module is where the relay applies
 
 Passwords: checking one costs an argon2 hash (tens of ms), so it runs in a small thread
 pool, never on the event loop, at most ``relay_access_max_pending`` at once (more get 429).
+Wrong passwords are counted per (tunnel, visitor address) and per tunnel, each in a one-minute
+window (``relay_access_max_failures``, ``relay_access_max_failures_per_tunnel``): past either,
+a password check is refused with 429 and ``Retry-After`` before any hash is spent.
 Verified credentials are remembered per relay (``Checker``): an LRU of
 ``relay_access_cache_size`` entries, keyed by keyed BLAKE2b under a random key of this process
 over (the policy's stamp, the Authorization header), so the plain password is never kept, a
 key is worthless outside this process, and a policy change (a new stamp: any password
 reset, user removed, rule changed) misses every entry made under the old one.  A keep-alive
 visitor's further requests then cost a dictionary lookup, not a hash.  Wrong passwords are
-not cached (nor logged); throttling them is a later slice of issue 13.
+neither cached nor logged.
 """
 
 from __future__ import annotations
@@ -32,16 +35,19 @@ import hashlib
 import ipaddress
 import logging
 import secrets
+import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import access
 from ..access import ALLOW, CHALLENGE, FORBID, Verify
+from ..ratelimit import RateLimiter
 from ..security import verify_password
 from . import pages
 
 log = logging.getLogger("intunnel.relay")
 
+FAILURE_WINDOW = 60.0  # seconds over which wrong passwords are counted
 HASH_THREADS = 2  # argon2 releases the GIL: two hashes at once on the relay's two cores, the loop free
 # What an unreadable stored policy (a newer version's, or damaged) enforces: no visitor at all.
 NOBODY = access.Policy(deny=(ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")))
@@ -84,6 +90,21 @@ class Checker:
         self._key = secrets.token_bytes(32)
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._executor: ThreadPoolExecutor | None = None
+        self.failures = RateLimiter(settings.relay_access_max_failures, FAILURE_WINDOW, time.monotonic)
+        self.tunnel_failures = RateLimiter(settings.relay_access_max_failures_per_tunnel, FAILURE_WINDOW,
+                                           time.monotonic)
+
+    def throttled(self, gate: Gate, address: str) -> int:
+        """Seconds to wait before another password check of ``address`` on this tunnel (0: go on)."""
+        now = time.monotonic()
+        waits = [d.retry_after(now) for d in (self.failures.peek(f"{gate.tunnel_id}|{address}"),
+                                              self.tunnel_failures.peek(str(gate.tunnel_id))) if not d.allowed]
+        return max(waits, default=0)
+
+    def failed(self, gate: Gate, address: str) -> None:
+        """A wrong password (or an unknown user) from ``address``."""
+        self.failures.hit(f"{gate.tunnel_id}|{address}")
+        self.tunnel_failures.hit(str(gate.tunnel_id))
 
     def address(self, peer: str, head, hop: bool = False) -> str:
         return access.visitor_address(peer, head.get("x-forwarded-for"), self.trust_proxy, hop)
@@ -153,16 +174,25 @@ def admit(link, session, head) -> bool:
     if type(verdict) is not Verify:
         link.run(link.state.route_failed(_page(verdict, gate, head), now))
         return False
-    if checker.pending >= checker.max_pending:
-        link.run(link.state.route_failed(pages.access_busy(head.get("accept"), head.method == "HEAD"), now))
+    accept, head_only = head.get("accept"), head.method == "HEAD"
+    address = checker.address(link.conn.peername, head, getattr(link, "hop", False))
+    wait = checker.throttled(gate, address)
+    if wait:
+        link.run(link.state.route_failed(pages.access_throttled(wait, accept, head_only), now))
         return False
-    link._task(_verify_then_route(link, gate, head, verdict))
+    if checker.pending >= checker.max_pending:
+        link.run(link.state.route_failed(pages.access_busy(accept, head_only), now))
+        return False
+    link._task(_verify_then_route(link, gate, head, verdict, address))
     return False
 
 
-async def _verify_then_route(link, gate: Gate, head, verdict: Verify) -> None:
-    ok = await link.relay.access.verify(gate, head.get("authorization"), verdict)
+async def _verify_then_route(link, gate: Gate, head, verdict: Verify, address: str) -> None:
+    checker = link.relay.access
+    ok = await checker.verify(gate, head.get("authorization"), verdict)
     del verdict  # the plain password: no longer than the check
+    if not ok:
+        checker.failed(gate, address)
     if link.done:
         return
     if ok:

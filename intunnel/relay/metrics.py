@@ -50,6 +50,7 @@ REASONS = (
     "access_challenge",   # the tunnel's access policy wants a password: none or a wrong one (401)
     "access_forbidden",   # the tunnel's access policy does not admit the visitor's address (403)
     "access_busy",        # too many password checks under way (429, relay_access_max_pending)
+    "access_throttled",   # too many wrong passwords from the address or for the tunnel (429)
     "limits",             # relay_max_visitors_per_tunnel reached (503)
     "local_refused",      # the agent could not reach the local app (502)
     "upstream_timeout",   # the app did not start its answer within relay_upstream_timeout (504)

@@ -123,6 +123,13 @@ def access_forbidden(accept: str | None, head_only: bool = False) -> bytes:
                     title="Access denied", code="FORBIDDEN", head_only=head_only, why="access_forbidden")
 
 
+def access_throttled(retry_after: int, accept: str | None, head_only: bool = False) -> bytes:
+    """429: too many wrong passwords from this address, or for this tunnel (relay_access_max_failures)."""
+    return response(429, f"Too many wrong passwords; try again in {retry_after} seconds.", accept,
+                    title="Too many attempts", code="RATE_LIMITED", head_only=head_only, why="access_throttled",
+                    extra_headers=(f"Retry-After: {retry_after}",))
+
+
 def access_busy(accept: str | None, head_only: bool = False) -> bytes:
     """429: too many password checks under way on this relay (relay_access_max_pending)."""
     return response(429, "Too many sign-ins are being checked right now; try again in a moment.", accept,

@@ -271,3 +271,23 @@ def test_too_many_password_checks_at_once_get_429(settings, db):
 
 async def _set_pending(checker, n: int) -> None:
     checker.pending = n  # on the relay's loop, where it is counted
+
+
+def test_wrong_passwords_are_throttled_per_address_and_per_tunnel(settings, db):
+    strict = settings.replace(relay_access_max_failures=2, relay_access_max_failures_per_tunnel=3)
+    with protected(strict, {"basic_auth": ["alice:wonderland"]}) as (relay, tunnel, app, _):
+        host = f"myapp.{settings.domain}"
+        wrong = {"Authorization": access.basic_header("alice", "guess")}
+        assert get(relay.port, host, "/signed-in", {"Authorization": ALICE})[0] == 200   # verified, cached
+        assert [get(relay.port, host, "/guess", wrong)[0] for _ in range(2)] == [401, 401]
+        status, headers, body = get(relay.port, host, "/guess", wrong)
+        assert status == 429 and 1 <= int(headers["retry-after"]) <= 60 and b"Too many wrong passwords" in body
+        # not even checked: the right password from that address waits too...
+        assert get(relay.port, host, "/new-visitor", {"Authorization": access.basic_header("alice", "wonderland ")})[0] == 429
+        # ...but a visitor already signed in carries on, and another address may still try
+        assert get(relay.port, host, "/still-in", {"Authorization": ALICE})[0] == 200
+        assert get(relay.port, host, "/guess", wrong, source="127.0.0.2")[0] == 401   # the tunnel's 3rd
+        assert get(relay.port, host, "/guess", wrong, source="127.0.0.3")[0] == 429   # the tunnel is done
+        assert seen_paths(app) == ["/signed-in", "/still-in"]
+        refusals = relay.relay.stats.refusals
+        assert refusals["access_throttled"] == 3 and refusals["access_challenge"] == 3
