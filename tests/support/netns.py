@@ -130,13 +130,16 @@ class Forwarder:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
 
     def close(self):
-        def stop():
+        async def stop():
             self.server.close()
-            for task in asyncio.all_tasks(self.loop):
+            pairs = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in pairs:
                 task.cancel()
-            self.loop.stop()
-        self.loop.call_soon_threadsafe(stop)
+            await asyncio.gather(*pairs, return_exceptions=True)
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
+        self.loop.close()
 
     def __enter__(self):
         return self
