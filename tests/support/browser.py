@@ -6,8 +6,8 @@ would shadow tests/conftest.py for the ``from conftest import ...`` of others):
     from support.browser import browser, web, users, page, login, shot  # noqa: F401
 
 The web app runs under waitress on 127.0.0.1:0 (``support.web_server``) on a
-fresh SQLite file per test.  ``shot(page, name)`` saves the screenshots the
-README shows (docs/screenshots/).
+fresh SQLite file per test.  ``shot(page, name)`` takes the screenshots the
+README shows (into docs/screenshots/ with INTUNNEL_UPDATE_SCREENSHOTS=1).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ CHROMIUM_ARGS = [
     "--host-resolver-rules=MAP *.localhost 127.0.0.1",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+SCRATCH = Path(os.environ.get("TMPDIR", "/tmp")) / f"intunnel-screenshots-{os.getuid()}"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 360, "height": 740}
 PASSWORD = "correct horse battery"
@@ -140,9 +141,12 @@ def login(page, who: str = "alice", password: str = PASSWORD) -> None:
 
 
 def shot(page, name: str) -> Path:
-    """Save docs/screenshots/<name>.png (whole page, animations frozen)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    path = SCREENSHOTS / f"{name}.png"
+    """Save <name>.png (whole page, animations frozen): into docs/screenshots/ only when asked
+    (INTUNNEL_UPDATE_SCREENSHOTS=1), else beside the other test files, so a test run leaves the
+    checkout as it was (the page is rendered and captured either way)."""
+    where = SCREENSHOTS if os.environ.get("INTUNNEL_UPDATE_SCREENSHOTS") == "1" else SCRATCH
+    where.mkdir(parents=True, exist_ok=True)
+    path = where / f"{name}.png"
     page.screenshot(path=str(path), full_page=True, animations="disabled")
     return path
 
