@@ -39,3 +39,12 @@ def running_web_app(settings, clock=None, threads: int = 4, **setting_overrides)
                             settings.replace(web_listen=f"{host}:{port}"))
     finally:
         stop_server(server, thread)
+
+
+def answers_200(url: str) -> bool:
+    """``url`` answers 200 now (for waiting on a web process that is starting)."""
+    import requests
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.RequestException:
+        return False

@@ -21,7 +21,7 @@ from intunnel.web.metrics import start_listener, stop_listener
 from support.backends import database_env
 from support.metrics import scrape
 from support.tunnel import wait_for
-from support.web_server import running_web_app
+from support.web_server import answers_200, running_web_app
 
 from conftest import PASSWORD, create_user, login_session
 
@@ -177,18 +177,11 @@ def _web_process(settings, web_port: int, metrics_port: int) -> subprocess.Popen
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def test_intunnel_web_process_serves_metrics_on_its_own_listener(settings):
     web_port, metrics_port = _free_port(), _free_port()
     proc = _web_process(settings, web_port, metrics_port)
     try:
-        wait_for(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), message="the web app serving")
+        wait_for(lambda: answers_200(f"http://127.0.0.1:{web_port}/healthz"), message="the web app serving")
         samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
         assert samples.value(REQS, route="/healthz", method="GET", status="200") >= 1
         assert requests.get(f"http://127.0.0.1:{web_port}/metrics").status_code == 404
@@ -206,7 +199,7 @@ def test_a_busy_metrics_port_is_one_warning_and_the_app_serves_on(settings):
         web_port = _free_port()
         proc = _web_process(settings, web_port, busy.getsockname()[1])
         try:
-            wait_for(lambda: _answers(f"http://127.0.0.1:{web_port}/healthz"), message="the web app serving")
+            wait_for(lambda: answers_200(f"http://127.0.0.1:{web_port}/healthz"), message="the web app serving")
         finally:
             proc.terminate()
             out = proc.communicate(timeout=15)[0]

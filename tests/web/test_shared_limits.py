@@ -18,6 +18,7 @@ from intunnel.ratelimit import ManualClock, RateLimiter
 from intunnel.sharedlimits import DatabaseRateLimiter, RateLimit, limiter_for
 from support.backends import database_env
 from support.tunnel import free_port, wait_for
+from support.web_server import answers_200
 
 PASSWORD = "correct horse battery"
 
@@ -89,7 +90,7 @@ def web_processes(settings, count: int = 2):
     urls = [f"http://127.0.0.1:{port}" for port in ports]
     try:
         for url, proc in zip(urls, procs):
-            wait_for(lambda: proc.poll() is not None or _answers(url + "/healthz"), 30, message=f"{url} up")
+            wait_for(lambda: proc.poll() is not None or answers_200(url + "/healthz"), 30, message=f"{url} up")
             assert proc.poll() is None, proc.communicate()[0]
         yield urls
     finally:
@@ -98,13 +99,6 @@ def web_processes(settings, count: int = 2):
         for proc in procs:
             out = proc.communicate(timeout=15)[0]
             assert "Traceback" not in out, out
-
-
-def _answers(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=2).status_code == 200
-    except requests.RequestException:
-        return False
 
 
 def _postgresql_only(settings):
