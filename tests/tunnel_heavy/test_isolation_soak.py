@@ -15,13 +15,21 @@ malformed requests (a 4xx and a close), slow answers, and apps that close right 
 or in the middle of an answer.  Request bodies carry fake heads of other tenants' requests
 and responses, so a framing slip shows up as a wrong signature.
 
-Run once straight at the relay and once through a real nginx with the project's
-generated config and TLS.  It fails on any answer with another identity, nonce, status or
-body; any request executed by the wrong app, twice (a GET twice is nginx's right to retry
-an idempotent request on a dead keep-alive connection, so it is only counted there), or at
-all when it must not be; any answer that is missing while the connection stays open (a
-timeout); and, at the end, any visitor slot still held, any relay socket left that is not
-an agent's, or open descriptors above the baseline.  The soak runs ``SOAK_SECONDS``
+Run once straight at the relay, once through a real nginx with the project's generated
+config and TLS, and once across two relays forwarding to each other (PostgreSQL only): two
+relays in this process on the test's database, each with a peer listener and the same secret,
+half the clients on each, every visitor at the first, so half the tunnels are served there and
+half through the second (relay/peers.py) and a keep-alive connection switching Host crosses
+between the two paths; it also checks on the relays' counters that forwarding really happened,
+and counts the relays' connections to each other apart (parked ones are closed at the end, as
+nginx's keep-alive connections go when it stops).
+
+It fails on any answer with another identity, nonce, status or body; any request executed by
+the wrong app, twice (a GET twice is nginx's right to retry an idempotent request on a dead
+keep-alive connection, so it is only counted there), or at all when it must not be; any answer
+that is missing while the connection stays open (a timeout); and, at the end, any visitor slot
+still held, any relay socket left that is not an agent's (nor, with two relays, a peer
+connection one of them parked), or open descriptors above the baseline.  The soak runs ``SOAK_SECONDS``
 (``INTUNNEL_SOAK_SECONDS``, default 30) or ``SOAK_MAX_REQUESTS`` requests, whichever comes
 first; a visitor blocked on a dead connection gives up after ``IO_TIMEOUT``.  Every run
 prints one ``SOAK ...`` summary line (``-s`` to see it; it is also in a failure's message);
@@ -36,6 +44,7 @@ import logging
 import os
 import random
 import re
+import secrets
 import socket
 import ssl
 import threading
@@ -47,6 +56,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from conftest import require_tool
+from intunnel.models import Route, Tunnel
+from intunnel.relay import store as relay_store
 from tests.deploy.nginx_support import running_nginx, tls_front
 from tests.support.tunnel import ClientProcess, RelayThread, make_tunnel, wait_for
 
@@ -540,8 +551,9 @@ class Visitor:
             if truncated:
                 self.tally.add("info:truncated_as_the_app_meant" if req.kind == "close_mid"
                                else "error:closed_mid_response")
-        elif verdict == "error":
-            self.tally.add("error:" + kinds[0])
+        elif verdict == "error":  # a relay's or nginx's page: which request got it, and what it says
+            self.tally.add("error:" + kinds[0], example=f"{req.kind} {req.method} tunnel={req.tunnel} "
+                           f"nonce={req.nonce} -> {resp.status} {resp.body[:240]!r}")
         else:
             about = (f"{req.kind} {req.method} tunnel={req.tunnel} nonce={req.nonce} -> {resp.status} "
                      f"X-App={resp.values('x-app')} X-Nonce={resp.values('x-nonce')} body={resp.body[:160]!r}")
@@ -883,17 +895,27 @@ def _socket_inodes(pid: int | str) -> set[int]:
     return inodes
 
 
-def relay_sockets(relay_port: int, client_pids: list[int]) -> dict[str, int]:
-    """The relay's accepted sockets (in this process), split by whether an agent holds the other end."""
+def relay_sockets(relay_ports: list[int], client_pids: list[int], peer_ports: list[int] = ()) -> dict[str, int]:
+    """The relays' sockets (in this process): the accepted ones, split by whether an agent holds
+    the other end, and the relays' connections to each other's peer listeners (``peer_ports``),
+    counted apart: known, not stray.  Both ends of a peer connection are in this process (the
+    dialing relay's and the accepting one's): ``peers`` counts connections by their accepted end,
+    ``peers_dialed`` by their dialing end; an end left alone is CLOSE_WAIT or unpaired."""
     table = _tcp_table()
+    relay_ports, peer_ports = set(relay_ports), set(peer_ports)
     agent_ports = {table[i][0] for pid in client_pids for i in _socket_inodes(pid)
-                   if i in table and table[i][1] == relay_port}
-    mine = [table[i] for i in _socket_inodes("self") if i in table and table[i][0] == relay_port
-            and table[i][2] != TCP_LISTEN]
+                   if i in table and table[i][1] in relay_ports}
+    own = [table[i] for i in _socket_inodes("self") if i in table and table[i][2] != TCP_LISTEN]
+    mine = [t for t in own if t[0] in relay_ports]
+    accepted = [t for t in own if t[0] in peer_ports]
+    dialed = [t for t in own if t[1] in peer_ports]
+    unpaired = ({(lport, rport) for lport, rport, _ in accepted} ^
+                {(rport, lport) for lport, rport, _ in dialed})
     return {"total": len(mine),
             "agents": sum(1 for _, rport, _ in mine if rport in agent_ports),
             "stray": sum(1 for _, rport, _ in mine if rport not in agent_ports),
-            "close_wait": sum(1 for _, _, state in mine if state == TCP_CLOSE_WAIT),
+            "peers": len(accepted), "peers_dialed": len(dialed), "peers_unpaired": len(unpaired),
+            "close_wait": sum(1 for _, _, state in mine + accepted + dialed if state == TCP_CLOSE_WAIT),
             "fds": len(os.listdir("/proc/self/fd"))}
 
 
@@ -916,16 +938,99 @@ class ErrorLog(logging.Handler):
 class SoakStack:
     tunnels: list[str]
     apps: dict[str, SoakApp]
-    relay: RelayThread
+    relays: list[RelayThread]    # visitors go to the first
     clients: list[ClientProcess]
+    home: dict[str, int] = field(default_factory=dict)   # tunnel -> the relay its client connects to
+    parked_at_end: int = 0       # peer connections parked when the visitors were gone
+
+    @property
+    def relay(self) -> RelayThread:
+        return self.relays[0]
+
+    @staticmethod
+    def on(relay: RelayThread, fn):
+        """``fn()`` run on ``relay``'s event loop, where its state lives."""
+        async def run():
+            return fn()
+        return relay.call(run(), 10)
+
+    def placement(self) -> dict[str, list[int]]:
+        """tunnel -> the relays holding a session of it."""
+        out: dict[str, list[int]] = {}
+        for i, r in enumerate(self.relays):
+            for name in self.on(r, lambda: list(r.relay.sessions)):
+                out.setdefault(name, []).append(i)
+        return out
 
     def slots(self) -> dict[str, int]:
-        async def read():
-            return {name: s.visitors for name, s in self.relay.relay.sessions.items()}
-        return self.relay.call(read(), 10)
+        """Visitor slots held per tunnel, over every relay."""
+        out: Counter = Counter()
+        for r in self.relays:
+            out.update(self.on(r, lambda: {name: s.visitors for name, s in r.relay.sessions.items()}))
+        return dict(out)
+
+    def peer_ports(self) -> list[int]:
+        return [r.relay.peers.address[1] for r in self.relays if r.relay.peers is not None]
 
     def sockets(self) -> dict[str, int]:
-        return relay_sockets(self.relay.port, [c.pid for c in self.clients])
+        return relay_sockets([r.port for r in self.relays], [c.pid for c in self.clients], self.peer_ports())
+
+    def routed(self) -> list[dict[str, int]]:
+        """Each relay's /metrics counters: where requests were served, its peer dials and failures,
+        and why it answered itself (its pages: bad requests, 502s...)."""
+        def counts(stats):
+            return {**stats.routed, "peer_dials": stats.peer_dials, "peer_failures": stats.peer_failures,
+                    "refused": {why: n for why, n in stats.refusals.items() if n}}
+        return [self.on(r, lambda: counts(r.relay.stats)) for r in self.relays]
+
+    def _peer_books(self) -> dict[str, int]:
+        def view(relay):
+            return {"links": sum(1 for link in relay.visitors if not link.hop),
+                    "hop_links": sum(1 for link in relay.visitors if link.hop),
+                    "slots": sum(s.visitors for s in relay.sessions.values()),
+                    "parked": sum(1 for queue in relay.peers.parked.values() for conn, _ in queue
+                                  if not conn.closed)}
+        books = Counter()
+        for r in self.relays:
+            books.update(self.on(r, lambda: view(r.relay)))
+        return {**books, **{k: v for k, v in self.sockets().items() if k.startswith("peers")}}
+
+    def release_peers(self) -> str | None:
+        """Several relays: once the visitors are gone, every peer connection still open must be
+        one a relay parked for its tunnel's next request (``peers.PEER_IDLE``), held on the other
+        end by an idle forwarded visitor connection (which may keep that tunnel's slot, as an idle
+        keep-alive visitor does); then they are closed, as stopping nginx closes its keep-alive
+        connections, so the slots and sockets must settle to zero.  Returns what did not add up."""
+        if not self.peer_ports():
+            return None
+
+        def balanced():
+            b = self._peer_books()
+            ok = (b["links"] == 0 and b["peers_unpaired"] == 0 and b["parked"] == b["peers_dialed"] == b["peers"]
+                  == b["hop_links"] and b["slots"] <= b["hop_links"])
+            return b if ok else None
+        try:
+            self.parked_at_end = wait_for(balanced, SETTLE_TIMEOUT, message="peer connections accounted for")["parked"]
+            problem = None
+        except AssertionError:
+            problem = f"peer books {self._peer_books()}"
+
+        def drop(relay):
+            for queue in relay.peers.parked.values():
+                for conn, _ in queue:
+                    conn.close()
+            relay.peers.parked.clear()
+        for r in self.relays:
+            self.on(r, lambda: drop(r.relay))
+        return problem
+
+    def describe(self, end: dict[str, int]) -> str:
+        """The summary line's part about several relays (nothing for one)."""
+        if len(self.relays) == 1:
+            return ""
+        routed = " ".join(f"{r.relay.relay_id}={counts}" for r, counts in zip(self.relays, self.routed()))
+        return (f" relays={len(self.relays)} peer_conns parked_at_end={self.parked_at_end} end={end['peers']}"
+                f" routed: {routed}")
 
 
 @contextlib.contextmanager
@@ -939,8 +1044,41 @@ def soak_stack(settings, **relay_settings):
         clients = [stack.enter_context(ClientProcess(relay.url, tokens[name], apps[name].port)) for name in names]
         for client in clients:
             client.wait_line(r"^connected: ", timeout=30)
-        st = SoakStack(names, apps, relay, clients)
+        st = SoakStack(names, apps, [relay], clients, dict.fromkeys(names, 0))
         wait_for(lambda: len(st.slots()) == len(names), 10, message="every agent's session on the relay")
+        yield st
+
+
+def relay_of_client(index: int) -> int:
+    """Two relays: t00 t01 on the first, t02 t03 on the second, ...: each holds both kinds of app
+    (accepting upgrades or not), so 101s and refused upgrades both cross the forwarding path."""
+    return (index // 2) % 2
+
+
+@contextlib.contextmanager
+def two_relay_soak_stack(settings, secret_file):
+    """20 apps, two relays in this process sharing the test's PostgreSQL database, each with a
+    peer listener on loopback and the same secret; half the clients connect to each relay."""
+    names = tunnel_names()
+    home = {name: relay_of_client(i) for i, name in enumerate(names)}
+    with contextlib.ExitStack() as stack:
+        apps = {name: stack.enter_context(SoakApp(name, accepts_upgrade(name))) for name in names}
+        tokens = {name: make_tunnel(settings, name, apps[name].port).token for name in names}
+        relays = [stack.enter_context(RelayThread(settings.replace(
+            log_level="warning", relay_id=f"soak-{x}", relay_peer_listen="127.0.0.1:0",
+            relay_peer_secret_file=str(secret_file)))) for x in "ab"]
+        clients = [stack.enter_context(ClientProcess(relays[home[name]].url, tokens[name], apps[name].port))
+                   for name in names]
+        for client in clients:
+            client.wait_line(r"^connected: ", timeout=30)
+        st = SoakStack(names, apps, relays, clients, home)
+        wait_for(lambda: st.placement() == {name: [home[name]] for name in names}, 10,
+                 message="every agent's session on its relay")
+        # The first relay forwards by the route rows: each tunnel's names the relay its agent is on.
+        ids = {i: r.relay.relay_id for i, r in enumerate(relays)}
+        routes = (Route.select(Tunnel.subdomain, Route.relay_id).join(Tunnel, on=(Route.tunnel == Tunnel.id)))
+        wait_for(lambda: dict(routes.tuples()) == {name: ids[home[name]] for name in names}, 10,
+                 message="every tunnel's route")
         yield st
 
 
@@ -967,11 +1105,13 @@ def soak_and_check(st: SoakStack, front: Front, stop_front=None) -> None:
         final = one_get_each(st, front, 98)
         if stop_front is not None:
             stop_front()  # nginx's keep-alive connections to the relay go with it
+        peer_problem = st.release_peers()  # several relays: their parked connections to each other go
 
         def settled():
             now = st.sockets()
             slots = st.slots()
             ok = (all(v == 0 for v in slots.values()) and now["stray"] == 0 and now["close_wait"] == 0
+                  and now["peers"] == 0 and now["peers_dialed"] == 0
                   and now["fds"] <= base["fds"] + max(0, now["agents"] - base["agents"]) + FD_SLACK)
             return (slots, now) if ok else None
         try:
@@ -993,6 +1133,12 @@ def soak_and_check(st: SoakStack, front: Front, stop_front=None) -> None:
               example=f"{final.tally.counts} {final.tally.examples}")
     if len(slots) != len(st.tunnels):
         t.add("fail:agents_lost", len(st.tunnels) - len(slots))
+    placement = st.placement()
+    moved = {name: where for name, where in placement.items() if where != [st.home[name]]}
+    if moved:
+        t.add("fail:sessions_moved", len(moved), example=f"tunnel -> relays holding it: {moved}")
+    if peer_problem:
+        t.add("fail:peer_accounting", example=peer_problem)
     if unsettled:
         t.add("fail:not_settled", example=f"slots={slots} sockets={end} baseline={base}")
     if errors.records:
@@ -1010,8 +1156,13 @@ def soak_and_check(st: SoakStack, front: Front, stop_front=None) -> None:
                f"mismatches={mismatches} duplicates={fails.get('duplicate', 0)} failures={fails} "
                f"errors={t.prefixed('error:')} info={t.prefixed('info:')} "
                f"slots_left={sum(slots.values())} relay_sockets base={base['total']} end={end['total']} "
-               f"stray={end['stray']} close_wait={end['close_wait']} fds base={base['fds']} end={end['fds']}")
+               f"stray={end['stray']} close_wait={end['close_wait']} fds base={base['fds']} end={end['fds']}"
+               f"{st.describe(end)}")
     print("\n" + summary)
+    answered_by_the_relay = "\n".join(f"  {k}: {ex}" for k, exs in t.examples.items() if k.startswith("error:")
+                                      for ex in exs)
+    if answered_by_the_relay:
+        print(answered_by_the_relay)
     details = "\n".join(f"  {k}: {ex}" for k, exs in t.examples.items() if k.startswith("fail:") for ex in exs)
     assert not fails, summary + "\n" + details
     assert t["ok"] > 0, summary
@@ -1104,3 +1255,42 @@ def test_isolation_soak_through_nginx_with_tls(settings, db, tmp_path):
                 proc.terminate()
                 proc.wait(10)
             soak_and_check(st, Front("nginx", https_port, tls=True, via_nginx=True), stop_front=stop_nginx)
+
+
+@pytest.fixture
+def one_database_object(db, monkeypatch):
+    """Several relays in one process: every relay's store on the test's one peewee Database.
+
+    ``models.open_database`` binds the models' global proxy to a new Database object; a second
+    relay's store rebinding it would leave the first one's queries (they go through the proxy)
+    on the second's object, a connection of their own outside the first's ``atomic()`` (measured:
+    the route claim's and release's transactions and row locks no longer cover their statements).
+    One object shared is right: peewee keeps one connection per thread, and each store runs on
+    its own thread, so each relay still has its own connection.  (One relay per process, as
+    deployed, never meets this.)"""
+    monkeypatch.setattr(relay_store, "open_database", lambda settings, migrate=True: db)
+    return db
+
+
+@pytest.fixture
+def pg(db_backend):
+    if db_backend != "postgresql":
+        pytest.skip("forwarding between relays needs the shared PostgreSQL database (run with --db=postgresql)")
+
+
+@pytest.mark.slow
+def test_isolation_soak_across_two_relays_forwarding(pg, settings, one_database_object, tmp_path):
+    """Two relays in this process, half the agents on each, every visitor at the first: half the
+    tunnels served there, half forwarded through the peer listener of the second, so every
+    scenario (keep-alive connections switching Host between a local and a forwarded tunnel,
+    pipelining, upgrades, bodies...) crosses the forwarding path."""
+    secret_file = tmp_path / "peer.secret"
+    secret_file.write_text(secrets.token_urlsafe(48))
+    secret_file.chmod(0o600)
+    with two_relay_soak_stack(settings, secret_file) as st:
+        soak_and_check(st, Front("forwarded", st.relay.port))
+        front, owner = st.routed()
+        # The forwarding path was really taken (the /metrics counters), one hop, one way.
+        assert front["forwarded_out"] > 0 and owner["forwarded_in"] > 0, (front, owner)
+        assert front["local"] > 0 and front["forwarded_in"] == 0 and owner["forwarded_out"] == 0, (front, owner)
+        assert front["peer_failures"] == 0 and owner["peer_failures"] == 0, (front, owner)
