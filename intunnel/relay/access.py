@@ -8,8 +8,8 @@ The rules are ``intunnel.access`` (pure); this module is where the relay applies
     ``t:<tunnel id>`` notification the writer sends, polled on SQLite), so the next
     request of every connected visitor is judged by the new policy;
   * ``Link._route`` calls ``admit`` for a request that needs an upstream of a tunnel whose
-    policy is not public, and the proxy state machine calls ``guard_for(link)`` for each
-    further request of a keep-alive connection to the same tunnel: one that the guard can't
+    policy is not public, and the proxy state machine asks ``Link.admits`` (``admits_attached``)
+    about each further request of a keep-alive connection to the same tunnel: one it can't
     let through at once is routed anew (``proxy`` rule R12), so ``admit`` decides it;
   * a refused request gets the relay's 401 (``WWW-Authenticate: Basic realm="<subdomain>"``)
     or 403 page and closes; it never takes or opens a data connection.
@@ -201,19 +201,17 @@ async def _verify_then_route(link, gate: Gate, head, verdict: Verify, address: s
         link.run(link.state.route_failed(_page(CHALLENGE, gate, head), link.loop.time()))
 
 
-def guard_for(link):
-    """The proxy's per-request check for a keep-alive connection's next request to the tunnel
-    it is attached to: True lets it through at once; False routes it anew (``admit`` decides)."""
-    checker = link.relay.access
-    conn, hop = link.conn, getattr(link, "hop", False)
-
-    def admits(head) -> bool:
-        session = getattr(link.up, "session", None)
-        if session is None:   # a peer relay's upstream (relay/peers): the holding relay checks
-            return True
-        gate = session.gate
-        return gate.policy is None or checker.check(gate, head, conn.peername, hop) is ALLOW
-    return admits
+def admits_attached(link, head) -> bool:
+    """``Link.admits``, which the proxy asks about each further request of a keep-alive connection
+    to the tunnel it is attached to (R12): True lets it through at once; False routes it anew
+    (``admit`` decides).  A method of the Link, not a closure made per connection: a new
+    connection per request is the relay's most expensive case."""
+    session = getattr(link.up, "session", None)
+    if session is None:   # a peer relay's upstream (relay/peers): the holding relay checks
+        return True
+    gate = session.gate
+    return gate.policy is None or \
+        link.relay.access.check(gate, head, link.conn.peername, getattr(link, "hop", False)) is ALLOW
 
 
 async def refresh(relay, sessions) -> None:

@@ -15,7 +15,7 @@ from ..wire.netio import Conn, pump_through_kernel, splice
 from . import pages, proxy
 from .peers import PeerUnreachable, PeerUpstream
 from .upstream import Refused, Upstream, open_data
-from .access import admit, guard_for
+from .access import admit, admits_attached
 
 log = logging.getLogger("intunnel.relay")
 
@@ -34,6 +34,8 @@ def limits_for(settings) -> proxy.Limits:
 
 
 class Link:
+    admits = admits_attached   # R12, asked by the proxy state machine (relay/access)
+
     def __init__(self, relay, conn: Conn, head, rest: bytes, hop: bool = False):
         self.relay = relay
         self.conn = conn
@@ -41,7 +43,7 @@ class Link:
         self.hop = hop             # a peer relay forwarded it (relay/peers): never forwarded on
         now = self.loop.time()
         self.state = proxy.ProxyState(relay.hop_limits if hop else relay.limits, conn.peername, now)
-        self.state.guard = guard_for(self)   # R12: each request to an attached tunnel passes its policy
+        self.state.guard = self   # R12: each request to an attached tunnel passes its policy (admits)
         self.up: Upstream | None = None
         self.timer = None
         self.timer_at = 0.0

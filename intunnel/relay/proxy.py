@@ -36,8 +36,8 @@ R10 A reused (parked) upstream that closes before answering an idempotent, bodil
 R11 Interim responses: 103 (and every 1xx but 101 behind a proxy, which can't read them) are
     dropped; the final response follows.  ``Set-Cookie`` for the web app's domain is removed.
 R12 Every request head passes its tunnel's access policy before it goes out: a head for the
-    attached tunnel goes straight on only if ``guard`` (set by the I/O layer, relay/access)
-    admits it at once; otherwise it is routed anew, where the policy is decided (401/403, or a
+    attached tunnel goes straight on only if ``guard.admits(head)`` (the I/O layer's, relay/access)
+    says so at once; otherwise it is routed anew, where the policy is decided (401/403, or a
     password checked first).
 """
 
@@ -209,7 +209,7 @@ class ProxyState:
         self.stats = limits.stats
         self.head_at = now           # when the current exchange's head was taken (metrics)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)  # R7: how the exchanges that began ended
-        self.guard = None            # R12: head -> True if the attached tunnel's policy admits it now
+        self.guard = None            # R12: guard.admits(head): the attached tunnel's policy admits it now
 
     # --- derived -----------------------------------------------------------------------------
     @property
@@ -466,7 +466,7 @@ class ProxyState:
         self.head_since = None
         if head.version != "HTTP/1.1" or _asks_close(head):
             self.must_close = True
-        if self.attached and head.host == self.host and (self.guard is None or self.guard(head)):
+        if self.attached and head.host == self.host and (self.guard is None or self.guard.admits(head)):
             self._go("req", "head", Req.BODY)
             return self._send_head(now)
         out: list = []

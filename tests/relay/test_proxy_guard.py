@@ -14,10 +14,12 @@ def driver(verdicts: list[bool]) -> Driver:
     d = Driver()
     seen = []
 
-    def guard(head):
-        seen.append(head.target)
-        return verdicts.pop(0)
-    d.m.guard = guard
+    class Guard:
+        @staticmethod
+        def admits(head):
+            seen.append(head.target)
+            return verdicts.pop(0)
+    d.m.guard = Guard()
     d.guard_calls = seen
     return d
 
