@@ -31,8 +31,9 @@ R8  Timers: a head must be complete within ``handshake_timeout`` of its first by
     ``body_min_rate`` bytes/s over each ``body_timeout`` window; the app must start its
     answer within ``upstream_timeout`` of the last request byte sent (else 504).
 R9  A response after which the relay closes the visitor says ``Connection: close``.
-R10 A reused (parked) upstream that closes before answering an idempotent, bodiless request
-    gets that request again on a fresh upstream, once (as nginx's proxy_next_upstream does).
+R10 A reused upstream (parked, or kept from the connection's last exchange) that closes before
+    answering an idempotent, bodiless request gets that request again on a fresh upstream, once
+    (as nginx's proxy_next_upstream does).
 R11 Interim responses: 103 (and every 1xx but 101 behind a proxy, which can't read them) are
     dropped; the final response follows.  ``Set-Cookie`` for the web app's domain is removed.
 R12 Every request head passes its tunnel's access policy before it goes out: a head for the
@@ -467,6 +468,8 @@ class ProxyState:
         if head.version != "HTTP/1.1" or _asks_close(head):
             self.must_close = True
         if self.attached and head.host == self.host and (self.guard is None or self.guard.admits(head)):
+            # Kept from the last exchange: the app may have closed it meanwhile, as a parked one (R10).
+            self.reused = True
             self._go("req", "head", Req.BODY)
             return self._send_head(now)
         out: list = []

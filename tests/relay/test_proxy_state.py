@@ -124,6 +124,15 @@ def reused_upstream_drops_request(d):
     assert d.visitor == OK
 
 
+def kept_upstream_drops_the_next_request(d):
+    """The upstream kept from the connection's last exchange closed (the app's keep-alive timeout)
+    just as the next request went out: as for a parked one, R10 sends it once more."""
+    d.send(get(path="/1")).attach().app(OK).send(get(path="/2")).app_gone()
+    assert d.routes == ["a.localhost", "a.localhost"] and b" 502 " not in d.visitor
+    d.attach().app(OK)
+    assert d.visitor == OK + OK
+
+
 def visitor_leaves_between(d):
     d.send(get()).attach().app(OK).eof()
     assert d.closed is False and d.detached == [True]
@@ -160,6 +169,7 @@ def answered_before_body(d):
 
 
 SCENARIOS = [keep_alive_twice, host_switch, upgrade_accepted, upgrade_refused, reused_upstream_drops_request,
+             kept_upstream_drops_the_next_request,
              visitor_leaves_between, visitor_leaves_while_routing, visitor_leaves_mid_body, app_too_slow,
              upgrade_unanswered, response_cut_short, answered_before_body]
 
