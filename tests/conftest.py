@@ -13,6 +13,9 @@ once per selected backend (ids ``[sqlite]``/``[postgresql]`` when there are two)
   ``new_database(migrated=False)``, ``url(..., password=False)`` and the like.
 
 ``@pytest.mark.sqlite_only("why")``: the test needs SQLite files (skipped on PostgreSQL).
+``@pytest.mark.postgresql_only("why")``: the test needs PostgreSQL (several relays, routes):
+it runs on PostgreSQL whenever that is selected, in ``DB_INCIDENTAL_DIRS`` too, and is
+skipped with the reason otherwise.
 ``@pytest.mark.db_incidental``: the database only holds fixtures' rows, what the test
 checks does not touch it; it runs on the first selected backend only.  The tests
 under ``DB_INCIDENTAL_DIRS`` count as marked.
@@ -60,6 +63,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.addinivalue_line("markers", "sqlite_only(reason): needs SQLite files; skipped on PostgreSQL")
     config.addinivalue_line("markers", "db_incidental: runs on the first selected database backend only")
+    config.addinivalue_line("markers", "postgresql_only(reason): needs PostgreSQL; runs on it whenever it is "
+                            "selected, skipped otherwise")
 
 
 def selected_backends(config) -> list[str]:
@@ -78,6 +83,10 @@ def pytest_generate_tests(metafunc):
     if "db_backend" not in metafunc.fixturenames:
         return
     backends = selected_backends(metafunc.config)
+    if metafunc.definition.get_closest_marker("postgresql_only"):
+        if "postgresql" in backends and len(backends) > 1:
+            metafunc.parametrize("db_backend", ["postgresql"], indirect=True)
+        return
     if len(backends) > 1 and not _incidental(metafunc.definition):
         metafunc.parametrize("db_backend", backends, indirect=True)
 
@@ -86,6 +95,9 @@ def pytest_generate_tests(metafunc):
 def db_backend(request):
     """The backend of this test run: the parameter, or the one (first) selected."""
     backend = getattr(request, "param", None) or selected_backends(request.config)[0]
+    needs = request.node.get_closest_marker("postgresql_only")
+    if needs and backend != "postgresql":
+        pytest.skip(f"PostgreSQL only (--db=postgresql or both): {needs.args[0] if needs.args else ''}")
     marker = request.node.get_closest_marker("sqlite_only")
     if marker and backend != "sqlite":
         reason = marker.args[0] if marker.args else marker.kwargs.get("reason", "needs SQLite files")

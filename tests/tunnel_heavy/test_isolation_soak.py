@@ -1279,6 +1279,7 @@ def pg(db_backend):
 
 
 @pytest.mark.slow
+@pytest.mark.postgresql_only("forwarding between relays needs the shared PostgreSQL database")
 def test_isolation_soak_across_two_relays_forwarding(pg, settings, one_database_object, tmp_path):
     """Two relays in this process, half the agents on each, every visitor at the first: half the
     tunnels served there, half forwarded through the peer listener of the second, so every

@@ -40,7 +40,7 @@ from tests.support.ketama import Ring
 from tests.support.metrics import scrape
 from tests.support.tunnel import ClientProcess, HttpUpstream, RelayProcess, free_port, make_tunnel, wait_for
 
-pytestmark = [pytest.mark.nginx, pytest.mark.slow]
+pytestmark = [pytest.mark.nginx, pytest.mark.slow, pytest.mark.postgresql_only("several relays share a PostgreSQL database")]
 
 DOMAIN = "localhost"
 RELAYS = 3

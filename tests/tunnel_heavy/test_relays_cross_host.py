@@ -31,7 +31,7 @@ from support.tunnel import HttpUpstream, _Process, _python_env, make_tunnel, wai
 from tests.deploy.nginx_support import running_nginx, tls_front
 from tests.tunnel_heavy.test_relay_failover import TimedClient, Traffic, Tunnel, Visitor, holders
 
-pytestmark = [pytest.mark.nginx, pytest.mark.slow]
+pytestmark = [pytest.mark.nginx, pytest.mark.slow, pytest.mark.postgresql_only("several relays share a PostgreSQL database")]
 
 DOMAIN = "localhost"
 BOUND = 5.0               # issue 12: a tunnel serves again within this of its client noticing
