@@ -119,15 +119,18 @@ class Agent:
         self.connected = asyncio.Event()
         attempt = 0
         was_connected = False
+        opened = None  # a session already welcomed (after a Move): served next, at once
         while True:
             try:
-                reason, up = await self._one_session(was_connected)
+                reason, up, opened = await self._one_session(was_connected, opened)
             except Exception as e:  # a bug must not end a tunnel that would work after a reconnect
-                reason, up = f"internal error ({type(e).__name__}: {e})", False
+                reason, up, opened = f"internal error ({type(e).__name__}: {e})", False, None
                 traceback.print_exc(file=sys.stderr)
             if reason is None:  # final: token refused/revoked
                 return 1
             was_connected = was_connected or up
+            if opened is not None:
+                continue
             if up:
                 attempt = 0
             delay = p.backoff_delay(attempt)
@@ -137,25 +140,37 @@ class Agent:
                      f"retrying in {delay:.1f}s")
             await asyncio.sleep(delay)
 
-    async def _one_session(self, reconnecting: bool) -> tuple[str | None, bool]:
-        """Run one control session; return (reason it ended, whether it got connected)."""
-        up = False
-        control_conn = None
+    async def _open_session(self) -> tuple:
+        """Dial the relay's control channel and get welcomed: (conn, control, welcome, address,
+        placement headers).  Raises TokenRefused, HandshakeFailed, OSError, ... ."""
+        address = await self._resolve()  # every session: the relay may have moved
+        placed = {p.PLACEMENT_HEADER: self._placement} if self._placement else {}
+        conn = await self._dial(p.AGENT_PATH, {"Authorization": f"Bearer {self.token}", **placed}, address)
         try:
-            self._address = await self._resolve()  # every session: the relay may have moved
-            self._placed = {p.PLACEMENT_HEADER: self._placement} if self._placement else {}
-            control_conn = await self._dial(p.AGENT_PATH, {"Authorization": f"Bearer {self.token}", **self._placed})
             control = p.ControlSession(p.AGENT, time.monotonic())
-            control_conn.write(control.send(p.Hello(client=f"intunnel/{__version__}",
-                                                    local_port=self.local_port,
-                                                    host_header=self.host_header)))
-            messages = await asyncio.wait_for(control_conn.read_messages(control.decoder, limit=1),
+            conn.write(control.send(p.Hello(client=f"intunnel/{__version__}", local_port=self.local_port,
+                                            host_header=self.host_header)))
+            messages = await asyncio.wait_for(conn.read_messages(control.decoder, limit=1),
                                               self.handshake_timeout)
             first = control.receive_messages(messages)[0]
             if isinstance(first, p.Revoked):
                 raise TokenRefused(first.reason, first.code)
             if not isinstance(first, p.Welcome):
-                return f"relay said: {getattr(first, 'reason', '') or getattr(first, 'message', '')}", False
+                raise HandshakeFailed(f"relay said: {getattr(first, 'reason', '') or getattr(first, 'message', '')}")
+            return conn, control, first, address, placed
+        except BaseException:
+            conn.close()
+            raise
+
+    async def _one_session(self, reconnecting: bool, opened: tuple | None) -> tuple[str | None, bool, tuple | None]:
+        """Run one control session (``opened`` if one was welcomed ahead); return the reason it
+        ended, whether it got connected, and the session that replaces it after a Move."""
+        up = False
+        control_conn = None
+        try:
+            if opened is None:
+                opened = await self._open_session()
+            control_conn, control, first, self._address, self._placed = opened
             up = True
             control.dead_peer_timeout = first.dead_peer_timeout
             self.url = first.url
@@ -167,16 +182,17 @@ class Agent:
                      f"http://{self.upstream_host}:{self.local_port}")
             self.connected.set()
             self._top_up()
-            return await self._serve_control(control_conn, control), True
+            reason, successor = await self._serve_control(control_conn, control)
+            return reason, True, successor
         except TokenRefused as e:
             self.say(f"intunnel: {e}. Not retrying: {advice_for(e.code)}.")
-            return None, up
+            return None, up, None
         except asyncio.TimeoutError:
-            return "the relay did not answer in time", up
+            return "the relay did not answer in time", up, None
         except HandshakeFailed as e:
-            return str(e), up
+            return str(e), up, None
         except (OSError, ConnClosed, p.ProtocolError) as e:
-            return _describe(e), up
+            return _describe(e), up, None
         finally:
             self.connected.clear()
             self._session = None
@@ -187,15 +203,29 @@ class Agent:
             for conn in list(self._data_conns):
                 conn.close()  # idle pool connections; spliced ones are owned by their visitors
 
-    async def _serve_control(self, conn: Conn, control: p.ControlSession) -> str:
-        """Answer pings and OpenData until the channel ends; return why it ended."""
+    async def _serve_control(self, conn: Conn, control: p.ControlSession) -> tuple[str, tuple | None]:
+        """Answer pings and OpenData until the channel ends; return why it ended, and the session
+        that takes over from it (a Move: opened while this one kept serving, make before break)."""
         ended: asyncio.Future = asyncio.get_running_loop().create_future()
+        successor: asyncio.Task | None = None
 
         def finish(reason):
             if not ended.done():
                 ended.set_result(reason)
 
+        def moved(task: asyncio.Task):
+            nonlocal successor
+            if task.cancelled():
+                return
+            if task.exception() is not None:
+                self.say(f"could not open the new session the relay asked for ({_describe(task.exception())}); "
+                         "this one goes on")
+                successor = None
+                return
+            finish("moved to the relay that takes this tunnel's visitors")
+
         def on_bytes(data: bytes):
+            nonlocal successor
             try:
                 messages = control.receive_data(data, time.monotonic())
             except p.ProtocolError as e:
@@ -211,7 +241,14 @@ class Agent:
                     self._last_burst = time.monotonic()
                     for _ in range(count):
                         self._spawn(self._data_connection(counted=False))
+                elif isinstance(m, p.Move):
+                    if successor is None and not ended.done():
+                        self.say(f"moving: {m.reason}")
+                        successor = asyncio.ensure_future(self._open_session())
+                        successor.add_done_callback(moved)
                 elif isinstance(m, p.Revoked):
+                    if successor is not None and m.code == p.REVOKED_REPLACED:
+                        continue  # replaced by our own new session: it takes over once welcomed
                     ended.done() or ended.set_exception(
                         TokenRefused(f"the relay cut this tunnel: {m.reason}", m.code))
                 elif isinstance(m, p.GoAway):
@@ -223,14 +260,25 @@ class Agent:
         conn.on_eof = lambda: finish("the relay closed the connection")
         conn.forward_to(on_bytes)
         on_bytes(b"")
-        while not ended.done():
-            await asyncio.wait([ended], timeout=1.0)
-            now = time.monotonic()
-            if control.is_dead(now):
-                finish(f"no heartbeat from the relay for {control.dead_peer_timeout:.0f}s")
-            if self._pool_size > self._base_pool and now - self._last_burst > p.POOL_SHRINK_AFTER:
-                self._shrink_pool()
-        return ended.result()
+        try:
+            while not ended.done():
+                await asyncio.wait([ended], timeout=1.0)
+                now = time.monotonic()
+                if control.is_dead(now):
+                    finish(f"no heartbeat from the relay for {control.dead_peer_timeout:.0f}s")
+                if self._pool_size > self._base_pool and now - self._last_burst > p.POOL_SHRINK_AFTER:
+                    self._shrink_pool()
+            reason = ended.result()
+        except BaseException:
+            if successor is not None:
+                successor.cancel()
+            raise
+        if successor is None:
+            return reason, None
+        try:   # under way, or done: the new session takes over when it is welcomed
+            return reason, await successor
+        except Exception:
+            return reason, None
 
     # --- data connections ---
     def _spawn(self, coro) -> None:
@@ -310,12 +358,12 @@ class Agent:
             raise OSError(f"cannot resolve {self.server.host}")
         return infos[0][4][0]
 
-    async def _dial(self, path: str, headers: dict[str, str]) -> Conn:
+    async def _dial(self, path: str, headers: dict[str, str], address: str | None = None) -> Conn:
         loop = asyncio.get_running_loop()
         kwargs = {"ssl": self.ssl, "server_hostname": self.server.host} if self.ssl else {}
         async with asyncio.timeout(self.handshake_timeout):
             # By address: the name was resolved once for this session (no resolver thread per visitor).
-            _, conn = await loop.create_connection(Conn, self._address, self.server.port, **kwargs)
+            _, conn = await loop.create_connection(Conn, address or self._address, self.server.port, **kwargs)
         try:
             lines = [f"GET {path} HTTP/1.1", f"Host: {self.server.host_header}",
                      f"Upgrade: {p.UPGRADE_TOKEN}", "Connection: Upgrade",

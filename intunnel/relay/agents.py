@@ -45,6 +45,12 @@ class AgentSession:
         self.holders: set = set()        # the Links holding them (a full tunnel evicts the idlest)
         self.closed = False
         self.last_ping = time.monotonic()
+        # Placement with several relays (Relay._rebalance): upstreams attached for visitors that
+        # came here directly / forwarded by another relay, since the last heartbeat tick.
+        self.named = False           # the agent named its tunnel on connecting (nginx could place it)
+        self.direct = self.hops = 0
+        self.misplaced_since: float | None = None
+        self.moving = False          # asked to Move: its visitors in flight may finish
         # Control-channel backpressure: what the agent has not read yet stays below this.
         self.write_limit = relay.settings.relay_control_write_limit
         self.cut = False                          # dropped for not reading: write nothing more
@@ -170,7 +176,7 @@ class AgentSession:
             self.idle.popleft().close()
         while self.parked:
             self.parked.popleft()[0].close()
-        if not self.relay.stopping:  # a graceful stop lets visitors finish first
+        if not self.relay.stopping and not self.moving:  # a graceful stop or a move lets visitors finish
             # The agent is gone: its in-flight data connections would otherwise hang forever.
             for conn in list(self.active):
                 conn.abort()

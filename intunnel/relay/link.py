@@ -273,7 +273,12 @@ class Link:
         self._attach(session, data, rest, reused=False)
 
     def _attach(self, session, data: Conn, rest: bytes, reused: bool) -> None:
-        self.relay.stats.routed["forwarded_in" if self.hop else "local"] += 1
+        if self.hop:
+            self.relay.stats.routed["forwarded_in"] += 1
+            session.hops += 1
+        else:
+            self.relay.stats.routed["local"] += 1
+            session.direct += 1
         self._connect(Upstream(session, data, reused, self), session.host_header, rest)
 
     def _connect(self, up, host_header: str | None, rest: bytes) -> None:

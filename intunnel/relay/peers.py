@@ -193,6 +193,15 @@ class Peers:
             raise PeerUnreachable(relay_id)
         return conn
 
+    def sweep(self, now: float) -> None:
+        """From the heartbeat timer: close parked connections idle for PEER_IDLE (each holds a
+        visitor slot, a data connection and a connection to the app at the owner)."""
+        for subdomain, queue in list(self.parked.items()):
+            while queue and now - queue[0][1] >= PEER_IDLE:   # oldest first
+                queue.popleft()[0].close()
+            if not queue:
+                del self.parked[subdomain]
+
     def park(self, subdomain: str, conn: Conn) -> None:
         """An exchange ended cleanly on ``conn``: keep it for the tunnel's next request."""
         queue = self.parked.setdefault(subdomain, collections.deque())

@@ -110,6 +110,8 @@ class Revocations:
             log.warning("unexpected notification on %s; checking every session", CHANNEL)
             self._queue(None)
             return
+        if parsed[0] == TUNNEL and self.relay.peers is not None:
+            self.relay.peers.forget(parsed[1])   # its route may have moved: look it up anew
         now = time.monotonic()
         self._recent.append((now, *parsed))
         while self._recent and self._recent[0][0] < now - RECENT_FOR:

@@ -31,10 +31,29 @@ from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
 
-PLACEMENT_RETRY = 60.0  # seconds before an agent that named no tunnel is asked again (_misplaced)
+PLACEMENT_RETRY = 60.0  # seconds before an agent is asked again to reconnect or move (_misplaced, _rebalance)
+MOVE_AFTER = 3.0        # seconds of visitors arriving through another relay before an agent is asked to move
 
 SWITCHING = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + p.UPGRADE_TOKEN +
              "\r\nConnection: Upgrade\r\n\r\n").encode()
+
+
+class Recently:
+    """Names seen within the last ``window`` seconds (bounded by the names seen in it)."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self.seen: dict[str, float] = {}   # in time order: a name goes in again only after it went out
+
+    def first_in_a_while(self, name: str, now: float) -> bool:
+        """True (and remembered) unless ``name`` was seen within the window."""
+        seen = self.seen
+        while seen and now - next(iter(seen.values())) > self.window:
+            del seen[next(iter(seen))]
+        if name in seen:
+            return False
+        seen[name] = now
+        return True
 
 
 class Tunables:
@@ -67,7 +86,8 @@ class Relay:
         # Forwarding to and from the other relays (relay/peers), only with relay_peer_listen.
         self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
         self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
-        self.placed: dict[str, float] = {}   # subdomain -> when its agent was asked to name it
+        self.bounced = Recently(PLACEMENT_RETRY)   # tunnels whose agent was asked to name them
+        self.moved = Recently(PLACEMENT_RETRY)     # tunnels whose agent was asked to move
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -300,6 +320,7 @@ class Relay:
             conn.close()
             return
         session = AgentSession(self, conn, tunnel, hello, control)
+        session.named = bool(head.get(p.PLACEMENT_HEADER))
         old = self.sessions.get(tunnel.subdomain)
         if old is not None:
             log.info("tunnel %s: a new agent connected with the same token; closing the old one",
@@ -331,14 +352,7 @@ class Relay:
         """Several relays (forwarding on) and an agent that did not name its tunnel, not lately."""
         if self.peers is None or head.get(p.PLACEMENT_HEADER):
             return False
-        now = time.monotonic()
-        placed = self.placed   # in time order (a name goes in again only after it went out)
-        while placed and now - next(iter(placed.values())) > PLACEMENT_RETRY:
-            del placed[next(iter(placed))]
-        if subdomain in placed:
-            return False
-        self.placed[subdomain] = now
-        return True
+        return self.bounced.first_in_a_while(subdomain, time.monotonic())
 
     def _data(self, conn: Conn, head) -> None:
         session = self.by_secret.get(head.get(p.SESSION_HEADER) or "")
@@ -373,4 +387,33 @@ class Relay:
             now = time.monotonic()
             for session in list(self.sessions.values()):
                 session.heartbeat(now)
+                if self.peers is not None:
+                    self._rebalance(session, now)
+            if self.peers is not None:
+                self.peers.sweep(now)
             self.routes.tick()
+
+    def _rebalance(self, session: AgentSession, now: float) -> None:
+        """Several relays: a session whose visitors keep arriving at another relay (forwarded
+        here) is in the wrong place (it connected while its relay was down, or the ring
+        changed): after MOVE_AFTER of that, it is asked to Move, and reconnects through nginx,
+        which places it with them.  Its old session serves until the new one is welcomed, so
+        no visitor sees a gap.  Once per tunnel per PLACEMENT_RETRY (no back and forth when
+        nginx and the relays disagree for a while)."""
+        # Visitors attached since the last tick, and those holding an upstream now (a keep-alive
+        # connection, from nginx or a peer relay, keeps its upstream between requests).
+        hops = session.hops + sum(1 for h in session.holders if h.hop)
+        direct = session.direct + len(session.holders) - (hops - session.hops)
+        session.hops = session.direct = 0
+        if hops <= direct or not session.named or session.moving:
+            session.misplaced_since = None
+            return
+        if session.misplaced_since is None:
+            session.misplaced_since = now
+            return
+        if now - session.misplaced_since < MOVE_AFTER or not self.moved.first_in_a_while(session.subdomain, now):
+            return
+        session.moving = True
+        log.info("tunnel %s: its visitors arrive at another relay; asking its agent to move there",
+                 session.subdomain)
+        session.send(p.Move())

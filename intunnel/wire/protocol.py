@@ -25,6 +25,8 @@ Rules of the control channel (the transition table ``TRANSITIONS`` is the truth)
 - The relay's first frame is ``Welcome`` (or a final ``Revoked``/``GoAway``/``Error``).
 - ``Revoked``, ``GoAway`` and ``Error`` are final: the sender closes afterwards.
 - Either side may send ``Ping``; the other answers ``Pong`` with the same ``seq``.
+- ``Move`` (relay -> agent) is not final: the agent opens a new session and closes this one
+  once the new one is welcomed (make before break).
 - Any frame is proof of life; silence longer than the dead-peer timeout ends the session.
 - A frame larger than ``MAX_FRAME_SIZE``, bad JSON, an unknown type, a missing
   or mistyped field, or a message not allowed in the current state is a
@@ -123,6 +125,15 @@ class Pong(Message):
     """Either way: answer to Ping with the same seq."""
     type: ClassVar[str] = "pong"
     seq: int
+
+
+@dataclass(frozen=True)
+class Move(Message):
+    """Relay -> agent: this tunnel's visitors arrive at another relay (several relays): open a
+    new session through the front, which places it with them, and close this one only once
+    the new one is welcomed; this one serves meanwhile (no gap)."""
+    type: ClassVar[str] = "move"
+    reason: str = "this tunnel's visitors arrive at another relay"
 
 
 @dataclass(frozen=True)
@@ -264,13 +275,13 @@ FINAL = (GoAway, Revoked, Error)
 TRANSITIONS: dict[tuple[str, str, str], dict[type[Message], str]] = {
     (RELAY, AWAIT_HELLO, "recv"): {Hello: ACTIVE, Error: CLOSED},
     (RELAY, AWAIT_HELLO, "send"): {GoAway: CLOSED, Revoked: CLOSED, Error: CLOSED},
-    (RELAY, ACTIVE, "send"): {Welcome: ACTIVE, Ping: ACTIVE, Pong: ACTIVE, OpenData: ACTIVE,
+    (RELAY, ACTIVE, "send"): {Welcome: ACTIVE, Ping: ACTIVE, Pong: ACTIVE, OpenData: ACTIVE, Move: ACTIVE,
                               GoAway: CLOSED, Revoked: CLOSED, Error: CLOSED},
     (RELAY, ACTIVE, "recv"): {Ping: ACTIVE, Pong: ACTIVE, Error: CLOSED},
     (AGENT, AWAIT_HELLO, "send"): {Hello: AWAIT_WELCOME},
     (AGENT, AWAIT_WELCOME, "recv"): {Welcome: ACTIVE, GoAway: CLOSED, Revoked: CLOSED, Error: CLOSED},
     (AGENT, AWAIT_WELCOME, "send"): {Error: CLOSED},
-    (AGENT, ACTIVE, "recv"): {Ping: ACTIVE, Pong: ACTIVE, OpenData: ACTIVE,
+    (AGENT, ACTIVE, "recv"): {Ping: ACTIVE, Pong: ACTIVE, OpenData: ACTIVE, Move: ACTIVE,
                               GoAway: CLOSED, Revoked: CLOSED, Error: CLOSED},
     (AGENT, ACTIVE, "send"): {Ping: ACTIVE, Pong: ACTIVE, Error: CLOSED},
 }

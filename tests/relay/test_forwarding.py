@@ -293,3 +293,70 @@ def test_revocation_cuts_an_agent_within_one_second_whatever_relay_holds_it(pg, 
         assert elapsed < 1.0, f"{name}: cut after {elapsed:.3f} s"
         print(f"{name}: agent cut {elapsed * 1000:.0f} ms after its token was regenerated")
         wait_for(lambda: visit(relays[0].port, f"{name}.localhost", "/")[0] == 503, 5, message="offline")
+
+
+def test_a_session_whose_visitors_arrive_at_another_relay_moves_without_a_gap(pg, settings, db, stack, secret_file):
+    """Visitors keep arriving at relay-1 while the agent is on relay-0: after a few seconds relay-0
+    asks the agent to Move; the client opens a new session (through its --server: relay-0 here,
+    nginx places it in production), and closes the old one only once the new one is welcomed.
+    Requests never stop being answered, and a download in flight across the move completes."""
+    upstream = stack.enter_context(HttpUpstream())
+    relays = Relays(stack, settings, secret_file)
+    tunnel, client = connect(stack, settings, relays[0], "myapp", upstream.port)
+    client.wait_line(r"^reconnected: ")   # the placement bounce: it names its tunnel from now on
+    size = 64 * 1024 * 1024
+    statuses: list = []
+    download: dict = {}
+
+    def slow_download():
+        conn = http.client.HTTPConnection("127.0.0.1", relays[1].port, timeout=30)
+        conn.request("GET", f"/download?size={size}", headers={"Host": "myapp.localhost"})
+        resp = conn.getresponse()
+        digest, got = hashlib.sha256(), 0
+        while chunk := resp.read(64 * 1024):
+            digest.update(chunk)
+            got += len(chunk)
+            if got < size // 2:
+                time.sleep(0.002)   # reads slowly: still in flight when the agent moves
+        download.update(status=resp.status, size=got, sha=digest.hexdigest())
+
+    import threading
+    worker = threading.Thread(target=slow_download)
+    worker.start()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and sum("reconnected:" in line for line in client.lines) < 2:
+        statuses.append(visit(relays[1].port, "myapp.localhost", f"/r{len(statuses)}")[0])
+    moved_at = len(statuses)
+    for i in range(50):   # and after the move
+        statuses.append(visit(relays[1].port, "myapp.localhost", f"/after{i}")[0])
+    worker.join(30)
+    assert sum("reconnected:" in line for line in client.lines) == 2, client.lines
+    assert any(line.startswith("moving: ") for line in client.lines), client.lines
+    after_bounce = client.lines[next(i for i, line in enumerate(client.lines) if line.startswith("reconnected:")):]
+    assert not any(line.startswith(("disconnected", "intunnel:")) for line in after_bounce), client.lines
+    relays[0].wait_line(r"tunnel myapp: its visitors arrive at another relay; asking its agent to move")
+    assert moved_at > 0 and set(statuses) == {200}, [s for s in statuses if s != 200]
+    assert download == {"status": 200, "size": size, "sha": pattern_sha256(size)}
+    # once per tunnel per minute: the visitors still come through relay-1, it is not moved again
+    assert sum("asking its agent to move" in line for line in relays[0].lines) == 1
+
+
+def test_a_route_that_moves_is_followed_at_once(pg, settings, db, stack, secret_file):
+    """relay-2 forwards myapp's visitors to relay-0 (route cached, a peer connection parked); the
+    agent reconnects to relay-1: the claim's notification makes relay-2 drop both, so the next
+    visitor is served through relay-1 at once, not after the cache's ROUTE_TTL."""
+    from intunnel.relay.peers import ROUTE_TTL
+    upstream = stack.enter_context(HttpUpstream())
+    relays = Relays(stack, settings, secret_file, count=3)
+    tunnel, first = connect(stack, settings, relays[0], "myapp", upstream.port)
+    first.wait_line(r"^reconnected: ")
+    assert visit(relays[2].port, "myapp.localhost", "/cached")[0] == 200
+    assert relays.routed(0)["forwarded_in"] == 1
+    second = stack.enter_context(ClientProcess(relays[1].url, tunnel.token, upstream.port))
+    second.wait_line(r"^connected: ")
+    wait_for(lambda: Route.get_by_id(tunnel.id).relay_id == "relay-1", 5, message="route on relay-1")
+    moved = time.monotonic()
+    wait_for(lambda: visit(relays[2].port, "myapp.localhost", "/moved")[0] == 200, 5, interval=0.02,
+             message="served through relay-1")
+    assert time.monotonic() - moved < ROUTE_TTL / 2, "relay-2 kept the stale route"
+    assert relays.routed(1)["forwarded_in"] >= 1
