@@ -49,7 +49,8 @@ WRITES = ("POST /api/tunnels", "DELETE /api/tunnels/<id>")  # measured together:
 WRITER = "writer@example.com"  # the write load's user (no tunnels between its create/delete pairs)
 BACKENDS = ("sqlite", "postgresql")
 BASELINE = "/healthz"  # same server and middleware, no credential, no SQL: the floor under the API figures
-SECTION_START, SECTION_END = "<!-- api-bench -->", "<!-- /api-bench -->"
+MARKER = "api-bench"  # the section's markers in the results file (bench.report.write_section)
+SECTION_START, SECTION_END = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
 UNLIMITED = str(10 ** 9)
 CLIENTS = {"wrk": "`wrk -t1 -c{n}`, one connection per client", "python": "threads, `http.client`"}
 
@@ -367,14 +368,8 @@ def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str
 
 def write_section(path: Path, section: str) -> None:
     """Replace (or append) the API section of the results file, leaving the rest alone."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(r"## API\n\n" + re.escape(SECTION_START) + r".*?" + re.escape(SECTION_END) + r"\n",
-                         re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    from bench.report import write_section as write_marked
+    write_marked(path, "## API", MARKER, section)
 
 
 def parse_backends(value: str) -> tuple[str, ...]:

@@ -125,3 +125,30 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         ticks += int(fields[11]) + int(fields[12])  # utime, stime
     return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU time each named process tree uses from now on, and this process's waited-for children
+    (the load generators, as ``"wrk"``): ``per_request(n)`` gives microseconds per request."""
+
+    def __init__(self, sides: dict[str, int]):
+        self.sides = dict(sides)
+        self.before = {side: tree_cpu_seconds(pid) for side, pid in self.sides.items()}
+        self.before_children = children_cpu_seconds()
+
+    def used(self) -> dict[str, float]:
+        used = {side: tree_cpu_seconds(pid) - self.before[side] for side, pid in self.sides.items()}
+        used["wrk"] = children_cpu_seconds() - self.before_children  # the load generator: same cores
+        return used
+
+    def per_request(self, requests: int) -> dict[str, float]:
+        return {side: 1e6 * cpu / max(1, requests) for side, cpu in self.used().items()}
+
+
+def machine_cpu_seconds() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, all cores (/proc/stat): busy is
+    everything but idle and iowait, whoever ran it."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is inside user)
+    return (total - fields[3] - fields[4]) / tick, total / tick

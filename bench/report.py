@@ -6,7 +6,9 @@ is "n/a" (e.g. nginx-hop has no agent, ssh has no automatic restart).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -149,3 +151,26 @@ def targets_report(results: dict[str, dict[str, float]]) -> str:
             verdict, shown = ("met" if ok else "NOT met"), f"{value:.2f}"
         lines.append(f"- {t.text}: {shown} -> **{verdict}**")
     return "\n".join(lines)
+
+
+# A section another bench keeps in the results file: "## Heading", a blank line, then
+# everything between <!-- name --> and <!-- /name -->.  bench.tunnel rewrites the file
+# around them; each bench replaces only its own.
+MARKED_SECTION = re.compile(r"## [^\n]+\n\n<!-- ([\w-]+) -->.*?<!-- /\1 -->\n", re.S)
+
+
+def marked_sections(text: str) -> list[str]:
+    """Every marked section of a results file, in order."""
+    return [m.group(0) for m in MARKED_SECTION.finditer(text)]
+
+
+def write_section(path: Path, heading: str, marker: str, section: str) -> None:
+    """Replace (or append) one marked section of the results file, leaving the rest alone."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(re.escape(heading) + r"\n\n<!-- " + re.escape(marker) + r" -->.*?<!-- /"
+                         + re.escape(marker) + r" -->\n", re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: section, text)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)

@@ -50,6 +50,19 @@ def http_request(port: int, host: str, path: str = "/", method: str = "GET", tls
         return load.read_response(sock, head_only_body=method == "HEAD")
 
 
+
+def metric_families(metrics_port: int) -> list:
+    """What a relay's /metrics listener serves now, parsed (prometheus_client's metric families)."""
+    import http.client
+    from prometheus_client.parser import text_string_to_metric_families
+    conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    return list(text_string_to_metric_families(text))
+
 class Stack:
     """A data dir with a database, one relay subprocess and any number of clients."""
 

@@ -17,7 +17,6 @@ import contextlib
 import datetime
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def ensure_tools() -> None:
+def ensure_tools(tools=("wrk", "nginx", "sshd", "ssh", "ssh-keygen", "openssl")) -> None:
     """wrk is a bench-only tool: install it from Debian when it is missing."""
     if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
         log("installing wrk (apt-get)")
@@ -43,7 +42,7 @@ def ensure_tools() -> None:
         if shutil.which("wrk") is None:
             subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
             subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=False, capture_output=True)
-    missing = [t for t in ("wrk", "nginx", "sshd", "ssh", "ssh-keygen", "openssl") if shutil.which(t) is None]
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
         sys.exit("bench: missing tools: " + ", ".join(missing))
 
@@ -74,12 +73,9 @@ def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int], 
             direct = load.wrk(paired_url, DIRECT_HOST, 32, opts.duration, close=close)
             if best_direct is None or direct.rps > best_direct.rps:
                 best_direct = direct
-        before = {side: procs.tree_cpu_seconds(pid) for side, pid in sides.items()}
-        before_wrk = procs.children_cpu_seconds()
+        meter = procs.CpuMeter(sides)
         result = load.wrk(url, host, 32, opts.duration, close=close)
-        used = {side: procs.tree_cpu_seconds(pid) - before[side] for side, pid in sides.items()}
-        used["wrk"] = procs.children_cpu_seconds() - before_wrk  # the load generator: same 2 cores
-        per_request = {side: 1e6 * cpu / max(1, result.requests) for side, cpu in used.items()}
+        per_request = meter.per_request(result.requests)
         # Best of --repeat runs: other work on a shared machine only ever makes a run slower.
         if best is None or result.rps > best[0].rps:
             best = (result, per_request)
@@ -88,15 +84,7 @@ def wrk_with_cpu(url: str, host: str, opts, close: bool, sides: dict[str, int], 
 
 def route_buckets(metrics_port: int) -> list[tuple[float, float]]:
     """The relay's ``intunnel_relay_route_seconds`` histogram now: (upper bound, cumulative count)."""
-    import http.client
-    from prometheus_client.parser import text_string_to_metric_families
-    conn = http.client.HTTPConnection("127.0.0.1", metrics_port, timeout=5)
-    try:
-        conn.request("GET", "/metrics")
-        text = conn.getresponse().read().decode()
-    finally:
-        conn.close()
-    for family in text_string_to_metric_families(text):
+    for family in stack.metric_families(metrics_port):
         if family.name == "intunnel_relay_route_seconds":
             return sorted((float(s.labels["le"]), s.value) for s in family.samples if s.name.endswith("_bucket"))
     raise RuntimeError("the relay's metrics have no intunnel_relay_route_seconds")
@@ -327,11 +315,10 @@ def write_results(path: Path, text: str, opts) -> None:
     notes = HERE / "NOTES.md"
     if notes.exists():
         body += "\n" + notes.read_text()
-    # Keep the API benchmark's section (bench/api_bench.py writes it between these markers).
+    # Keep the other benches' sections (bench/api_bench.py, bench/relays.py write them between markers).
     if path.exists():
-        api = re.search(r"## API\n\n<!-- api-bench -->.*?<!-- /api-bench -->\n", path.read_text(), re.S)
-        if api:
-            body += "\n" + api.group(0)
+        for section in report.marked_sections(path.read_text()):
+            body += "\n" + section
     path.write_text(body)
 
 
