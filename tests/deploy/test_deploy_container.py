@@ -12,121 +12,30 @@ port): two more runs, the second changed=0, then the web app, the relay and `doc
 
 from __future__ import annotations
 
-import http.client
 import json
-import os
 import re
 import shlex
 import shutil
 import socket
-import ssl
-import subprocess
-import sys
-import threading
 import time
-from http import HTTPStatus
-from pathlib import Path
 
 import pytest
 
 from bench.procs import wait_until
-from conftest import require_tool
-from container_support import Container, prepare_root
+from container_support import (ADMIN_EMAIL, BIG_PAGE, DOMAIN, Container, Site, Upstream, create_tunnel, deploy_workdir, freeze_checkout,
+                               prepare_root, recap, run_playbook, ssh_host_vars, tunnel_client, web_is_up)
 from nginx_support import free_port
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-HERE = Path(__file__).resolve().parent
-DOMAIN = "intunnel.test"
-ADMIN_EMAIL = "admin@intunnel.test"
 UNITS = ("intunnel-web.service", "intunnel-relay.service")
-PLAYBOOK_TIMEOUT = 900
-
-
-def run_playbook(inventory: Path, log: Path) -> str:
-    ansible_playbook = Path(sys.prefix) / "bin" / "ansible-playbook"
-    if not ansible_playbook.exists():
-        ansible_playbook = Path(require_tool("ansible-playbook"))
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_HOST_KEY_CHECKING": "False",
-           "ANSIBLE_RETRY_FILES_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    env.pop("INTUNNEL_CONFIG", None)
-    result = subprocess.run([str(ansible_playbook), "-i", str(inventory), str(REPO / "deploy" / "site.yml")],
-                            capture_output=True, text=True, env=env, timeout=PLAYBOOK_TIMEOUT)
-    with open(log, "a") as f:
-        f.write(result.stdout + result.stderr)
-    assert result.returncode == 0, f"ansible-playbook failed (log {log}):\n{result.stdout[-6000:]}\n{result.stderr[-3000:]}"
-    return result.stdout
-
-
-def recap(output: str) -> dict[str, int]:
-    match = re.search(r"PLAY RECAP \*+\s*\n\S+\s*:\s*(.*)", output)
-    assert match, output[-3000:]
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", match.group(1))}
-
-
-class Site:
-    """What the tests need to reach the deployed host."""
-
-    def __init__(self, container, https_port, ca_file, admin_password, inventory, log):
-        self.container, self.https_port, self.ca_file = container, https_port, ca_file
-        self.admin_password, self.inventory, self.log = admin_password, inventory, log
-        self.cookie = None
-
-    @property
-    def server_url(self) -> str:
-        return f"https://{DOMAIN}:{self.https_port}"
-
-    def tls_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=str(self.ca_file))
-
-    def connection(self, host: str) -> http.client.HTTPSConnection:
-        """HTTPS to the container's nginx, with SNI and Host = host (which no DNS knows)."""
-        port, context = self.https_port, self.tls_context()
-
-        class Connection(http.client.HTTPSConnection):
-            def connect(self):
-                sock = socket.create_connection(("127.0.0.1", port), timeout=self.timeout)
-                self.sock = context.wrap_socket(sock, server_hostname=host)
-
-        return Connection(host, port, timeout=15, context=context)
-
-    def request(self, method, path, body=None, host=DOMAIN, headers=None):
-        conn = self.connection(host)
-        try:
-            all_headers = {"Accept": "application/json", **(headers or {})}
-            if self.cookie and host == DOMAIN:
-                all_headers["Cookie"] = self.cookie
-            data = None
-            if body is not None:
-                data = json.dumps(body).encode()
-                all_headers["Content-Type"] = "application/json"
-            conn.request(method, path, body=data, headers=all_headers)
-            response = conn.getresponse()
-            return response.status, response.getheaders(), response.read()
-        finally:
-            conn.close()
-
-    def login(self):
-        status, headers, body = self.request("POST", "/login", {"email": ADMIN_EMAIL, "password": self.admin_password})
-        assert status == 200, (status, body)
-        cookies = [v.split(";", 1)[0] for k, v in headers if k.lower() == "set-cookie"]
-        self.cookie = "; ".join(c for c in cookies if c.startswith("__Host-intunnel_session=")
-                                and c != "__Host-intunnel_session=")
-        assert self.cookie, headers
 
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
-    for tool in ("debootstrap", "systemd-nspawn", "ssh", "ssh-keygen", "openssl"):
-        require_tool(tool)
-    if os.geteuid() != 0:
-        pytest.skip("the deploy test boots a container: run it as root")
-    work = tmp_path_factory.mktemp("deploy")
+    work, key = deploy_workdir(tmp_path_factory, "deploy")
     timings = {}
     started = time.monotonic()
-    key = work / "id_ed25519"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     ssh_port, http_port, https_port = free_port(), free_port(), free_port()
     root = work / "root"
     prepare_root(root, ssh_port, (work / "id_ed25519.pub").read_text())
@@ -136,17 +45,10 @@ def site(tmp_path_factory):
         container.wait_ready()
         timings["boot"] = time.monotonic() - started - timings["root"]
         # Both runs install the same checkout, frozen now (others may edit the working tree meanwhile).
-        checkout = work / "checkout"
-        checkout.mkdir()
-        for name in ("setup.cfg", "pyproject.toml", "README.md", "intunnel", "systemd"):
-            copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy2
-            copy(REPO / name, checkout / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                                 if (REPO / name).is_dir() else {}))
+        checkout = freeze_checkout(work)
         inventory = work / "inventory.ini"
         inventory.write_text(f"""[intunnel]
-testhost ansible_host=127.0.0.1 ansible_port={ssh_port} ansible_user=root ansible_ssh_private_key_file={key} \
-ansible_ssh_common_args='-F /dev/null -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null' \
-ansible_python_interpreter=/usr/bin/python3
+testhost {ssh_host_vars(container)}
 
 [intunnel:vars]
 intunnel_source_dir={checkout}
@@ -195,90 +97,35 @@ def test_units_are_active_and_hardened(site):
     assert config == ["640", "root", "intunnel"]
 
 
-# Big enough for the deployed relay to hand it to splice(2) (in @system-service), under its unit's
-# system call filter.
-BIG_PAGE = "0123456789abcdef" * (1 << 18)  # 4 MiB
-
-
-class Upstream:
-    """The "local app" on this machine: a page at / and /big, a WebSocket echo at /ws, one port."""
-
-    def __init__(self):
-        from websockets.sync.server import serve
-
-        def process_request(connection, request):
-            if request.path == "/big":
-                return connection.respond(HTTPStatus.OK, BIG_PAGE)
-            if request.headers.get("Upgrade", "").lower() != "websocket":
-                return connection.respond(HTTPStatus.OK, f"hello from the laptop, path {request.path}\n")
-            return None
-
-        def echo(ws):
-            for message in ws:
-                ws.send(message)
-
-        self.server = serve(echo, "127.0.0.1", 0, process_request=process_request)
-        self.port = self.server.socket.getsockname()[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self):
-        self.server.shutdown()
-        self.thread.join(10)
-
-
-def web_is_up(site) -> bool:
-    try:
-        return site.request("GET", "/healthz")[0] == 200
-    except OSError:
-        return False
-
-
 def test_tunnel_through_the_deployed_host(site):
     from websockets.sync.client import connect
 
     site.login()
-    status, _, body = site.request("POST", "/api/tunnels", {"name": "My Web App", "subdomain": "myapp",
-                                                            "local_port": 3000})
-    assert status in (200, 201), body
-    tunnel = json.loads(body)
-    token = tunnel.get("token") or tunnel.get("tunnel", {}).get("token")
-    assert token, tunnel
+    token = create_tunnel(site, "My Web App", "myapp", 3000)
     upstream = Upstream()
-    env = {**os.environ, "INTUNNEL_TEST_HOSTS": f"{DOMAIN}=127.0.0.1", "PYTHONUNBUFFERED": "1"}
-    env.pop("INTUNNEL_CONFIG", None)
-    client_log = open(site.log.with_name("client.log"), "w+")
-    client = subprocess.Popen([sys.executable, str(HERE / "resolving_client.py"), "http", str(upstream.port),
-                               "--server", site.server_url, "--token", token, "--insecure"],
-                              stdout=client_log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    client_log = site.log.with_name("client.log")
     try:
-        host = f"myapp.{DOMAIN}"
+        with tunnel_client(site, upstream.port, token, client_log):
+            host = f"myapp.{DOMAIN}"
 
-        def page_served():
-            status, _, body = site.request("GET", "/hello?x=1", host=host)
-            return status == 200 and body == b"hello from the laptop, path /hello?x=1\n"
-        wait_until(page_served, 30, "the page through the tunnel (client log: " + client_log.name + ")")
-        status, _, body = site.request("GET", "/big", host=host)
-        assert status == 200 and body == BIG_PAGE.encode()
+            def page_served():
+                status, _, body = site.request("GET", "/hello?x=1", host=host)
+                return status == 200 and body == b"hello from the laptop, path /hello?x=1\n"
+            wait_until(page_served, 30, f"the page through the tunnel (client log: {client_log})")
+            status, _, body = site.request("GET", "/big", host=host)
+            assert status == 200 and body == BIG_PAGE.encode()
 
-        sock = socket.create_connection(("127.0.0.1", site.https_port), timeout=10)
-        with connect(f"wss://{host}:{site.https_port}/ws", sock=sock, ssl=site.tls_context(),
-                     server_hostname=host, open_timeout=10, proxy=None) as ws:
-            ws.send("ping through the appliance")
-            assert ws.recv(timeout=10) == "ping through the appliance"
-            ws.send(b"\x00\x01binary")
-            assert ws.recv(timeout=10) == b"\x00\x01binary"
+            sock = socket.create_connection(("127.0.0.1", site.https_port), timeout=10)
+            with connect(f"wss://{host}:{site.https_port}/ws", sock=sock, ssl=site.tls_context(),
+                         server_hostname=host, open_timeout=10, proxy=None) as ws:
+                ws.send("ping through the appliance")
+                assert ws.recv(timeout=10) == "ping through the appliance"
+                ws.send(b"\x00\x01binary")
+                assert ws.recv(timeout=10) == b"\x00\x01binary"
 
-        status, _, body = site.request("GET", "/api/tunnels")
-        assert status == 200 and b"active" in body
+            status, _, body = site.request("GET", "/api/tunnels")
+            assert status == 200 and b"active" in body
     finally:
-        client.terminate()
-        try:
-            client.wait(10)
-        except subprocess.TimeoutExpired:
-            client.kill()
-            client.wait()
-        client_log.close()
         upstream.close()
 
 
