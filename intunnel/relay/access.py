@@ -209,6 +209,8 @@ def admits_attached(link, head) -> bool:
     session = getattr(link.up, "session", None)
     if session is None:   # a peer relay's upstream (relay/peers): the holding relay checks
         return True
+    if session.closed and session.moving:
+        return False      # its agent moved (Relay._rebalance): the next request goes to its new session
     gate = session.gate
     return gate.policy is None or \
         link.relay.access.check(gate, head, link.conn.peername, getattr(link, "hop", False)) is ALLOW

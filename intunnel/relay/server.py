@@ -33,6 +33,8 @@ log = logging.getLogger("intunnel.relay")
 
 PLACEMENT_RETRY = 60.0  # seconds before an agent is asked again to reconnect or move (_misplaced, _rebalance)
 MOVE_AFTER = 3.0        # seconds of visitors arriving through another relay before an agent is asked to move
+MOVE_RETRY = 5.0        # seconds before a tunnel's agent is asked to move again (doubling up to PLACEMENT_RETRY):
+                        # nginx may still think the relay its visitors reach is down, and place it here again
 
 SWITCHING = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + p.UPGRADE_TOKEN +
              "\r\nConnection: Upgrade\r\n\r\n").encode()
@@ -53,6 +55,26 @@ class Recently:
         if name in seen:
             return False
         seen[name] = now
+        return True
+
+
+class Backoff:
+    """Per name: allowed now, and then not for BASE, 2 BASE, 4 BASE ... up to CAP seconds (a
+    name left alone for CAP after its last wait starts again at BASE)."""
+
+    def __init__(self, base: float, cap: float):
+        self.base, self.cap = base, cap
+        self.entries: dict[str, tuple[float, int]] = {}   # name -> (allowed again at, tries)
+
+    def allow(self, name: str, now: float) -> bool:
+        entries = self.entries
+        while entries and next(iter(entries.values()))[0] + self.cap < now:   # the long-quiet ones
+            del entries[next(iter(entries))]
+        until, tries = entries.get(name, (0.0, -1))
+        if now < until:
+            return False
+        entries.pop(name, None)   # re-inserted last: roughly in time order for the pruning above
+        entries[name] = (now + min(self.cap, self.base * 2 ** (tries + 1)), tries + 1)
         return True
 
 
@@ -87,7 +109,7 @@ class Relay:
         self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
         self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
         self.bounced = Recently(PLACEMENT_RETRY)   # tunnels whose agent was asked to name them
-        self.moved = Recently(PLACEMENT_RETRY)     # tunnels whose agent was asked to move
+        self.moves = Backoff(MOVE_RETRY, PLACEMENT_RETRY)  # tunnels whose agent was asked to move
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -398,8 +420,8 @@ class Relay:
         here) is in the wrong place (it connected while its relay was down, or the ring
         changed): after MOVE_AFTER of that, it is asked to Move, and reconnects through nginx,
         which places it with them.  Its old session serves until the new one is welcomed, so
-        no visitor sees a gap.  Once per tunnel per PLACEMENT_RETRY (no back and forth when
-        nginx and the relays disagree for a while)."""
+        no visitor sees a gap.  Asked again after MOVE_RETRY, doubling up to PLACEMENT_RETRY, if it
+        lands here again (nginx may still count the other relay as down): no back and forth."""
         # Visitors attached since the last tick, and those holding an upstream now (a keep-alive
         # connection, from nginx or a peer relay, keeps its upstream between requests).
         hops = session.hops + sum(1 for h in session.holders if h.hop)
@@ -411,7 +433,7 @@ class Relay:
         if session.misplaced_since is None:
             session.misplaced_since = now
             return
-        if now - session.misplaced_since < MOVE_AFTER or not self.moved.first_in_a_while(session.subdomain, now):
+        if now - session.misplaced_since < MOVE_AFTER or not self.moves.allow(session.subdomain, now):
             return
         session.moving = True
         log.info("tunnel %s: its visitors arrive at another relay; asking its agent to move there",

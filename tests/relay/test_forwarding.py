@@ -337,7 +337,8 @@ def test_a_session_whose_visitors_arrive_at_another_relay_moves_without_a_gap(pg
     relays[0].wait_line(r"tunnel myapp: its visitors arrive at another relay; asking its agent to move")
     assert moved_at > 0 and set(statuses) == {200}, [s for s in statuses if s != 200]
     assert download == {"status": 200, "size": size, "sha": pattern_sha256(size)}
-    # once per tunnel per minute: the visitors still come through relay-1, it is not moved again
+    # the visitors still come through relay-1 (no nginx here to place it): it is not moved again
+    # before MOVE_RETRY (then again after twice that, and so on)
     assert sum("asking its agent to move" in line for line in relays[0].lines) == 1
 
 
@@ -360,3 +361,15 @@ def test_a_route_that_moves_is_followed_at_once(pg, settings, db, stack, secret_
              message="served through relay-1")
     assert time.monotonic() - moved < ROUTE_TTL / 2, "relay-2 kept the stale route"
     assert relays.routed(1)["forwarded_in"] >= 1
+
+
+def test_the_move_backoff_doubles_and_is_forgotten():
+    from intunnel.relay.server import Backoff
+    b = Backoff(5, 60)
+    allowed = [t for t in range(0, 200) if b.allow("t", float(t))]
+    assert allowed == [0, 5, 15, 35, 75, 135, 195]
+    assert b.allow("other", 0.5) is True
+    fresh = Backoff(5, 60)
+    assert fresh.allow("t", 0) and not fresh.allow("t", 4) and fresh.allow("t", 5)
+    assert fresh.allow("t", 5 + 10 + 60 + 1)   # quiet for longer than the cap: counted from the start again
+    assert not fresh.allow("t", 5 + 10 + 60 + 1 + 4.9)

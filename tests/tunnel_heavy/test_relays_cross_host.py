@@ -9,7 +9,10 @@ Cutting relay 0's link (its veth down: no RST, no FIN, silence) is not killing i
 clients notice only by their heartbeats (dead-peer timeout), reconnect through nginx, which
 finds relay 0 unreachable (connect timeout) and places them on relay 1; each tunnel serves
 again within 5 s of its client noticing, and the tunnels on relay 1 see no failed request.
-Restoring the link brings relay 0 back: its heartbeats resume and it serves again.
+Restoring the link brings relay 0 back: its heartbeats resume, nginx sends it its tunnels'
+visitors again (forwarded to relay 1 at first), and relay 1 has those agents move back
+(make before break, retried with a backoff when nginx still places one on relay 1); the
+tunnels that stayed on relay 1 see no failed request meanwhile.
 """
 
 from __future__ import annotations
@@ -170,12 +173,38 @@ def test_a_relay_host_cut_off_its_tunnels_serve_again_on_the_other(lab, settings
             assert during and set(during) == {200}, (t.name, [s for s in during if s != 200])
         assert holders() == {t.name: other.id for t in tunnels}
 
-        # The link comes back: relay 0 is heard from again, and nginx (after fail_timeout) sends it the
-        # visitors of its tunnels again, whose agents are on relay 1 now: it forwards them there.
-        lab.restore(0)
-        wait_for(lambda: {d["relay_id"]: d["state"] for d in relay_states(db, 3.0)}.get(cut.id) == "live", 15,
-                 message="relay 0's heartbeats again")
-        visitor = Visitor(moved[0].name, https_port, context)
-        wait_for(lambda: visitor.get("/back") == 200 and cut.forwarded() > 0, 20, interval=0.1,
-                 message="relay 0 forwarding its tunnels' visitors to relay 1")
-        visitor.close()
+        # The link comes back: relay 0 is heard from again, nginx (after fail_timeout) sends it the
+        # visitors of its tunnels again, whose agents are on relay 1 now: it forwards them there,
+        # and relay 1 has those agents Move (make before break), so nginx places them back on
+        # relay 0.  The tunnels that stayed on relay 1 see no failed request meanwhile.
+        for t in tunnels:
+            t.log.clear()
+        with Traffic(stayed, https_port, context):
+            lab.restore(0)
+            restored = time.monotonic()
+            wait_for(lambda: {d["relay_id"]: d["state"] for d in relay_states(db, 3.0)}.get(cut.id) == "live", 15,
+                     message="relay 0's heartbeats again")
+            # New visitors of each moved tunnel keep coming (nginx sends them to relay 0 again once
+            # fail_timeout has passed; the forwarded ones are what tells relay 1 to move the agents).
+            answers: list = []
+
+            def visitors_home():
+                answers.extend(bool(probe(t.name, https_port, context)) for t in moved)
+                return holders() == {t.name: t.home.id for t in tunnels}
+            # nginx's fail_timeout (10 s), MOVE_AFTER (3 s), and a retry or two when nginx still counts
+            # relay 0 as down for the agent's new session (5 s, 10 s: relay.server.Backoff)
+            wait_for(visitors_home, 60, interval=0.1, message="the agents moved back to relay 0")
+            assert cut.forwarded() > 0
+            home = time.monotonic()
+            for t in moved:
+                assert probe(t.name, https_port, context), t.name
+            wait_for(lambda: all(any(at > home + 0.5 for at, _ in t.log) for t in stayed), 10,
+                     message="traffic past the moves")
+        print(f"agents back on relay 0 {home - restored:.1f} s after its link was restored; new visitors of "
+              f"their tunnels meanwhile: {sum(answers)} answered, {len(answers) - sum(answers)} not")
+        for t in stayed:
+            statuses = [s for _, s in t.log]
+            assert statuses and set(statuses) == {200}, (t.name, [s for s in statuses if s != 200])
+        for t in moved:   # moved without a break: no disconnect since the link came back
+            assert t.client.count("moving:") >= 1 and t.client.first_after("disconnected:", restored) is None, \
+                t.client.lines
