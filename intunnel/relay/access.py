@@ -210,7 +210,7 @@ def admits_attached(link, head) -> bool:
     if session is None:   # a peer relay's upstream (relay/peers): the holding relay checks
         return True
     if session.closed and session.moving:
-        return False      # its agent moved (Relay._rebalance): the next request goes to its new session
+        return False      # its agent moved (relay/placement): the next request goes to its new session
     gate = session.gate
     return gate.policy is None or \
         link.relay.access.check(gate, head, link.conn.peername, getattr(link, "hop", False)) is ALLOW

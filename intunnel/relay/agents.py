@@ -45,7 +45,7 @@ class AgentSession:
         self.holders: set = set()        # the Links holding them (a full tunnel evicts the idlest)
         self.closed = False
         self.last_ping = time.monotonic()
-        # Placement with several relays (Relay._rebalance): upstreams attached for visitors that
+        # Placement with several relays (relay/placement): upstreams attached for visitors that
         # came here directly / forwarded by another relay, since the last heartbeat tick.
         self.named = False           # the agent named its tunnel on connecting (nginx could place it)
         self.direct = self.hops = 0

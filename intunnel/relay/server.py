@@ -26,56 +26,14 @@ from .store import Store
 from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
 from .peers import Peers, read_secret
+from .placement import Placement
 from ..errors import ConfigError
 from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
 
-PLACEMENT_RETRY = 60.0  # seconds before an agent is asked again to reconnect or move (_misplaced, _rebalance)
-MOVE_AFTER = 3.0        # seconds of visitors arriving through another relay before an agent is asked to move
-MOVE_RETRY = 5.0        # seconds before a tunnel's agent is asked to move again (doubling up to PLACEMENT_RETRY):
-                        # nginx may still think the relay its visitors reach is down, and place it here again
-
 SWITCHING = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + p.UPGRADE_TOKEN +
              "\r\nConnection: Upgrade\r\n\r\n").encode()
-
-
-class Recently:
-    """Names seen within the last ``window`` seconds (bounded by the names seen in it)."""
-
-    def __init__(self, window: float):
-        self.window = window
-        self.seen: dict[str, float] = {}   # in time order: a name goes in again only after it went out
-
-    def first_in_a_while(self, name: str, now: float) -> bool:
-        """True (and remembered) unless ``name`` was seen within the window."""
-        seen = self.seen
-        while seen and now - next(iter(seen.values())) > self.window:
-            del seen[next(iter(seen))]
-        if name in seen:
-            return False
-        seen[name] = now
-        return True
-
-
-class Backoff:
-    """Per name: allowed now, and then not for BASE, 2 BASE, 4 BASE ... up to CAP seconds (a
-    name left alone for CAP after its last wait starts again at BASE)."""
-
-    def __init__(self, base: float, cap: float):
-        self.base, self.cap = base, cap
-        self.entries: dict[str, tuple[float, int]] = {}   # name -> (allowed again at, tries)
-
-    def allow(self, name: str, now: float) -> bool:
-        entries = self.entries
-        while entries and next(iter(entries.values()))[0] + self.cap < now:   # the long-quiet ones
-            del entries[next(iter(entries))]
-        until, tries = entries.get(name, (0.0, -1))
-        if now < until:
-            return False
-        entries.pop(name, None)   # re-inserted last: roughly in time order for the pruning above
-        entries[name] = (now + min(self.cap, self.base * 2 ** (tries + 1)), tries + 1)
-        return True
 
 
 class Tunables:
@@ -108,8 +66,7 @@ class Relay:
         # Forwarding to and from the other relays (relay/peers), only with relay_peer_listen.
         self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
         self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
-        self.bounced = Recently(PLACEMENT_RETRY)   # tunnels whose agent was asked to name them
-        self.moves = Backoff(MOVE_RETRY, PLACEMENT_RETRY)  # tunnels whose agent was asked to move
+        self.placement = Placement()   # several relays: agents where their visitors arrive (relay/placement)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -326,11 +283,9 @@ class Relay:
             log.info("agent for %s failed its handshake: %s", tunnel.subdomain, e)
             conn.abort()
             return
-        if self._misplaced(head, tunnel.subdomain):
-            # Its first session named no tunnel (no Welcome yet), so nginx placed it by the main
-            # domain, not with its visitors: welcome it (it learns its subdomain), then have it
-            # reconnect at once naming the tunnel.  Once per tunnel per PLACEMENT_RETRY, so a
-            # client that never names it is served where it is (forwarding covers its visitors).
+        if self.peers is not None and self.placement.bounce(head, tunnel.subdomain, time.monotonic()):
+            # Its session named no tunnel, so nginx placed it by the main domain, not with its
+            # visitors: welcome it (it learns its subdomain), have it reconnect naming it.
             log.info("tunnel %s: the agent named no tunnel; asking it to reconnect naming it, to be "
                      "placed with its visitors", tunnel.subdomain)
             conn.write(control.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain),
@@ -370,12 +325,6 @@ class Relay:
         if session.closed and self.sessions.get(tunnel.subdomain) is None:
             await self.store.set_status(tunnel.id, False)
 
-    def _misplaced(self, head, subdomain: str) -> bool:
-        """Several relays (forwarding on) and an agent that did not name its tunnel, not lately."""
-        if self.peers is None or head.get(p.PLACEMENT_HEADER):
-            return False
-        return self.bounced.first_in_a_while(subdomain, time.monotonic())
-
     def _data(self, conn: Conn, head) -> None:
         session = self.by_secret.get(head.get(p.SESSION_HEADER) or "")
         if session is None or session.closed or (head.get("upgrade") or "").lower() != p.UPGRADE_TOKEN:
@@ -410,32 +359,8 @@ class Relay:
             for session in list(self.sessions.values()):
                 session.heartbeat(now)
                 if self.peers is not None:
-                    self._rebalance(session, now)
+                    self.placement.rebalance(session, now)
             if self.peers is not None:
                 self.peers.sweep(now)
             self.routes.tick()
 
-    def _rebalance(self, session: AgentSession, now: float) -> None:
-        """Several relays: a session whose visitors keep arriving at another relay (forwarded
-        here) is in the wrong place (it connected while its relay was down, or the ring
-        changed): after MOVE_AFTER of that, it is asked to Move, and reconnects through nginx,
-        which places it with them.  Its old session serves until the new one is welcomed, so
-        no visitor sees a gap.  Asked again after MOVE_RETRY, doubling up to PLACEMENT_RETRY, if it
-        lands here again (nginx may still count the other relay as down): no back and forth."""
-        # Visitors attached since the last tick, and those holding an upstream now (a keep-alive
-        # connection, from nginx or a peer relay, keeps its upstream between requests).
-        hops = session.hops + sum(1 for h in session.holders if h.hop)
-        direct = session.direct + len(session.holders) - (hops - session.hops)
-        session.hops = session.direct = 0
-        if hops <= direct or not session.named or session.moving:
-            session.misplaced_since = None
-            return
-        if session.misplaced_since is None:
-            session.misplaced_since = now
-            return
-        if now - session.misplaced_since < MOVE_AFTER or not self.moves.allow(session.subdomain, now):
-            return
-        session.moving = True
-        log.info("tunnel %s: its visitors arrive at another relay; asking its agent to move there",
-                 session.subdomain)
-        session.send(p.Move())

@@ -330,16 +330,16 @@ def test_a_session_whose_visitors_arrive_at_another_relay_moves_without_a_gap(pg
     for i in range(50):   # and after the move
         statuses.append(visit(relays[1].port, "myapp.localhost", f"/after{i}")[0])
     worker.join(30)
-    assert sum("reconnected:" in line for line in client.lines) == 2, client.lines
-    assert any(line.startswith("moving: ") for line in client.lines), client.lines
+    moves = sum(line.startswith("moving: ") for line in client.lines)
+    # the bounce, then one new session per move (the visitors keep coming through relay-1: with no
+    # nginx here to place it elsewhere it is asked again after MOVE_RETRY, doubling)
+    assert moves >= 1 and sum("reconnected:" in line for line in client.lines) == 1 + moves, client.lines
     after_bounce = client.lines[next(i for i, line in enumerate(client.lines) if line.startswith("reconnected:")):]
     assert not any(line.startswith(("disconnected", "intunnel:")) for line in after_bounce), client.lines
     relays[0].wait_line(r"tunnel myapp: its visitors arrive at another relay; asking its agent to move")
     assert moved_at > 0 and set(statuses) == {200}, [s for s in statuses if s != 200]
     assert download == {"status": 200, "size": size, "sha": pattern_sha256(size)}
-    # the visitors still come through relay-1 (no nginx here to place it): it is not moved again
-    # before MOVE_RETRY (then again after twice that, and so on)
-    assert sum("asking its agent to move" in line for line in relays[0].lines) == 1
+    assert sum("asking its agent to move" in line for line in relays[0].lines) == moves
 
 
 def test_a_route_that_moves_is_followed_at_once(pg, settings, db, stack, secret_file):
@@ -364,7 +364,7 @@ def test_a_route_that_moves_is_followed_at_once(pg, settings, db, stack, secret_
 
 
 def test_the_move_backoff_doubles_and_is_forgotten():
-    from intunnel.relay.server import Backoff
+    from intunnel.relay.placement import Backoff
     b = Backoff(5, 60)
     allowed = [t for t in range(0, 200) if b.allow("t", float(t))]
     assert allowed == [0, 5, 15, 35, 75, 135, 195]

@@ -192,7 +192,7 @@ def test_a_relay_host_cut_off_its_tunnels_serve_again_on_the_other(lab, settings
                 answers.extend(bool(probe(t.name, https_port, context)) for t in moved)
                 return holders() == {t.name: t.home.id for t in tunnels}
             # nginx's fail_timeout (10 s), MOVE_AFTER (3 s), and a retry or two when nginx still counts
-            # relay 0 as down for the agent's new session (5 s, 10 s: relay.server.Backoff)
+            # relay 0 as down for the agent's new session (5 s, 10 s: relay/placement.py)
             wait_for(visitors_home, 60, interval=0.1, message="the agents moved back to relay 0")
             assert cut.forwarded() > 0
             home = time.monotonic()
