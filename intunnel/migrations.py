@@ -135,12 +135,46 @@ def _v4_tunnel_access(db: pw.Database) -> None:
     run(schema_migrator(db).add_column("tunnel", "access", pw.TextField(null=True)))
 
 
+def _v5_member_access(db: pw.Database) -> None:
+    """Members-only tunnels: one-time tickets from the login and the access grants they become."""
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+
+    class User(Base):
+        pass
+
+    class Tunnel(Base):
+        pass
+
+    class Session(Base):
+        id_hash = pw.CharField(max_length=64, primary_key=True)
+
+    class AccessTicket(Base):
+        token_hash = pw.CharField(max_length=64, primary_key=True)
+        session = pw.ForeignKeyField(Session, on_delete="CASCADE", index=True)
+        tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE", index=True)
+        target = pw.CharField(max_length=2048)
+        expires_at = pw.DateTimeField(index=True)
+
+    class AccessGrant(Base):
+        token_hash = pw.CharField(max_length=64, primary_key=True)
+        session = pw.ForeignKeyField(Session, on_delete="CASCADE", index=True)
+        tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE", index=True)
+        user = pw.ForeignKeyField(User, on_delete="CASCADE", index=True)
+        expires_at = pw.DateTimeField(index=True)
+
+    db.create_tables([AccessTicket, AccessGrant])
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
     (2, _v2_rate_limits),
     (3, _v3_routes),
     (4, _v4_tunnel_access),
+    (5, _v5_member_access),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -80,6 +80,29 @@ class ApiToken(BaseModel):
     last_used_at = pw.DateTimeField(null=True)
 
 
+class AccessTicket(BaseModel):
+    """A one-time pass from the web app's login to a members-only tunnel's host (intunnel.memberpass).
+
+    Only the SHA-256 of the ticket is stored; it names the login session it came from, the
+    tunnel it is good for, and where on that tunnel the visitor was going.
+    """
+    token_hash = pw.CharField(max_length=64, primary_key=True)
+    session = pw.ForeignKeyField(Session, on_delete="CASCADE", index=True)
+    tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE", index=True)
+    target = pw.CharField(max_length=2048)  # path and query on the tunnel's host
+    expires_at = pw.DateTimeField(index=True)
+
+
+class AccessGrant(BaseModel):
+    """A visitor's access cookie for one members-only tunnel (its SHA-256); it lives no longer
+    than the login session it came from: logging out, out everywhere or being disabled ends it."""
+    token_hash = pw.CharField(max_length=64, primary_key=True)
+    session = pw.ForeignKeyField(Session, on_delete="CASCADE", index=True)
+    tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE", index=True)
+    user = pw.ForeignKeyField(User, on_delete="CASCADE", index=True)
+    expires_at = pw.DateTimeField(index=True)
+
+
 class Route(BaseModel):
     """Which relay holds a tunnel's agent session (PostgreSQL, several relays; see relay/routes).
 
@@ -105,7 +128,7 @@ class RelayNode(BaseModel):
         table_name = "relay"
 
 
-MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode)
+MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, AccessGrant)
 
 
 def connect_settings(settings) -> pw.Database:
