@@ -1,10 +1,12 @@
-"""The relay's own answers to visitors: fault pages (HTML, or the seed's JSON error format)."""
+"""The relay's own answers to visitors: fault pages (HTML, or the seed's JSON error format;
+``errors.wants_json`` picks, ``errors.BY_STATUS`` names the code of a bare status)."""
 
 from __future__ import annotations
 
 import html
 import json
 
+from ..errors import code_for, wants_json
 from .metrics import CODE_REASONS
 
 REASONS = {
@@ -12,12 +14,6 @@ REASONS = {
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 501: "Not Implemented",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-}
-CODES = {
-    400: "BAD_REQUEST", 401: "UNAUTHORIZED", 403: "FORBIDDEN", 404: "NOT_FOUND",
-    405: "METHOD_NOT_ALLOWED", 408: "REQUEST_TIMEOUT", 429: "RATE_LIMITED",
-    431: "HEADERS_TOO_LARGE", 501: "NOT_IMPLEMENTED", 502: "BAD_GATEWAY",
-    503: "TUNNEL_OFFLINE", 504: "GATEWAY_TIMEOUT",
 }
 
 
@@ -28,34 +24,12 @@ class Page(bytes):
     reason: str = "bad_request"
 
 
-def wants_json(accept: str | None) -> bool:
-    """True when the visitor prefers JSON over HTML (API clients, fetch() calls)."""
-    if not accept:
-        return False
-    best_json = best_html = 0.0
-    for part in accept.split(","):
-        media, *params = [p.strip() for p in part.split(";")]
-        q = 1.0
-        for param in params:
-            if param.startswith("q="):
-                try:
-                    q = float(param[2:])
-                except ValueError:
-                    q = 0.0
-        media = media.lower()
-        if media == "application/json" or media.endswith("+json"):
-            best_json = max(best_json, q)
-        elif media in ("text/html", "application/xhtml+xml"):
-            best_html = max(best_html, q)
-    return best_json > best_html
-
-
 def response(status: int, message: str, accept: str | None = None, title: str | None = None,
              code: str | None = None, head_only: bool = False, extra_headers: tuple = (),
              why: str | None = None) -> Page:
     """A complete HTTP/1.1 response that closes the connection; ``why``: its ``Page.reason``
     (default: from ``code``)."""
-    code = code or CODES.get(status, "ERROR")
+    code = code or code_for(status)
     reason = REASONS.get(status, "Error")
     if wants_json(accept):
         body = json.dumps({"error": True, "message": message, "code": code})

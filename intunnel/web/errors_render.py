@@ -1,8 +1,8 @@
 """Render every error once: the seed's JSON for the API, a small HTML page for browsers.
 
 ``error_response(err)`` turns an ``AppError`` into a ``bottle.HTTPResponse``;
-``wants_json(environ)`` decides the format: JSON for ``/api/*`` and for every
-client that does not ask for text/html (scripts), HTML for browsers.  Internal exception
+``errors.wants_json`` decides the format: JSON for ``/api/*`` and for every
+client that prefers JSON or names neither (scripts), HTML for browsers.  Internal exception
 text never reaches a client.
 """
 
@@ -13,21 +13,13 @@ import json
 
 import bottle
 
-from ..errors import AppError, BY_STATUS, InternalError
+from ..errors import AppError, BY_STATUS, InternalError, wants_json
 
 JSON_TYPE = "application/json"
 
 
 def is_api_path(path: str) -> bool:
     return path == "/api" or path.startswith("/api/")
-
-
-def wants_json(environ: dict) -> bool:
-    if is_api_path(environ.get("PATH_INFO", "")):
-        return True
-    # Browsers ask for text/html when they navigate or post a form; scripts
-    # (curl, requests, fetch) don't, and get JSON they can parse.
-    return "text/html" not in environ.get("HTTP_ACCEPT", "")
 
 
 def json_body(payload: dict) -> str:
@@ -51,7 +43,7 @@ def error_response(err: AppError, environ: dict | None = None) -> bottle.HTTPRes
     retry_after = getattr(err, "retry_after", None)
     if retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
-    if wants_json(environ):
+    if wants_json(environ.get("HTTP_ACCEPT"), api=is_api_path(environ.get("PATH_INFO", "")), default=True):
         headers["Content-Type"] = JSON_TYPE
         body = json_body(err.to_dict())
     else:

@@ -2,7 +2,8 @@
 
 ``POST /login`` takes form fields ``email`` and ``password`` (the seed's Python
 example) or the same as a JSON object, plus an optional ``next`` (a local path).
-A browser (Accept: text/html) gets a 303 to ``next`` or ``/``; on failure a 303
+A browser (an Accept that prefers text/html: ``errors.wants_json``, as every
+error page decides) gets a 303 to ``next`` or ``/``; on failure a 303
 back to ``/login?error=invalid`` (or ``error=throttled``) so the page can say
 why.  Any other client gets JSON: ``{"success": true, "user": {...},
 "csrf_token": "..."}``, or 401 UNAUTHORIZED / 429 RATE_LIMITED in the seed's
@@ -21,7 +22,8 @@ from urllib.parse import urlencode
 import bottle
 
 from .. import accounts
-from ..errors import RateLimited, Unauthorized, UnsupportedMedia, ValidationError
+from ..models import Session
+from ..errors import RateLimited, Unauthorized, UnsupportedMedia, ValidationError, wants_json
 from ..timeutil import iso
 from . import auth, jsonbody
 from . import state as web_state
@@ -39,10 +41,6 @@ def safe_next(value: str | None) -> str:
             or any(ord(c) < 32 for c in value)):
         return "/"
     return value
-
-
-def is_browser() -> bool:
-    return "text/html" in bottle.request.environ.get("HTTP_ACCEPT", "")
 
 
 def user_json(user) -> dict:
@@ -90,6 +88,7 @@ def _redirect_to_login(error: str, next_path: str) -> None:
 
 def login():
     state = web_state.current()
+    browser = not wants_json(bottle.request.get_header("Accept"), default=True)
     email, password, next_path = _read_credentials(state.settings.api_max_body)
     next_path = safe_next(next_path)
     throttle = auth.LoginThrottle(state)
@@ -99,27 +98,34 @@ def login():
         throttle.check(account, address)
     except RateLimited:
         bottle.request.environ[RATE_LIMITED_KEY] = "login"
-        if is_browser():
+        if browser:
             _redirect_to_login("throttled", next_path)
         raise
     user = accounts.authenticate(email, password)
     if user is None:
         throttle.failed(account, address)
-        if is_browser():
+        if browser:
             _redirect_to_login("invalid", next_path)
         raise Unauthorized("Invalid email or password")
     throttle.succeeded(account, address)
     session = auth.start_session(user)
-    if is_browser():
+    if browser:
         see_other(next_path)
     return {"success": True, "user": user_json(user), "csrf_token": session.csrf_token}
 
 
 def logout():
-    if auth.authenticate_request().session is not None:
+    browser = not wants_json(bottle.request.get_header("Accept"), default=True)
+    signed_in = auth.authenticate_request()
+    if signed_in.session is not None:
         auth.check_csrf_form()
+        # "everywhere" (a form field): every session of the account ends, and so does the
+        # members-only tunnel access they gave (memberpass)
+        everywhere = bottle.request.forms.getunicode("everywhere")
+        if everywhere and everywhere != "0":
+            accounts.end_sessions(Session.user == signed_in.user)
     auth.end_session()
-    if is_browser():
+    if browser:
         see_other("/login")
     return {"success": True, "message": "Logged out"}
 

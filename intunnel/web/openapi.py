@@ -23,7 +23,8 @@ def _error(description: str) -> dict:
 
 
 ERRORS = {
-    "400": _error("VALIDATION_ERROR (the message names the field) or SUBDOMAIN_TAKEN"),
+    "400": _error("VALIDATION_ERROR (the message names the field), SUBDOMAIN_TAKEN, or BAD_REQUEST "
+                   "(malformed HTTP, e.g. a broken chunked body)"),
     "401": _error("UNAUTHORIZED: no valid session cookie or API token"),
     "403": _error("FORBIDDEN: e.g. a cross-site request"),
     "404": _error("NOT_FOUND: no such id, or it belongs to another user"),

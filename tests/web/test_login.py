@@ -224,6 +224,40 @@ def test_unknown_page_is_html_for_browsers_json_for_api(web):
     assert r.status_code == 404 and r.json()["code"] == "NOT_FOUND"
 
 
+# (Accept, an HTML answer): the web app's side of errors.wants_json (tests/test_errors.py has the rule).
+NEGOTIATION = [
+    ("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8", True),
+    ("application/json", False),
+    ("*/*", False),
+    (None, False),
+    ("application/json, text/html;q=0.5", False),
+    ("application/json;q=0.5, text/html", True),
+]
+
+
+@pytest.mark.parametrize("accept, html", NEGOTIATION)
+def test_error_pages_and_login_negotiate_alike(web, alice, accept, html):
+    headers = {"Accept": accept} if accept is not None else {}
+    session = requests.Session()
+    if accept is None:
+        del session.headers["Accept"]
+    r = session.get(web.url + "/no-such-page", headers=headers)
+    assert r.status_code == 404
+    if html:
+        assert r.headers["Content-Type"].startswith("text/html")
+    else:
+        assert r.headers["Content-Type"].startswith("application/json") and r.json()["code"] == "NOT_FOUND"
+    r = session.post(web.url + "/login", headers=headers, allow_redirects=False,
+                     data={"email": "alice@example.com", "password": "wrong"})
+    if html:
+        assert r.status_code == 303 and r.headers["Location"] == "/login?error=invalid"
+    else:
+        assert r.status_code == 401 and r.json()["code"] == "UNAUTHORIZED"
+    r = session.post(web.url + "/login", headers=headers, allow_redirects=False,
+                     data={"email": "alice@example.com", "password": PASSWORD})
+    assert (r.status_code, r.headers.get("Location")) == ((303, "/") if html else (200, None))
+
+
 def test_expired_session_is_401(web, alice_session):
     from datetime import timedelta
     from intunnel.timeutil import utcnow
