@@ -168,6 +168,13 @@ def _v5_member_access(db: pw.Database) -> None:
     db.create_tables([AccessTicket, AccessGrant])
 
 
+def _v6_session_access(db: pw.Database) -> None:
+    """Client-side narrowing: the live session's own access rules, as the dashboard shows them."""
+    from playhouse.migrate import migrate as run
+    # NULL: the session added none (or no session).  User names and CIDRs only, never a password.
+    run(schema_migrator(db).add_column("tunnel", "session_access", pw.TextField(null=True)))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
@@ -175,6 +182,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (3, _v3_routes),
     (4, _v4_tunnel_access),
     (5, _v5_member_access),
+    (6, _v6_session_access),
 ]
 LATEST = MIGRATIONS[-1][0]
 

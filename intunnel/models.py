@@ -59,6 +59,9 @@ class Tunnel(BaseModel):
     disconnect_requested_at = pw.DateTimeField(null=True)
     # Who may visit (intunnel.access): JSON with password hashes, never shown; NULL = public.
     access = pw.TextField(null=True)
+    # The live agent session's own access rules (intunnel.session_access.view, JSON: user names
+    # and CIDRs, never a password), written by the relay holding it; NULL: none, or inactive.
+    session_access = pw.TextField(null=True)
 
 
 class Session(BaseModel):

@@ -6,6 +6,7 @@ tunnel is NotFound, exactly like a missing one (no existence leak).
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -137,7 +138,21 @@ def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
         "domain": settings.domain,
         "url": settings.tunnel_url(tunnel.subdomain),
         "access": access_view(tunnel),
+        "session_access": session_view(tunnel),
     }
+
+
+def session_view(tunnel: Tunnel) -> dict[str, Any] | None:
+    """What the live agent session added to the policy for itself (``intunnel http --basic-auth``,
+    ``--allow-ip``, ``--deny-ip``; intunnel.session_access), as its relay wrote it: user names and
+    CIDRs, never a password.  None when the tunnel is inactive or its session added nothing."""
+    if tunnel.status != "active" or not tunnel.session_access:
+        return None
+    try:
+        shown = json.loads(tunnel.session_access)
+    except ValueError:
+        return None
+    return shown if isinstance(shown, dict) else None
 
 
 def access_view(tunnel: Tunnel) -> dict[str, Any]:

@@ -177,3 +177,22 @@ def test_v4_adds_tunnel_access_to_a_v3_database(empty_settings):
         stored = access.dump(access.Policy(users=(("alice", hash_password("wonderland")),)))
         Tunnel.update(access=stored).where(Tunnel.id == 7).execute()
         assert access.load(Tunnel.get_by_id(7).access).hash_of("alice").startswith("$argon2")
+
+
+def test_v6_adds_the_sessions_access_rules_to_a_v5_database(empty_settings):
+    """Client-side narrowing (issue 13): a v5 database's tunnels gain a NULL session_access column
+    (no live session narrowed them) on both backends; what a relay writes reads back."""
+    make_v1_database(empty_settings)
+    db = bare_database(empty_settings)
+    with db.connection_context():
+        assert migrations.migrate(db, target=5) == [2, 3, 4, 5]
+        assert "session_access" not in {c.name for c in db.get_columns("tunnel")}
+    db.close()
+    db = open_database(empty_settings)
+    with db.connection_context():
+        assert migrations.current_version(db) == migrations.LATEST >= 6
+        tunnel = Tunnel.get_by_id(7)
+        assert tunnel.session_access is None and tunnel.name == "My Web App"
+        shown = json.dumps({"basic_auth": ["carol"], "ip_allow": [], "ip_deny": ["127.0.0.2/32"]})
+        Tunnel.update(status="active", session_access=shown).where(Tunnel.id == 7).execute()
+        assert json.loads(Tunnel.get_by_id(7).session_access)["basic_auth"] == ["carol"]

@@ -32,6 +32,9 @@ class TokenRefused(Exception):
         self.code = code
 
 
+# An older relay ignores a Hello's access rules: the client must not serve without them.
+ACCESS_UNSUPPORTED = "ACCESS_UNSUPPORTED"
+
 # What the user can do about each reason the relay gives for a final refusal.
 _CURRENT_TOKEN = "get the tunnel's current token from the dashboard and run the command again"
 ADVICE = {
@@ -43,6 +46,8 @@ ADVICE = {
     p.REVOKED_DISABLED: "the account that owns this tunnel is disabled; ask an administrator to enable it",
     p.REVOKED_REPLACED: "another client now serves this tunnel with the same token; "
                         "stop that one (or run this command again to take the tunnel back)",
+    p.ACCESS_INVALID: "fix the --basic-auth, --allow-ip and --deny-ip options and run the command again",
+    ACCESS_UNSUPPORTED: "upgrade the server, or run without --basic-auth, --allow-ip and --deny-ip",
 }
 
 
@@ -82,7 +87,8 @@ def parse_server(url: str) -> ServerAddress:
 class Agent:
     def __init__(self, server: str, token: str, local_port: int, upstream_host: str = "127.0.0.1",
                  host_header: str = "preserve", insecure: bool = False, verbose: bool = False,
-                 say: Callable[[str], None] = print, handshake_timeout: float = 10.0):
+                 say: Callable[[str], None] = print, handshake_timeout: float = 10.0,
+                 access: dict | None = None):
         self.server = parse_server(server)
         self.token = token
         self.local_port = local_port
@@ -91,6 +97,7 @@ class Agent:
             f"{upstream_host}:{local_port}" if host_header == "rewrite" else host_header)
         self.verbose = verbose
         self.say = say
+        self.access = access or None   # this session's own access rules (cli.session_rules), in the Hello
         self.handshake_timeout = handshake_timeout
         self.ssl = None
         if self.server.scheme == "https":
@@ -149,12 +156,17 @@ class Agent:
         try:
             control = p.ControlSession(p.AGENT, time.monotonic())
             conn.write(control.send(p.Hello(client=f"intunnel/{__version__}", local_port=self.local_port,
-                                            host_header=self.host_header)))
+                                            host_header=self.host_header, access=self.access)))
             messages = await asyncio.wait_for(conn.read_messages(control.decoder, limit=1),
                                               self.handshake_timeout)
             first = control.receive_messages(messages)[0]
             if isinstance(first, p.Revoked):
                 raise TokenRefused(first.reason, first.code)
+            if isinstance(first, p.Error) and first.code == p.ACCESS_INVALID:
+                raise TokenRefused(first.message, first.code)
+            if isinstance(first, p.Welcome) and self.access and not first.access:
+                raise TokenRefused("the relay does not enforce this session's access rules (an older "
+                                   "version ignores them)", ACCESS_UNSUPPORTED)
             if not isinstance(first, p.Welcome):
                 raise HandshakeFailed(f"relay said: {getattr(first, 'reason', '') or getattr(first, 'message', '')}")
             return conn, control, first, address, placed
@@ -180,6 +192,8 @@ class Agent:
             self._idle = self._dialing = 0  # a new session starts with an empty pool
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {first.url} -> "
                      f"http://{self.upstream_host}:{self.local_port}")
+            if first.access and not reconnecting:
+                self.say(f"access: {first.access} for this session")
             self.connected.set()
             self._top_up()
             reason, successor = await self._serve_control(control_conn, control)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import os
 import signal
 import sys
 
 from ..wire import netio
+from ..wire import protocol as p
 from . import config
 from .agent import Agent, parse_server
 
@@ -25,6 +28,52 @@ def add_arguments(parser) -> None:
     parser.add_argument("--insecure", action="store_true",
                         help="accept a self-signed TLS certificate (testing only)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print one line per request")
+    rules = parser.add_argument_group(
+        "access for this session", "Narrow who may visit while this client runs (the tunnel's own policy "
+        "still applies: a visitor must pass both). The rules end with the session.")
+    rules.add_argument("--basic-auth", action="append", default=[], metavar="USER:PASS",
+                       help="ask visitors for this user name and password (repeatable). The password "
+                            "shows in `ps`: prefer --basic-auth-stdin or $" + BASIC_AUTH_ENV)
+    rules.add_argument("--basic-auth-stdin", action="store_true",
+                       help="read USER:PASS lines from standard input (no password in `ps`); "
+                            "$" + BASIC_AUTH_ENV + " may hold such lines too")
+    rules.add_argument("--allow-ip", action="append", default=[], metavar="CIDR",
+                       help="only visitors from this address or CIDR (repeatable)")
+    rules.add_argument("--deny-ip", action="append", default=[], metavar="CIDR",
+                       help="never visitors from this address or CIDR (repeatable)")
+
+
+BASIC_AUTH_ENV = "INTUNNEL_BASIC_AUTH"
+
+
+def session_rules(args, stdin=None, environ=None) -> dict | None:
+    """The Hello's ``access`` from the options (None: none); ValueError saying what is wrong.
+    The relay validates them again with its own limits."""
+    environ = os.environ if environ is None else environ
+    pairs = list(args.basic_auth)
+    pairs += [line for line in environ.get(BASIC_AUTH_ENV, "").splitlines() if line.strip()]
+    if args.basic_auth_stdin:
+        pairs += [line.rstrip("\r\n") for line in (stdin or sys.stdin) if line.strip()]
+    for pair in pairs:
+        user, colon, password = pair.partition(":")
+        if not colon or not user or not password:
+            raise ValueError("--basic-auth takes USER:PASS (a user name, a colon, a password)")
+    for option, values in (("--allow-ip", args.allow_ip), ("--deny-ip", args.deny_ip)):
+        for value in values:
+            try:
+                ipaddress.ip_network(value.strip(), strict=False)
+            except ValueError:
+                raise ValueError(f"{option} takes an IP address or CIDR such as 10.0.0.0/8, "
+                                 f"got {value!r}") from None
+    rules = {k: v for k, v in (("basic_auth", pairs), ("ip_allow", [v.strip() for v in args.allow_ip]),
+                                ("ip_deny", [v.strip() for v in args.deny_ip])) if v}
+    if not rules:
+        return None
+    try:
+        p.encode(p.Hello(access=rules))
+    except p.ProtocolError:
+        raise ValueError("too many access rules for one session") from None
+    return rules
 
 
 def _say(line: str) -> None:
@@ -51,11 +100,12 @@ def run(args) -> int:
         host, port = h.strip("[]") or "127.0.0.1", int(pt)
     try:
         parse_server(server)
+        rules = session_rules(args)
     except ValueError as e:
         print(f"intunnel: {e}", file=sys.stderr)
         return 2
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
-                  insecure=args.insecure, verbose=args.verbose, say=_say)
+                  insecure=args.insecure, verbose=args.verbose, say=_say, access=rules)
     return netio.run(_main(agent))
 
 

@@ -78,6 +78,43 @@ class Gate:
         self.stamp = hashlib.sha256(f"{self.tunnel_id}\0{stored or ''}".encode()).digest()
         return True
 
+    narrow = None   # the session's own rules (NarrowedGate)
+
+
+# A Verify of a narrowed session whose stored policy passed already (or asks no password):
+# only the session's password is left to check.
+SESSION_ONLY = "session-only"
+
+
+class NarrowedGate(Gate):
+    """The gate of a session whose client added rules (intunnel.session_access): the tunnel's
+    own policy (``base``, reloaded as always) and the session's rules (``narrow``) both must pass.
+    ``policy`` is never None (there is always something to check); ``stamp`` covers both, so
+    credentials verified for the tunnel's policy alone are not taken for this session."""
+
+    __slots__ = ("base", "narrow")
+
+    def __init__(self, tunnel_id: int, subdomain: str, stored: str | None, narrow):
+        self.base = Gate(tunnel_id, subdomain, stored)
+        self.narrow = narrow
+        super().__init__(tunnel_id, subdomain, stored)
+
+    def load(self, stored: str | None) -> bool:
+        changed = self.base.load(stored)
+        if self.stamp and not changed:
+            return False
+        self.stored = stored
+        self.policy = self.base.policy or access.PUBLIC
+        self.stamp = hashlib.sha256(self.base.stamp + self.narrow.stamp).digest()
+        return True
+
+
+def gate_for(tunnel, narrow=None) -> Gate:
+    """An agent session's gate: its tunnel's policy, narrowed by the session's rules if any."""
+    if narrow is None:
+        return Gate(tunnel.id, tunnel.subdomain, tunnel.access)
+    return NarrowedGate(tunnel.id, tunnel.subdomain, tunnel.access, narrow)
+
 
 class Checker:
     """The relay's credential cache and password-hashing pool (one per relay)."""
@@ -119,6 +156,8 @@ class Checker:
         policy = gate.policy
         if policy is None:
             return ALLOW
+        if gate.narrow is not None:
+            return self._narrowed(gate, head, peer, hop)
         authorization = head.get("authorization")
         address = self.address(peer, head, hop)
         if policy.users and authorization:
@@ -131,15 +170,39 @@ class Checker:
                 return ALLOW
         return access.evaluate(policy, address, authorization)
 
+    def _narrowed(self, gate: "NarrowedGate", head, peer: str, hop: bool):
+        """``check`` for a session that narrowed its tunnel's policy: the session's IP rules, then
+        the tunnel's policy as if not narrowed (its FORBID, CHALLENGE, ... stand), then the
+        session's password.  A Verify then carries the stored hash still to check, or SESSION_ONLY."""
+        rules = gate.narrow.rules
+        if not access.address_admitted(rules, self.address(peer, head, hop)):
+            return FORBID
+        verdict = self.check(gate.base, head, peer, hop)
+        if not rules.users or not (verdict is ALLOW or type(verdict) is Verify):
+            return verdict
+        authorization = head.get("authorization")
+        credentials = access.parse_basic(authorization)
+        if credentials is None:
+            return CHALLENGE
+        key = self._cache_key(gate, authorization)   # verified for this very session: both passed
+        if key in self._verified:
+            self._verified.move_to_end(key)
+            return ALLOW
+        return Verify(*credentials, verdict.hash if type(verdict) is Verify else SESSION_ONLY)
+
     async def verify(self, gate: Gate, authorization: str, verdict: Verify) -> bool:
         """Check the password off the loop; remember the credentials if they are right."""
         loop = asyncio.get_running_loop()
         key = self._cache_key(gate, authorization)  # the stamp of the policy whose hash is checked
+        narrow = gate.narrow
+        if narrow is not None and narrow.rules.users and not narrow.accepts(verdict.user, verdict.password):
+            return False   # the session's password: a keyed digest, checked at once (no hash spent)
         if self._executor is None:
             self._executor = ThreadPoolExecutor(HASH_THREADS, thread_name_prefix="relay-access")
         self.pending += 1
         try:
-            ok = await loop.run_in_executor(self._executor, verify_password, verdict.password, verdict.hash)
+            ok = verdict.hash == SESSION_ONLY or \
+                await loop.run_in_executor(self._executor, verify_password, verdict.password, verdict.hash)
         finally:
             self.pending -= 1
         if ok and verdict.hash is not None and self.size:

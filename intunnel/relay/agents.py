@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
 from collections import deque
 from datetime import datetime, timezone
 
+from .. import session_access
 from ..wire import protocol as p
 from ..wire.netio import Conn
-from .access import Gate
+from .access import gate_for
 from .store import LiveSession, TunnelInfo
 
 log = logging.getLogger("intunnel.relay")
@@ -20,7 +22,8 @@ CONTROL_FRAMES_PER_TURN = 256  # control frames handled per loop turn; the rest 
 
 
 class AgentSession:
-    def __init__(self, relay, conn: Conn, tunnel: TunnelInfo, hello: p.Hello, control: p.ControlSession):
+    def __init__(self, relay, conn: Conn, tunnel: TunnelInfo, hello: p.Hello, control: p.ControlSession,
+                 narrow=None):
         self.relay = relay
         self.conn = conn
         self.tunnel = tunnel
@@ -32,8 +35,11 @@ class AgentSession:
         # The session's name in its route row (relay/routes): not the secret, which admits data connections.
         self.session_id = secrets.token_hex(8)
         self.routed = False
-        # Who may visit: the tunnel's access policy, replaced when it changes (relay/access).
-        self.gate = Gate(tunnel.id, tunnel.subdomain, tunnel.access)
+        # Who may visit: the tunnel's access policy, replaced when it changes, and narrowed by the
+        # session's own rules from its hello (``narrow``: intunnel.session_access), if any (relay/access).
+        self.gate = gate_for(tunnel, narrow)
+        shown = session_access.view(narrow)   # for the dashboard (the tunnel row): no password
+        self.narrowed = None if shown is None else json.dumps(shown, separators=(",", ":"))
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
         self.idle: deque[Conn] = deque()
         self.active: set[Conn] = set()   # data connections carrying a visitor right now

@@ -47,7 +47,7 @@ class Routes:
 
     async def claim(self, session) -> None:
         """``session`` was welcomed: its tunnel's route is now this relay's."""
-        before = await self.store.claim(session.tunnel.id, session.session_id)
+        before = await self.store.claim(session.tunnel.id, session.session_id, session.narrowed)
         session.routed = True
         if before is not None and before != self.relay.relay_id:
             log.info("tunnel %s: taken over from relay %s (a newer agent session)", session.subdomain, before)

@@ -27,7 +27,8 @@ from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
 from .peers import Peers, read_secret
 from .placement import Placement
-from ..errors import ConfigError
+from ..errors import ConfigError, ValidationError
+from .. import access as access_rules, session_access
 from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
@@ -283,6 +284,14 @@ class Relay:
             log.info("agent for %s failed its handshake: %s", tunnel.subdomain, e)
             conn.abort()
             return
+        try:   # the session's own rules (client --basic-auth/--allow-ip/--deny-ip): only narrow
+            narrow = session_access.parse(hello.access, access_rules.limits_of(self.settings))
+        except ValidationError as e:   # its message names the field, never a password
+            log.info("agent for %s refused: its session access rules are invalid (%s)", tunnel.subdomain, e.message)
+            conn.write(control.send(p.Error(f"the relay refused this session's access rules: {e.message}",
+                                             p.ACCESS_INVALID)))
+            conn.close()
+            return
         if self.peers is not None and self.placement.bounce(head, tunnel.subdomain, time.monotonic()):
             # Its session named no tunnel, so nginx placed it by the main domain, not with its
             # visitors: welcome it (it learns its subdomain), have it reconnect naming it.
@@ -292,11 +301,12 @@ class Relay:
                                               subdomain=tunnel.subdomain, session="",
                                               heartbeat_interval=self.settings.relay_heartbeat_interval,
                                               dead_peer_timeout=self.settings.relay_dead_peer_timeout,
-                                              pool_size=0)))
+                                              pool_size=0,
+                                              access=session_access.summary(session_access.view(narrow)))))
             conn.write(control.send(p.GoAway("reconnecting to be placed with this tunnel's visitors")))
             conn.close()
             return
-        session = AgentSession(self, conn, tunnel, hello, control)
+        session = AgentSession(self, conn, tunnel, hello, control, narrow)
         session.named = bool(head.get(p.PLACEMENT_HEADER))
         old = self.sessions.get(tunnel.subdomain)
         if old is not None:
@@ -313,7 +323,8 @@ class Relay:
                                session=session.secret,
                                heartbeat_interval=self.settings.relay_heartbeat_interval,
                                dead_peer_timeout=self.settings.relay_dead_peer_timeout,
-                               pool_size=p.DEFAULT_POOL_SIZE))
+                               pool_size=p.DEFAULT_POOL_SIZE,
+                               access=session_access.summary(session_access.view(narrow))))
         log.info("tunnel %s: agent connected from %s (token %s)", tunnel.subdomain, conn.peername,
                  redact(token))
         conn.forward_to(session.on_control_bytes)
@@ -321,7 +332,7 @@ class Relay:
         if self.routes.enabled:
             await self.routes.claim(session)  # a session that ended meanwhile: its release is queued behind
             return
-        await self.store.set_status(tunnel.id, True)
+        await self.store.set_status(tunnel.id, True, session.narrowed)
         if session.closed and self.sessions.get(tunnel.subdomain) is None:
             await self.store.set_status(tunnel.id, False)
 

@@ -72,7 +72,7 @@ class Store:
         self._db = open_database(self.settings)
         self._db.connect(reuse_if_open=True)
         self.routes = isinstance(self._db, pw.PostgresqlDatabase)
-        inactive = Tunnel.update(status="inactive").where(Tunnel.status != "inactive")
+        inactive = Tunnel.update(status="inactive", session_access=None).where(Tunnel.status != "inactive")
         if self.routes:  # tunnels held by other relays stay active
             inactive = inactive.where(~pw.fn.EXISTS(self._valid_route(Tunnel.id)))
         inactive.execute()
@@ -89,8 +89,9 @@ class Store:
     def _exists(self, subdomain: str) -> bool:
         return Tunnel.select().where(Tunnel.subdomain == subdomain).exists()
 
-    def _set_status(self, tunnel_id: int, active: bool) -> None:
-        changes = {"status": "active" if active else "inactive"}
+    def _set_status(self, tunnel_id: int, active: bool, narrowed: str | None = None) -> None:
+        # narrowed: the live session's own access rules as the dashboard shows them (JSON, no password)
+        changes = {"status": "active" if active else "inactive", "session_access": narrowed if active else None}
         if active:
             changes["last_connected"] = utcnow()
         Tunnel.update(**changes).where(Tunnel.id == tunnel_id).execute()
@@ -165,11 +166,12 @@ class Store:
             Tunnel.update(status="inactive").where(Tunnel.id.in_(gone)).execute()
         return gone
 
-    def _claim(self, tunnel_id: int, session_id: str) -> str | None:
+    def _claim(self, tunnel_id: int, session_id: str, narrowed: str | None = None) -> str | None:
         """The newest session wins: take the tunnel's route whoever held it; tell every relay.
         Returns the relay that held a valid route before, if another session did."""
         with self._db.atomic():
-            Tunnel.update(status="active", last_connected=utcnow()).where(Tunnel.id == tunnel_id).execute()
+            Tunnel.update(status="active", last_connected=utcnow(), session_access=narrowed).where(
+                Tunnel.id == tunnel_id).execute()
             before = self._holders([tunnel_id]).get(tunnel_id)
             Route.insert(tunnel=tunnel_id, relay_id=self.relay_id, session_id=session_id, claimed_at=DB_NOW,
                          lease_expires_at=_db_later(self.lease)).on_conflict(
@@ -186,7 +188,7 @@ class Store:
             Route.delete().where((Route.tunnel == tunnel_id) & (Route.relay_id == self.relay_id)
                                  & (Route.session_id == session_id)).execute()
             if mark_inactive:
-                Tunnel.update(status="inactive").where(
+                Tunnel.update(status="inactive", session_access=None).where(
                     (Tunnel.id == tunnel_id) & ~pw.fn.EXISTS(self._valid_route(tunnel_id))).execute()
 
     def _renew(self, live: dict[int, str]) -> list[int]:
@@ -252,8 +254,8 @@ class Store:
     async def exists(self, subdomain: str) -> bool:
         return await self._run(self._exists, subdomain)
 
-    async def set_status(self, tunnel_id: int, active: bool) -> None:
-        await self._run(self._set_status, tunnel_id, active)
+    async def set_status(self, tunnel_id: int, active: bool, narrowed: str | None = None) -> None:
+        await self._run(self._set_status, tunnel_id, active, narrowed)
 
     async def policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
         """{tunnel id: its stored access policy} of those that still exist (relay/access.refresh)."""
@@ -271,8 +273,8 @@ class Store:
     async def register(self, relay_id: str, address: str) -> None:
         await self._run(self._register, relay_id, address)
 
-    async def claim(self, tunnel_id: int, session_id: str) -> str | None:
-        return await self._run(self._claim, tunnel_id, session_id)
+    async def claim(self, tunnel_id: int, session_id: str, narrowed: str | None = None) -> str | None:
+        return await self._run(self._claim, tunnel_id, session_id, narrowed)
 
     async def release(self, tunnel_id: int, session_id: str, mark_inactive: bool) -> None:
         await self._run(self._release, tunnel_id, session_id, mark_inactive)

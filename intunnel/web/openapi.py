@@ -79,7 +79,13 @@ SCHEMAS = {
         "status": {"type": "string", "enum": ["active", "inactive"]},
         "created_at": TIME, "last_connected": NULL_TIME}},
     "TunnelDetail": {"allOf": [_ref("TunnelSummary"), {"type": "object", "properties": {
-        "domain": STR, "url": {"type": "string", "format": "uri"}, "access": _ref("Access")}}]},
+        "domain": STR, "url": {"type": "string", "format": "uri"}, "access": _ref("Access"),
+        "session_access": {"type": "object", "nullable": True, "description": "what the connected client added "
+                           "for its session only (intunnel http --basic-auth, --allow-ip, --deny-ip): "
+                           "user names and CIDRs, which narrow access (a visitor must pass both); "
+                           "null when inactive or none", "properties": {
+            "basic_auth": {"type": "array", "items": STR}, "ip_allow": {"type": "array", "items": CIDR},
+            "ip_deny": {"type": "array", "items": CIDR}}}}}]},
     "Access": {"type": "object", "description": "Who may visit the tunnel, enforced by the relay before "
                "a request reaches the client. Password hashes are never shown.", "properties": {
         "public": {"type": "boolean", "description": "true: no rule, anyone may visit (the default)"},

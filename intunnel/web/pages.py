@@ -186,7 +186,7 @@ class Pages:
                            "new_user": ""}
         return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
                            url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
-                           access=view, access_form=access_form)
+                           access=view, access_form=access_form, session_access=tunnels.session_view(tunnel))
 
     def set_access(self, tunnel_id):
         """The tunnel page's access form: the same ``access`` object the API takes."""

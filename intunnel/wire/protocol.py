@@ -25,6 +25,13 @@ Rules of the control channel (the transition table ``TRANSITIONS`` is the truth)
 - The relay's first frame is ``Welcome`` (or a final ``Revoked``/``GoAway``/``Error``).
 - ``Revoked``, ``GoAway`` and ``Error`` are final: the sender closes afterwards.
 - Either side may send ``Ping``; the other answers ``Pong`` with the same ``seq``.
+- A ``Hello`` may carry the session's own access rules (``access``: the client's
+  ``--basic-auth``/``--allow-ip``/``--deny-ip``); they only narrow the tunnel's policy and
+  end with the session (``intunnel.session_access``).  A relay that takes them says what it
+  enforces in ``Welcome.access``; one that finds them invalid answers a final ``Error`` with
+  ``code`` ``ACCESS_INVALID`` (the client exits: retrying can't help).  A client that sent
+  rules and gets a ``Welcome`` without ``access`` (an older relay, which ignores the field)
+  does not serve: its tunnel would be less protected than it asked.
 - ``Move`` (relay -> agent) is not final: the agent opens a new session and closes this one
   once the new one is welcomed (make before break).
 - Any frame is proof of life; silence longer than the dead-peer timeout ends the session.
@@ -99,6 +106,9 @@ class Hello(Message):
     client: str = ""
     local_port: int = 0          # named in the relay's 502 page
     host_header: str = ""        # "" = preserve the visitor's Host; else the value to send
+    # The session's own access rules, {"basic_auth": ["user:password"], "ip_allow": [CIDR],
+    # "ip_deny": [CIDR]} (the API's access object without public); None (left out): none.
+    access: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +121,7 @@ class Welcome(Message):
     heartbeat_interval: float
     dead_peer_timeout: float
     pool_size: int = DEFAULT_POOL_SIZE
+    access: str = ""             # the Hello's access rules as the relay enforces them (a summary)
 
 
 @dataclass(frozen=True)
@@ -157,6 +168,7 @@ REVOKED_DELETED = "TUNNEL_DELETED"
 REVOKED_DISCONNECTED = "DISCONNECTED"
 REVOKED_DISABLED = "ACCOUNT_DISABLED"
 REVOKED_REPLACED = "REPLACED"
+ACCESS_INVALID = "ACCESS_INVALID"   # Error.code: the Hello's access rules are invalid; final
 
 
 @dataclass(frozen=True)
@@ -172,6 +184,7 @@ class Error(Message):
     """Either way, final: a protocol violation or internal failure."""
     type: ClassVar[str] = "error"
     message: str
+    code: str = ""               # ACCESS_INVALID: the Hello's access rules were refused
 
 
 @dataclass(frozen=True)
@@ -195,13 +208,16 @@ class DataRefused(Message):
     message: str = ""
 
 
-_TYPE_NAMES = {"int": int, "float": float, "str": str}  # annotations are strings here
-_FIELD_TYPES = {int: (int,), float: (int, float), str: (str,)}
+# Annotations are strings here.  An optional field (``X | None``, default None) is left out of
+# a frame when None, and null reads as absent.
+_TYPE_NAMES = {"int": int, "float": float, "str": str, "dict | None": dict}
+_FIELD_TYPES = {int: (int,), float: (int, float), str: (str,), dict: (dict,)}
 
 
 def encode(message: Message) -> bytes:
     """One frame: length prefix + compact JSON."""
-    body = json.dumps({"type": message.type, **asdict(message)}, separators=(",", ":"),
+    values = {k: v for k, v in asdict(message).items() if v is not None}
+    body = json.dumps({"type": message.type, **values}, separators=(",", ":"),
                       ensure_ascii=True).encode("ascii")
     if len(body) > MAX_FRAME_SIZE:
         raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_SIZE}")
@@ -221,7 +237,7 @@ def decode_body(body: bytes) -> Message:
         raise ProtocolError("unknown message type")
     kwargs = {}
     for f in fields(cls):
-        if f.name not in obj:
+        if f.name not in obj or (obj[f.name] is None and f.default is None):
             if f.default is MISSING:
                 raise ProtocolError(f"{cls.type}: missing field {f.name!r}")
             continue

@@ -108,3 +108,68 @@ def test_backoff_is_capped_exponential_with_jitter():
 def test_oversized_outgoing_message_is_refused():
     with pytest.raises(p.ProtocolError):
         p.encode(p.Error("x" * (p.MAX_FRAME_SIZE + 1)))
+
+
+# --- the session's own access rules in the hello (client --basic-auth/--allow-ip/--deny-ip) ---
+
+RULES = {"basic_auth": ["bob:builder123"], "ip_allow": ["10.0.0.0/8"], "ip_deny": ["127.0.0.2"]}
+
+
+@pytest.mark.parametrize("body, hello", [
+    # an old client: no field at all (and the encoded hello without rules is byte for byte as before)
+    (b'{"type":"hello","version":1,"client":"c","local_port":1,"host_header":""}',
+     p.Hello(client="c", local_port=1)),
+    (b'{"type":"hello","client":"c","access":null}', p.Hello(client="c")),  # null: none
+    (b'{"type":"hello","access":{}}', p.Hello(access={})),
+    (b'{"type":"hello","access":{"basic_auth":["bob:builder123"],"ip_allow":["10.0.0.0/8"],'
+     b'"ip_deny":["127.0.0.2"]}}', p.Hello(access=RULES)),
+])
+def test_hello_access_field_decodes(body, hello):
+    assert p.FrameDecoder().feed(_frame(body)) == [hello]
+
+
+@pytest.mark.parametrize("body", [
+    b'{"type":"hello","access":[]}',
+    b'{"type":"hello","access":"bob:builder123"}',
+    b'{"type":"hello","access":1}',
+    b'{"type":"hello","access":true}',
+])
+def test_hello_access_must_be_an_object(body):
+    with pytest.raises(p.ProtocolError, match="field 'access' must be dict"):
+        p.FrameDecoder().feed(_frame(body))
+
+
+def test_hello_access_encodes_and_round_trips_and_is_left_out_when_none():
+    assert b'"access"' not in p.encode(p.Hello(client="c"))
+    frame = p.encode(p.Hello(client="c", access=RULES))
+    assert frame.endswith(b',"access":{"basic_auth":["bob:builder123"],"ip_allow":["10.0.0.0/8"],'
+                          b'"ip_deny":["127.0.0.2"]}}')
+    assert p.FrameDecoder().feed(frame) == [p.Hello(client="c", access=RULES)]
+
+
+@pytest.mark.parametrize("message", [
+    p.Welcome(url="u", subdomain="s", session="x", heartbeat_interval=1.0, dead_peer_timeout=3.0,
+              access="basic auth (1 user)"),
+    p.Welcome(url="u", subdomain="s", session="x", heartbeat_interval=1.0, dead_peer_timeout=3.0),
+    p.Error("the relay refused this session's access rules: access.ip_allow: ...", p.ACCESS_INVALID),
+    p.Error("bad"),
+])
+def test_welcome_access_and_error_code_round_trip(message):
+    assert p.FrameDecoder().feed(p.encode(message)) == [message]
+
+
+def test_an_old_relays_welcome_has_no_access_and_an_old_error_no_code():
+    welcome = b'{"type":"welcome","url":"u","subdomain":"s","session":"x","heartbeat_interval":1,' \
+              b'"dead_peer_timeout":3}'
+    assert p.FrameDecoder().feed(_frame(welcome))[0].access == ""
+    assert p.FrameDecoder().feed(_frame(b'{"type":"error","message":"m"}')) == [p.Error("m", "")]
+
+
+def test_a_refused_hello_ends_both_sessions_with_the_error():
+    """The relay answers an invalid rule with a final Error (code ACCESS_INVALID) right after the hello."""
+    relay, agent = p.ControlSession(p.RELAY), p.ControlSession(p.AGENT)
+    relay.receive_data(agent.send(p.Hello(access={"ip_allow": ["nope"]})), now=0)
+    refusal = relay.send(p.Error("refused", p.ACCESS_INVALID))
+    assert relay.state == p.CLOSED
+    assert agent.receive_data(refusal, now=0) == [p.Error("refused", p.ACCESS_INVALID)]
+    assert agent.state == p.CLOSED

@@ -89,6 +89,9 @@
         announce((t.name || t.subdomain) + " is now " + (active ? "active" : "inactive"));
       }
     });
+    if (t.status !== "active") {  // the session that narrowed the policy is gone, and its rules with it
+      document.querySelectorAll('[data-session-access="' + t.id + '"]').forEach(function (el) { el.hidden = true; });
+    }
     document.querySelectorAll('[data-tunnel-last="' + t.id + '"]').forEach(function (el) {
       if (t.last_connected) {
         el.setAttribute("datetime", t.last_connected);
