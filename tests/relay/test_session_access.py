@@ -11,7 +11,7 @@ import logging
 
 from intunnel import access, tunnels
 from intunnel.models import Tunnel
-from tests.relay.test_access import ALICE, get, seen_paths, wait_for_policy
+from tests.relay.test_access import ALICE, connect, exchange, get, seen_paths, wait_for_policy
 from tests.support.tunnel import (ClientProcess, ClientThread, HttpUpstream, RelayThread, make_tunnel,
                                   wait_for)
 
@@ -68,6 +68,16 @@ def test_a_session_deny_rule_refuses_that_address_only(settings, db):
         assert get(relay.port, host, "/ok", source="127.0.0.1")[0] == 200
         assert seen_paths(app) == ["/ok"]
 
+
+def test_a_keep_alive_visitor_of_a_narrowed_session_is_checked_on_every_request(settings, db):
+    with narrowed(settings, {"basic_auth": ["carol:sesame-open"]}) as (relay, tunnel, app, _):
+        host = f"myapp.{settings.domain}"
+        with connect(relay.port) as sock, sock.makefile("rb") as f:
+            assert exchange(sock, f, host, "/first", {"Authorization": CAROL})[0] == 200
+            assert exchange(sock, f, host, "/second", {"Authorization": CAROL})[0] == 200   # cached
+            status, _, _ = exchange(sock, f, host, "/third")
+        assert status == 401
+        assert seen_paths(app) == ["/first", "/second"]
 
 def test_stored_password_and_session_password_are_both_required(settings, db):
     stored = {"basic_auth": ["alice:wonderland", "bob:builder123"]}
@@ -164,3 +174,17 @@ def test_a_relay_that_does_not_enforce_the_rules_gets_no_tunnel(settings, db, mo
         assert any("does not enforce this session's access rules" in line and "upgrade the server" in line
                    for line in client.lines), client.lines
         assert not any(line.startswith("connected:") for line in client.lines)
+
+
+def test_guessing_a_session_password_is_throttled_like_a_stored_one(settings, db):
+    """A session password costs the relay microseconds to check, so only the throttle slows a
+    guesser: relay_access_max_failures wrong ones from an address, then 429 without checking."""
+    strict = settings.replace(relay_access_max_failures=2)
+    with narrowed(strict, {"basic_auth": ["carol:sesame-open"]}) as (relay, tunnel, app, _):
+        host = f"myapp.{settings.domain}"
+        wrong = {"Authorization": access.basic_header("carol", "guess-one")}
+        assert [get(relay.port, host, "/guess", wrong)[0] for _ in range(2)] == [401, 401]
+        status, headers, _ = get(relay.port, host, "/right-but-late", {"Authorization": CAROL})
+        assert status == 429 and int(headers["retry-after"]) >= 1
+        assert get(relay.port, host, "/other-address", {"Authorization": CAROL}, source="127.0.0.2")[0] == 200
+        assert seen_paths(app) == ["/other-address"]
