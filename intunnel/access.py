@@ -46,12 +46,13 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Any, Callable
 
+from . import members as members_rule
 from .errors import ValidationError
 
 STORED_VERSION = 1
 ALLOW, CHALLENGE, FORBID = "allow", "challenge", "forbid"
-UPDATE_KEYS = ("public", "basic_auth", "ip_allow", "ip_deny")
-STORED_KEYS = frozenset(("v", "basic_auth", "ip_allow", "ip_deny"))
+UPDATE_KEYS = ("public", "basic_auth", "ip_allow", "ip_deny", "members")
+STORED_KEYS = frozenset(("v", "basic_auth", "ip_allow", "ip_deny", "members"))
 
 
 class PolicyError(ValueError):
@@ -66,11 +67,12 @@ class Limits:
     max_username: int = 64
     min_password: int = 8
     max_password: int = 256
+    max_members: int = 100
 
 
 def limits_of(settings) -> Limits:
     return Limits(settings.access_max_users, settings.access_max_cidrs, settings.access_max_username,
-                  settings.access_min_password, settings.access_max_password)
+                  settings.access_min_password, settings.access_max_password, settings.access_max_members)
 
 
 @dataclass(frozen=True)
@@ -78,10 +80,11 @@ class Policy:
     users: tuple[tuple[str, str], ...] = ()   # (user name, password hash), in the owner's order
     allow: tuple = ()                         # ipaddress networks
     deny: tuple = ()
+    members: members_rule.Members | None = None  # members only (intunnel.members); None: off
 
     @property
     def public(self) -> bool:
-        return not (self.users or self.allow or self.deny)
+        return not (self.users or self.allow or self.deny or self.members is not None)
 
     def hash_of(self, user: str) -> str | None:
         for name, hashed in self.users:
@@ -239,9 +242,11 @@ def dump(policy: Policy) -> str | None:
     """The stored JSON (None for public)."""
     if policy.public:
         return None
-    return json.dumps({"v": STORED_VERSION, "basic_auth": [{"user": u, "hash": h} for u, h in policy.users],
-                       "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny]},
-                      separators=(",", ":"))
+    stored = {"v": STORED_VERSION, "basic_auth": [{"user": u, "hash": h} for u, h in policy.users],
+              "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny]}
+    if policy.members is not None:
+        stored["members"] = policy.members.dump()
+    return json.dumps(stored, separators=(",", ":"))
 
 
 def load(stored: str | None) -> Policy:
@@ -261,15 +266,17 @@ def load(stored: str | None) -> Policy:
         users = tuple((str(e["user"]), str(e["hash"])) for e in data.get("basic_auth") or ())
         allow = tuple(ipaddress.ip_network(n) for n in data.get("ip_allow") or ())
         deny = tuple(ipaddress.ip_network(n) for n in data.get("ip_deny") or ())
+        members = members_rule.load(data["members"]) if "members" in data else None
     except (KeyError, TypeError, ValueError):
         raise PolicyError("the stored access policy is malformed") from None
-    return Policy(users, allow, deny)
+    return Policy(users, allow, deny, members)
 
 
 def public_view(policy: Policy) -> dict[str, Any]:
     """What the API and the dashboard show: no password hash, ever."""
     return {"public": policy.public, "basic_auth": [u for u, _ in policy.users],
-            "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny]}
+            "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny],
+            "members": None if policy.members is None else policy.members.view()}
 
 
 # --- changes (the API's ``access`` object) -----------------------------------------------------
@@ -365,7 +372,8 @@ def _users(data: dict, current: Policy, limits: Limits, hash_password: Callable[
     return tuple((u, current.hash_of(u) if p is None else hash_password(p)) for u, p in parsed)
 
 
-def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Callable[[str], str]) -> Policy:
+def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Callable[[str], str],
+                 user_exists: Callable[[str], bool] = lambda name: False) -> Policy:
     """The policy after the API's ``access`` object ``data``; ValidationError naming the field."""
     if not isinstance(data, dict):
         raise ValidationError("access must be an object (see GET /api/tunnels/:id for its shape)",
@@ -373,7 +381,7 @@ def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Call
     unknown = sorted(set(data) - set(UPDATE_KEYS))
     if unknown:
         raise ValidationError(f"access.{unknown[0]} is not an access mode (modes: basic_auth, ip_allow, "
-                              "ip_deny; or public: true)", field=_field(unknown[0]))
+                              "ip_deny, members; or public: true)", field=_field(unknown[0]))
     if "public" in data:
         if data["public"] is not True or len(data) > 1:
             raise ValidationError("access.public can only be true, alone: it clears every rule",
@@ -381,5 +389,7 @@ def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Call
         return PUBLIC
     allow = _cidrs(data, "ip_allow", limits) if "ip_allow" in data else current.allow
     deny = _cidrs(data, "ip_deny", limits) if "ip_deny" in data else current.deny
+    members = members_rule.parse(data["members"], limits.max_members, user_exists) if "members" in data \
+        else current.members
     users = _users(data, current, limits, hash_password) if "basic_auth" in data else current.users
-    return Policy(users, allow, deny)
+    return Policy(users, allow, deny, members)

@@ -73,6 +73,20 @@ def set_admin(user: User, is_admin: bool) -> None:
     user.save()
 
 
+def end_sessions(condition) -> int:
+    """Delete the login sessions matching ``condition`` (a peewee expression on Session) and
+    with them the members-only tunnel access they gave (``memberpass``: the grants go by
+    ON DELETE CASCADE); the relays forget those grants on the notification (PostgreSQL) or
+    their next poll (SQLite).  Returns how many sessions ended."""
+    from .models import Session
+    with database.atomic():
+        users = [u for (u,) in Session.select(Session.user).where(condition).distinct().tuples()]
+        count = Session.delete().where(condition).execute()
+        for user_id in users:
+            changes.user_changed(user_id)
+    return count
+
+
 def set_disabled(user: User, disabled: bool) -> None:
     """Disable (or re-enable) an account.
 
@@ -87,7 +101,7 @@ def set_disabled(user: User, disabled: bool) -> None:
         user.disabled = disabled
         user.save()
         if disabled:
-            Session.delete().where(Session.user == user).execute()
+            end_sessions(Session.user == user)
             request_disconnect_all(user)  # and tells the relay (changes.user_changed)
 
 

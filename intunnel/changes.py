@@ -11,7 +11,9 @@ Payloads are small and carry no secret, only what to re-check:
     t:<tunnel id>   the tunnel's token was regenerated, it was deleted, a
                     disconnect was requested (``intunnel-admin tunnel disconnect``),
                     or its access policy changed (the relay reloads it)
-    u:<user id>     the account was disabled or deleted (all of its tunnels)
+    u:<user id>     the account was disabled or deleted (all of its tunnels), or
+                    some of its login sessions ended (logout, logout everywhere, a
+                    password change): the members-only access they gave ends too
 
 The relay re-reads the rows it names; a notification is a hint, never the
 truth, so a duplicate or a spurious one costs one query.  Every writer goes
@@ -41,7 +43,7 @@ def tunnel_changed(tunnel_id: int) -> None:
 
 
 def user_changed(user_id: int) -> None:
-    """Call inside the transaction that disables or deletes an account."""
+    """Call inside the transaction that disables or deletes an account or ends its sessions."""
     _notify(USER, user_id)
 
 

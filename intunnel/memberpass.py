@@ -61,9 +61,9 @@ def issue_ticket(session: Session, tunnel_id: int, target: str, ttl: int) -> str
     return ticket
 
 
-def redeem(ticket: str, tunnel_id: int, max_age: int) -> tuple[str, str, int] | None:
-    """(access token, target path, cookie max-age in seconds) for a live ticket of this tunnel;
-    None for anything else (unknown, used, expired, another tunnel's, its session gone)."""
+def redeem(ticket: str, tunnel_id: int, max_age: int) -> tuple[str, str, int, Grant] | None:
+    """(access token, target path, cookie max-age in seconds, the grant) for a live ticket of this
+    tunnel; None for anything else (unknown, used, expired, another tunnel's, its session gone)."""
     if not ticket or len(ticket) > 128:
         return None
     digest, now = sha256_hex(ticket), utcnow()
@@ -87,7 +87,9 @@ def redeem(ticket: str, tunnel_id: int, max_age: int) -> tuple[str, str, int] | 
         AccessGrant.delete().where(AccessGrant.expires_at <= now).execute()  # housekeeping
         AccessGrant.create(token_hash=sha256_hex(token), session=session.id_hash, tunnel=tunnel_id,
                            user=session.user_id, expires_at=expires)
-    return token, row.target, max(1, int((expires - now).total_seconds()))
+    user = session.user
+    return (token, row.target, max(1, int((expires - now).total_seconds())),
+            Grant(tunnel_id, Identity(user.id, user.username, user.email), expires))
 
 
 def grants(token_hashes: list[str]) -> dict[str, Grant]:

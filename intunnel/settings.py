@@ -108,6 +108,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("access_max_username", int, 64, "Longest basic-auth user name of an access policy, in characters."),
     Setting("access_min_password", int, 8, "Shortest basic-auth password of an access policy, in characters."),
     Setting("access_max_password", int, 256, "Longest basic-auth password of an access policy, in characters."),
+    Setting("access_max_members", int, 100, "Named users, and email domains, the members-only mode of one tunnel's "
+            "access policy may list (each)."),
+    Setting("access_ticket_ttl", int, 60, "Seconds the one-time ticket from the web app's login to a members-only "
+            "tunnel's host is good for."),
+    Setting("access_grant_max_age", int, 43200, "Seconds a members-only tunnel's access cookie lives at most (never "
+            "longer than the login session it came from)."),
+    Setting("relay_access_grant_cache_size", int, 10000, "Members-only access cookies each relay remembers (who they "
+            "are for), so a visitor's requests skip the database; checked again on every revocation poll or notification."),
+    Setting("web_public_url", str, "", "The web app's address as visitors' browsers reach it, for the members-only "
+            "login redirect; empty: <public_scheme>://<domain> under https, http://<domain>:<web_listen port> over http."),
     Setting("relay_access_cache_size", int, 4096, "Verified basic-auth credentials each relay remembers (least recently "
             "used go first; keyed by a keyed hash that changes with the policy), so keep-alive visitors skip the password hash."),
     Setting("relay_access_max_failures", int, 10, "Wrong basic-auth passwords one visitor address may try on one tunnel "
@@ -222,6 +232,15 @@ class Settings:
     def relay_url(self) -> str:
         """The URL a client passes as ``--server``."""
         return f"{self.public_scheme}://{self.domain}{self.url_port_suffix}"
+
+    @property
+    def web_url(self) -> str:
+        """Where visitors' browsers reach the web app (the login page of members-only tunnels)."""
+        if self.web_public_url:
+            return self.web_public_url.rstrip("/")
+        if self.public_scheme == "https":
+            return f"https://{self.domain}" + ("" if self.public_port in (0, 443) else f":{self.public_port}")
+        return f"http://{self.domain}:{self.web_address[1]}"
 
     @property
     def cookie_secure(self) -> bool:

@@ -88,7 +88,8 @@ def set_access(settings, tunnel: Tunnel, data: Any) -> access.Policy:
         current = policy_of(tunnel)
     except access.PolicyError:
         current = access.PUBLIC  # unreadable: only a full replacement (or public) is accepted
-    policy = access.apply_update(current, data, access.limits_of(settings), hash_password)
+    policy = access.apply_update(current, data, access.limits_of(settings), hash_password,
+                                 user_exists=lambda name: User.select().where(User.username == name).exists())
     with database.atomic():
         tunnel.access = access.dump(policy)
         tunnel.save()

@@ -181,7 +181,7 @@ def test_stored_form_has_hashes_and_the_view_has_none():
                                   "ip_allow": ["::1/128"], "ip_deny": []}
     assert access.load(stored) == p
     assert access.public_view(p) == {"public": False, "basic_auth": ["alice"], "ip_allow": ["::1/128"],
-                                     "ip_deny": []}
+                                     "ip_deny": [], "members": None}
     assert access.dump(access.PUBLIC) is None and access.load(None) == access.load("") == access.PUBLIC
 
 

@@ -114,13 +114,24 @@ def access_pairs(view: dict) -> list[tuple[str, str]]:
     return [("access", "public" if view["public"] else "restricted"),
             ("basic auth users", ", ".join(view["basic_auth"]) or none),
             ("allowed addresses", ", ".join(view["ip_allow"]) or "any"),
-            ("denied addresses", ", ".join(view["ip_deny"]) or none)]
+            ("denied addresses", ", ".join(view["ip_deny"]) or none),
+            ("members only", members_text(view.get("members")))]
+
+
+def members_text(members: dict | None) -> str:
+    if members is None:
+        return "off"
+    if members["owner_only"]:
+        return "the owner only"
+    listed = members["users"] + [f"@{d}" for d in members["email_domains"]]
+    return "the owner, " + ", ".join(listed) if listed else "any account"
 
 
 def access_change(ctx: Context, args) -> dict | None:
     """The API's access object from the options (None: nothing to change, show it)."""
     if args.public:
-        if args.basic_auth or args.allow_ip or args.deny_ip or args.no_basic_auth or args.basic_auth_stdin:
+        if args.basic_auth or args.allow_ip or args.deny_ip or args.no_basic_auth or args.basic_auth_stdin \
+                or args.members or args.member or args.member_domain or args.no_members:
             raise AdminError("--public clears every rule: give it alone", 2)
         return {"public": True}
     data: dict = {}
@@ -134,6 +145,16 @@ def access_change(ctx: Context, args) -> dict | None:
         data["ip_allow"] = [c for c in args.allow_ip if c]
     if args.deny_ip is not None:
         data["ip_deny"] = [c for c in args.deny_ip if c]
+    if args.no_members and (args.members or args.member or args.member_domain):
+        raise AdminError("--no-members turns members only off: give no other --member option with it", 2)
+    if args.no_members:
+        data["members"] = False
+    elif args.members == "owner":
+        if args.member or args.member_domain:
+            raise AdminError("--members owner admits the owner alone: no --member or --member-domain", 2)
+        data["members"] = {"owner_only": True}
+    elif args.members or args.member or args.member_domain:
+        data["members"] = {"users": list(args.member or []), "email_domains": list(args.member_domain or [])}
     return data or None
 
 
@@ -192,5 +213,13 @@ def register(groups, common) -> None:
                    help="only these addresses may visit (repeat; replaces the list; '' empties it)")
     a.add_argument("--deny-ip", action="append", metavar="CIDR",
                    help="these addresses may not visit (repeat; replaces the list; '' empties it)")
+    a.add_argument("--members", choices=("any", "owner"),
+                   help="members only: visitors log in to this InTunnel; any: every enabled account, "
+                        "owner: the tunnel's owner alone")
+    a.add_argument("--member", action="append", metavar="USER",
+                   help="members only, for the owner and this user (repeat; replaces the list)")
+    a.add_argument("--member-domain", action="append", metavar="DOMAIN",
+                   help="members only, for accounts whose email is at DOMAIN (repeat; replaces the list)")
+    a.add_argument("--no-members", action="store_true", help="turn members only off")
     a.add_argument("--public", action="store_true", help="clear every rule: anyone may visit")
     a.set_defaults(func=cmd_access)

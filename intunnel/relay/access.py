@@ -43,7 +43,7 @@ from .. import access
 from ..access import ALLOW, CHALLENGE, FORBID, Verify
 from ..ratelimit import RateLimiter
 from ..security import verify_password
-from . import pages
+from . import members, pages
 
 log = logging.getLogger("intunnel.relay")
 
@@ -130,6 +130,7 @@ class Checker:
         self.failures = RateLimiter(settings.relay_access_max_failures, FAILURE_WINDOW, time.monotonic)
         self.tunnel_failures = RateLimiter(settings.relay_access_max_failures_per_tunnel, FAILURE_WINDOW,
                                            time.monotonic)
+        self.grants = members.Grants(settings)   # members only: the access cookies seen (relay/members)
 
     def throttled(self, gate: Gate, address: str) -> int:
         """Seconds to wait before another password check of ``address`` on this tunnel (0: go on)."""
@@ -230,6 +231,8 @@ def admit(link, session, head) -> bool:
     routed again once it was (then from the cache)."""
     relay, gate = link.relay, session.gate
     checker = relay.access
+    if gate.policy.members is not None and not members.admit(link, session, head):
+        return False   # members only: not signed in, not admitted, or being looked up (relay/members)
     verdict = checker.check(gate, head, link.conn.peername, getattr(link, "hop", False))
     if verdict is ALLOW:
         return True
@@ -275,8 +278,14 @@ def admits_attached(link, head) -> bool:
     if session.closed and session.moving:
         return False      # its agent moved (relay/placement): the next request goes to its new session
     gate = session.gate
-    return gate.policy is None or \
-        link.relay.access.check(gate, head, link.conn.peername, getattr(link, "hop", False)) is ALLOW
+    policy = gate.policy
+    if policy is None:
+        return True
+    checker = link.relay.access
+    if policy.members is not None and checker.grants.verdict(
+            session.tunnel.id, session.tunnel.owner_id, policy.members, head) is not ALLOW:
+        return False
+    return checker.check(gate, head, link.conn.peername, getattr(link, "hop", False)) is ALLOW
 
 
 async def refresh(relay, sessions) -> None:

@@ -9,6 +9,11 @@ A ``Domain`` is read the way a browser may read it (case, leading and trailing d
 surrounding whitespace, percent-escapes): one that is still not a plain ASCII host name
 after that can't be judged, and its cookie is dropped too (fail closed).  A folded
 continuation line (obs-fold) belongs to the header before it.
+
+The members-only access cookie (``memberpass.COOKIE``, set by the relay on a tunnel's host)
+is the relay's, not the app's: the proxy strips it from every request it forwards
+(``strip_access``), and an app's ``Set-Cookie`` of that name is dropped too, so no app can
+read a visitor's access nor plant one of its own.
 """
 
 from __future__ import annotations
@@ -28,8 +33,40 @@ def _covers_web_app(domain_attr: str, domain: str) -> bool:
     return bool(d) and (d == domain or domain.endswith("." + d))
 
 
+ACCESS = "intunnel_access"   # memberpass.COOKIE (not imported: the proxy imports this module)
+ACCESS_NAMES = (ACCESS, "__Host-" + ACCESS)
+
+
+def access_tokens(cookie_values) -> list[str]:
+    """The values of every access cookie (plain or ``__Host-``) in the Cookie header values."""
+    found = []
+    for header in cookie_values or ():
+        if ACCESS not in header:
+            continue
+        for item in header.replace(",", ";").split(";"):
+            key, sep, value = item.partition("=")
+            if sep and key.strip() in ACCESS_NAMES:
+                value = value.strip().strip('"')
+                if value:
+                    found.append(value)
+    return found
+
+
+def strip_access(cookie_values: list[str]) -> str | None:
+    """None when no Cookie header value holds an access cookie; else the one Cookie header the
+    app gets instead of them all ('' when nothing else is left)."""
+    if not any(ACCESS in v for v in cookie_values):
+        return None
+    kept = [item.strip() for v in cookie_values for item in v.split(";")
+            if item.strip() and item.partition("=")[0].strip() not in ACCESS_NAMES]
+    return "; ".join(kept)
+
+
 def _drops(header_value: bytes, domain: str) -> bool:
-    attrs = header_value.decode("latin-1").split(";")[1:]
+    text = header_value.decode("latin-1")
+    if text.partition("=")[0].strip() in ACCESS_NAMES:
+        return True   # the relay's access cookie: never the app's to set
+    attrs = text.split(";")[1:]
     return any(k.strip().lower() == "domain" and _covers_web_app(v, domain)
                for k, _, v in (a.partition("=") for a in attrs))
 

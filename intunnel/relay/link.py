@@ -289,7 +289,8 @@ class Link:
         data.on_eof = self._upstream_ended
         data.on_close = self._upstream_ended
         data.on_data = self._upstream_data
-        actions = self.state.attached_upstream(host_header, up.reused, self.loop.time())
+        actions = self.state.attached_upstream(host_header, up.reused, self.loop.time(),
+                                               to_peer=type(up) is PeerUpstream)
         if rest:
             actions = actions + self.state.upstream_data(rest, self.loop.time())
         self.run(actions)

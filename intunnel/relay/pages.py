@@ -10,7 +10,7 @@ from ..errors import code_for, wants_json
 from .metrics import CODE_REASONS
 
 REASONS = {
-    101: "Switching Protocols", 200: "OK", 400: "Bad Request", 401: "Unauthorized",
+    101: "Switching Protocols", 200: "OK", 302: "Found", 400: "Bad Request", 401: "Unauthorized",
     403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
     429: "Too Many Requests", 431: "Request Header Fields Too Large", 501: "Not Implemented",
     502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
@@ -109,6 +109,37 @@ def access_busy(accept: str | None, head_only: bool = False) -> bytes:
     return response(429, "Too many sign-ins are being checked right now; try again in a moment.", accept,
                     title="Try again shortly", code="RATE_LIMITED", head_only=head_only, why="access_busy",
                     extra_headers=("Retry-After: 1",))
+
+
+def login_required(login_url: str, accept: str | None, head_only: bool, redirect: bool) -> bytes:
+    """Members only, nobody logged in: a browser's GET goes to the web app's login (302); anything
+    else (a POST's body would be lost on the way, a script can't log in) gets 401 saying where."""
+    if redirect:
+        return response(302, f"Log in to open this tunnel: {login_url}", accept, title="Log in to continue",
+                        code="UNAUTHORIZED", head_only=head_only, why="access_login",
+                        extra_headers=(f"Location: {login_url}",))
+    return response(401, f"This tunnel is open to members only. Log in in a browser at {login_url}",
+                    accept, title="Members only", code="UNAUTHORIZED", head_only=head_only, why="access_login")
+
+
+def not_member(accept: str | None, head_only: bool = False) -> bytes:
+    """Members only: logged in, but as an account the tunnel's rule does not admit."""
+    return response(403, "Your account may not open this tunnel. Ask the person who shared it with you "
+                    "to add you, or log in as someone else.", accept, title="Access denied",
+                    code="FORBIDDEN", head_only=head_only, why="access_not_member")
+
+
+def signed_in(target: str, set_cookie: str) -> bytes:
+    """A login ticket redeemed: the access cookie, and on to where the visitor was going."""
+    return response(302, "Signed in.", None, title="Signed in", code="FOUND", why="access_ticket",
+                    extra_headers=(f"Location: {target}", set_cookie, "Referrer-Policy: no-referrer"))
+
+
+def ticket_refused(login_url: str, accept: str | None, head_only: bool = False) -> bytes:
+    """A ticket that was used already, has expired, or is another tunnel's."""
+    return response(403, f"This sign-in link has expired or was used already. Start again: {login_url}",
+                    accept, title="Sign-in link expired", code="FORBIDDEN", head_only=head_only,
+                    why="access_ticket_refused")
 
 
 def json_response(status: int, payload: dict) -> bytes:

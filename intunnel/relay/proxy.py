@@ -194,6 +194,7 @@ class ProxyState:
         self.host: str | None = None           # the Host the attached upstream serves
         self.host_header: str | None = None    # the tunnel's Host override
         self.reused = False          # the upstream came from parking and hasn't answered yet
+        self.to_peer = False         # the upstream is a peer relay (relay/peers): it strips the access cookie
         self.retried = False
         self.answered = False        # a byte of the current response went to the visitor
         self.reusable = True         # the attached upstream may be parked after this exchange
@@ -295,12 +296,13 @@ class ProxyState:
         return self._close(now, "closed", abort=True)  # mid-request: the request can't complete
 
     # --- routing -----------------------------------------------------------------------------
-    def attached_upstream(self, host_header: str | None, reused: bool, now: float) -> list:
-        """The I/O layer attached an upstream of ``self.head``'s tunnel."""
+    def attached_upstream(self, host_header: str | None, reused: bool, now: float, to_peer: bool = False) -> list:
+        """The I/O layer attached an upstream of ``self.head``'s tunnel (``to_peer``: a peer relay,
+        which judges the request, access cookie included, itself)."""
         if self.closed:
             return [Detach(park=reused)]
         self.host = self.head.host
-        self.host_header, self.reused = host_header, reused
+        self.host_header, self.reused, self.to_peer = host_header, reused, to_peer
         self.reusable = True
         self.stats.route.observe(now - self.head_at)
         self.responses = MessageReader("response", 64 * 1024)
@@ -509,6 +511,12 @@ class ProxyState:
         if head.version != "HTTP/1.1":
             self.reusable = False     # HTTP/1.0: the app's connection ends with this exchange
         replace = {"host": self.host_header} if self.host_header else None
+        cookie = head.index.get("cookie")
+        if cookie is not None and not self.to_peer:
+            kept = cookies.strip_access(cookie)   # the relay's access cookie: never the app's (relay/cookies)
+            if kept is not None:
+                remove = frozenset(remove) | {"cookie"}
+                add = [*add, ("Cookie", kept)] if kept else add
         self.responses.head_only = head.method == "HEAD"
         self.responses.upgrade_asked = head.body == "upgrade"
         self._go("resp", "sent", Resp.WAITING)

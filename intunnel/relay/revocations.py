@@ -5,7 +5,8 @@ What ends it: a regenerated token, a deleted tunnel, a disconnect request
 store's ``revoked()`` decides from the rows; this module only decides *when*
 to ask it, and about *which* sessions.  The sessions that survive a check have
 their tunnels' access policies reloaded the same way (``access.refresh``): a
-policy change is a ``t:<tunnel id>`` notification too.
+policy change is a ``t:<tunnel id>`` notification too.  Members-only visitors' access
+grants are re-read on every full check and on ``u:<user id>`` (``members.refresh``).
 
 SQLite: every ``relay_revocation_poll`` seconds (0.25), every live session.
 
@@ -37,7 +38,7 @@ import logging
 import time
 
 from ..changes import CHANNEL, TUNNEL, USER, parse
-from . import access
+from . import access, members
 
 log = logging.getLogger("intunnel.relay")
 
@@ -124,6 +125,12 @@ class Revocations:
             self._wake.clear()
             full, tunnels, users = self._full, self._tunnels, self._users
             self._full, self._tunnels, self._users = False, set(), set()
+            if full or users:   # logged out, disabled: members-only visitors' access ends too
+                try:
+                    await members.refresh(self.relay, None if full else users)
+                except Exception:
+                    log.exception("members-only access check failed")
+                    self._full = True
             sessions = [s for s in self.relay.sessions.values()
                         if full or s.tunnel.id in tunnels or s.tunnel.owner_id in users]
             if not sessions:

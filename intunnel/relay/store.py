@@ -20,6 +20,7 @@ from datetime import datetime
 from ..wire import protocol as p
 import peewee as pw
 
+from .. import memberpass
 from ..changes import tunnel_changed
 from ..models import RelayNode, Route, Tunnel, User, open_database
 from ..timeutil import utcnow
@@ -85,6 +86,15 @@ class Store:
 
     def _policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
         return dict(Tunnel.select(Tunnel.id, Tunnel.access).where(Tunnel.id.in_(tunnel_ids)).tuples())
+
+    def _redeem(self, ticket: str, tunnel_id: int):
+        return memberpass.redeem(ticket, tunnel_id, self.settings.access_grant_max_age)
+
+    def _grants(self, token_hashes: list[str]) -> dict[str, memberpass.Grant]:
+        found: dict[str, memberpass.Grant] = {}
+        for i in range(0, len(token_hashes), 500):   # bounded IN lists (SQLite's variable limit)
+            found.update(memberpass.grants(token_hashes[i:i + 500]))
+        return found
 
     def _exists(self, subdomain: str) -> bool:
         return Tunnel.select().where(Tunnel.subdomain == subdomain).exists()
@@ -250,6 +260,14 @@ class Store:
 
     async def find_by_token(self, token: str) -> TunnelInfo | None:
         return await self._run(self._find_by_token, token)
+
+    async def redeem(self, ticket: str, tunnel_id: int):
+        """A members-only ticket turned into an access token (memberpass.redeem), once."""
+        return await self._run(self._redeem, ticket, tunnel_id)
+
+    async def grants(self, token_hashes: list[str]) -> dict[str, memberpass.Grant]:
+        """The live access grants among ``token_hashes`` (memberpass.grants)."""
+        return await self._run(self._grants, token_hashes)
 
     async def exists(self, subdomain: str) -> bool:
         return await self._run(self._exists, subdomain)

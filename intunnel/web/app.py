@@ -33,7 +33,7 @@ import bottle
 from ..errors import AppError, InternalError, PayloadTooLarge, RateLimited
 from ..models import database, open_database
 from ..ratelimit import Clock
-from . import api, auth, errors_render, login
+from . import api, auth, errors_render, login, member_access
 from .metrics import RATE_LIMITED_KEY, WebMetrics
 from .state import ENVIRON_KEY, WebState
 
@@ -226,6 +226,7 @@ def create_app(settings, clock: Clock | None = None, registry=None) -> IntunnelA
         return {"status": "ok"}
 
     login.install(app)
+    member_access.install(app)
     api.install(app, settings)
     _install_pages(app, settings)
     return app

@@ -191,7 +191,7 @@ def end_session(clear_cookie: bool = True) -> None:
     """Delete the current session row (if any) and, by default, the cookie."""
     cookie = _session_cookie(bottle.request.environ)
     if cookie and len(cookie) <= _MAX_CREDENTIAL_LENGTH:
-        Session.delete().where(Session.id_hash == security.sha256_hex(cookie)).execute()
+        accounts.end_sessions(Session.id_hash == security.sha256_hex(cookie))
     if clear_cookie:
         settings = web_state.current().settings
         bottle.response.add_header("Set-Cookie", cookies.deletion(session_cookie_name(settings),

@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import bottle
 
 from .. import accounts
+from ..models import Session
 from ..errors import RateLimited, Unauthorized, UnsupportedMedia, ValidationError, wants_json
 from ..timeutil import iso
 from . import auth, jsonbody
@@ -115,8 +116,14 @@ def login():
 
 def logout():
     browser = not wants_json(bottle.request.get_header("Accept"), default=True)
-    if auth.authenticate_request().session is not None:
+    signed_in = auth.authenticate_request()
+    if signed_in.session is not None:
         auth.check_csrf_form()
+        # "everywhere" (a form field): every session of the account ends, and so does the
+        # members-only tunnel access they gave (memberpass)
+        everywhere = bottle.request.forms.getunicode("everywhere")
+        if everywhere and everywhere != "0":
+            accounts.end_sessions(Session.user == signed_in.user)
     auth.end_session()
     if browser:
         see_other("/login")

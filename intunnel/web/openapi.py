@@ -93,11 +93,21 @@ SCHEMAS = {
                        "visitors without one of their passwords get 401"},
         "ip_allow": {"type": "array", "items": CIDR, "description": "visitor addresses admitted (empty: any); "
                      "others get 403"},
-        "ip_deny": {"type": "array", "items": CIDR, "description": "visitor addresses refused with 403"}}},
+        "ip_deny": {"type": "array", "items": CIDR, "description": "visitor addresses refused with 403"},
+        "members": {"allOf": [_ref("Members")], "nullable": True, "description": "members only: visitors "
+                    "must log in to this InTunnel (null: off)"}}},
+    "Members": {"type": "object", "description": "Which logged-in accounts may open a members-only tunnel: "
+                "the owner always; with neither users nor email_domains (and not owner_only) any enabled "
+                "account.", "properties": {
+        "owner_only": {"type": "boolean", "description": "only the tunnel's owner"},
+        "users": {"type": "array", "items": STR, "description": "user names admitted (at most "
+                  "access_max_members, a setting)"},
+        "email_domains": {"type": "array", "items": STR, "description": "accounts whose email is at one of "
+                          "these domains, exactly (at most access_max_members)"}}},
     "AccessUpdate": {"type": "object", "additionalProperties": False, "description":
                      "Each mode given replaces that mode; modes not given stay as they are. "
                      "{\"public\": true} (alone) clears every rule. Rules combine: IP rules first (403), "
-                     "then the password (401).", "properties": {
+                     "then members only (a login), then the password (401).", "properties": {
         "public": {"type": "boolean", "enum": [True]},
         "basic_auth": {"type": "array", "items": {"oneOf": [
             {"type": "string", "description": "user:password (the password is stored hashed)",
@@ -108,7 +118,10 @@ SCHEMAS = {
             "description": "the users, all of them: users not listed are removed (at most "
                            "access_max_users, a setting)"},
         "ip_allow": {"type": "array", "items": CIDR, "description": "at most access_max_cidrs (a setting)"},
-        "ip_deny": {"type": "array", "items": CIDR, "description": "at most access_max_cidrs (a setting)"}}},
+        "ip_deny": {"type": "array", "items": CIDR, "description": "at most access_max_cidrs (a setting)"},
+        "members": {"oneOf": [{"type": "boolean", "description": "true: any enabled account; false: off"},
+                              {"allOf": [_ref("Members")], "additionalProperties": False}],
+                    "nullable": True, "description": "members only (null or false: off)"}}},
     "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT),
     "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate")), "minProperties": 1},
     "ApiToken": {"type": "object", "properties": {

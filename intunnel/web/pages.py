@@ -182,8 +182,9 @@ class Pages:
     def render_tunnel(self, user, tunnel, errors, form, status=200, access_form=None):
         view = tunnels.access_view(tunnel)
         if access_form is None:
+            members = view["members"]
             access_form = {"ip_allow": "\n".join(view["ip_allow"]), "ip_deny": "\n".join(view["ip_deny"]),
-                           "new_user": ""}
+                           "new_user": "", **members_form(members)}
         return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
                            url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
                            access=view, access_form=access_form, session_access=tunnels.session_view(tunnel))
@@ -192,7 +193,8 @@ class Pages:
         """The tunnel page's access form: the same ``access`` object the API takes."""
         user = self.form_user()
         tunnel = tunnels.get_owned(user, tunnel_id)
-        form = {k: self.field(k) for k in ("ip_allow", "ip_deny", "new_user")}
+        form = {k: self.field(k) for k in ("ip_allow", "ip_deny", "new_user", "members", "members_users",
+                                           "members_domains")}
         if self.field("public") == "1":
             data = {"public": True}
         else:
@@ -203,7 +205,7 @@ class Pages:
             if new_user or new_password:
                 users.append({"username": new_user, "password": new_password})
             data = {"basic_auth": users, "ip_allow": address_lines(form["ip_allow"]),
-                    "ip_deny": address_lines(form["ip_deny"])}
+                    "ip_deny": address_lines(form["ip_deny"]), "members": members_update(form)}
         try:
             tunnels.set_access(self.settings, tunnel, data)
         except ValidationError as err:
@@ -304,7 +306,7 @@ class Pages:
             return self.profile_page({"new_password": human(err.message)}, status=400)
         # Whoever else knew the old password is logged out everywhere else.
         this_session = auth.authenticate_request().session
-        Session.delete().where((Session.user == user) & (Session.id_hash != this_session.id_hash)).execute()
+        accounts.end_sessions((Session.user == user) & (Session.id_hash != this_session.id_hash))
         self.done("Password changed. Your other sessions were logged out.", "/profile")
 
     # --- admin --------------------------------------------------------------
@@ -357,6 +359,31 @@ class Pages:
         response.set_header("Cache-Control", "public, max-age=31536000, immutable"
                             if bottle.request.query.get("v") else "no-cache")
         return response
+
+
+def members_form(members: dict | None) -> dict:
+    """The members-only fields of the tunnel page's access form, from the API's view."""
+    if members is None:
+        choice = "off"
+    elif members["owner_only"]:
+        choice = "owner"
+    else:
+        choice = "listed" if members["users"] or members["email_domains"] else "any"
+    return {"members": choice, "members_users": "\n".join((members or {}).get("users", [])),
+            "members_domains": "\n".join((members or {}).get("email_domains", []))}
+
+
+def members_update(form: dict):
+    """The API's ``access.members`` from the form: off, any account, only me, or listed people."""
+    choice = form.get("members") or "off"
+    if choice == "any":
+        return True
+    if choice == "owner":
+        return {"owner_only": True}
+    if choice == "listed":
+        return {"users": address_lines(form.get("members_users") or ""),
+                "email_domains": address_lines(form.get("members_domains") or "")}
+    return False
 
 
 def address_lines(text: str) -> list[str]:

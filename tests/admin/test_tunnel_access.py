@@ -3,6 +3,8 @@ passwords stored hashed and never printed; bad rules are one line."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from intunnel import access
@@ -24,7 +26,7 @@ def stored_policy() -> access.Policy:
 
 def test_show_a_public_tunnel(tunnel):
     assert tunnel.json("tunnel", "access", "myapp")["access"] == {
-        "public": True, "basic_auth": [], "ip_allow": [], "ip_deny": []}
+        "public": True, "basic_auth": [], "ip_allow": [], "ip_deny": [], "members": None}
     text = tunnel.ok("tunnel", "access", "myapp").stdout
     assert "access: " in text and "public" in text and "allowed addresses: any" in text
     assert "access:" in tunnel.ok("tunnel", "show", "myapp").stdout
@@ -65,3 +67,17 @@ def test_bad_rules_are_one_line_and_change_nothing(tunnel, args, match):
 def test_public_alone_and_unknown_tunnel(tunnel):
     tunnel.fails("tunnel", "access", "myapp", "--public", "--deny-ip", "10.0.0.0/8", code=2, match="alone")
     tunnel.fails("tunnel", "access", "ghost", match="unknown tunnel 'ghost'")
+
+
+def test_members_only(tunnel):
+    out = tunnel.ok("tunnel", "access", "myapp", "--members", "any").stdout
+    assert "members only: any account" in out
+    assert stored_policy().members == access.members_rule.Members()
+    result = tunnel.json("tunnel", "access", "myapp", "--member", "root", "--member-domain", "example.com")
+    assert result["access"]["members"] == {"owner_only": False, "users": ["root"], "email_domains": ["example.com"]}
+    assert re.search(r"members only: +the owner, root, @example.com", tunnel.ok("tunnel", "access", "myapp").stdout)
+    assert tunnel.json("tunnel", "access", "myapp", "--members", "owner")["access"]["members"]["owner_only"]
+    tunnel.fails("tunnel", "access", "myapp", "--member", "ghost", match="there is no user 'ghost'")
+    tunnel.fails("tunnel", "access", "myapp", "--members", "owner", "--member", "root", code=2, match="alone")
+    assert tunnel.json("tunnel", "access", "myapp", "--no-members")["access"]["members"] is None
+    assert Tunnel.get(Tunnel.subdomain == "myapp").access is None

@@ -98,7 +98,7 @@ def test_ip_rules_use_the_address_nginx_saw_only_behind_the_proxy():
 
 
 def test_an_unreadable_policy_refuses_everyone_and_public_is_none():
-    gate = Gate(7, "myapp", '{"v": 1, "members": {}}')
+    gate = Gate(7, "myapp", '{"v": 1, "sso": {}}')  # a mode this version does not know
     for address in ("127.0.0.1", "::1", "garbage"):
         assert checker().check(gate, head(ALICE), address) == FORBID
     assert Gate(7, "myapp", None).policy is None and Gate(7, "myapp", stored(users=())).policy is None

@@ -28,7 +28,8 @@ def stored(url) -> str | None:
 
 def test_a_new_tunnel_is_public(alice_session, tunnel_url):
     r = alice_session.get(tunnel_url)
-    assert r.json()["access"] == {"public": True, "basic_auth": [], "ip_allow": [], "ip_deny": []}
+    assert r.json()["access"] == {"public": True, "basic_auth": [], "ip_allow": [], "ip_deny": [],
+                                  "members": None}
 
 
 def test_set_show_and_clear_a_policy(alice_session, tunnel_url):
@@ -37,7 +38,7 @@ def test_set_show_and_clear_a_policy(alice_session, tunnel_url):
         "ip_allow": ["10.0.0.0/8", "2001:db8::/32"], "ip_deny": ["10.9.0.0/16"]}})
     assert r.status_code == 200, r.text
     view = {"public": False, "basic_auth": ["alice", "bob"], "ip_allow": ["10.0.0.0/8", "2001:db8::/32"],
-            "ip_deny": ["10.9.0.0/16"]}
+            "ip_deny": ["10.9.0.0/16"], "members": None}
     assert r.json()["tunnel"]["access"] == view
     got = alice_session.get(tunnel_url)
     assert got.json()["access"] == view
@@ -65,7 +66,11 @@ def test_set_show_and_clear_a_policy(alice_session, tunnel_url):
     ({"access": {"basic_auth": [f"u{i}:password{i}" for i in range(21)]}}, "access.basic_auth"),
     ({"access": {"ip_allow": ["10.0.0.0/40"]}}, "access.ip_allow"),
     ({"access": {"ip_deny": "10.0.0.0/8"}}, "access.ip_deny"),
-    ({"access": {"members": True}}, "access.members"),
+    ({"access": {"members": "yes"}}, "access.members"),
+    ({"access": {"members": {"users": ["nobody-here"]}}}, "access.members"),
+    ({"access": {"members": {"owner_only": True, "users": ["alice"]}}}, "access.members"),
+    ({"access": {"members": {"email_domains": ["not a domain"]}}}, "access.members"),
+    ({"access": {"members": {"admins": True}}}, "access.members"),
     ({"access": {"public": True, "basic_auth": []}}, "access.public"),
 ])
 def test_bad_access_objects_are_400_in_the_documented_format(alice_session, tunnel_url, body, field):
@@ -124,3 +129,28 @@ def test_the_dashboard_form_needs_its_csrf_token_and_the_owner(web, alice_sessio
         r = mallory.post(f"{web.url}/tunnels/{tunnel_id}/access", data={"public": "1", "csrf_token": token})
         assert r.status_code == 404
     assert not access.load(stored(tunnel_url)).public
+
+
+def test_members_only_through_the_api_and_the_dashboard_form(web, alice_session, tunnel_url):
+    import re
+    create_user("bob@example.com", "bob")
+    r = alice_session.patch(tunnel_url, json={"access": {"members": {"users": ["bob"],
+                                                                     "email_domains": ["Example.ORG"]}}})
+    assert r.status_code == 200, r.text
+    assert r.json()["tunnel"]["access"]["members"] == {"owner_only": False, "users": ["bob"],
+                                                       "email_domains": ["example.org"]}
+    tunnel_id = tunnel_url.rsplit("/", 1)[1]
+    page = alice_session.get(f"{web.url}/tunnels/{tunnel_id}").text
+    assert "members only: you, bob, anyone @example.org" in page
+    assert re.search(r'value="listed" checked', page)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"csrf_token": csrf, "ip_allow": "", "ip_deny": "", "new_user": "", "members": "owner"}
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data=form, allow_redirects=False)
+    assert r.status_code == 303
+    assert access.load(stored(tunnel_url)).members == access.members_rule.Members(owner_only=True)
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "members": "listed",
+                                                                          "members_users": "nobody"})
+    assert r.status_code == 400 and "there is no user &#39;nobody&#39;" in r.text
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "members": "off"},
+                           allow_redirects=False)
+    assert r.status_code == 303 and stored(tunnel_url) is None

@@ -1,0 +1,68 @@
+"""GET /access?to=<tunnel URL>: the web app's half of members-only tunnels (intunnel.memberpass).
+
+The relay sends an anonymous visitor of a members-only tunnel here.  Not logged in: the
+login page, which comes back here.  Logged in and admitted by the tunnel's members rule:
+a one-time ticket, and a 303 to ``<tunnel origin>/_intunnel/auth?ticket=...``, where the
+relay turns it into the tunnel's access cookie.  Logged in but not admitted: 403, said here
+(the visitor can log in as someone else) rather than on the tunnel's host.
+
+``to`` must be an address of one of this InTunnel's tunnels (its public origin, then a path):
+anything else is a 400, never a redirect (no open redirect through the login).
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, urlencode, urlsplit
+
+import bottle
+
+from .. import access, memberpass
+from ..members import Identity
+from ..errors import Forbidden, NotFound, ValidationError
+from ..models import Tunnel
+from . import auth, login
+from . import state as web_state
+
+
+def tunnel_target(settings, to: str) -> tuple[Tunnel, str]:
+    """(tunnel, path and query) of a tunnel URL; ValidationError / NotFound otherwise."""
+    if not to or len(to) > memberpass.MAX_TARGET or any(ord(c) < 33 or ord(c) == 127 for c in to):
+        raise ValidationError("to must be the address of a tunnel", field="to")
+    parts = urlsplit(to)
+    host = (parts.hostname or "").lower()
+    suffix = "." + settings.domain
+    subdomain = host[: -len(suffix)] if host.endswith(suffix) else ""
+    origin = settings.tunnel_url(subdomain) if subdomain and "." not in subdomain else None
+    if origin is None or not to.startswith(origin + "/") or parts.username or parts.password:
+        raise ValidationError("to must be the address of a tunnel of this InTunnel", field="to")
+    tunnel = Tunnel.get_or_none(Tunnel.subdomain == subdomain)
+    if tunnel is None:
+        raise NotFound("No such tunnel")
+    return tunnel, to[len(origin):].split("#", 1)[0]
+
+
+def access_page():
+    state = web_state.current()
+    settings = state.settings
+    to = bottle.request.query.getunicode("to") or ""
+    tunnel, target = tunnel_target(settings, to)
+    signed_in = auth.authenticate_request()
+    user, session = signed_in.user, signed_in.session
+    if user is None or session is None:  # an API token is no browser login: log in
+        login.see_other("/login?" + urlencode({"next": "/access?" + urlencode({"to": to})}))
+    try:
+        policy = access.load(tunnel.access)
+    except access.PolicyError:
+        policy = access.PUBLIC
+    if policy.members is not None and not policy.members.admits(
+            Identity(user.id, user.username, user.email), tunnel.owner_id):
+        raise Forbidden(f"Your account ({user.username}) may not open {tunnel.subdomain}.{settings.domain}. "
+                        "Ask the person who shared it, or log in as someone else.")
+    if policy.members is None:  # not (or no longer) members-only: no ticket, which the app would see
+        login.see_other(to)
+    ticket = memberpass.issue_ticket(session, tunnel.id, target, settings.access_ticket_ttl)
+    login.see_other(settings.tunnel_url(tunnel.subdomain) + memberpass.AUTH_PATH + "?ticket=" + quote(ticket))
+
+
+def install(app: bottle.Bottle) -> None:
+    app.route("/access", "GET", access_page)
