@@ -73,8 +73,13 @@ def deletion(cookie_name: str, *, secure: bool) -> str:
 
 
 def strays(base: str, *, secure: bool, domain: str) -> list[str]:
-    """Set-Cookie values deleting the copies of ``base`` the app itself never sets."""
-    found = [header(base, "", secure=secure, max_age=0, domain=domain)]
+    """Set-Cookie values deleting the copies of ``base`` the app itself never sets.
+
+    Not for a single-label domain (``localhost``, as ``intunnel serve`` runs): a browser keeps
+    no domain cookie there (Chromium takes ``Domain=localhost`` on localhost as host-only, so
+    the "stray" deletion would delete the session cookie just set), and no tunnel on
+    ``<sub>.localhost`` can plant one either."""
+    found = [header(base, "", secure=secure, max_age=0, domain=domain)] if "." in domain else []
     if secure:
         found.append(deletion(base, secure=True))  # the plain name, from before the prefix
     return found

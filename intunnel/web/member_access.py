@@ -2,8 +2,8 @@
 
 The relay sends an anonymous visitor of a members-only tunnel here.  Not logged in: the
 login page, which comes back here.  Logged in and admitted by the tunnel's members rule:
-a one-time ticket, and a 303 to ``<tunnel origin>/_intunnel/auth?ticket=...``, where the
-relay turns it into the tunnel's access cookie.  Logged in but not admitted: 403, said here
+a one-time ticket, and a page that moves on at once to ``<tunnel origin>/_intunnel/auth?ticket=...``,
+where the relay turns it into the tunnel's access cookie.  Logged in but not admitted: 403, said here
 (the visitor can log in as someone else) rather than on the tunnel's host.
 
 ``to`` must be an address of one of this InTunnel's tunnels (its public origin, then a path):
@@ -12,6 +12,7 @@ anything else is a 400, never a redirect (no open redirect through the login).
 
 from __future__ import annotations
 
+import html
 from urllib.parse import quote, urlencode, urlsplit
 
 import bottle
@@ -59,9 +60,24 @@ def access_page():
         raise Forbidden(f"Your account ({user.username}) may not open {tunnel.subdomain}.{settings.domain}. "
                         "Ask the person who shared it, or log in as someone else.")
     if policy.members is None:  # not (or no longer) members-only: no ticket, which the app would see
-        login.see_other(to)
+        return _continue_page(to, f"{tunnel.subdomain}.{settings.domain}")
     ticket = memberpass.issue_ticket(session, tunnel.id, target, settings.access_ticket_ttl)
-    login.see_other(settings.tunnel_url(tunnel.subdomain) + memberpass.AUTH_PATH + "?ticket=" + quote(ticket))
+    return _continue_page(settings.tunnel_url(tunnel.subdomain) + memberpass.AUTH_PATH + "?ticket=" + quote(ticket),
+                          f"{tunnel.subdomain}.{settings.domain}")
+
+
+def _continue_page(url: str, host: str) -> str:
+    """A page that moves on to the tunnel at once (meta refresh), not a redirect: right after the
+    login form a redirect to another origin is blocked by the web app's CSP (form-action 'self'),
+    which stays as strict as it is.  The link is for a browser that doesn't refresh."""
+    bottle.response.content_type = "text/html; charset=utf-8"
+    bottle.response.set_header("Cache-Control", "no-store")
+    bottle.response.set_header("Referrer-Policy", "no-referrer")
+    target = html.escape(url)
+    return (f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta http-equiv=\"refresh\" content=\"0;url={target}\"><title>Continuing to {html.escape(host)}"
+            f"</title></head>\n<body><p>Signed in. <a id=\"continue\" href=\"{target}\">Continue to "
+            f"{html.escape(host)}</a></p></body></html>\n")
 
 
 def install(app: bottle.Bottle) -> None:

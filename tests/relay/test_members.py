@@ -64,6 +64,15 @@ def login(web, email: str) -> requests.Session:
     return s
 
 
+def continue_url(session: requests.Session, access_url: str) -> str:
+    """Where the web app's /access page moves on to (a meta refresh: see web/member_access)."""
+    r = session.get(access_url.replace("localhost", "127.0.0.1", 1), allow_redirects=False)
+    assert r.status_code == 200 and r.headers["Cache-Control"] == "no-store", r.text
+    url = re.search(r'id="continue" href="([^"]+)"', r.text).group(1).replace("&amp;", "&")
+    assert f'content="0;url={url}"' in r.text.replace("&amp;", "&")
+    return url
+
+
 def sign_in(web, relay, session: requests.Session, path: str = "/page?q=1&x=%C3%A9") -> str:
     """The whole dance from an anonymous visit of ``path`` to the access cookie; its value."""
     status, headers, _ = raw(relay.port, path)
@@ -71,9 +80,7 @@ def sign_in(web, relay, session: requests.Session, path: str = "/page?q=1&x=%C3%
     access_url = headers["location"]
     assert access_url.startswith(f"http://localhost:{web.port}/access?")
     assert parse_qs(urlsplit(access_url).query)["to"] == [f"http://myapp.localhost:{PUBLIC_PORT}{path}"]
-    r = session.get(access_url.replace("localhost", "127.0.0.1", 1), allow_redirects=False)
-    assert r.status_code == 303, r.text
-    ticket_url = urlsplit(r.headers["Location"])
+    ticket_url = urlsplit(continue_url(session, access_url))
     assert ticket_url.netloc == f"myapp.localhost:{PUBLIC_PORT}" and ticket_url.path == memberpass.AUTH_PATH
     status, headers, _ = raw(relay.port, f"{ticket_url.path}?{ticket_url.query}")
     assert status == 302 and headers["location"] == path, headers
@@ -121,8 +128,7 @@ def test_a_ticket_is_good_once_and_for_its_own_tunnel_only(stack, settings):
     web, relay, _, tunnel = stack
     bob = login(web, "bob@example.com")
     _, headers, _ = raw(relay.port, "/")
-    r = bob.get(headers["location"].replace("localhost", "127.0.0.1", 1), allow_redirects=False)
-    ticket_path = r.headers["Location"].split(f":{PUBLIC_PORT}", 1)[1]
+    ticket_path = continue_url(bob, headers["location"]).split(f":{PUBLIC_PORT}", 1)[1]
     assert raw(relay.port, ticket_path)[0] == 302
     assert raw(relay.port, ticket_path)[0] == 403   # replayed
     other = make_tunnel(web.settings, "other", 1, username="dave")

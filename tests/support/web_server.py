@@ -29,7 +29,7 @@ class RunningWebApp:
 
 @contextlib.contextmanager
 def running_web_app(settings, clock=None, threads: int = 4, **setting_overrides):
-    settings = settings.replace(web_listen="127.0.0.1:0", **setting_overrides)
+    settings = settings.replace(**{"web_listen": "127.0.0.1:0", **setting_overrides})
     app = create_app(settings, clock=clock)
     server = make_server(settings, app=app, threads=threads)
     thread = start_in_thread(server)

@@ -47,3 +47,38 @@ def test_basic_auth_and_ip_rules_through_nginx_with_tls(make_stack, tmp_path):
         assert get("/spoofed-elsewhere", {"X-Forwarded-For": "203.0.113.9"})[0] == 200  # still 127.0.0.1
         # the other tunnel behind the same nginx is untouched: public
         assert http_request(port, f"insecure.localhost:{port}", "/", tls=True)[0] == 200
+
+
+def test_members_only_through_nginx_with_tls(make_stack, tmp_path):
+    """The relay's half of members only on https://<sub>.<domain>: the redirect to the web app,
+    the ticket redeemed through nginx, the __Host- Secure cookie, stripped before the app."""
+    from datetime import timedelta
+    from urllib.parse import quote
+
+    from intunnel import memberpass
+    from intunnel.models import Session
+    from intunnel.timeutil import utcnow
+    with HttpUpstream() as app, behind_nginx(make_stack, tmp_path, app.port, public_scheme="https",
+                                             web_public_url="https://localhost") as (st, port):
+        host = f"verified.localhost:{port}"
+
+        def get(path, headers=None):
+            return http_request(port, host, path, tls=True, headers={"Accept": "text/html", **(headers or {})})
+        set_policy(st, "verified", {"members": True})
+        wait_for(lambda: get("/probe")[0] == 302, 5, message="the policy reached the relay")
+        before = len(app.seen)
+        status, headers, _ = get("/x?y=1")
+        assert status == 302
+        assert headers["location"] == "https://localhost/access?to=" + quote("https://verified.localhost/x?y=1", safe="")
+        session = Session.create(id_hash="a" * 64, user=st._user, csrf_token="c", expires_at=utcnow() + timedelta(hours=1))
+        tunnel = Tunnel.get(Tunnel.subdomain == "verified")
+        ticket = memberpass.issue_ticket(session, tunnel.id, "/x?y=1", 60)
+        status, headers, _ = get(f"{memberpass.AUTH_PATH}?ticket={ticket}")
+        assert status == 302 and headers["location"] == "/x?y=1"
+        cookie, _, attributes = headers["set-cookie"].partition("; ")
+        assert cookie.startswith("__Host-intunnel_access=")
+        assert attributes.split("; ")[0] == "Path=/" and attributes.endswith("HttpOnly; SameSite=Lax; Secure")
+        assert get(f"{memberpass.AUTH_PATH}?ticket={ticket}")[0] == 403   # once only
+        status, _, body = get("/x?y=1", {"Cookie": f"{cookie}; theme=dark"})
+        assert status == 200 and b'"/x?y=1"' in body
+        assert [h.get("Cookie") for _, _, h in app.seen[before:]] == ["theme=dark"]

@@ -61,12 +61,12 @@ def visitor_tls() -> ssl.SSLContext:
 
 
 @contextmanager
-def behind_nginx(make_stack, tmp_path, app_port: int, ports: dict[str, int] | None = None):
+def behind_nginx(make_stack, tmp_path, app_port: int, ports: dict[str, int] | None = None, **settings):
     """Relay + TLS nginx in front + two clients through it (verified CA, --insecure); yields (stack, port).
-    ``ports`` gives a tunnel another local app."""
+    ``ports`` gives a tunnel another local app; ``settings`` go to the relay."""
     require_tool("nginx")
     require_tool("openssl")
-    st = make_stack(relay_trust_proxy=True)  # as deployed behind nginx
+    st = make_stack(relay_trust_proxy=True, **settings)  # as deployed behind nginx
     ports = {sub: (ports or {}).get(sub, app_port) for sub in ("verified", "insecure")}
     tokens = {sub: st.add_tunnel(sub, ports[sub]) for sub in ports}
     st.start_relay()

@@ -142,3 +142,12 @@ def test_flash_cookie_name_and_planted_copies(site):
 def test_reading_cookie_pairs(header, expected):
     from intunnel.web import cookies
     assert cookies.pairs(header, "intunnel_session") == expected
+
+
+def test_no_domain_deletion_on_a_single_label_domain():
+    """On localhost (``intunnel serve``) a browser takes ``Domain=localhost`` as host-only: a "stray"
+    deletion there would delete the session cookie the login just set (seen in Chromium)."""
+    from intunnel.web import cookies
+    assert cookies.strays("intunnel_session", secure=False, domain="localhost") == []
+    assert [a.get("domain") for _, _, a in map(attributes, cookies.strays(
+        "intunnel_session", secure=False, domain="example.com"))] == ["example.com"]
