@@ -6,19 +6,28 @@ visitor is let through, as before policies existed):
   * ``basic_auth``: HTTP basic auth; one of the listed ``user:password`` pairs must be
     given (RFC 7617), else 401 with ``WWW-Authenticate: Basic realm="<subdomain>"``;
   * ``ip_allow``: the visitor's address must be in one of these CIDRs, else 403;
-  * ``ip_deny``: the visitor's address must be in none of these CIDRs, else 403.
+  * ``ip_deny``: the visitor's address must be in none of these CIDRs, else 403;
+  * ``bypass_paths``: path prefixes (``/webhooks/stripe``) that skip the password (and every
+    later sign-in mode), for callers that can't sign in, such as a webhook's sender.  The IP
+    rules still apply.  A prefix matches on segment boundaries (``/webhooks/stripe`` and
+    ``/webhooks/stripe/x`` and ``/webhooks/stripe?x``, never ``/webhooks/stripe-admin``), and
+    only a canonical request path can match (``bypassed``): no ``.``/``..`` segments, ``//``,
+    backslash or percent-encoded ``.``, ``/``, ``\\`` or ``%``, origin-form only, since the app
+    may normalise such a path into one the password protects.  On their own (no rule to skip)
+    they change nothing: the policy is still public.
 
 The order of the checks: IP rules first (a refused address is never asked for a
-password, and costs no hash), then credentials.
+password, and costs no hash), then the bypass paths (a match costs no hash either), then
+credentials.
 
 Stored with the tunnel (``Tunnel.access``, JSON text; NULL is public).  Passwords are
 stored as the project's password hashes (``security.hash_password``), never as text,
 and never leave the server: ``public_view`` names the users only.  Stored form::
 
     {"v": 1, "basic_auth": [{"user": "alice", "hash": "$argon2id$..."}],
-     "ip_allow": ["10.0.0.0/8", "2001:db8::/32"], "ip_deny": []}
+     "ip_allow": ["10.0.0.0/8", "2001:db8::/32"], "ip_deny": [], "bypass_paths": ["/webhooks"]}
 
-Later modes (members only, bypass paths) become more keys.  A reader meeting a key it
+Later modes (members only) become more keys.  A reader meeting a key it
 does not know refuses the policy (``PolicyError``): a relay older than the policy it is
 given forbids every visitor rather than serving a tunnel less protected than its owner
 asked (fail closed).
@@ -30,9 +39,9 @@ part, keys not given keep theirs, ``{"public": true}`` clears everything.  In
 user, ``{"username": "alice"}`` keeps alice's stored hash; users not listed go.
 
 The decision (``evaluate``) is a function of (policy, visitor address, Authorization
-header): ``ALLOW``, ``CHALLENGE`` (401), ``FORBID`` (403), or ``Verify``: a password
-to check against a stored hash, which the caller does (the relay off its event loop,
-with a cache of verified credentials: ``relay/access.py``).  Every limit is a setting
+header, request target): ``ALLOW``, ``CHALLENGE`` (401), ``FORBID`` (403), or
+``Verify``: a password to check against a stored hash, which the caller does (the relay
+off its event loop, with a cache of verified credentials: ``relay/access.py``).  Every limit is a setting
 (``access_max_*``).
 """
 
@@ -51,8 +60,8 @@ from .errors import ValidationError
 
 STORED_VERSION = 1
 ALLOW, CHALLENGE, FORBID = "allow", "challenge", "forbid"
-UPDATE_KEYS = ("public", "basic_auth", "ip_allow", "ip_deny", "members")
-STORED_KEYS = frozenset(("v", "basic_auth", "ip_allow", "ip_deny", "members"))
+UPDATE_KEYS = ("public", "basic_auth", "ip_allow", "ip_deny", "members", "bypass_paths")
+STORED_KEYS = frozenset(("v", "basic_auth", "ip_allow", "ip_deny", "members", "bypass_paths"))
 
 
 class PolicyError(ValueError):
@@ -68,11 +77,13 @@ class Limits:
     min_password: int = 8
     max_password: int = 256
     max_members: int = 100
+    max_bypass_paths: int = 20
 
 
 def limits_of(settings) -> Limits:
     return Limits(settings.access_max_users, settings.access_max_cidrs, settings.access_max_username,
-                  settings.access_min_password, settings.access_max_password, settings.access_max_members)
+                  settings.access_min_password, settings.access_max_password, settings.access_max_members,
+                  max_bypass_paths=settings.access_max_bypass_paths)
 
 
 @dataclass(frozen=True)
@@ -81,10 +92,16 @@ class Policy:
     allow: tuple = ()                         # ipaddress networks
     deny: tuple = ()
     members: members_rule.Members | None = None  # members only (intunnel.members); None: off
+    bypass: tuple[str, ...] = ()   # bypass_paths: canonical prefixes without a trailing '/'
 
     @property
     def public(self) -> bool:
+        """No rule restricts a visitor (bypass paths alone restrict nothing)."""
         return not (self.users or self.allow or self.deny or self.members is not None)
+
+    def bypasses(self, target: str | None) -> bool:
+        """Does the request target ``target`` skip the sign-in checks (``bypass_paths``)?"""
+        return bool(self.bypass) and bypassed(self.bypass, target)
 
     def hash_of(self, user: str) -> str | None:
         for name, hashed in self.users:
@@ -182,6 +199,81 @@ def address_admitted(policy: Policy, address: str) -> bool:
     return not policy.allow or _in_ranges(parsed, policy.allow_ranges)
 
 
+# --- bypass paths ------------------------------------------------------------------------------
+
+MAX_BYPASS_PATH = 256   # characters of one prefix
+RESERVED_PATH = "/_intunnel"   # the relay answers below it itself (memberpass.AUTH_PATH): no bypass
+# In a path, percent-encoded '.', '/', '\\' and '%' (any case): an app that decodes them may make
+# another path of it ('/webhooks/stripe/%2e%2e/admin' is '/admin' to it).
+_ENCODED_SEPARATORS = ("%2e", "%2f", "%5c", "%25")
+
+
+def canonical_path(target: str | None) -> str | None:
+    """The path of an origin-form request target (``/a/b?q``: ``/a/b``) if no app could make
+    another path of it, else None: no ``.`` or ``..`` segment (also as ``..;x``, which some
+    servers read as ``..``), no empty segment (``//``), no backslash, no percent-encoded ``.``,
+    ``/``, ``\\`` or ``%``, only printable ASCII, no fragment."""
+    if not target or target[0] != "/":
+        return None     # '*', absolute-form (http://...), authority-form: not a path to trust
+    path = target.split("?", 1)[0]
+    if "\\" in path or "//" in path or "#" in target or not path.isascii() or not path.isprintable() \
+            or " " in path:
+        return None
+    if "%" in path:
+        lowered = path.lower()
+        if any(e in lowered for e in _ENCODED_SEPARATORS):
+            return None
+    if "." in path:
+        for segment in path.split("/"):
+            if segment.split(";", 1)[0] in (".", ".."):
+                return None
+    return path
+
+
+def bypassed(prefixes: tuple[str, ...], target: str | None) -> bool:
+    """Is ``target`` under one of ``prefixes`` (canonical, no trailing '/'), on a segment
+    boundary, and canonical itself?  (See the module's docstring.)"""
+    path = canonical_path(target)
+    if path is None:
+        return False
+    for prefix in prefixes:
+        if path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/"):
+            return True
+    return False
+
+
+def parse_bypass_path(value: Any, field: str = "access.bypass_paths") -> str:
+    """A bypass prefix as stored: starts with '/', canonical (``canonical_path``), no query, not
+    ``/`` itself (that would skip the password everywhere), a trailing '/' dropped."""
+    if not isinstance(value, str) or not 1 <= len(value.strip()) <= MAX_BYPASS_PATH:
+        raise ValidationError(f"{field}: each entry is a path prefix such as /webhooks/stripe "
+                              f"(1-{MAX_BYPASS_PATH} characters)", field=field)
+    text = value.strip()
+    if text[0] != "/":
+        raise ValidationError(f"{field}: {text!r} must start with '/'", field=field)
+    if "?" in text or canonical_path(text) != text:
+        raise ValidationError(f"{field}: {text!r} must be a plain path: no '.' or '..' segments, no '//', "
+                              "'?', spaces, backslashes or percent-encoded '.', '/', backslash or '%'",
+                              field=field)
+    prefix = text.rstrip("/")
+    if not prefix:
+        raise ValidationError(f"{field}: '/' would skip the password on every path; remove the "
+                              "password instead", field=field)
+    if prefix == RESERVED_PATH or prefix.startswith(RESERVED_PATH + "/"):
+        raise ValidationError(f"{field}: {RESERVED_PATH}/ is the relay's own (the members-only "
+                              "login ticket), never the app's", field=field)
+    return prefix
+
+
+def _bypass_paths(data: dict, limits: Limits) -> tuple:
+    prefixes: list[str] = []
+    for entry in _list(data, "bypass_paths", limits.max_bypass_paths):
+        prefix = parse_bypass_path(entry, _field("bypass_paths"))
+        if prefix not in prefixes:
+            prefixes.append(prefix)
+    return tuple(prefixes)
+
+
 # --- credentials -------------------------------------------------------------------------------
 
 def parse_basic(authorization: str | None) -> tuple[str, str] | None:
@@ -212,13 +304,15 @@ def basic_header(user: str, password: str) -> str:
 
 # --- the decision ------------------------------------------------------------------------------
 
-def evaluate(policy: Policy, address: str, authorization: str | None):
-    """ALLOW, FORBID, CHALLENGE, or a ``Verify`` the caller settles (then ALLOW or CHALLENGE)."""
+def evaluate(policy: Policy, address: str, authorization: str | None, target: str | None = None):
+    """ALLOW, FORBID, CHALLENGE, or a ``Verify`` the caller settles (then ALLOW or CHALLENGE).
+    ``target``: the request target, for the bypass paths (None: none applies); every sign-in
+    check comes after them."""
     if policy.public:
         return ALLOW
     if not address_admitted(policy, address):
         return FORBID
-    if not policy.users:
+    if not policy.users or policy.bypasses(target):
         return ALLOW
     credentials = parse_basic(authorization)
     if credentials is None:
@@ -228,9 +322,9 @@ def evaluate(policy: Policy, address: str, authorization: str | None):
 
 
 def decide(policy: Policy, address: str, authorization: str | None,
-           verify: Callable[[Verify], bool]) -> str:
+           verify: Callable[[Verify], bool], target: str | None = None) -> str:
     """``evaluate`` with the password check done by ``verify``: ALLOW, CHALLENGE or FORBID."""
-    verdict = evaluate(policy, address, authorization)
+    verdict = evaluate(policy, address, authorization, target)
     if isinstance(verdict, Verify):
         return ALLOW if verify(verdict) else CHALLENGE  # (verify spends a hash on an unknown user too)
     return verdict
@@ -239,13 +333,15 @@ def decide(policy: Policy, address: str, authorization: str | None,
 # --- stored form -------------------------------------------------------------------------------
 
 def dump(policy: Policy) -> str | None:
-    """The stored JSON (None for public)."""
-    if policy.public:
+    """The stored JSON (None for public without bypass paths, which a later rule may need)."""
+    if policy.public and not policy.bypass:
         return None
     stored = {"v": STORED_VERSION, "basic_auth": [{"user": u, "hash": h} for u, h in policy.users],
               "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny]}
     if policy.members is not None:
         stored["members"] = policy.members.dump()
+    if policy.bypass:
+        stored["bypass_paths"] = list(policy.bypass)
     return json.dumps(stored, separators=(",", ":"))
 
 
@@ -266,15 +362,17 @@ def load(stored: str | None) -> Policy:
         users = tuple((str(e["user"]), str(e["hash"])) for e in data.get("basic_auth") or ())
         allow = tuple(ipaddress.ip_network(n) for n in data.get("ip_allow") or ())
         deny = tuple(ipaddress.ip_network(n) for n in data.get("ip_deny") or ())
+        bypass = tuple(parse_bypass_path(p) for p in data.get("bypass_paths") or ())
         members = members_rule.load(data["members"]) if "members" in data else None
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, ValidationError):
         raise PolicyError("the stored access policy is malformed") from None
-    return Policy(users, allow, deny, members)
+    return Policy(users, allow, deny, members, bypass=bypass)
 
 
 def public_view(policy: Policy) -> dict[str, Any]:
     """What the API and the dashboard show: no password hash, ever."""
-    return {"public": policy.public, "basic_auth": [u for u, _ in policy.users],
+    return {"public": policy.public, "bypass_paths": list(policy.bypass),
+            "basic_auth": [u for u, _ in policy.users],
             "ip_allow": [str(n) for n in policy.allow], "ip_deny": [str(n) for n in policy.deny],
             "members": None if policy.members is None else policy.members.view()}
 
@@ -389,7 +487,8 @@ def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Call
         return PUBLIC
     allow = _cidrs(data, "ip_allow", limits) if "ip_allow" in data else current.allow
     deny = _cidrs(data, "ip_deny", limits) if "ip_deny" in data else current.deny
+    bypass = _bypass_paths(data, limits) if "bypass_paths" in data else current.bypass
     members = members_rule.parse(data["members"], limits.max_members, user_exists) if "members" in data \
         else current.members
     users = _users(data, current, limits, hash_password) if "basic_auth" in data else current.users
-    return Policy(users, allow, deny, members)
+    return Policy(users, allow, deny, members, bypass=bypass)

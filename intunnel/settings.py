@@ -108,6 +108,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("access_max_username", int, 64, "Longest basic-auth user name of an access policy, in characters."),
     Setting("access_min_password", int, 8, "Shortest basic-auth password of an access policy, in characters."),
     Setting("access_max_password", int, 256, "Longest basic-auth password of an access policy, in characters."),
+    Setting("access_max_bypass_paths", int, 20, "Path prefixes (bypass_paths) one tunnel's access policy may list: "
+            "requests under them skip the password and members checks, never the IP rules."),
     Setting("access_max_members", int, 100, "Named users, and email domains, the members-only mode of one tunnel's "
             "access policy may list (each)."),
     Setting("access_ticket_ttl", int, 60, "Seconds the one-time ticket from the web app's login to a members-only "

@@ -181,7 +181,7 @@ def test_stored_form_has_hashes_and_the_view_has_none():
                                   "ip_allow": ["::1/128"], "ip_deny": []}
     assert access.load(stored) == p
     assert access.public_view(p) == {"public": False, "basic_auth": ["alice"], "ip_allow": ["::1/128"],
-                                     "ip_deny": [], "members": None}
+                                     "ip_deny": [], "members": None, "bypass_paths": []}
     assert access.dump(access.PUBLIC) is None and access.load(None) == access.load("") == access.PUBLIC
 
 
@@ -259,3 +259,175 @@ def test_property_a_valid_update_gives_what_was_asked(users, allow):
     p = access.apply_update(access.PUBLIC, data, limits, fake_hash)
     assert p.users == tuple((u, fake_hash(pw)) for u, pw in users.items())
     assert list(p.allow) == list(dict.fromkeys(allow))
+
+
+# --- bypass paths -----------------------------------------------------------------------------
+
+HOOKS = ("/webhooks/stripe", "/api/v1/hook")
+
+# (request target, bypasses HOOKS): segment boundaries, and never a path an app could read otherwise.
+BYPASS_TABLE = [
+    ("/webhooks/stripe", True),
+    ("/webhooks/stripe/", True),
+    ("/webhooks/stripe/x/y", True),
+    ("/webhooks/stripe?x=1", True),
+    ("/webhooks/stripe?next=/../admin", True),      # the query is not the path
+    ("/webhooks/stripe/a.b/c.json", True),          # dots inside a segment are names
+    ("/webhooks/stripe/...", True),                 # three dots: a name, not a dot-segment
+    ("/webhooks/stripe/%41", True),                 # an encoded letter can't move the path
+    ("/api/v1/hook", True),
+    ("/webhooks/stripe-admin", False),              # a sibling, not a child
+    ("/webhooks/stripeX", False),
+    ("/webhooks/strip", False),
+    ("/webhooks", False),
+    ("/", False),
+    ("/Webhooks/Stripe", False),                    # case-sensitive: protected, not bypassed
+    ("/webhooks/stripe;x", False),                  # ';' is not a boundary
+    ("/webhooks/stripe/../admin", False),           # dot-segments: the app may resolve them
+    ("/webhooks/stripe/./x", False),
+    ("/webhooks/stripe/..", False),
+    ("/webhooks/stripe/.", False),
+    ("/webhooks/stripe/..;/admin", False),          # '..;' is '..' to some servers
+    ("/webhooks/stripe/.;x/admin", False),
+    ("/webhooks/stripe//admin", False),
+    ("//webhooks/stripe", False),
+    ("/webhooks/stripe\\..\\admin", False),
+    ("/webhooks/stripe\\x", False),
+    ("/webhooks/stripe/%2e%2e/admin", False),
+    ("/webhooks/stripe/%2E%2E/admin", False),
+    ("/webhooks/stripe/%2e./admin", False),
+    ("/webhooks/stripe/.%2E/admin", False),
+    ("/webhooks/stripe%2f..%2fadmin", False),
+    ("/webhooks/stripe/%2F", False),
+    ("/webhooks/stripe/%5cadmin", False),
+    ("/webhooks/stripe/%5C", False),
+    ("/webhooks/stripe/%252e%252e/admin", False),   # double encoding
+    ("/webhooks/stripe#x", False),
+    ("/webhooks/stripe/\u00e9", False),             # not ASCII: not what a client sends
+    ("/webhooks/stripe/\x00", False),
+    ("/webhooks/stripe/a b", False),
+    ("http://myapp.localhost/webhooks/stripe", False),   # absolute-form
+    ("myapp.localhost:80", False),                  # authority-form
+    ("*", False),
+    ("", False),
+    (None, False),
+]
+
+
+@pytest.mark.parametrize("target, expected", BYPASS_TABLE)
+def test_bypass_table(target, expected):
+    assert access.bypassed(HOOKS, target) is expected
+    assert Policy(bypass=HOOKS).bypasses(target) is expected
+
+
+@pytest.mark.parametrize("value, stored", [
+    ("/webhooks/stripe", "/webhooks/stripe"), ("/webhooks/stripe/", "/webhooks/stripe"),
+    ("  /hooks ", "/hooks"), ("/a;b", "/a;b"), ("/a/%41", "/a/%41"), ("/x.json", "/x.json"),
+])
+def test_bypass_paths_are_stored_canonical(value, stored):
+    assert update({"bypass_paths": [value]}).bypass == (stored,)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("webhooks", "start with '/'"), ("/", "every path"), ("//", "plain path"), ("/a/../b", "plain path"),
+    ("/a/./b", "plain path"), ("/a/%2e%2e", "plain path"), ("/a%2Fb", "plain path"), ("/a\\b", "plain path"),
+    ("/a?x=1", "plain path"), ("/a b", "plain path"), ("/a#b", "plain path"), ("/\u00e9", "plain path"),
+    ("/_intunnel", "relay's own"), ("/_intunnel/auth", "relay's own"), ("/" + "a" * 256, "characters"),
+    ("", "characters"), (5, "path prefix"), (None, "path prefix"),
+])
+def test_bad_bypass_paths_name_their_field(value, words):
+    with pytest.raises(ValidationError) as e:
+        update({"bypass_paths": [value]})
+    assert e.value.field == "access.bypass_paths" and words in e.value.message
+
+
+def test_bypass_paths_limit_duplicates_and_clearing():
+    with pytest.raises(ValidationError) as e:
+        update({"bypass_paths": [f"/p{i}" for i in range(21)]})
+    assert e.value.field == "access.bypass_paths" and "at most 20" in e.value.message
+    p = update({"bypass_paths": ["/a", "/a/", "/b"], "basic_auth": ["alice:wonderland"]})
+    assert p.bypass == ("/a", "/b")
+    assert update({"ip_deny": ["10.0.0.0/8"]}, p).bypass == ("/a", "/b")   # not given: kept
+    assert update({"bypass_paths": []}, p).bypass == ()
+    assert update({"public": True}, p) == access.PUBLIC
+
+
+def test_bypass_stored_form_and_view():
+    p = update({"basic_auth": ["alice:wonderland"], "bypass_paths": ["/webhooks/stripe"]})
+    assert json.loads(access.dump(p))["bypass_paths"] == ["/webhooks/stripe"]
+    assert access.load(access.dump(p)) == p
+    assert access.public_view(p)["bypass_paths"] == ["/webhooks/stripe"]
+    # on their own they restrict nothing (public), yet are kept for a password set later
+    alone = update({"bypass_paths": ["/hooks"]})
+    assert alone.public and access.load(access.dump(alone)) == alone
+    assert access.public_view(alone)["public"] is True
+    assert "bypass_paths" not in json.loads(access.dump(update({"basic_auth": ["alice:wonderland"]})))
+    for bad in ('{"v": 1, "bypass_paths": ["/a/../b"]}', '{"v": 1, "bypass_paths": "/a"}',
+                '{"v": 1, "bypass_paths": [7]}'):
+        with pytest.raises(access.PolicyError):
+            access.load(bad)
+
+
+def test_bypass_in_the_decision_ip_rules_still_apply():
+    p = Policy(users=(("alice", fake_hash("wonderland")),), deny=(ipaddress.ip_network("10.0.0.0/8"),),
+               bypass=HOOKS)
+    assert access.evaluate(p, "127.0.0.1", None, "/webhooks/stripe") == ALLOW
+    assert access.evaluate(p, "127.0.0.1", WRONG, "/webhooks/stripe/x") == ALLOW   # no hash spent
+    assert access.evaluate(p, "10.1.2.3", None, "/webhooks/stripe") == FORBID
+    assert access.evaluate(p, "127.0.0.1", None, "/webhooks/stripe-admin") == CHALLENGE
+    assert access.evaluate(p, "127.0.0.1", None, "/webhooks/stripe/%2e%2e/admin") == CHALLENGE
+    assert access.evaluate(p, "127.0.0.1", None) == CHALLENGE                      # no target: no bypass
+    assert isinstance(access.evaluate(p, "127.0.0.1", WRONG, "/admin"), Verify)
+    assert access.decide(p, "127.0.0.1", WRONG, fake_verify, "/admin") == CHALLENGE
+
+
+# The matcher's properties: segments built from names, dots, encodings and separators.
+segments = st.one_of(
+    st.text(st.sampled_from("abcXYZ09-_~"), min_size=1, max_size=5),
+    st.sampled_from([".", "..", "...", ".;x", "..;", "a.b", "%2e", "%2E%2e", "%2f", "%5C", "%25", "%41",
+                     "", "a\\b", "a;b", "stripe-admin", "stripe"]))
+paths = st.lists(segments, min_size=1, max_size=6).map(lambda s: "/" + "/".join(s))
+queries = st.one_of(st.just(""), st.text(st.sampled_from("a=/.%?&"), max_size=6).map(lambda q: "?" + q))
+prefixes = st.lists(st.text(st.sampled_from("abc-"), min_size=1, max_size=4), min_size=1, max_size=3).map(
+    lambda s: "/" + "/".join(s))
+
+
+def _dot_segment(path: str) -> bool:
+    return any(seg.split(";", 1)[0] in (".", "..") for seg in path.split("/"))
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(st.lists(prefixes, min_size=1, max_size=3), paths, queries)
+def test_property_a_bypass_is_a_canonical_path_on_a_segment_boundary(prefix_list, path, query):
+    got = access.bypassed(tuple(prefix_list), path + query)
+    if got:
+        lowered = path.lower()
+        assert not _dot_segment(path) and "//" not in path and "\\" not in path
+        assert not any(e in lowered for e in ("%2e", "%2f", "%5c", "%25"))
+        assert any(path == p or path.startswith(p + "/") for p in prefix_list)
+    else:
+        canonical = access.canonical_path(path + query) is not None
+        assert not canonical or not any(path == p or path.startswith(p + "/") for p in prefix_list)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(prefixes, paths)
+def test_property_whatever_follows_a_bypass_prefix_it_never_escapes_it(prefix, rest):
+    """A target that bypasses, resolved the way an app would (percent-decoded, dot-segments
+    removed, backslashes as slashes), is still under the prefix."""
+    import posixpath
+    from urllib.parse import unquote
+    target = prefix + rest
+    if access.bypassed((prefix,), target):
+        resolved = posixpath.normpath(unquote(unquote(target)).replace("\\", "/"))
+        assert resolved == prefix or resolved.startswith(prefix + "/")
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(st.lists(prefixes, min_size=1, max_size=3), paths, queries)
+def test_property_a_sibling_never_bypasses(prefix_list, path, query):
+    """Appending to the last segment of a prefix ('/hooks' -> '/hooks-x') never bypasses."""
+    for p in prefix_list:
+        sibling = p + "-" + path.lstrip("/")
+        if not any(sibling == q or sibling.startswith(q + "/") for q in prefix_list):
+            assert not access.bypassed(tuple(prefix_list), sibling + query)

@@ -115,7 +115,8 @@ def access_pairs(view: dict) -> list[tuple[str, str]]:
             ("basic auth users", ", ".join(view["basic_auth"]) or none),
             ("allowed addresses", ", ".join(view["ip_allow"]) or "any"),
             ("denied addresses", ", ".join(view["ip_deny"]) or none),
-            ("members only", members_text(view.get("members")))]
+            ("members only", members_text(view.get("members"))),
+            ("bypass paths", ", ".join(view.get("bypass_paths") or ()) or none)]
 
 
 def members_text(members: dict | None) -> str:
@@ -131,7 +132,8 @@ def access_change(ctx: Context, args) -> dict | None:
     """The API's access object from the options (None: nothing to change, show it)."""
     if args.public:
         if args.basic_auth or args.allow_ip or args.deny_ip or args.no_basic_auth or args.basic_auth_stdin \
-                or args.members or args.member or args.member_domain or args.no_members:
+                or args.members or args.member or args.member_domain or args.no_members \
+                or args.bypass_path is not None:
             raise AdminError("--public clears every rule: give it alone", 2)
         return {"public": True}
     data: dict = {}
@@ -145,6 +147,8 @@ def access_change(ctx: Context, args) -> dict | None:
         data["ip_allow"] = [c for c in args.allow_ip if c]
     if args.deny_ip is not None:
         data["ip_deny"] = [c for c in args.deny_ip if c]
+    if args.bypass_path is not None:
+        data["bypass_paths"] = [p for p in args.bypass_path if p]
     if args.no_members and (args.members or args.member or args.member_domain):
         raise AdminError("--no-members turns members only off: give no other --member option with it", 2)
     if args.no_members:
@@ -221,5 +225,8 @@ def register(groups, common) -> None:
     a.add_argument("--member-domain", action="append", metavar="DOMAIN",
                    help="members only, for accounts whose email is at DOMAIN (repeat; replaces the list)")
     a.add_argument("--no-members", action="store_true", help="turn members only off")
+    a.add_argument("--bypass-path", action="append", metavar="PREFIX",
+                   help="requests under this path prefix (such as /webhooks/stripe) skip the password and "
+                        "members checks, never the IP rules (repeat; replaces the list; '' empties it)")
     a.add_argument("--public", action="store_true", help="clear every rule: anyone may visit")
     a.set_defaults(func=cmd_access)

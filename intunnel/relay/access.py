@@ -11,6 +11,8 @@ The rules are ``intunnel.access`` (pure); this module is where the relay applies
     policy is not public, and the proxy state machine asks ``Link.admits`` (``admits_attached``)
     about each further request of a keep-alive connection to the same tunnel: one it can't
     let through at once is routed anew (``proxy`` rule R12), so ``admit`` decides it;
+  * a request on one of the policy's bypass paths (``access.bypassed``) skips the password and
+    members checks, never the IP rules;
   * a refused request gets the relay's 401 (``WWW-Authenticate: Basic realm="<subdomain>"``)
     or 403 page and closes; it never takes or opens a data connection.
 
@@ -162,14 +164,17 @@ class Checker:
         authorization = head.get("authorization")
         address = self.address(peer, head, hop)
         if policy.users and authorization:
-            # IP rules first, then the cache: credentials verified under this very policy
+            # IP rules first, then the bypass paths (no digest), then the cache: credentials
+            # verified under this very policy
             if not access.address_admitted(policy, address):
                 return FORBID
+            if policy.bypass and access.bypassed(policy.bypass, head.target):
+                return ALLOW
             key = self._cache_key(gate, authorization)
             if key in self._verified:
                 self._verified.move_to_end(key)
                 return ALLOW
-        return access.evaluate(policy, address, authorization)
+        return access.evaluate(policy, address, authorization, head.target)
 
     def _narrowed(self, gate: "NarrowedGate", head, peer: str, hop: bool):
         """``check`` for a session that narrowed its tunnel's policy: the session's IP rules, then
@@ -231,7 +236,8 @@ def admit(link, session, head) -> bool:
     routed again once it was (then from the cache)."""
     relay, gate = link.relay, session.gate
     checker = relay.access
-    if gate.policy.members is not None and not members.admit(link, session, head):
+    if gate.policy.members is not None and not gate.policy.bypasses(head.target) and \
+            not members.admit(link, session, head):
         return False   # members only: not signed in, not admitted, or being looked up (relay/members)
     verdict = checker.check(gate, head, link.conn.peername, getattr(link, "hop", False))
     if verdict is ALLOW:
@@ -282,7 +288,7 @@ def admits_attached(link, head) -> bool:
     if policy is None:
         return True
     checker = link.relay.access
-    if policy.members is not None and checker.grants.verdict(
+    if policy.members is not None and not policy.bypasses(head.target) and checker.grants.verdict(
             session.tunnel.id, session.tunnel.owner_id, policy.members, head) is not ALLOW:
         return False
     return checker.check(gate, head, link.conn.peername, getattr(link, "hop", False)) is ALLOW

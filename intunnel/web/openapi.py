@@ -63,6 +63,9 @@ NAME = {"type": "string", "minLength": 1, "maxLength": 100}
 PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 SUBDOMAIN = {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$"}
 CIDR = {"type": "string", "description": "an IPv4 or IPv6 address or CIDR", "example": "203.0.113.0/24"}
+BYPASS_PATH = {"type": "string", "pattern": "^/", "maxLength": 256, "example": "/webhooks/stripe",
+               "description": "a path prefix: starts with /, no . or .. segments, //, ?, backslash, "
+                              "percent-encoded . / backslash %, not / itself, not under /_intunnel/"}
 
 _LOGIN = {"type": "object", "required": ["email", "password"], "additionalProperties": False, "properties": {
     "email": {"type": "string", "description": "email (or username)"}, "password": STR,
@@ -95,7 +98,9 @@ SCHEMAS = {
                      "others get 403"},
         "ip_deny": {"type": "array", "items": CIDR, "description": "visitor addresses refused with 403"},
         "members": {"allOf": [_ref("Members")], "nullable": True, "description": "members only: visitors "
-                    "must log in to this InTunnel (null: off)"}}},
+                    "must log in to this InTunnel (null: off)"},
+        "bypass_paths": {"type": "array", "items": BYPASS_PATH, "description": "path prefixes whose "
+                         "requests skip the password and members checks (IP rules still apply)"}}},
     "Members": {"type": "object", "description": "Which logged-in accounts may open a members-only tunnel: "
                 "the owner always; with neither users nor email_domains (and not owner_only) any enabled "
                 "account.", "properties": {
@@ -121,7 +126,12 @@ SCHEMAS = {
         "ip_deny": {"type": "array", "items": CIDR, "description": "at most access_max_cidrs (a setting)"},
         "members": {"oneOf": [{"type": "boolean", "description": "true: any enabled account; false: off"},
                               {"allOf": [_ref("Members")], "additionalProperties": False}],
-                    "nullable": True, "description": "members only (null or false: off)"}}},
+                    "nullable": True, "description": "members only (null or false: off)"},
+        "bypass_paths": {"type": "array", "items": BYPASS_PATH, "description": "all of them ([]: none; at "
+                         "most access_max_bypass_paths, a setting). A prefix matches on segment boundaries "
+                         "(/webhooks/stripe covers /webhooks/stripe/x and /webhooks/stripe?x, not "
+                         "/webhooks/stripe-admin); a request path with . or .. segments, //, a backslash "
+                         "or %2e, %2f, %5c, %25 never bypasses"}}},
     "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT),
     "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate")), "minProperties": 1},
     "ApiToken": {"type": "object", "properties": {

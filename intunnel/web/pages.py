@@ -184,7 +184,7 @@ class Pages:
         if access_form is None:
             members = view["members"]
             access_form = {"ip_allow": "\n".join(view["ip_allow"]), "ip_deny": "\n".join(view["ip_deny"]),
-                           "new_user": "", **members_form(members)}
+                           "bypass_paths": "\n".join(view["bypass_paths"]), "new_user": "", **members_form(members)}
         return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
                            url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
                            access=view, access_form=access_form, session_access=tunnels.session_view(tunnel))
@@ -193,8 +193,8 @@ class Pages:
         """The tunnel page's access form: the same ``access`` object the API takes."""
         user = self.form_user()
         tunnel = tunnels.get_owned(user, tunnel_id)
-        form = {k: self.field(k) for k in ("ip_allow", "ip_deny", "new_user", "members", "members_users",
-                                           "members_domains")}
+        form = {k: self.field(k) for k in ("ip_allow", "ip_deny", "bypass_paths", "new_user", "members",
+                                           "members_users", "members_domains")}
         if self.field("public") == "1":
             data = {"public": True}
         else:
@@ -205,7 +205,8 @@ class Pages:
             if new_user or new_password:
                 users.append({"username": new_user, "password": new_password})
             data = {"basic_auth": users, "ip_allow": address_lines(form["ip_allow"]),
-                    "ip_deny": address_lines(form["ip_deny"]), "members": members_update(form)}
+                    "ip_deny": address_lines(form["ip_deny"]), "members": members_update(form),
+                    "bypass_paths": form["bypass_paths"].split()}
         try:
             tunnels.set_access(self.settings, tunnel, data)
         except ValidationError as err:

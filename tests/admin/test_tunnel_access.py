@@ -26,7 +26,7 @@ def stored_policy() -> access.Policy:
 
 def test_show_a_public_tunnel(tunnel):
     assert tunnel.json("tunnel", "access", "myapp")["access"] == {
-        "public": True, "basic_auth": [], "ip_allow": [], "ip_deny": [], "members": None}
+        "public": True, "basic_auth": [], "ip_allow": [], "ip_deny": [], "members": None, "bypass_paths": []}
     text = tunnel.ok("tunnel", "access", "myapp").stdout
     assert "access: " in text and "public" in text and "allowed addresses: any" in text
     assert "access:" in tunnel.ok("tunnel", "show", "myapp").stdout
@@ -81,3 +81,16 @@ def test_members_only(tunnel):
     tunnel.fails("tunnel", "access", "myapp", "--members", "owner", "--member", "root", code=2, match="alone")
     assert tunnel.json("tunnel", "access", "myapp", "--no-members")["access"]["members"] is None
     assert Tunnel.get(Tunnel.subdomain == "myapp").access is None
+
+
+def test_bypass_paths(tunnel):
+    out = tunnel.ok("tunnel", "access", "myapp", "--basic-auth", "alice:wonderland",
+                    "--bypass-path", "/webhooks/stripe", "--bypass-path", "/hooks/").stdout
+    assert re.search(r"bypass paths: +/webhooks/stripe, /hooks", out)
+    assert stored_policy().bypass == ("/webhooks/stripe", "/hooks")
+    tunnel.ok("tunnel", "access", "myapp", "--deny-ip", "10.0.0.0/8")   # not given: kept
+    assert stored_policy().bypass == ("/webhooks/stripe", "/hooks")
+    tunnel.fails("tunnel", "access", "myapp", "--bypass-path", "/a/../b", match="access.bypass_paths")
+    tunnel.fails("tunnel", "access", "myapp", "--public", "--bypass-path", "/x", code=2, match="alone")
+    assert tunnel.json("tunnel", "access", "myapp", "--bypass-path", "")["access"]["bypass_paths"] == []
+    assert stored_policy().bypass == ()

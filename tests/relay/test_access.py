@@ -83,6 +83,18 @@ def seen_paths(upstream) -> list[str]:
     return [path for _, path, _ in upstream.seen]
 
 
+def count_password_checks(relay) -> list:
+    """A list that gets an entry per password the relay checks (a hash, or a session digest)."""
+    checker, calls = relay.relay.access, []
+    original = checker.verify
+
+    async def counting(*args):
+        calls.append(1)
+        return await original(*args)
+    checker.verify = counting
+    return calls
+
+
 def wait_for_policy(relay, tunnel, timeout: float = 1.0) -> None:
     """Until the relay's live session holds the tunnel's stored policy (a policy change must reach
     it within a second: a poll on SQLite, a notification on PostgreSQL)."""
@@ -128,14 +140,7 @@ def test_a_keep_alive_visitor_is_checked_on_every_request(settings, db):
 
 def test_cached_credentials_skip_the_hash_and_a_policy_change_invalidates_them(settings, db):
     with protected(settings, {"basic_auth": ["alice:wonderland"]}) as (relay, tunnel, app, _):
-        checker = relay.relay.access
-        calls = []
-        original = checker.verify
-
-        async def counting(*args):
-            calls.append(1)
-            return await original(*args)
-        checker.verify = counting
+        calls = count_password_checks(relay)
         host = f"myapp.{settings.domain}"
         for path in ("/a", "/b", "/c"):
             assert get(relay.port, host, path, {"Authorization": ALICE})[0] == 200  # new connection each
@@ -291,3 +296,39 @@ def test_wrong_passwords_are_throttled_per_address_and_per_tunnel(settings, db):
         assert seen_paths(app) == ["/signed-in", "/still-in"]
         refusals = relay.relay.stats.refusals
         assert refusals["access_throttled"] == 3 and refusals["access_challenge"] == 3
+
+
+def test_bypass_paths_skip_the_password_but_never_the_ip_rules(settings, db):
+    """A webhook sender reaches /webhooks/stripe without credentials; a sibling path, a path the
+    app could resolve elsewhere (dot-segments, %2e, %2f, backslash) still needs the password, and
+    a denied address is refused on the bypass path too."""
+    policy = {"basic_auth": ["alice:wonderland"], "bypass_paths": ["/webhooks/stripe"],
+              "ip_deny": ["127.0.0.2/32"]}
+    with protected(settings, policy) as (relay, tunnel, app, _):
+        calls = count_password_checks(relay)
+        host = f"myapp.{settings.domain}"
+        assert get(relay.port, host, "/webhooks/stripe")[0] == 200
+        assert get(relay.port, host, "/webhooks/stripe/events?id=1")[0] == 200
+        wrong = {"Authorization": access.basic_header("alice", "not-her-password")}
+        assert get(relay.port, host, "/webhooks/stripe/signed", wrong)[0] == 200   # no hash spent on it
+        for path in ("/webhooks/stripe-admin", "/webhooks", "/admin", "/webhooks/stripe/../admin",
+                     "/webhooks/stripe/%2e%2e/admin", "/webhooks/stripe/%2E%2E/admin",
+                     "/webhooks/stripe%2f..%2fadmin", "/webhooks/stripe//admin", "/webhooks/stripe\\..\\admin",
+                     "/webhooks/stripe/..;/admin"):
+            status, headers, _ = get(relay.port, host, path)
+            assert status == 401 and headers["www-authenticate"].startswith("Basic"), (path, status)
+        status, headers, _ = get(relay.port, host, "/webhooks/stripe", source="127.0.0.2")
+        assert status == 403 and "www-authenticate" not in headers
+        assert calls == []
+        # keep-alive: a bypassed request, then one outside the prefix on the same connection
+        with connect(relay.port) as sock, sock.makefile("rb") as f:
+            assert exchange(sock, f, host, "/webhooks/stripe/1")[0] == 200
+            assert exchange(sock, f, host, "/webhooks/stripe/2", wrong)[0] == 200
+            assert exchange(sock, f, host, "/private")[0] == 401
+        assert get(relay.port, host, "/private", {"Authorization": ALICE})[0] == 200
+        assert seen_paths(app) == ["/webhooks/stripe", "/webhooks/stripe/events?id=1", "/webhooks/stripe/signed",
+                                   "/webhooks/stripe/1", "/webhooks/stripe/2", "/private"]
+        # the owner removes the bypass: the next request of the webhook needs the password again
+        tunnels.set_access(settings, tunnel, {"bypass_paths": []})
+        wait_for_policy(relay, tunnel)
+        assert get(relay.port, host, "/webhooks/stripe")[0] == 401

@@ -179,3 +179,27 @@ def test_an_app_cannot_plant_or_read_the_access_cookie():
     assert cookies.strip_access(["a=1; intunnel_access=x", "__Host-intunnel_access=y; b=2"]) == "a=1; b=2"
     assert cookies.strip_access(["intunnel_access=x"]) == ""
     assert cookies.strip_access(["a=1"]) is None
+
+
+def test_bypass_paths_skip_members_only_but_not_the_ip_rules(stack):
+    """A webhook sender (no account, no cookie) reaches a bypass path of a members-only tunnel,
+    keep-alive too; a sibling or a dot-segment path is still sent to log in; an IP deny stands."""
+    web, relay, upstream, tunnel = stack
+    tunnels.set_access(web.settings, tunnel, {"bypass_paths": ["/webhooks/stripe"]})
+    wait_for(lambda: relay.relay.sessions["myapp"].gate.stored == tunnel.access, 1.0,
+             message="the relay has the new policy")
+    assert raw(relay.port, "/webhooks/stripe", method="POST")[0] == 200
+    assert raw(relay.port, "/webhooks/stripe/evt?id=1")[0] == 200
+    for path in ("/webhooks/stripe-admin", "/webhooks/stripe/../x", "/webhooks/stripe/%2e%2e/x"):
+        assert raw(relay.port, path)[0] == 302, path
+    with socket.create_connection(("127.0.0.1", relay.port), timeout=10) as sock, sock.makefile("rb") as f:
+        for path, expected in (("/webhooks/stripe/1", 200), ("/private", 302)):
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: myapp.localhost:{PUBLIC_PORT}\r\nAccept: text/html"
+                         "\r\n\r\n".encode())
+            assert read_response(f)[0] == expected, path
+    assert [p for _, p, _ in upstream.seen] == ["/webhooks/stripe", "/webhooks/stripe/evt?id=1",
+                                                "/webhooks/stripe/1"]
+    tunnels.set_access(web.settings, tunnel, {"ip_deny": ["127.0.0.1/32"]})
+    wait_for(lambda: relay.relay.sessions["myapp"].gate.stored == tunnel.access, 1.0,
+             message="the relay has the new policy")
+    assert raw(relay.port, "/webhooks/stripe")[0] == 403

@@ -29,7 +29,7 @@ def stored(url) -> str | None:
 def test_a_new_tunnel_is_public(alice_session, tunnel_url):
     r = alice_session.get(tunnel_url)
     assert r.json()["access"] == {"public": True, "basic_auth": [], "ip_allow": [], "ip_deny": [],
-                                  "members": None}
+                                  "members": None, "bypass_paths": []}
 
 
 def test_set_show_and_clear_a_policy(alice_session, tunnel_url):
@@ -38,7 +38,7 @@ def test_set_show_and_clear_a_policy(alice_session, tunnel_url):
         "ip_allow": ["10.0.0.0/8", "2001:db8::/32"], "ip_deny": ["10.9.0.0/16"]}})
     assert r.status_code == 200, r.text
     view = {"public": False, "basic_auth": ["alice", "bob"], "ip_allow": ["10.0.0.0/8", "2001:db8::/32"],
-            "ip_deny": ["10.9.0.0/16"], "members": None}
+            "ip_deny": ["10.9.0.0/16"], "members": None, "bypass_paths": []}
     assert r.json()["tunnel"]["access"] == view
     got = alice_session.get(tunnel_url)
     assert got.json()["access"] == view
@@ -154,3 +154,35 @@ def test_members_only_through_the_api_and_the_dashboard_form(web, alice_session,
     r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "members": "off"},
                            allow_redirects=False)
     assert r.status_code == 303 and stored(tunnel_url) is None
+
+
+def test_bypass_paths_through_the_api_and_the_dashboard_form(web, alice_session, tunnel_url):
+    import re
+    r = alice_session.patch(tunnel_url, json={"access": {"basic_auth": ["alice:wonderland"],
+                                                         "bypass_paths": ["/webhooks/stripe/", "/hooks"]}})
+    assert r.status_code == 200, r.text
+    assert r.json()["tunnel"]["access"]["bypass_paths"] == ["/webhooks/stripe", "/hooks"]
+    for bad in (["webhooks"], ["/a/../b"], ["/a/%2e%2e"], ["/"], ["/_intunnel/auth"], "/hooks",
+                [f"/p{i}" for i in range(web.settings.access_max_bypass_paths + 1)]):
+        r = alice_session.patch(tunnel_url, json={"access": {"bypass_paths": bad}})
+        assert r.status_code == 400 and r.json()["code"] == "VALIDATION_ERROR", (bad, r.text)
+        assert "access.bypass_paths" in r.json()["message"]
+    assert access.load(stored(tunnel_url)).bypass == ("/webhooks/stripe", "/hooks")   # unchanged
+    tunnel_id = tunnel_url.rsplit("/", 1)[1]
+    page = alice_session.get(f"{web.url}/tunnels/{tunnel_id}").text
+    assert "no sign-in under /webhooks/stripe, /hooks" in page
+    assert re.search(r'<textarea id="f-bypass_paths" name="bypass_paths"[^>]*>/webhooks/stripe\n/hooks</textarea>',
+                     page)
+    csrf = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    form = {"csrf_token": csrf, "ip_allow": "", "ip_deny": "", "new_user": "", "members": "off",
+            "bypass_paths": "/webhooks/github\r\n\r\n/webhooks/stripe\r\n"}
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data=form, allow_redirects=False)
+    assert r.status_code == 303, r.text
+    assert access.load(stored(tunnel_url)).bypass == ("/webhooks/github", "/webhooks/stripe")
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "bypass_paths": "/a/../b"})
+    assert r.status_code == 400 and "bypass_paths" in r.text
+    r = alice_session.post(f"{web.url}/tunnels/{tunnel_id}/access", data={**form, "bypass_paths": ""},
+                           allow_redirects=False)
+    assert r.status_code == 303 and access.load(stored(tunnel_url)).bypass == ()
+    spec = alice_session.get(web.url + "/api/openapi.json").json()["components"]["schemas"]
+    assert "bypass_paths" in spec["Access"]["properties"] and "bypass_paths" in spec["AccessUpdate"]["properties"]
