@@ -479,7 +479,7 @@ def apply_update(current: Policy, data: Any, limits: Limits, hash_password: Call
     unknown = sorted(set(data) - set(UPDATE_KEYS))
     if unknown:
         raise ValidationError(f"access.{unknown[0]} is not an access mode (modes: basic_auth, ip_allow, "
-                              "ip_deny, members; or public: true)", field=_field(unknown[0]))
+                              "ip_deny, members, bypass_paths; or public: true)", field=_field(unknown[0]))
     if "public" in data:
         if data["public"] is not True or len(data) > 1:
             raise ValidationError("access.public can only be true, alone: it clears every rule",
