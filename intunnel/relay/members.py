@@ -10,8 +10,8 @@ The flow is ``intunnel.memberpass``'s; this module is the relay's part of it:
     GET or HEAD), or answered 401 with where to log in (anything else: a POST's body would be
     lost on the way, a script can't log in);
   * a cookie is looked up in the database once per relay (``store.grants``), then remembered
-    (``Grants``: a bounded LRU of its SHA-256, including tokens found to be no grant, which
-    can never become one), and every revocation check re-reads the remembered live ones
+    (``Grants``: a bounded LRU, including tokens found to be no grant, which can never become
+    one), and every revocation check re-reads the remembered live ones
     (``refresh``): on SQLite each poll, on PostgreSQL the ``u:<user id>`` notification that
     logging out, out everywhere, a password change or disabling the account sends;
   * the members rule is applied on every request (``members.Members.admits``), so a change of
@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import timezone
 from urllib.parse import parse_qs, urlencode
 
 from ..access import ALLOW
 from ..access import address_admitted as access_admitted
 from ..errors import wants_json
 from ..memberpass import AUTH_PATH, Grant, cookie_name
-from ..timeutil import utcnow
 from . import pages
 from .cookies import access_tokens
 
@@ -46,6 +47,7 @@ _MISSING = None   # a token looked up and found to be no grant
 @dataclass(frozen=True, slots=True)
 class LookUp:
     """A cookie this relay has not seen: look its grant up (then route the request again)."""
+    token: str
     token_hash: str
 
 
@@ -63,14 +65,17 @@ def _digest(token: str) -> str:
 
 
 class Grants:
-    """The access cookies one relay has looked up (``relay_access_grant_cache_size``)."""
+    """The access cookies one relay has looked up (``relay_access_grant_cache_size``), least
+    recently used first out: token -> (its SHA-256, the grant or None, expiry as a Unix time).
+    Keyed by the token itself so a visitor's request costs a dictionary lookup, not a hash (the
+    tokens stay in this process's memory, as any server's session cache; never logged)."""
 
     def __init__(self, settings):
         self.size = max(1, settings.relay_access_grant_cache_size)
         self.secure = settings.cookie_secure
         self.cookie = cookie_name(self.secure)
         self.web_url = settings.web_url
-        self._known: OrderedDict[str, Grant | None] = OrderedDict()
+        self._known: OrderedDict[str, tuple[str, Grant | None, float]] = OrderedDict()
 
     def verdict(self, tunnel_id: int, owner_id: int, rule, head):
         """ALLOW, NOT_MEMBER (an account the rule doesn't admit), LOGIN, REDEEM, or a ``LookUp``."""
@@ -79,40 +84,42 @@ class Grants:
         tokens = access_tokens(head.index.get("cookie"))
         if not tokens:
             return LOGIN
-        now, known, refused = utcnow(), self._known, False
+        now, known, refused = time.time(), self._known, False
         for token in tokens:
-            digest = _digest(token)
-            if digest not in known:
-                return LookUp(digest)
-            grant = known[digest]
-            known.move_to_end(digest)
-            if grant is _MISSING or grant.tunnel_id != tunnel_id or grant.expires_at <= now:
+            entry = known.get(token)
+            if entry is None:
+                return LookUp(token, _digest(token))
+            known.move_to_end(token)
+            grant = entry[1]
+            if grant is _MISSING or grant.tunnel_id != tunnel_id or entry[2] <= now:
                 continue
             if rule.admits(grant.who, owner_id):
                 return ALLOW
             refused = True
         return NOT_MEMBER if refused else LOGIN
 
-    def remember(self, found: dict[str, Grant], looked_up: list[str]) -> None:
-        for digest in looked_up:
-            self._known[digest] = found.get(digest, _MISSING)
-            self._known.move_to_end(digest)
+    def remember(self, token: str, digest: str, grant: Grant | None) -> None:
+        expires = grant.expires_at.replace(tzinfo=timezone.utc).timestamp() if grant is not None else 0.0
+        self._known[token] = (digest, grant, expires)
+        self._known.move_to_end(token)
         while len(self._known) > self.size:
             self._known.popitem(last=False)
 
     def live(self, users: set[int] | None = None) -> list[str]:
-        """The remembered grants (of ``users``; None: all) a revocation check re-reads."""
-        return [d for d, g in self._known.items()
+        """The digests of the remembered grants (of ``users``; None: all) a revocation check re-reads."""
+        return [d for d, g, _ in self._known.values()
                 if g is not _MISSING and (users is None or g.who.user_id in users)]
 
     def keep_only(self, checked: list[str], still: dict[str, Grant]) -> int:
         """After re-reading ``checked``: forget those no longer live; how many went."""
-        gone = 0
-        for digest in checked:
+        checked_set, gone = set(checked), 0
+        for token, (digest, grant, _) in list(self._known.items()):
+            if grant is _MISSING or digest not in checked_set:
+                continue
             if digest in still:
-                if digest in self._known:
-                    self._known[digest] = still[digest]
-            elif self._known.pop(digest, _MISSING) is not _MISSING:
+                self.remember(token, digest, still[digest])
+            else:
+                del self._known[token]
                 gone += 1
         return gone
 
@@ -178,15 +185,15 @@ def admit(link, session, head) -> bool:
     if verdict == REDEEM:
         link._task(_redeem(link, session, head, address))
     else:
-        link._task(_look_up(link, session, head, verdict.token_hash, address))
+        link._task(_look_up(link, session, head, verdict, address))
     return False
 
 
-async def _look_up(link, session, head, digest: str, address: str) -> None:
+async def _look_up(link, session, head, verdict: LookUp, address: str) -> None:
     checker = link.relay.access
-    found = await link.relay.store.grants([digest])
-    checker.grants.remember(found, [digest])
-    if digest not in found:
+    found = await link.relay.store.grants([verdict.token_hash])
+    checker.grants.remember(verdict.token, verdict.token_hash, found.get(verdict.token_hash))
+    if verdict.token_hash not in found:
         checker.failed(session.gate, address)
     if not link.done:
         link._route(head)   # from the top, now from what was remembered
@@ -204,6 +211,6 @@ async def _redeem(link, session, head, address: str) -> None:
                                     head.get("accept"), head.method == "HEAD")
     else:
         token, target, max_age, grant = got
-        checker.grants.remember({_digest(token): grant}, [_digest(token)])
+        checker.grants.remember(token, _digest(token), grant)
         page = pages.signed_in(_safe_target(target), checker.grants.set_cookie(token, max_age))
     link.run(link.state.route_failed(page, link.loop.time()))

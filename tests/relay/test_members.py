@@ -203,3 +203,84 @@ def test_bypass_paths_skip_members_only_but_not_the_ip_rules(stack):
     wait_for(lambda: relay.relay.sessions["myapp"].gate.stored == tunnel.access, 1.0,
              message="the relay has the new policy")
     assert raw(relay.port, "/webhooks/stripe")[0] == 403
+
+
+# --- the relay's pieces without sockets ---------------------------------------------------------
+
+from datetime import datetime, timedelta  # noqa: E402
+
+from hypothesis import given, strategies as st  # noqa: E402
+
+from intunnel.members import Identity, Members  # noqa: E402
+from intunnel.relay import members as relay_members  # noqa: E402
+from intunnel.relay import cookies as relay_cookies  # noqa: E402
+from intunnel.wire import http1  # noqa: E402
+
+
+@pytest.mark.parametrize("values, tokens", [
+    (None, []),
+    (["a=1; b=2"], []),
+    (["intunnel_access=t1"], ["t1"]),
+    (["a=1;intunnel_access=t1 ; b=2"], ["t1"]),
+    (['__Host-intunnel_access="t2"'], ["t2"]),
+    (["x_intunnel_access=no; intunnel_accessx=no; intunnel_access="], []),
+    (["a=1", "intunnel_access=t1, intunnel_access=t3"], ["t1", "t3"]),
+])
+def test_access_tokens(values, tokens):
+    assert relay_cookies.access_tokens(values) == tokens
+
+
+NAMES = st.sampled_from(["a", "theme", "intunnel_access", "__Host-intunnel_access", "intunnel_accessx", "sid"])
+PAIRS = st.lists(st.tuples(NAMES, st.text("abcXYZ019-_", min_size=1, max_size=8)), max_size=6)
+
+
+@given(PAIRS)
+def test_stripping_keeps_every_other_cookie_in_order(pairs):
+    header = "; ".join(f"{k}={v}" for k, v in pairs)
+    kept = relay_cookies.strip_access([header])
+    others = [f"{k}={v}" for k, v in pairs if k not in relay_cookies.ACCESS_NAMES]
+    if len(others) == len(pairs):
+        assert kept is None or kept == header   # nothing to strip
+    else:
+        assert kept == "; ".join(others)
+        assert relay_cookies.access_tokens([kept]) == []
+
+
+def _grants(settings):
+    g = relay_members.Grants(settings)
+    later, earlier = datetime.utcnow() + timedelta(hours=1), datetime.utcnow() - timedelta(seconds=1)
+    g.remember("bob-token", "d-bob", memberpass.Grant(7, Identity(2, "bob", "bob@example.com"), later))
+    g.remember("old-token", "d-old", memberpass.Grant(7, Identity(2, "bob", "bob@example.com"), earlier))
+    g.remember("eve-token", "d-eve", memberpass.Grant(7, Identity(3, "eve", "eve@corp.example"), later))
+    g.remember("other-tunnel", "d-other", memberpass.Grant(8, Identity(2, "bob", "bob@example.com"), later))
+    g.remember("no-grant", "d-none", None)
+    return g
+
+
+@pytest.mark.parametrize("target, cookie, verdict", [
+    ("/", "intunnel_access=bob-token", "allow"),
+    ("/", "intunnel_access=eve-token", "not_member"),
+    ("/", "intunnel_access=old-token", "login"),       # expired
+    ("/", "intunnel_access=other-tunnel", "login"),    # another tunnel's grant
+    ("/", "intunnel_access=no-grant", "login"),
+    ("/", None, "login"),
+    ("/", "intunnel_access=eve-token; intunnel_access=bob-token", "allow"),
+    ("/_intunnel/auth?ticket=x", "intunnel_access=bob-token", "redeem"),
+    ("/_intunnel/authx", None, "login"),
+])
+def test_grant_verdicts(settings, target, cookie, verdict):
+    head = http1.parse_request_head(f"GET {target} HTTP/1.1\r\nHost: myapp.localhost".encode()
+                                    + (f"\r\nCookie: {cookie}".encode() if cookie else b""))
+    assert _grants(settings).verdict(7, 1, Members(users=("bob",)), head) == verdict
+
+
+def test_an_unseen_cookie_is_looked_up_and_a_refresh_forgets_what_ended(settings):
+    g = _grants(settings)
+    head = http1.parse_request_head(b"GET / HTTP/1.1\r\nHost: a\r\nCookie: intunnel_access=new")
+    look = g.verdict(7, 1, Members(), head)
+    assert isinstance(look, relay_members.LookUp) and look.token_hash == relay_members._digest("new")
+    assert sorted(g.live()) == ["d-bob", "d-eve", "d-old", "d-other"] and g.live({3}) == ["d-eve"]
+    still = {"d-bob": memberpass.Grant(7, Identity(2, "bob", "bob@example.com"), datetime(2099, 1, 1))}
+    assert g.keep_only(["d-bob", "d-eve"], still) == 1          # eve signed out
+    assert g.verdict(7, 1, Members(), http1.parse_request_head(
+        b"GET / HTTP/1.1\r\nHost: a\r\nCookie: intunnel_access=eve-token")) != "allow"
