@@ -68,18 +68,19 @@ def strip_access(cookie_values: list[str]) -> str | None:
     return "; ".join(kept)
 
 
-def _drops(header_value: bytes, domain: str) -> bool:
+def _drops(header_value: bytes, domain: str, access_too: bool) -> bool:
     text = header_value.decode("latin-1")
-    if text.partition("=")[0].strip() in ACCESS_NAMES:
+    if access_too and text.partition("=")[0].strip() in ACCESS_NAMES:
         return True   # the relay's access cookie: never the app's to set
     attrs = text.split(";")[1:]
     return any(k.strip().lower() == "domain" and _covers_web_app(v, domain)
                for k, _, v in (a.partition("=") for a in attrs))
 
 
-def scrub_set_cookies(head: bytes, domain: str) -> bytes | None:
+def scrub_set_cookies(head: bytes, domain: str, access_too: bool = True) -> bytes | None:
     """``head``: a response head without its blank line.  None when nothing changes, else the
-    head without the ``Set-Cookie`` lines whose Domain covers the web app's ``domain``."""
+    head without the ``Set-Cookie`` lines whose Domain covers the web app's ``domain``, and
+    (``access_too``: from an app, not from the peer relay that set it) of the access cookie."""
     if b"set-cookie" not in head.lower():
         return None
     domain = domain.lower().strip(".")
@@ -93,7 +94,7 @@ def scrub_set_cookies(head: bytes, domain: str) -> bytes | None:
     kept = [lines[0]]
     for field in fields:
         name, _, value = field[0].partition(b":")
-        if name.strip().lower() == b"set-cookie" and _drops(b" ".join([value, *field[1:]]), domain):
+        if name.strip().lower() == b"set-cookie" and _drops(b" ".join([value, *field[1:]]), domain, access_too):
             continue
         kept.extend(field)
     return None if len(kept) == len(lines) else b"\r\n".join(kept)

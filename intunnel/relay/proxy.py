@@ -568,7 +568,7 @@ class ProxyState:
         # (An answer may come before the whole request body went out: the exchange completes
         # when both halves have, _maybe_complete.)
         raw = head.raw
-        scrubbed = cookies.scrub_set_cookies(raw[:-4], self.limits.cookie_domain) \
+        scrubbed = cookies.scrub_set_cookies(raw[:-4], self.limits.cookie_domain, not self.to_peer) \
             if head.sets_cookies else None
         if scrubbed is not None:
             raw = scrubbed + b"\r\n\r\n"
