@@ -59,6 +59,15 @@ class HandshakeFailed(Exception):
     """The relay answered, but not with an upgrade (wrong URL, restarting...): retry later."""
 
 
+class WrongServer(Exception):
+    """The URL reaches something that is not the relay (the web app, the other scheme): the
+    message says what to type instead.  Final, exit status 2."""
+
+
+NOT_THE_RELAY = "NOT_THE_RELAY"  # the web app's answer on the agent's paths (its relay_url says where)
+PROBE_TIMEOUT = 3.0  # asking the server in the other scheme, when the first session failed
+
+
 @dataclass(frozen=True)
 class ServerAddress:
     scheme: str
@@ -73,8 +82,9 @@ class ServerAddress:
 
 
 def parse_server(url: str) -> ServerAddress:
-    """``https://example.com`` / ``http://localhost:8080`` -> address; ValueError when unusable."""
-    parts = urlsplit(url if "://" in url else "https://" + url)
+    """``https://example.com`` / ``http://localhost:8080`` -> address; ValueError when unusable.
+    Without a scheme: see ``complete_server``."""
+    parts = urlsplit(complete_server(url)[0])
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"server URL must look like https://example.com, got {url!r}")
     try:
@@ -114,6 +124,7 @@ class Agent:
         self._placement = ""
         self._placed: dict[str, str] = {}  # the header this session sends ({} when none)
         self._address = self.server.host
+        self._failure: BaseException | None = None  # why the last session failed (a scheme hint's clue)
         self._idle = 0
         self._dialing = 0
         self._pool_size = self._base_pool = p.DEFAULT_POOL_SIZE
@@ -127,14 +138,24 @@ class Agent:
         attempt = 0
         was_connected = False
         opened = None  # a session already welcomed (after a Move): served next, at once
+        said = None  # the last "cannot connect" reason printed (before the first connection)
         while True:
+            self._failure = None
             try:
                 reason, up, opened = await self._one_session(was_connected, opened)
+            except WrongServer as e:
+                self.say(f"intunnel: {e}")
+                return 2
             except Exception as e:  # a bug must not end a tunnel that would work after a reconnect
                 reason, up, opened = f"internal error ({type(e).__name__}: {e})", False, None
                 traceback.print_exc(file=sys.stderr)
             if reason is None:  # final: token refused/revoked
                 return 1
+            if not (was_connected or up):
+                hint = await self._other_scheme_hint(self._failure)
+                if hint:
+                    self.say(f"intunnel: {hint}")
+                    return 2
             was_connected = was_connected or up
             if opened is not None:
                 continue
@@ -142,10 +163,57 @@ class Agent:
                 attempt = 0
             delay = p.backoff_delay(attempt)
             attempt += 1
-            self.say(f"disconnected: {reason}; reconnecting in {delay:.1f}s" if up else
-                     f"cannot connect to {self.server.scheme}://{self.server.host_header}: {reason}; "
-                     f"retrying in {delay:.1f}s")
+            # One line when the tunnel goes down (the retries after it are quiet until
+            # "reconnected", or one line each with -v); before the first connection, one line
+            # per new reason.
+            if up:
+                self.say(f"disconnected: {reason}; reconnecting in {delay:.1f}s")
+            elif (self.verbose or not was_connected) and (self.verbose or reason != said):
+                said = reason
+                self.say(f"cannot connect to {self.server.scheme}://{self.server.host_header}: {reason}; "
+                         f"retrying in {delay:.1f}s")
             await asyncio.sleep(delay)
+
+    async def _other_scheme_hint(self, failure: BaseException | None) -> str:
+        """When a session that never got connected failed in a way the wrong scheme explains
+        (a TLS hello sent to a plain-HTTP port, or the reverse), ask the server in the other
+        scheme; if it answers, what to type instead, else ""."""
+        if failure is None or isinstance(failure, (ConnectionRefusedError, socket.gaierror,
+                                                   ssl.SSLCertVerificationError, TokenRefused)):
+            return ""
+        other = "http" if self.server.scheme == "https" else "https"
+        url = f"{other}://{ServerAddress(other, self.server.host, self.server.port).host_header}"
+        if other == "http" and await self._answers_plain_http():
+            return f"{self.server.host_header} speaks plain HTTP, not TLS (https): use --server {url}"
+        if other == "https" and await self._answers_tls():
+            return f"{self.server.host_header} speaks TLS (https), not plain HTTP: use --server {url}"
+        return ""
+
+    async def _answers_plain_http(self) -> bool:
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                reader, writer = await asyncio.open_connection(self.server.host, self.server.port)
+                try:
+                    writer.write(f"HEAD / HTTP/1.1\r\nHost: {self.server.host_header}\r\n"
+                                 "Connection: close\r\n\r\n".encode("latin-1"))
+                    return await reader.readexactly(5) == b"HTTP/"
+                finally:
+                    writer.close()
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+            return False
+
+    async def _answers_tls(self) -> bool:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS: nothing is sent
+        try:
+            async with asyncio.timeout(PROBE_TIMEOUT):
+                _, writer = await asyncio.open_connection(self.server.host, self.server.port, ssl=context,
+                                                          server_hostname=self.server.host)
+                writer.close()
+                return True
+        except (OSError, asyncio.TimeoutError):
+            return False
 
     async def _open_session(self) -> tuple:
         """Dial the relay's control channel and get welcomed: (conn, control, welcome, address,
@@ -201,11 +269,14 @@ class Agent:
         except TokenRefused as e:
             self.say(f"intunnel: {e}. Not retrying: {advice_for(e.code)}.")
             return None, up, None
-        except asyncio.TimeoutError:
+        except asyncio.TimeoutError as e:
+            self._failure = e
             return "the relay did not answer in time", up, None
         except HandshakeFailed as e:
+            self._failure = e
             return str(e), up, None
         except (OSError, ConnClosed, p.ProtocolError) as e:
+            self._failure = e
             return _describe(e), up, None
         finally:
             self.connected.clear()
@@ -318,7 +389,7 @@ class Agent:
         conn = None
         try:
             conn = await self._dial(p.DATA_PATH, {p.SESSION_HEADER: session, **placed})
-        except (OSError, ConnClosed, HandshakeFailed, TokenRefused, asyncio.TimeoutError):
+        except (OSError, ConnClosed, HandshakeFailed, TokenRefused, WrongServer, asyncio.TimeoutError):
             if counted_dialing:
                 self._dialing -= 1
             return
@@ -385,14 +456,20 @@ class Agent:
             lines += [f"{k}: {v}" for k, v in headers.items()]
             conn.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
             async with asyncio.timeout(self.handshake_timeout):
-                raw = await conn.read_head(p.MAX_HANDSHAKE_RESPONSE)
+                try:
+                    raw = await conn.read_head(p.MAX_HANDSHAKE_RESPONSE)
+                except ValueError:
+                    raise HandshakeFailed("the relay answered with something that is not HTTP") from None
             status_line = raw.split(b"\r\n", 1)[0].decode("latin-1")
             parts = status_line.split(" ", 2)
             status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
             if status == 101:
                 return conn
-            message, code = await self._error_message(conn, raw)
+            message, code, relay_url = await self._error_message(conn, raw)
             message = message or status_line
+            if status == 421 and code == NOT_THE_RELAY:
+                where = f"the relay is at {relay_url}: use --server {relay_url}" if relay_url else message
+                raise WrongServer(f"that is the InTunnel web app, not the relay; {where}")
             if status in (401, 403):
                 raise TokenRefused(f"the relay refused the token ({message})", code)
             raise HandshakeFailed(f"the relay answered {status or status_line!r}: {message}")
@@ -400,20 +477,21 @@ class Agent:
             conn.close()
             raise
 
-    async def _error_message(self, conn: Conn, raw: bytes) -> tuple[str, str]:
-        """The ``message`` and ``code`` of a JSON error body, if one comes within a moment."""
+    async def _error_message(self, conn: Conn, raw: bytes) -> tuple[str, str, str]:
+        """The ``message``, ``code`` and ``relay_url`` of a JSON error body, if one comes within a moment."""
         length = 0
         for line in raw.split(b"\r\n")[1:]:
             name, _, value = line.partition(b":")
             if name.strip().lower() == b"content-length" and value.strip().isdigit():
                 length = int(value.strip())
         if not 0 < length <= p.MAX_HANDSHAKE_RESPONSE:
-            return "", ""
+            return "", "", ""
         try:
             body = json.loads(await asyncio.wait_for(conn.read_exactly(length), 2.0))
-            return str(body.get("message", ""))[:200], str(body.get("code", ""))[:64]
+            return (str(body.get("message", ""))[:200], str(body.get("code", ""))[:64],
+                    str(body.get("relay_url", ""))[:200])
         except (asyncio.TimeoutError, ConnClosed, ValueError, AttributeError):
-            return "", ""
+            return "", "", ""
 
 
 def placement_of(welcome: p.Welcome) -> str:

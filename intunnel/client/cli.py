@@ -11,7 +11,7 @@ import sys
 from ..wire import netio
 from ..wire import protocol as p
 from . import config
-from .agent import Agent, parse_server
+from .agent import Agent, complete_server, parse_server
 
 HELP = "Expose a local HTTP port at your tunnel's public URL."
 
@@ -88,6 +88,9 @@ def run(args) -> int:
         print("intunnel: give --server URL and --token TOKEN, or save them once with "
               "`intunnel config add-token TOKEN --server URL`", file=sys.stderr)
         return 2
+    server, note = complete_server(server)
+    if note:
+        print(f"intunnel: {note}", file=sys.stderr, flush=True)
     if not 1 <= args.port <= 65535:
         print("intunnel: PORT must be between 1 and 65535", file=sys.stderr)
         return 2

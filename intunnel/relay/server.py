@@ -111,8 +111,9 @@ class Relay:
                  f", peers at {self.peers.dial_address}" if self.peers else "")
         return self.address
 
-    async def stop(self, grace: float = p.SHUTDOWN_GRACE) -> None:
-        """Stop accepting, tell agents to go away, give visitors ``grace`` seconds, close."""
+    async def stop(self, grace: float = p.SHUTDOWN_GRACE, reason: str = "the relay is stopping") -> None:
+        """Stop accepting, tell agents to go away (``reason``: a caller that knows the relay comes
+        back says "the relay is restarting"), give visitors ``grace`` seconds, close."""
         if self.stopping:
             return
         self.stopping = True
@@ -122,7 +123,7 @@ class Relay:
             self.peers.close()
         sessions = list(self.sessions.values())
         for session in sessions:
-            session.end(p.GoAway("the relay is restarting"))
+            session.end(p.GoAway(reason))
             session.on_closed()
         if self.routes.enabled:
             try:
@@ -181,6 +182,11 @@ class Relay:
         buf = conn.buffer
         start = max(0, len(buf) - 3)
         buf += data
+        if buf[:1] == b"\x16":   # a TLS hello on this plain-HTTP port (an https:// client URL): at once,
+            timer.cancel()       # not after the head timeout (the client then asks in plain HTTP)
+            conn.on_close = conn.on_data = None
+            self._refuse(conn, pages.response(400, "This port speaks plain HTTP, not TLS: use http://."))
+            return
         limit = self.tunables.relay_max_header_size
         end = buf.find(b"\r\n\r\n", start)
         if end < 0 and len(buf) <= limit:
@@ -251,7 +257,7 @@ class Relay:
             self._error(conn, 400, "expected Upgrade: intunnel", "BAD_REQUEST")
             return
         if self.stopping:
-            self._error(conn, 503, "the relay is restarting", "GOING_AWAY")
+            self._error(conn, 503, "the relay is stopping", "GOING_AWAY")
             return
         auth = head.get("authorization") or ""
         scheme, _, token = auth.partition(" ")

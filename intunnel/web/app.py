@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import logging
 import math
 import os
@@ -224,6 +225,15 @@ def create_app(settings, clock: Clock | None = None, registry=None) -> IntunnelA
     @app.get("/healthz")
     def healthz():
         return {"status": "ok"}
+
+    @app.route("/_intunnel/<path:re:agent|data>", method="ANY")
+    def not_the_relay(path):
+        """A client given the web app's address (the dashboard's port, the natural mistake)
+        dials the agent's paths here: say where the relay is (its client prints it and exits)."""
+        return bottle.HTTPResponse(json.dumps({
+            "error": True, "code": "NOT_THE_RELAY", "relay_url": settings.relay_url,
+            "message": f"this is the InTunnel web app, not the relay; the relay is at {settings.relay_url}"}),
+            status=421, headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
 
     login.install(app)
     member_access.install(app)
