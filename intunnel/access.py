@@ -14,11 +14,14 @@ visitor is let through, as before policies existed):
     only a canonical request path can match (``bypassed``): no ``.``/``..`` segments, ``//``,
     backslash or percent-encoded ``.``, ``/``, ``\\`` or ``%``, origin-form only, since the app
     may normalise such a path into one the password protects.  On their own (no rule to skip)
-    they change nothing: the policy is still public.
+    they change nothing: the policy is still public;
+  * ``members``: only accounts of this InTunnel, logged in through the web app
+    (``intunnel.members`` says which accounts; ``memberpass`` how a browser gets its access
+    cookie; the relay checks it, ``relay/members``).
 
 The order of the checks: IP rules first (a refused address is never asked for a
 password, and costs no hash), then the bypass paths (a match costs no hash either), then
-credentials.
+members only (a login), then credentials.
 
 Stored with the tunnel (``Tunnel.access``, JSON text; NULL is public).  Passwords are
 stored as the project's password hashes (``security.hash_password``), never as text,
@@ -27,8 +30,8 @@ and never leave the server: ``public_view`` names the users only.  Stored form::
     {"v": 1, "basic_auth": [{"user": "alice", "hash": "$argon2id$..."}],
      "ip_allow": ["10.0.0.0/8", "2001:db8::/32"], "ip_deny": [], "bypass_paths": ["/webhooks"]}
 
-Later modes (members only) become more keys.  A reader meeting a key it
-does not know refuses the policy (``PolicyError``): a relay older than the policy it is
+Members only is stored as ``"members": {...}`` (``members.Members.dump``).  A reader
+meeting a key it does not know refuses the policy (``PolicyError``): a relay older than the policy it is
 given forbids every visitor rather than serving a tunnel less protected than its owner
 asked (fail closed).
 
@@ -41,7 +44,8 @@ user, ``{"username": "alice"}`` keeps alice's stored hash; users not listed go.
 The decision (``evaluate``) is a function of (policy, visitor address, Authorization
 header, request target): ``ALLOW``, ``CHALLENGE`` (401), ``FORBID`` (403), or
 ``Verify``: a password to check against a stored hash, which the caller does (the relay
-off its event loop, with a cache of verified credentials: ``relay/access.py``).  Every limit is a setting
+off its event loop, with a cache of verified credentials: ``relay/access.py``).  It leaves
+members only to the relay (``relay/members``: it needs the visitor's access cookie looked up).  Every limit is a setting
 (``access_max_*``).
 """
 
