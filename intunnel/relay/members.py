@@ -148,7 +148,7 @@ async def refresh(relay, users: set[int] | None) -> None:
 def _safe_target(target: str) -> str:
     """Where to send a visitor after the login: a path on this host, nothing else."""
     if not target.startswith("/") or target.startswith(("//", "/\\")) or not target.isascii() \
-            or any(ord(c) < 33 or ord(c) == 127 for c in target):
+            or any(ord(c) < 33 or ord(c) == 127 for c in target) or is_auth_path(target):
         return "/"
     return target
 

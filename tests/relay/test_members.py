@@ -284,3 +284,11 @@ def test_an_unseen_cookie_is_looked_up_and_a_refresh_forgets_what_ended(settings
     assert g.keep_only(["d-bob", "d-eve"], still) == 1          # eve signed out
     assert g.verdict(7, 1, Members(), http1.parse_request_head(
         b"GET / HTTP/1.1\r\nHost: a\r\nCookie: intunnel_access=eve-token")) != "allow"
+
+
+@pytest.mark.parametrize("target, safe", [
+    ("/page?q=1", "/page?q=1"), ("//evil.example/x", "/"), ("/\\evil.example", "/"), ("http://evil/", "/"),
+    ("/caf\u00e9", "/"), ("/a b", "/"), (memberpass.AUTH_PATH + "?ticket=old", "/"), ("/", "/"),
+])
+def test_where_a_redeemed_ticket_may_send_the_visitor(target, safe):
+    assert relay_members._safe_target(target) == safe
