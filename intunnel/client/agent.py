@@ -8,6 +8,7 @@ relay refuses or revokes the token, or when cancelled (Ctrl-C).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import socket
 import ssl
@@ -79,6 +80,29 @@ class ServerAddress:
         default = 443 if self.scheme == "https" else 80
         host = f"[{self.host}]" if ":" in self.host else self.host
         return host if self.port == default else f"{host}:{self.port}"
+
+
+def complete_server(url: str) -> tuple[str, str]:
+    """The server URL with its scheme, and a note saying which one was chosen when it had none:
+    ``http://`` for a loopback host (``localhost``, ``*.localhost``, 127.x, ::1: the embedded
+    mode's plain-HTTP relay), ``https://`` for any other (a deployed appliance behind nginx)."""
+    if "://" in url:
+        return url, ""
+    host = urlsplit("//" + url).hostname or ""
+    scheme = "http" if _is_loopback(host) else "https"
+    why = "a loopback address" if scheme == "http" else "not a loopback address"
+    completed = f"{scheme}://{url}"
+    return completed, (f"no scheme in {url!r}: using {completed} ({why}); "
+                       "write http:// or https:// to choose")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def parse_server(url: str) -> ServerAddress:
