@@ -11,6 +11,7 @@ nginx; Prometheus metrics of both on ``relay_metrics_listen``.  On first run
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 
 from .wire import netio
@@ -65,7 +66,8 @@ def next_steps(settings, web_address, relay_address, admin) -> str:
         email, password = admin
         lines.append(f"  Admin account:     {email}")
         if password:
-            lines.append(f"  Admin password:    {password}   (shown once: keep it)")
+            lines.append(f"  Admin password:    {password}   (shown once: keep it; lost, set a new one with "
+                         f"intunnel-admin user set-password {email})")
     lines += ["",
               "Next steps:",
               f"  1. Log in at {web}",
@@ -77,9 +79,22 @@ def next_steps(settings, web_address, relay_address, admin) -> str:
     return "\n".join(lines)
 
 
+def create_private_database(settings) -> None:
+    """The SQLite file, made 0600 before SQLite makes it with the umask's 0644: it holds password
+    hashes, and ``intunnel-admin doctor`` warns about any other mode.  (Its -wal and -shm files
+    take the same mode from it.)  An existing file, or PostgreSQL, is left as it is."""
+    if settings.db_backend != "sqlite":
+        return
+    try:
+        os.close(os.open(settings.db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
 def run(args) -> int:
     settings = prepare_data_dir(load_settings(args.config))
     setup_logging(settings.log_level)
+    create_private_database(settings)
     db = open_database(settings)
     with db.connection_context():
         admin = ensure_first_admin(settings)

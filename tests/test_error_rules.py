@@ -98,3 +98,9 @@ def test_relay_pages_follow_the_rule(accept, api, default, expected):
                                     "code": "HEADERS_TOO_LARGE"}
     else:
         assert headers["content-type"].startswith("text/html") and b"<h1>431 " in body
+
+
+def test_the_offline_page_shows_the_command_without_markdown():
+    from intunnel.relay import pages
+    page = pages.tunnel_offline("myapp", "text/html").decode()
+    assert "`" not in page and "&quot;intunnel http PORT&quot;" in page

@@ -60,7 +60,7 @@ def response(status: int, message: str, accept: str | None = None, title: str | 
 
 def tunnel_offline(subdomain: str, accept: str | None, head_only: bool = False) -> bytes:
     return response(503, f"The tunnel '{subdomain}' is offline: no client is connected right now. "
-                    "Start it with `intunnel http PORT` and reload this page.", accept,
+                    "Start it with \"intunnel http PORT\" and reload this page.", accept,
                     title=f"Tunnel {subdomain} is offline", code="TUNNEL_OFFLINE",
                     head_only=head_only, extra_headers=("Retry-After: 5",))
 

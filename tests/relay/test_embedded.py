@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import subprocess
@@ -41,6 +42,9 @@ def test_serve_creates_the_first_admin_once_and_tunnels_work(settings, tmp_path)
         password = re.search(r"Admin password:\s+(\S+)", out).group(1)
         assert f"--server http://localhost:{relay_port} --token" in out
         assert f"http://myapp.localhost:{relay_port}" in out
+        assert f"intunnel-admin user set-password {email}" in out   # how to recover a lost password
+        # the database holds password hashes: private from its first byte (doctor warns otherwise)
+        assert settings.db_backend != "sqlite" or stat.S_IMODE(os.stat(settings.db_path).st_mode) == 0o600
         # Log in, create a tunnel through the API, run the exact client command.
         login, headers = api(web_port, "POST", "/login", {"email": email, "password": password})
         cookie = headers["Set-Cookie"].split(";", 1)[0]
