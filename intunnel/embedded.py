@@ -17,7 +17,7 @@ import secrets
 from .wire import netio
 from .cli import add_config_argument
 from .models import User, open_database
-from .relay.serve import serve as serve_relay, setup_logging
+from .relay.serve import listening, serve as serve_relay, setup_logging
 from .relay.server import Relay
 from .settings import load_settings, prepare_data_dir
 
@@ -27,6 +27,10 @@ DEFAULT_ADMIN_LOCAL_PART = "admin"
 
 def add_arguments(parser) -> None:
     add_config_argument(parser)
+    parser.add_argument("--web-listen", metavar="HOST:PORT", help="where the web app listens (web_listen; "
+                        "default 127.0.0.1:8000)")
+    parser.add_argument("--relay-listen", metavar="HOST:PORT", help="where the relay listens (relay_listen; "
+                        "default 127.0.0.1:8080)")
 
 
 def default_admin_email(settings) -> str:
@@ -92,7 +96,9 @@ def create_private_database(settings) -> None:
 
 
 def run(args) -> int:
-    settings = prepare_data_dir(load_settings(args.config))
+    flags = {k: v for k, v in (("web_listen", getattr(args, "web_listen", None)),
+                               ("relay_listen", getattr(args, "relay_listen", None))) if v}
+    settings = prepare_data_dir(load_settings(args.config, overrides=flags))  # a bad flag: one line, exit 2
     setup_logging(settings.log_level)
     create_private_database(settings)
     db = open_database(settings)
@@ -103,7 +109,8 @@ def run(args) -> int:
     from .web.app import create_app
     from .web.serve import make_server, start_in_thread, stop_server
     registry = new_registry()  # one /metrics listener (relay_metrics_listen) for the web app and the relay
-    web = make_server(settings, app=create_app(settings, registry=registry))
+    with listening("web_listen", settings.web_listen):
+        web = make_server(settings, app=create_app(settings, registry=registry))
     web_thread = start_in_thread(web)
     web_address = (web.effective_host, int(web.effective_port))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 
 from ..wire import netio
 from ..cli import add_config_argument
+from ..errors import ConfigError
 from ..settings import load_settings, prepare_data_dir
 from .metrics import start_listener
 from .server import Relay
@@ -24,6 +26,19 @@ def setup_logging(level: str) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+@contextlib.contextmanager
+def listening(setting: str, address: str):
+    """A listener that can't bind (the port taken, an address not of this host) is one line
+    naming the setting, not a traceback: ConfigError, exit 2."""
+    try:
+        yield
+    except OSError as e:
+        flag = "--" + setting.replace("_", "-")
+        raise ConfigError(f"setting '{setting}': cannot listen on {address} ({e.strerror}); another program "
+                          f"(or another intunnel) has it? Choose another with INTUNNEL_{setting.upper()}"
+                          + (f" (intunnel serve: {flag})" if setting in ("relay_listen", "web_listen") else "")) from None
+
+
 async def serve(relay: Relay, extra_start=None) -> None:
     """Start ``relay`` (and its metrics listener, ``relay_metrics_listen``), wait for
     SIGTERM/SIGINT, stop it within its grace period."""
@@ -32,8 +47,10 @@ async def serve(relay: Relay, extra_start=None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     where = relay.settings.relay_metrics_address
-    metrics = await start_listener(where, relay.registry) if where else None
-    await relay.start()
+    with listening("relay_metrics_listen", relay.settings.relay_metrics_listen):
+        metrics = await start_listener(where, relay.registry) if where else None
+    with listening("relay_listen", relay.settings.relay_listen):
+        await relay.start()
     if extra_start is not None:
         extra_start(relay)
     await stop.wait()

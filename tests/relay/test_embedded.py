@@ -140,3 +140,41 @@ def test_serve_exposes_web_and_relay_metrics_on_one_loopback_listener(settings):
     finally:
         serve.close()
     assert not any("Traceback" in line for line in serve.lines)
+
+
+def test_serve_on_a_busy_port_says_which_setting_and_the_flags_choose_others(settings):
+    web_port, relay_port = free_port(), free_port()
+    first = ServeProcess(settings, web_port, relay_port)
+    try:
+        first.wait_line(r"Next steps:")
+        env = _python_env({"INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
+                           "INTUNNEL_RELAY_METRICS_LISTEN": ""})
+        busy_web = _Process(["serve", "--web-listen", f"127.0.0.1:{web_port}",
+                             "--relay-listen", f"127.0.0.1:{free_port()}"], env)
+        busy_relay = _Process(["serve", "--web-listen", f"127.0.0.1:{free_port()}",
+                               "--relay-listen", f"127.0.0.1:{relay_port}"], env)
+        for proc, setting, port in ((busy_web, "web_listen", web_port), (busy_relay, "relay_listen", relay_port)):
+            try:
+                proc.wait_line(rf"setting '{setting}': cannot listen on 127\.0\.0\.1:{port} ", timeout=30)
+                assert proc.proc.wait(30) == 2
+                out = "\n".join(proc.lines)
+                assert f"--{setting.replace('_', '-')}" in out and "Traceback" not in out
+            finally:
+                proc.close()
+        other_web, other_relay = free_port(), free_port()
+        moved = _Process(["serve", "--web-listen", f"127.0.0.1:{other_web}", "--relay-listen",
+                          f"127.0.0.1:{other_relay}"], env)
+        try:
+            moved.wait_line(r"Next steps:")
+            assert f"http://localhost:{other_web}" in "\n".join(moved.lines)
+            assert api(other_web, "GET", "/healthz")[0]
+        finally:
+            moved.close()
+        bad = _Process(["serve", "--web-listen", "nonsense"], env)
+        try:
+            bad.wait_line(r"setting 'web_listen': expected HOST:PORT", timeout=30)
+            assert bad.proc.wait(30) == 2
+        finally:
+            bad.close()
+    finally:
+        first.close()
