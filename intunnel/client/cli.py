@@ -112,12 +112,22 @@ def run(args) -> int:
     return netio.run(_main(agent))
 
 
+def on_stop_signals(loop, stop) -> None:
+    """Call ``stop`` on Ctrl-C and SIGTERM.  The event loop's signal handlers exist on Unix only:
+    on Windows (``NotImplementedError``) SIGINT/SIGTERM get plain ``signal.signal`` handlers that
+    hand ``stop`` to the loop, which is what Ctrl-C (SIGINT, or CTRL_C_EVENT) raises there."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop)
+        except (NotImplementedError, RuntimeError):
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop))
+
+
 async def _main(agent: Agent) -> int:
     """Run until the agent gives up or Ctrl-C/SIGTERM: then exit at once."""
     loop = asyncio.get_running_loop()
     task = asyncio.ensure_future(agent.run())
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, task.cancel)
+    on_stop_signals(loop, task.cancel)
     try:
         return await task
     except asyncio.CancelledError:

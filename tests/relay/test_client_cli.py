@@ -68,3 +68,29 @@ def test_help_says_the_password_shows_in_ps():
     cli.add_arguments(parser)
     text = " ".join(parser.format_help().split())
     assert "shows in `ps`" in text and "--basic-auth-stdin" in text and cli.BASIC_AUTH_ENV in text
+
+
+def test_stop_signals_without_the_loops_signal_handlers_as_on_windows():
+    """Windows has no loop.add_signal_handler: Ctrl-C and SIGTERM still stop the client."""
+    import asyncio
+    import os
+    import signal
+
+    from intunnel.client.cli import on_stop_signals
+
+    class WindowsLikeLoop(asyncio.SelectorEventLoop):
+        def add_signal_handler(self, *args):
+            raise NotImplementedError
+
+    loop = WindowsLikeLoop()
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            stopped = loop.create_future()
+            on_stop_signals(loop, lambda: stopped.done() or stopped.set_result(True))
+            loop.call_soon(os.kill, os.getpid(), sig)
+            assert loop.run_until_complete(asyncio.wait_for(stopped, 5)) is True
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        loop.close()
