@@ -297,7 +297,7 @@ def test_profile_and_password_change_needs_the_current_password(page, users, web
         other_device.goto("/profile")
         expect(other_device).to_have_url(re.compile(r"/login\?next=%2Fprofile$"))
 
-    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("button", name="Log out", exact=True).click()
     expect(page).to_have_url(re.compile(r"/login$"))
     login(page, "bob", PASSWORD)
     expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
@@ -392,7 +392,7 @@ def test_everything_works_without_javascript(no_js_page, users):
     page.get_by_role("link", name="Delete tunnel…").click()
     page.get_by_role("button", name="Delete tunnel").click()
     expect(page.get_by_role("status").first).to_contain_text("deleted")
-    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("button", name="Log out", exact=True).click()
     expect(page).to_have_url(re.compile(r"/login$"))
 
 
