@@ -23,7 +23,6 @@ The proxy strips the access cookie from every request it forwards, and drops an 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from ..access import ALLOW
 from ..access import address_admitted as access_admitted
 from ..errors import wants_json
 from ..memberpass import AUTH_PATH, Grant, cookie_name
+from ..security import sha256_hex as _digest   # how memberpass stores tokens
 from . import pages
 from .cookies import access_tokens
 
@@ -58,10 +58,6 @@ def is_auth_path(target: str) -> bool:
 def ticket_of(target: str) -> str:
     values = parse_qs(target.partition("?")[2]).get("ticket") or [""]
     return values[0]
-
-
-def _digest(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 class Grants:

@@ -292,3 +292,8 @@ def test_an_unseen_cookie_is_looked_up_and_a_refresh_forgets_what_ended(settings
 ])
 def test_where_a_redeemed_ticket_may_send_the_visitor(target, safe):
     assert relay_members._safe_target(target) == safe
+
+
+def test_the_proxy_strips_the_cookie_memberpass_sets():
+    assert relay_cookies.ACCESS == memberpass.COOKIE
+    assert memberpass.cookie_name(True) in relay_cookies.ACCESS_NAMES
