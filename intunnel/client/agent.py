@@ -207,7 +207,9 @@ class Agent:
             return ""
         other = "http" if self.server.scheme == "https" else "https"
         url = f"{other}://{ServerAddress(other, self.server.host, self.server.port).host_header}"
-        if other == "http" and await self._answers_plain_http():
+        # nginx's TLS port answers plain HTTP too (its 400): only a server that fails the TLS
+        # handshake now is one that doesn't speak TLS (a first failure may have been transient).
+        if other == "http" and not await self._answers_tls() and await self._answers_plain_http():
             return f"{self.server.host_header} speaks plain HTTP, not TLS (https): use --server {url}"
         if other == "https" and await self._answers_tls():
             return f"{self.server.host_header} speaks TLS (https), not plain HTTP: use --server {url}"
