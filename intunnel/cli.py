@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
 
 from . import __version__
@@ -21,6 +22,29 @@ COMMANDS = {
     "web": "intunnel.web.serve",
     "relay": "intunnel.relay.serve",
 }
+# The appliance's commands: their libraries come with `pip install 'intunnel[server]'` (and they
+# need Python 3.11); a client-only install lists them and says so instead of a traceback.
+SERVER_COMMANDS = ("serve", "web", "relay")
+SERVER_PYTHON = (3, 11)
+SERVER_LIBRARIES = ("bottle", "waitress", "peewee", "passlib", "argon2", "jinja2", "prometheus_client")
+
+
+def server_parts_missing(command: str) -> str | None:
+    """Why ``command`` can't run in this install (one line), or None when it can."""
+    if sys.version_info < SERVER_PYTHON:
+        return f"{command} needs Python {'.'.join(map(str, SERVER_PYTHON))} or newer (this is " \
+               f"{sys.version_info[0]}.{sys.version_info[1]}); the client runs here"
+    # find_spec only looks: `intunnel --help` on a laptop must not load a web framework
+    if any(importlib.util.find_spec(name) is None for name in SERVER_LIBRARIES):
+        return f"{command} needs the server parts: pip install 'intunnel[server]'"
+    return None
+
+
+def _not_installed(why: str):
+    def run(args) -> int:
+        print(f"intunnel {why}", file=sys.stderr)
+        return 2
+    return run
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -31,6 +55,13 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
+            continue
+        why = server_parts_missing(name) if name in SERVER_COMMANDS else None
+        if why is not None:
+            # No --help of its own: `intunnel serve --help` says what is missing, exit 2.
+            p = sub.add_parser(name, help="(not installed) " + why.split(" needs ", 1)[1], add_help=False)
+            p.add_argument("rest", nargs=argparse.REMAINDER)
+            p.set_defaults(run=_not_installed(why))
             continue
         try:
             module = importlib.import_module(module_name)
@@ -64,6 +95,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+
+
+def admin_main() -> int:
+    """`intunnel-admin`, or one line saying what it needs in a client-only install."""
+    why = server_parts_missing("intunnel-admin")
+    if why is not None:
+        print(why, file=sys.stderr)
+        return 2
+    from .admin.cli import main as admin
+    return admin()
 
 
 if __name__ == "__main__":

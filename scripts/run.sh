@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e .
+.venv/bin/pip install -q --disable-pip-version-check -e '.[server]'
 exec .venv/bin/intunnel serve "$@"

@@ -27,7 +27,7 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+.venv/bin/pip install -q --disable-pip-version-check -e '.[server,test]'
 
 set +e
 .venv/bin/python -m pytest "$@"

@@ -56,7 +56,7 @@ def browser():
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
-        _require("playwright (pip install -e .[test])", False)
+        _require("playwright (pip install -e '.[server,test]')", False)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         try:
