@@ -20,6 +20,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("port", type=int, help="local port to expose (e.g. 3000)")
     parser.add_argument("--server", help="relay URL, e.g. https://example.com (default: saved config)")
     parser.add_argument("--token", help="tunnel token (default: saved config; see `intunnel config add-token`)")
+    parser.add_argument("--name", help="the tunnel to serve, by name (its subdomain): picks its saved token")
     parser.add_argument("--upstream", metavar="HOST:PORT",
                         help="send traffic to HOST:PORT instead of 127.0.0.1:PORT")
     parser.add_argument("--host-header", default="preserve", metavar="rewrite|preserve|VALUE",
@@ -81,12 +82,10 @@ def _say(line: str) -> None:
 
 
 def run(args) -> int:
-    saved = config.load()
-    server = args.server or saved.get("server")
-    token = args.token or saved.get("token")
-    if not server or not token:
-        print("intunnel: give --server URL and --token TOKEN, or save them once with "
-              "`intunnel config add-token TOKEN --server URL`", file=sys.stderr)
+    try:
+        server, token = resolve_token(args, config.load())
+    except ValueError as e:
+        print(f"intunnel: {e}", file=sys.stderr)
         return 2
     server, note = complete_server(server)
     if note:
@@ -110,6 +109,31 @@ def run(args) -> int:
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
                   insecure=args.insecure, verbose=args.verbose, say=_say, access=rules)
     return netio.run(_main(agent))
+
+
+def resolve_token(args, cfg: config.ClientConfig) -> tuple:
+    """(server URL, tunnel token) from the options and the saved config; ValueError saying
+    what to type when they don't name exactly one tunnel."""
+    server = args.server or cfg.server
+    if not server:
+        raise ValueError("give --server URL and --token TOKEN, or save them once with "
+                         "`intunnel config add-token TOKEN --server URL --name NAME`")
+    if args.token:
+        return server, args.token
+    entry = cfg.find(complete_server(server)[0])
+    tokens = entry.tokens if entry else {}
+    if args.name:
+        if args.name not in tokens:
+            raise ValueError(f"no token saved for tunnel {args.name!r} on {server}: "
+                             f"`intunnel config add-token TOKEN --server {server} --name {args.name}`")
+        return server, tokens[args.name]
+    if len(tokens) == 1:
+        return server, next(iter(tokens.values()))
+    if not tokens:
+        raise ValueError(f"no tunnel token saved for {server}: give --token TOKEN, or save it once with "
+                         f"`intunnel config add-token TOKEN --server {server} --name NAME`")
+    raise ValueError(f"{len(tokens)} tunnels are saved for {server} ({', '.join(sorted(tokens))}): "
+                     "choose one with --name NAME")
 
 
 def on_stop_signals(loop, stop) -> None:

@@ -101,7 +101,7 @@ def test_log_in_create_connect_open_regenerate_delete(stack, tmp_path):
     page.locator("#cmd-token-reveal > summary").click()
     add_token = page.locator("#cmd-add-token").inner_text()
     start = page.locator("#cmd-http").inner_text()
-    assert add_token.endswith(f"--server {relay.url}")
+    assert add_token.endswith(f"--server {relay.url} --name myapp")
     assert start == f"intunnel http {app.port}"
 
     # The dashboard shows it inactive.

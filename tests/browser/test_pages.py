@@ -118,7 +118,7 @@ def test_create_tunnel_inline_errors_then_tunnel_page(page, users, web):
     expect(token).to_have_text(tunnel.token)
     page.locator("#cmd-token-reveal > summary").click()
     expect(page.locator("#cmd-add-token")).to_have_text(
-        f"intunnel config add-token {tunnel.token} --server {relay_url}")
+        f"intunnel config add-token {tunnel.token} --server {relay_url} --name {tunnel.subdomain}")
     page.locator("#tunnel-reveal, #token-reveal").first.scroll_into_view_if_needed()
     shot(page, "tunnel-revealed")
 
