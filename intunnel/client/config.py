@@ -13,6 +13,7 @@ server, so that ``intunnel http 3000`` alone works::
     token = "..."
     token_id = 12
     user = "alice@example.com"
+    web = "https://example.com"                    # the web app (its API), if elsewhere
 
 A ``[tunnels.NAME]`` table per tunnel definition (``intunnel start``) is kept as written.
 The first format (top-level ``server`` and ``token``) still loads: its token becomes the
@@ -43,6 +44,7 @@ class Login:
     token: str
     token_id: Optional[int] = None
     user: str = ""
+    web: str = ""  # the web app's URL, where the API is (the relay may be on another port or host)
 
 
 @dataclass
@@ -109,7 +111,8 @@ def from_dict(data: dict) -> ClientConfig:
             if token_id is not None and (not isinstance(token_id, int) or isinstance(token_id, bool)):
                 raise ValueError(f"servers.{url}.login.token_id must be a number")
             if _text(login.get("token"), "login token"):
-                entry.login = Login(login["token"], token_id, _text(login.get("user"), "user") or "")
+                entry.login = Login(login["token"], token_id, _text(login.get("user"), "user") or "",
+                                    _text(login.get("web"), "web") or "")
     cfg.tunnels = {name: dict(_table(t, f"tunnels.{name}"))
                    for name, t in _table(data.get("tunnels"), "tunnels").items()}
     return cfg
@@ -144,8 +147,9 @@ def to_toml(cfg: ClientConfig) -> str:
             lines += ["", f"[servers.{json.dumps(url)}.login]", f"token = {json.dumps(entry.login.token)}"]
             if entry.login.token_id is not None:
                 lines.append(f"token_id = {int(entry.login.token_id)}")
-            if entry.login.user:
-                lines.append(f"user = {json.dumps(entry.login.user)}")
+            for key in ("user", "web"):
+                if getattr(entry.login, key):
+                    lines.append(f"{key} = {json.dumps(getattr(entry.login, key))}")
     for name in sorted(cfg.tunnels):
         lines += ["", f"[tunnels.{json.dumps(name)}]"]
         lines += [f"{json.dumps(k)} = {_value(v)}" for k, v in cfg.tunnels[name].items()]

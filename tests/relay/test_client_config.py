@@ -139,6 +139,6 @@ def test_what_is_saved_loads_back_the_same(tokens, tunnels):
     cfg = config.ClientConfig(server="https://a.example", tunnels=tunnels)
     for url, saved in tokens.items():
         cfg.entry(url).tokens.update(saved)
-        cfg.entry(url).login = config.Login("x" + url, 3, "u@example.com")
+        cfg.entry(url).login = config.Login("x" + url, 3, "u@example.com", "http://localhost:8000")
     back = config.from_dict(config.tomllib.loads(config.to_toml(cfg)))
     assert back == cfg
