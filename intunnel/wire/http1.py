@@ -6,7 +6,7 @@ or chunked) without copying or decoding them, so it can see the next request
 head on a keep-alive connection.  After an Upgrade everything is raw bytes.
 Responses are forwarded raw; the relay follows their framing with the same
 reader (``MessageReader``, as strict as for requests) to know where each ends.
-(The client's ``-v`` log follows responses with httptools: ``client/exchanges.py``.)
+(The client's ``-v`` log follows both directions with it too: ``client/exchanges.py``.)
 
 Everything here works on bytes already received and keeps at most one head
 (bounded by ``max_head``) or one chunk-size line in memory.
@@ -16,15 +16,48 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 
 MAX_CHUNK_LINE = 4096          # chunk-size line incl. extensions
 MAX_TRAILER = 16 * 1024        # all trailer lines together
 
-_REQUEST_LINE = re.compile(r"([A-Z][A-Z0-9_-]{0,31}+) ([^\x00-\x20\x7f]++) (HTTP/1\.[01])\Z")
+
+def _without_possessives(pattern):
+    """``pattern`` with its possessive quantifiers (``a++``, ``a*+``, ``a?+``, ``{m,n}+``) made
+    greedy, for Pythons before 3.11 (the client runs on 3.9).  The same language: each possessive
+    class here excludes what follows it, so a greedy match has nothing different to backtrack to."""
+    text = pattern.decode("latin-1") if isinstance(pattern, bytes) else pattern
+    out, i, opened, quantified = [], 0, -1, False     # opened: where the open class's "[" is
+    while i < len(text):
+        c = text[i]
+        if c == "\\":
+            out.append(text[i:i + 2])
+            i, quantified = i + 2, False
+            continue
+        if opened >= 0:     # in a class: "]" first (after "[" or "[^") is a literal
+            if c == "]" and i > opened + 1 and text[opened + 1:i] != "^":
+                opened = -1
+        elif c == "[":
+            opened = i
+        elif c == "+" and quantified:
+            i, quantified = i + 1, False        # the possessive mark: dropped
+            continue
+        quantified = opened < 0 and (c in "*+}" or c == "?" and text[i - 1:i] != "(")
+        out.append(c)
+        i += 1
+    joined = "".join(out)
+    return joined.encode("latin-1") if isinstance(pattern, bytes) else joined
+
+
+def _compile(pattern, flags: int = 0) -> re.Pattern:
+    return re.compile(pattern if sys.version_info >= (3, 11) else _without_possessives(pattern), flags)
+
+
+_REQUEST_LINE = _compile(r"([A-Z][A-Z0-9_-]{0,31}+) ([^\x00-\x20\x7f]++) (HTTP/1\.[01])\Z")
 # The whole header block at once, in C: "name: value" lines, token names, no NUL/CR/LF in values.
 # (Possessive quantifiers: each class excludes what follows it, so there is nothing to backtrack
 # into, and the matcher keeps no backtracking points: about half the time per header.)
-_HEADER_BLOCK = re.compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\r\n\x00]*+\r\n)*+\Z")
+_HEADER_BLOCK = _compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\r\n\x00]*+\r\n)*+\Z")
 # RFC 9112 §7.1: chunk-size [ BWS ";" chunk-ext ] -- an extension needs its ";" ("5 x" is not one).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\x21-\x7e \t]*)?\Z")
 _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\Z")
@@ -100,7 +133,7 @@ def _line_dropper(names: frozenset) -> re.Pattern:
     a validated head only: there every line is "name:value" with no CR or LF inside, and the
     request line has no CRLF before it."""
     alternatives = b"|".join(re.escape(name.encode("latin-1")) for name in sorted(names))
-    return re.compile(rb"\r\n(?:" + alternatives + rb"):[^\r\n]*+", re.IGNORECASE)
+    return _compile(rb"\r\n(?:" + alternatives + rb"):[^\r\n]*+", re.IGNORECASE)
 
 
 def _split_headers(block: str, start: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
@@ -170,6 +203,7 @@ class ChunkedScanner:
         self._line = bytearray()
         self._remaining = 0
         self._trailer_bytes = 0
+        self.data = 0           # chunk data bytes so far (the -v log's body size)
 
     def feed(self, data: bytes, pos: int = 0) -> int:
         """Scan ``data[pos:]``; return the index just past the body's end, or -1 if not there yet."""
@@ -179,6 +213,7 @@ class ChunkedScanner:
                 take = min(self._remaining, n - pos)
                 pos += take
                 self._remaining -= take
+                self.data += take
                 if self._remaining == 0:
                     self._state = "data_crlf"
                     self._line.clear()
@@ -223,7 +258,7 @@ class ChunkedScanner:
 
 # --- both directions: one message reader for request and response streams ---------------------
 
-_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [\t !-~\x80-\xff]*+)?\Z")
+_STATUS_LINE = _compile(r"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [\t !-~\x80-\xff]*+)?\Z")
 END = "end"  # the event after a message's last body byte (or after a bodiless head)
 
 
@@ -367,6 +402,11 @@ class MessageReader:
     @property
     def partial_head(self) -> bool:
         return self._mode == "head" and bool(self._buf)
+
+    @property
+    def chunk_data(self) -> int:
+        """Chunk data bytes of the current (or the last) chunked body, its chunk lines not counted."""
+        return self._chunks.data if self._chunks is not None else 0
 
     @property
     def body_left(self) -> int:

@@ -1,4 +1,4 @@
-"""The client's -v exchange log (``client/exchanges.py``): httptools follows the responses."""
+"""The client's -v exchange log (``client/exchanges.py``): http1.MessageReader follows both directions."""
 
 from __future__ import annotations
 
