@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 
+from .. import portable
 from ..wire import netio
 from ..wire import protocol as p
 from . import config
@@ -137,14 +138,10 @@ def resolve_token(args, cfg: config.ClientConfig) -> tuple:
 
 
 def on_stop_signals(loop, stop) -> None:
-    """Call ``stop`` on Ctrl-C and SIGTERM.  The event loop's signal handlers exist on Unix only:
-    on Windows (``NotImplementedError``) SIGINT/SIGTERM get plain ``signal.signal`` handlers that
-    hand ``stop`` to the loop, which is what Ctrl-C (SIGINT, or CTRL_C_EVENT) raises there."""
+    """Call ``stop`` on Ctrl-C and SIGTERM: the event loop's signal handlers on Unix, plain
+    ``signal.signal`` handlers on Windows (portable.on_signal), where Ctrl-C is SIGINT too."""
     for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop)
-        except (NotImplementedError, RuntimeError):
-            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(stop))
+        portable.on_signal(loop, sig, stop)
 
 
 async def _main(agent: Agent) -> int:

@@ -16,6 +16,7 @@ import os
 import socket
 from typing import Callable
 
+from .. import portable
 from . import zerocopy
 from .protocol import FrameDecoder, Message, ProtocolError
 
@@ -240,15 +241,22 @@ class Conn(asyncio.Protocol):
 
 def run(main) -> object:
     """``asyncio.run`` on uvloop when it is installed (about twice the packets per CPU second),
-    else on asyncio's own loop.  ``INTUNNEL_EVENT_LOOP=asyncio`` forces the latter."""
-    if os.environ.get("INTUNNEL_EVENT_LOOP", "") != "asyncio":
+    else on asyncio's own loop.  ``INTUNNEL_EVENT_LOOP=asyncio`` forces the latter, and so does
+    ``INTUNNEL_PORTABLE=1`` (portable.py: the path of a system without uvloop)."""
+    if os.environ.get("INTUNNEL_EVENT_LOOP", "") != "asyncio" and not portable.FORCED:
         try:
             import uvloop
         except ImportError:
             pass
         else:
-            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                return runner.run(main)
+            if hasattr(asyncio, "Runner"):  # Python 3.11+
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    return runner.run(main)
+            asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())  # the client on 3.9 and 3.10
+            try:
+                return asyncio.run(main)
+            finally:
+                asyncio.set_event_loop_policy(None)
     return asyncio.run(main)
 
 

@@ -21,11 +21,14 @@ import socket
 import sys
 from typing import Callable
 
+from .. import portable
+
 # Asked for per splice; a pipe holds what its default 16 slots take.  Bigger pipes (F_SETPIPE_SZ)
 # measured no faster here, and the kernel charges their whole size to the user's pipe budget
 # (fs.pipe-user-pages-soft: 64 MiB), which concurrent bulk transfers would soon use up.
 CHUNK = 1 << 20
-AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice")
+# Linux only (os.splice is Python 3.10+, Linux); INTUNNEL_PORTABLE=1 turns it off (portable.py).
+AVAILABLE = sys.platform.startswith("linux") and hasattr(os, "splice") and not portable.FORCED
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 1) | getattr(os, "SPLICE_F_NONBLOCK", 2)
 # splice(2) refused outright (a seccomp filter, a socket type or kernel without it): the
 # event loop moves the bytes instead, for this connection and all later ones.
