@@ -19,7 +19,8 @@ from .cli import add_config_argument
 from .models import User, open_database
 from .relay.serve import listening, serve as serve_relay, setup_logging
 from .relay.server import Relay
-from .settings import load_settings, prepare_data_dir
+from . import programs
+from .settings import BY_NAME, load_settings, prepare_data_dir
 
 HELP = "Run the web app and the relay together on loopback (embedded mode)."
 DEFAULT_ADMIN_LOCAL_PART = "admin"
@@ -71,13 +72,13 @@ def next_steps(settings, web_address, relay_address, admin) -> str:
         lines.append(f"  Admin account:     {email}")
         if password:
             lines.append(f"  Admin password:    {password}   (shown once: keep it; lost, set a new one with "
-                         f"intunnel-admin user set-password {email})")
+                         f"{programs.command('intunnel-admin')} user set-password {email})")
     lines += ["",
               "Next steps:",
               f"  1. Log in at {web}",
               "  2. Create a tunnel, e.g. subdomain 'myapp' for local port 3000",
               "  3. Next to your app on port 3000, run:",
-              f"       intunnel http 3000 --server {relay} --token <the tunnel's token>",
+              f"       {settings.client_command} http 3000 --server {relay} --token <the tunnel's token>",
               f"  4. Open {settings.tunnel_url('myapp')}",
               ""]
     return "\n".join(lines)
@@ -99,6 +100,9 @@ def run(args) -> int:
     flags = {k: v for k, v in (("web_listen", getattr(args, "web_listen", None)),
                                ("relay_listen", getattr(args, "relay_listen", None))) if v}
     settings = prepare_data_dir(load_settings(args.config, overrides=flags))  # a bad flag: one line, exit 2
+    if settings.client_command == BY_NAME["client_command"].default:
+        # The commands the banner and the dashboard print must work when pasted in this shell.
+        settings = settings.replace(client_command=programs.command("intunnel"))
     setup_logging(settings.log_level)
     create_private_database(settings)
     db = open_database(settings)

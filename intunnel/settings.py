@@ -68,6 +68,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("login_max_failures", int, 5, "Failed logins per account from one address before that pair is throttled (an address may fail 4 times as often across accounts; 15 min window)."),
     Setting("admin_email", str, "", "Email of the first admin created by `intunnel serve` when no user exists."),
     Setting("admin_password", str, "", "Password of that first admin (generated and printed once when empty).", secret=True),
+    Setting("client_command", str, "intunnel", "How the dashboard writes the client's command; intunnel serve sets the "
+            "absolute path of its own when the PATH would not find it (a virtualenv's bin/)."),
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
     Setting("web_metrics_listen", str, "127.0.0.1:9810", "HOST:PORT of the web app's Prometheus /metrics listener, a socket of its "
             "own (never the public port: nginx does not route /metrics); empty: no metrics listener."),
@@ -78,6 +80,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("relay_handshake_timeout", float, 10.0, "Seconds a visitor or agent has to send a complete head."),
     Setting("relay_heartbeat_interval", float, 10.0, "Seconds between application pings on the agent channel."),
     Setting("relay_dead_peer_timeout", float, 30.0, "Seconds of silence after which an agent is dropped."),
+    Setting("relay_ephemeral_grace", float, 45.0, "Seconds an ephemeral tunnel (`intunnel http` without a name) is kept "
+            "after its agent left without deleting it (a killed client; a little over relay_dead_peer_timeout, so a client "
+            "that reconnects keeps it); then a relay deletes it."),
+    Setting("ephemeral_max_per_user", int, 10, "Ephemeral tunnels one user may have at once (`intunnel http` without "
+            "a name); creating one more is refused with a message saying so."),
     Setting("relay_upstream_timeout", float, 60.0, "Seconds to wait for the local app's response head before a 504."),
     Setting("relay_max_visitors_per_tunnel", int, 256, "Concurrent visitor connections per tunnel."),
     Setting("relay_max_agents", int, 10000, "Concurrently connected agents."),

@@ -59,6 +59,7 @@ class Pages:
         page = self.env.get_template(template).render(
             user=user, csrf_token=auth.csrf_token() or "", flashes=flashes,
             domain=self.settings.domain, relay_url=self.settings.relay_url,
+            client=self.settings.client_command,
             version=__version__, url_for=self.settings.tunnel_url,
             poll_seconds=self.settings.dashboard_poll_interval, **context)
         bottle.response.status = status

@@ -178,3 +178,50 @@ def test_serve_on_a_busy_port_says_which_setting_and_the_flags_choose_others(set
             bad.close()
     finally:
         first.close()
+
+
+def _banner_command(lines) -> str:
+    line = next(l for l in lines if " http 3000 --server " in l)
+    return line.split(" http 3000 --server ")[0].strip()
+
+
+def test_the_commands_serve_prints_work_when_pasted_in_the_same_shell(settings, tmp_path):
+    """After the Quick start the programs are in .venv/bin, which is not on the PATH: the banner
+    and the dashboard then write the absolute path (issue 14, item 5); on the PATH, the name."""
+    import sysconfig
+    scripts = sysconfig.get_path("scripts")
+    ours = os.path.join(scripts, "intunnel")
+    assert os.path.isfile(ours), "the test needs the installed console script"
+    without_venv = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep)
+                                   if p and os.path.realpath(p) != os.path.realpath(scripts))
+    web_port, relay_port = free_port(), free_port()
+    serve = ServeProcess(settings, web_port, relay_port, env={"PATH": without_venv})
+    try:
+        serve.wait_line(r"Next steps:")
+        command = _banner_command(serve.lines)
+        assert command == ours
+        assert f"{os.path.join(scripts, 'intunnel-admin')} user set-password" in "\n".join(serve.lines)
+        pasted = subprocess.run([command, "--version"], env={**os.environ, "PATH": without_venv},
+                                capture_output=True, text=True, timeout=30)
+        assert pasted.returncode == 0 and pasted.stdout.startswith("intunnel ")
+        # The dashboard's commands too.
+        email = re.search(r"Admin account:\s+(\S+)", "\n".join(serve.lines)).group(1)
+        password = re.search(r"Admin password:\s+(\S+)", "\n".join(serve.lines)).group(1)
+        _, headers = api(web_port, "POST", "/login", {"email": email, "password": password})
+        cookie = headers["Set-Cookie"].split(";", 1)[0]
+        created, _ = api(web_port, "POST", "/api/tunnels",
+                         {"name": "My App", "subdomain": "myapp", "local_port": 3000}, cookie)
+        page = urllib.request.urlopen(urllib.request.Request(
+            f"http://127.0.0.1:{web_port}/tunnels/{created['tunnel']['id']}",
+            headers={"Cookie": cookie}), timeout=10).read().decode()
+        assert f"{ours} http 3000" in page and f"{ours} config add-token" in page
+        assert serve.stop() == 0
+    finally:
+        serve.close()
+    serve = ServeProcess(settings, web_port, relay_port, env={"PATH": scripts + os.pathsep + without_venv})
+    try:
+        serve.wait_line(r"Next steps:")
+        assert _banner_command(serve.lines) == "intunnel"
+        assert serve.stop() == 0
+    finally:
+        serve.close()
