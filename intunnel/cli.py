@@ -29,22 +29,15 @@ SERVER_PYTHON = (3, 11)
 SERVER_LIBRARIES = ("bottle", "waitress", "peewee", "passlib", "argon2", "jinja2", "prometheus_client")
 
 
-def server_parts_missing(command: str) -> str | None:
-    """Why ``command`` can't run in this install (one line), or None when it can."""
+def server_parts_missing() -> str | None:
+    """What the appliance's commands need that this install lacks (a sentence's end), or None."""
     if sys.version_info < SERVER_PYTHON:
-        return f"{command} needs Python {'.'.join(map(str, SERVER_PYTHON))} or newer (this is " \
-               f"{sys.version_info[0]}.{sys.version_info[1]}); the client runs here"
+        return f"Python {'.'.join(map(str, SERVER_PYTHON))} or newer (this is " \
+               f"{sys.version_info[0]}.{sys.version_info[1]}, which runs the client only)"
     # find_spec only looks: `intunnel --help` on a laptop must not load a web framework
     if any(importlib.util.find_spec(name) is None for name in SERVER_LIBRARIES):
-        return f"{command} needs the server parts: pip install 'intunnel[server]'"
+        return "the server parts: pip install 'intunnel[server]'"
     return None
-
-
-def _not_installed(why: str):
-    def run(args) -> int:
-        print(f"intunnel {why}", file=sys.stderr)
-        return 2
-    return run
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
@@ -56,12 +49,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name, module_name in COMMANDS.items():
         if only is not None and name != only:
             continue
-        why = server_parts_missing(name) if name in SERVER_COMMANDS else None
-        if why is not None:
-            # No --help of its own: `intunnel serve --help` says what is missing, exit 2.
-            p = sub.add_parser(name, help="(not installed) " + why.split(" needs ", 1)[1], add_help=False)
-            p.add_argument("rest", nargs=argparse.REMAINDER)
-            p.set_defaults(run=_not_installed(why))
+        why = server_parts_missing() if name in SERVER_COMMANDS else None
+        if why is not None:     # listed; main() says what it needs
+            sub.add_parser(name, help=f"server only: needs {why}", add_help=False)
             continue
         try:
             module = importlib.import_module(module_name)
@@ -83,6 +73,10 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    why = server_parts_missing() if argv and argv[0] in SERVER_COMMANDS else None
+    if why is not None:     # `intunnel serve --help` too: one line, not a traceback
+        print(f"intunnel {argv[0]} needs {why}", file=sys.stderr)
+        return 2
     parser = build_parser(only=argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):
@@ -99,9 +93,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def admin_main() -> int:
     """`intunnel-admin`, or one line saying what it needs in a client-only install."""
-    why = server_parts_missing("intunnel-admin")
+    why = server_parts_missing()
     if why is not None:
-        print(why, file=sys.stderr)
+        print(f"intunnel-admin needs {why}", file=sys.stderr)
         return 2
     from .admin.cli import main as admin
     return admin()
