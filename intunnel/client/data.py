@@ -1,0 +1,84 @@
+"""One data connection, from its dial to the visitor it carries (protocol.py, step 3).
+
+Its life: ``DIALING`` (the Upgrade on its way) -> ``IDLE`` (in the relay's pool, waiting for a
+Bind) -> ``BOUND`` (a visitor: dial the local app, answer DataReady or DataRefused, then
+splice raw bytes both ways).  The session counts its pool by these phases (pool.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from ..wire import protocol as p
+from ..wire.netio import Conn, ConnClosed, splice
+from .errors import HandshakeFailed, TokenRefused, WrongServer, describe
+from .exchanges import ExchangeLog
+
+DIALING, IDLE, BOUND = "dialing", "idle", "bound"
+
+# A data connection that can't be dialed just ends: the pool tops up at the next Bind.
+_DIAL_FAILURES = (OSError, ConnClosed, HandshakeFailed, TokenRefused, WrongServer, asyncio.TimeoutError)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """The local app visitors are sent to."""
+    host: str
+    port: int
+
+
+class DataLink:
+    """One data connection's phase, and its connection once dialed."""
+
+    def __init__(self):
+        self.phase = DIALING
+        self.conn: Conn | None = None
+
+
+async def run_link(link: DataLink, dial: Callable[[], Awaitable[Conn]], on_bound: Callable[[], None],
+                   upstream: Upstream, say: Callable[[str], None], verbose: bool) -> None:
+    """Dial, wait idle for a Bind (``on_bound`` then: the pool has one less), serve that visitor."""
+    try:
+        conn = await dial()
+    except _DIAL_FAILURES:
+        return
+    link.conn, link.phase = conn, IDLE
+    decoder = p.FrameDecoder()
+    try:
+        messages = await conn.read_messages(decoder, limit=1)
+    except (ConnClosed, p.ProtocolError, asyncio.CancelledError):
+        conn.close()   # closed by the relay, or by the session's end: nothing more to do
+        return
+    link.phase = BOUND
+    on_bound()
+    if not isinstance(messages[0], p.Bind):
+        conn.close()
+        return
+    await serve_visitor(conn, decoder.take_rest(), upstream, say, verbose)
+
+
+async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say: Callable[[str], None],
+                        verbose: bool) -> None:
+    """Dial the local app for a bound data connection and splice the two."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, local = await asyncio.wait_for(loop.create_connection(Conn, upstream.host, upstream.port),
+                                          p.LOCAL_CONNECT_TIMEOUT)
+    except (OSError, asyncio.TimeoutError) as e:
+        conn.write(p.encode(p.DataRefused(upstream.port, describe(e))))
+        conn.close()
+        say(f"local app on {upstream.host}:{upstream.port} refused a visitor: {describe(e)}")
+        return
+    conn.write(p.encode(p.DataReady()))
+    log = None
+    if verbose:   # -v: one line per exchange, from a passive look at both directions
+        log = ExchangeLog(lambda exchange: say(exchange.line(time.monotonic())))
+        conn.taps, local.taps = log.requests, log.responses
+    if first_bytes:
+        local.write(first_bytes)
+        if conn.taps is not None:  # the request head often rides in with the Bind frame
+            conn.taps(first_bytes)
+    splice(conn, local, on_close=log.closed if log else None)
