@@ -175,6 +175,16 @@ def _v6_session_access(db: pw.Database) -> None:
     run(schema_migrator(db).add_column("tunnel", "session_access", pw.TextField(null=True)))
 
 
+def _v8_ephemeral_tunnels(db: pw.Database) -> None:
+    """Ephemeral tunnels (intunnel http without a name): marked, with the time their agent left."""
+    from playhouse.migrate import migrate as run
+    m = schema_migrator(db)
+    # disconnected_at: when the last agent session ended (NULL: never connected, or connected now);
+    # the reaper deletes an ephemeral tunnel whose agent has been gone for relay_ephemeral_grace.
+    run(m.add_column("tunnel", "ephemeral", pw.BooleanField(default=False)),
+        m.add_column("tunnel", "disconnected_at", pw.DateTimeField(null=True)))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
@@ -183,6 +193,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (4, _v4_tunnel_access),
     (5, _v5_member_access),
     (6, _v6_session_access),
+    (8, _v8_ephemeral_tunnels),
 ]
 LATEST = MIGRATIONS[-1][0]
 

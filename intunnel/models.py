@@ -62,6 +62,11 @@ class Tunnel(BaseModel):
     # The live agent session's own access rules (intunnel.session_access.view, JSON: user names
     # and CIDRs, never a password), written by the relay holding it; NULL: none, or inactive.
     session_access = pw.TextField(null=True)
+    # `intunnel http` without a name: deleted by the client when it stops, or by the relay's reaper
+    # once its agent has been gone for relay_ephemeral_grace (intunnel.ephemeral).
+    ephemeral = pw.BooleanField(default=False)
+    # When the last agent session ended (written by the relay); NULL: never connected, or connected.
+    disconnected_at = pw.DateTimeField(null=True)
 
 
 class Session(BaseModel):

@@ -13,7 +13,7 @@ from typing import Any
 import peewee as pw
 
 from . import access, changes, validation
-from .errors import NotFound, SubdomainTaken, ValidationError
+from .errors import Forbidden, NotFound, SubdomainTaken, ValidationError
 from .models import Tunnel, User, database
 from .security import hash_password, new_tunnel_token
 from .timeutil import iso, utcnow
@@ -43,15 +43,25 @@ def get_owned(user: User, tunnel_id: Any) -> Tunnel:
     return tunnel
 
 
-def create(settings, user: User, name: Any, subdomain: Any, local_port: Any) -> Tunnel:
+def create(settings, user: User, name: Any, subdomain: Any, local_port: Any, ephemeral: Any = False) -> Tunnel:
+    """``ephemeral``: `intunnel http` without a name; its client deletes it when it stops, the
+    relays' reaper (intunnel.ephemeral) when the client died.  At most ephemeral_max_per_user."""
     name = validation.name(name)
     subdomain = validation.subdomain(subdomain, validation.reserved_subdomains(settings))
     local_port = validation.local_port(local_port)
+    if not isinstance(ephemeral, bool):
+        raise ValidationError("ephemeral must be true or false", field="ephemeral")
+    if ephemeral:
+        limit = settings.ephemeral_max_per_user
+        # A soft limit (two creates at once may both pass): it bounds leftovers, it is no quota.
+        if Tunnel.select().where((Tunnel.owner == user) & Tunnel.ephemeral).count() >= limit:
+            raise Forbidden(f"you have {limit} ephemeral tunnels already (ephemeral_max_per_user): "
+                            "stop one of their clients, or delete one, and try again")
     try:
         # The UNIQUE index decides: two concurrent creates can't both win.
         with database.atomic():
-            return Tunnel.create(owner=user, name=name, subdomain=subdomain,
-                                 local_port=local_port, token=new_tunnel_token(), created_at=utcnow())
+            return Tunnel.create(owner=user, name=name, subdomain=subdomain, local_port=local_port,
+                                 token=new_tunnel_token(), created_at=utcnow(), ephemeral=ephemeral)
     except pw.IntegrityError:
         raise SubdomainTaken(f"Subdomain '{subdomain}' is already in use") from None
 
@@ -129,6 +139,7 @@ def summary(tunnel: Tunnel) -> dict[str, Any]:
         "status": tunnel.status,
         "created_at": iso(tunnel.created_at),
         "last_connected": iso(tunnel.last_connected),
+        "ephemeral": bool(tunnel.ephemeral),  # an addition to the seed's shape
     }
 
 

@@ -103,6 +103,7 @@ class Relay:
             await self.peers.start()
         await self.routes.start()
         self.spawn(self._heartbeats())
+        self.spawn(self._reaper())
         self.revocations = Revocations(self)  # pushed on PostgreSQL, polled on SQLite
         self.revocations.start()
         log.info("relay listening on http://%s:%d (tunnels at %s; relay id %s%s%s)", *self.address,
@@ -368,6 +369,19 @@ class Relay:
             log.exception("could not record tunnel %s as inactive", session.subdomain)
 
     # --- timers ---
+    async def _reaper(self) -> None:
+        """Ephemeral tunnels whose client was killed (intunnel.ephemeral): a few checks per grace period."""
+        grace = self.settings.relay_ephemeral_grace
+        while True:
+            await asyncio.sleep(min(10.0, max(0.2, grace / 4)))
+            try:
+                gone = await self.store.reap()
+            except Exception:
+                log.exception("could not delete abandoned ephemeral tunnels (will try again)")
+                continue
+            if gone:
+                log.info("deleted %d ephemeral tunnel(s) whose client left without deleting them", gone)
+
     async def _heartbeats(self) -> None:
         tick = min(1.0, self.settings.relay_heartbeat_interval / 2, self.settings.relay_dead_peer_timeout / 4)
         while True:

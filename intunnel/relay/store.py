@@ -20,7 +20,7 @@ from datetime import datetime
 from ..wire import protocol as p
 import peewee as pw
 
-from .. import memberpass
+from .. import ephemeral, memberpass
 from ..changes import tunnel_changed
 from ..models import RelayNode, Route, Tunnel, User, open_database
 from ..timeutil import utcnow
@@ -73,7 +73,9 @@ class Store:
         self._db = open_database(self.settings)
         self._db.connect(reuse_if_open=True)
         self.routes = isinstance(self._db, pw.PostgresqlDatabase)
-        inactive = Tunnel.update(status="inactive", session_access=None).where(Tunnel.status != "inactive")
+        # disconnected_at from now: an ephemeral tunnel's client gets the grace to reconnect after a restart
+        inactive = Tunnel.update(status="inactive", session_access=None, disconnected_at=utcnow()).where(
+            Tunnel.status != "inactive")
         if self.routes:  # tunnels held by other relays stay active
             inactive = inactive.where(~pw.fn.EXISTS(self._valid_route(Tunnel.id)))
         inactive.execute()
@@ -103,7 +105,9 @@ class Store:
         # narrowed: the live session's own access rules as the dashboard shows them (JSON, no password)
         changes = {"status": "active" if active else "inactive", "session_access": narrowed if active else None}
         if active:
-            changes["last_connected"] = utcnow()
+            changes.update(last_connected=utcnow(), disconnected_at=None)
+        else:
+            changes["disconnected_at"] = utcnow()  # an ephemeral tunnel's grace starts (intunnel.ephemeral)
         Tunnel.update(**changes).where(Tunnel.id == tunnel_id).execute()
 
     def _revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
@@ -173,14 +177,15 @@ class Store:
         gone = [t for (t,) in Route.delete().where(condition & Route.tunnel.in_(ids))
                 .returning(Route.tunnel).tuples().execute()]
         if gone:
-            Tunnel.update(status="inactive").where(Tunnel.id.in_(gone)).execute()
+            Tunnel.update(status="inactive", disconnected_at=utcnow()).where(Tunnel.id.in_(gone)).execute()
         return gone
 
     def _claim(self, tunnel_id: int, session_id: str, narrowed: str | None = None) -> str | None:
         """The newest session wins: take the tunnel's route whoever held it; tell every relay.
         Returns the relay that held a valid route before, if another session did."""
         with self._db.atomic():
-            Tunnel.update(status="active", last_connected=utcnow(), session_access=narrowed).where(
+            Tunnel.update(status="active", last_connected=utcnow(), session_access=narrowed,
+                          disconnected_at=None).where(
                 Tunnel.id == tunnel_id).execute()
             before = self._holders([tunnel_id]).get(tunnel_id)
             Route.insert(tunnel=tunnel_id, relay_id=self.relay_id, session_id=session_id, claimed_at=DB_NOW,
@@ -198,7 +203,7 @@ class Store:
             Route.delete().where((Route.tunnel == tunnel_id) & (Route.relay_id == self.relay_id)
                                  & (Route.session_id == session_id)).execute()
             if mark_inactive:
-                Tunnel.update(status="inactive", session_access=None).where(
+                Tunnel.update(status="inactive", session_access=None, disconnected_at=utcnow()).where(
                     (Tunnel.id == tunnel_id) & ~pw.fn.EXISTS(self._valid_route(tunnel_id))).execute()
 
     def _renew(self, live: dict[int, str]) -> list[int]:
@@ -243,6 +248,9 @@ class Store:
         with self._db.atomic():
             self._free(Route.relay_id == self.relay_id)
             RelayNode.delete().where(RelayNode.relay_id == self.relay_id).execute()
+
+    def _reap(self) -> int:
+        return ephemeral.reap(self.settings.relay_ephemeral_grace, self.routes)
 
     def _close(self):
         if self._db is not None and not self._db.is_closed():
@@ -302,6 +310,10 @@ class Store:
 
     async def unregister(self) -> None:
         await self._run(self._unregister)
+
+    async def reap(self) -> int:
+        """Delete the ephemeral tunnels abandoned by a killed client (intunnel.ephemeral)."""
+        return await self._run(self._reap)
 
     async def close(self) -> None:
         await self._run(self._close)

@@ -34,8 +34,9 @@ def _body(required=(), optional=()) -> dict:
 # (no model instances, no datetime round trip) -- the same dicts as
 # tunnels.summary(), which a test checks.
 _SUMMARY_COLUMNS = (Tunnel.id, Tunnel.name, Tunnel.subdomain, Tunnel.local_port, Tunnel.token,
-                    Tunnel.status, Tunnel.created_at, Tunnel.last_connected)
-_SUMMARY_KEYS = ("id", "name", "subdomain", "local_port", "token", "status", "created_at", "last_connected")
+                    Tunnel.status, Tunnel.created_at, Tunnel.last_connected, Tunnel.ephemeral)
+_SUMMARY_KEYS = ("id", "name", "subdomain", "local_port", "token", "status", "created_at", "last_connected",
+                 "ephemeral")
 
 
 def _iso_column(value):
@@ -53,6 +54,7 @@ def tunnel_summaries(user) -> list[dict]:
         item = dict(zip(_SUMMARY_KEYS, row))
         item["created_at"] = _iso_column(item["created_at"])
         item["last_connected"] = _iso_column(item["last_connected"])
+        item["ephemeral"] = bool(item["ephemeral"])  # SQLite gives 0/1
         rows.append(item)
     return rows
 
@@ -64,8 +66,9 @@ def list_tunnels():
 
 def create_tunnel():
     user = require_user()
-    data = _body(required=TUNNEL_FIELDS)
-    tunnel = tunnels.create(current_state().settings, user, data["name"], data["subdomain"], data["local_port"])
+    data = _body(required=TUNNEL_FIELDS, optional=("ephemeral",))
+    tunnel = tunnels.create(current_state().settings, user, data["name"], data["subdomain"], data["local_port"],
+                            data.get("ephemeral", False))
     return {"success": True, "tunnel": tunnels.detail(current_state().settings, tunnel)}
 
 

@@ -80,7 +80,9 @@ SCHEMAS = {
     "TunnelSummary": {"type": "object", "properties": {
         "id": INT, "name": STR, "subdomain": STR, "local_port": INT, "token": STR,
         "status": {"type": "string", "enum": ["active", "inactive"]},
-        "created_at": TIME, "last_connected": NULL_TIME}},
+        "created_at": TIME, "last_connected": NULL_TIME,
+        "ephemeral": {"type": "boolean", "description": "made by `intunnel http` without a name: deleted when "
+                      "its client stops (or relay_ephemeral_grace after its agent left)"}}},
     "TunnelDetail": {"allOf": [_ref("TunnelSummary"), {"type": "object", "properties": {
         "domain": STR, "url": {"type": "string", "format": "uri"}, "access": _ref("Access"),
         "session_access": {"type": "object", "nullable": True, "description": "what the connected client added "
@@ -132,7 +134,9 @@ SCHEMAS = {
                          "(/webhooks/stripe covers /webhooks/stripe/x and /webhooks/stripe?x, not "
                          "/webhooks/stripe-admin); a request path with . or .. segments, //, a backslash "
                          "or %2e, %2f, %5c, %25 never bypasses"}}},
-    "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT),
+    "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT,
+                         ephemeral={"type": "boolean", "default": False, "description": "deleted when its "
+                                    "client stops; at most ephemeral_max_per_user (a setting) at once"}),
     "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate")), "minProperties": 1},
     "ApiToken": {"type": "object", "properties": {
         "id": INT, "name": STR, "prefix": STR, "created_at": TIME, "last_used_at": NULL_TIME}},
