@@ -4,6 +4,10 @@
 server name again on every attempt) and returns only when the relay refuses or revokes the
 token (1), when the URL is not the relay's (2), or when cancelled (Ctrl-C).
 
+Without a local port (``intunnel http`` with no PORT) the agent forwards to the tunnel's
+stored local port, the dashboard's field, which each Welcome carries: it follows a change at
+the next reconnect.  A given port wins over it, and the banner says when they differ.
+
 The rooms: address.py (the server URL), dial.py (TCP, TLS and the Upgrade), session.py (one
 control session: handshake and the relay's messages), pool.py (how many data connections,
 pure), data.py (one data connection and its visitor), probe.py (the wrong-scheme hint),
@@ -23,8 +27,8 @@ from ..wire.netio import ConnClosed
 from .address import ServerAddress, complete_server, parse_server
 from .data import Upstream
 from .dial import Dialer
-from .errors import (ACCESS_UNSUPPORTED, ADVICE, NOT_THE_RELAY, HandshakeFailed, TokenRefused, WrongServer,
-                     advice_for, describe)
+from .errors import (ACCESS_UNSUPPORTED, ADVICE, NOT_THE_RELAY, HandshakeFailed, NeedPort, TokenRefused,
+                     WrongServer, advice_for, describe)
 from .probe import PROBE_TIMEOUT, other_scheme_hint
 from .session import Opened, Session, open_session
 
@@ -34,16 +38,19 @@ __all__ = ["Agent", "ServerAddress", "complete_server", "parse_server", "placeme
 
 
 class Agent:
-    def __init__(self, server: str, token: str, local_port: int, upstream_host: str = "127.0.0.1",
+    def __init__(self, server: str, token: str, local_port: int | None, upstream_host: str = "127.0.0.1",
                  host_header: str = "preserve", insecure: bool = False, verbose: bool = False,
                  say: Callable[[str], None] = print, handshake_timeout: float = 10.0,
-                 access: dict | None = None):
+                 access: dict | None = None, upstream_given: bool = False):
         self.server = parse_server(server)
         self.token = token
-        self.local_port = local_port
+        # None: the tunnel's stored local port, from each Welcome (``local_port`` is then the
+        # one of the last Welcome, 0 before the first).
+        self.follow = local_port is None
+        self.local_port = local_port or 0
         self.upstream_host = upstream_host
-        self.host_header = "" if host_header == "preserve" else (
-            f"{upstream_host}:{local_port}" if host_header == "rewrite" else host_header)
+        self.upstream_given = upstream_given   # --upstream HOST:PORT (the banner names it)
+        self._host_header = host_header
         self.verbose = verbose
         self.say = say
         self.access = access or None   # this session's own access rules (cli.session_rules), in the Hello
@@ -55,6 +62,16 @@ class Agent:
         # data connections reach the relay holding its control channel.
         self._placement = ""
         self._failure: BaseException | None = None  # why the last session failed (a scheme hint's clue)
+        self._said_port: tuple | None = None  # (forwarded to, stored) of the last "forwarding to" line
+
+    @property
+    def host_header(self) -> str:
+        """The Hello's host_header: "" keeps the visitor's; ``rewrite`` is the upstream's address."""
+        if self._host_header == "preserve":
+            return ""
+        if self._host_header == "rewrite":
+            return f"{self.upstream_host}:{self.local_port}"
+        return self._host_header
 
     def _say(self, line: str) -> None:
         self.say(line)   # looked up at each line: a caller may swap ``say`` while running
@@ -69,7 +86,7 @@ class Agent:
             self._failure = None
             try:
                 reason, up, opened = await self._one_session(was_connected, opened)
-            except WrongServer as e:
+            except (WrongServer, NeedPort) as e:
                 self.say(f"intunnel: {e}")
                 return 2
             except Exception as e:  # a bug must not end a tunnel that would work after a reconnect
@@ -101,8 +118,37 @@ class Agent:
             await asyncio.sleep(delay)
 
     def _hello(self) -> p.Hello:
-        return p.Hello(client=f"intunnel/{__version__}", local_port=self.local_port,
+        # Following the stored port: 0 lets the relay name its own in its 502 page.
+        return p.Hello(client=f"intunnel/{__version__}", local_port=0 if self.follow else self.local_port,
                        host_header=self.host_header, access=self.access)
+
+    def _follow(self, welcome: p.Welcome) -> bool:
+        """Take the Welcome's stored local port when following it; True when the session's Hello
+        named another in its rewritten Host header (the session must be opened again)."""
+        if not self.follow:
+            return False
+        if not welcome.local_port:
+            raise NeedPort("the server did not say the tunnel's local port (an older version): "
+                           "give the port to expose, e.g. `intunnel http 3000`")
+        sent = self.host_header
+        self.local_port = welcome.local_port
+        return self._host_header == "rewrite" and sent != self.host_header
+
+    def _port_line(self, welcome: p.Welcome) -> str:
+        """The banner's "forwarding to" line, when the port is the stored one or overrides it
+        ("" when there is nothing to say, or it was said already)."""
+        stored, target = welcome.local_port, f"{self.upstream_host}:{self.local_port}"
+        key = (target, stored)
+        if not stored or key == self._said_port:
+            return ""
+        before, self._said_port = self._said_port, key
+        if self.follow:
+            changed = f"; it was {before[1]}" if before and before[1] != stored else ""
+            return f"forwarding to {target} (the tunnel's local port, set in the dashboard{changed})"
+        if stored != self.local_port:
+            given = "--upstream" if self.upstream_given else "PORT"
+            return f"forwarding to {target} ({given} given: the dashboard's local port {stored} is overridden)"
+        return ""
 
     async def _open_session(self) -> Opened:
         """Dial the relay's control channel and get welcomed (session.open_session)."""
@@ -116,6 +162,15 @@ class Agent:
         try:
             if opened is None:
                 opened = await self._open_session()
+            if self._follow(opened.welcome):
+                # --host-header rewrite names the port, which the first Hello could not know:
+                # a session that names it replaces this one at once.
+                first, opened = opened, None
+                try:
+                    opened = await self._open_session()
+                finally:
+                    first.conn.close()
+                self._follow(opened.welcome)
             welcome = opened.welcome
             up = True
             self.url = welcome.url
@@ -124,6 +179,9 @@ class Agent:
                               self.verbose, lambda: self._open_session())
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {welcome.url} -> "
                      f"http://{self.upstream_host}:{self.local_port}")
+            line = self._port_line(welcome)
+            if line:
+                self.say(line)
             if welcome.access and not reconnecting:
                 self.say(f"access: {welcome.access} for this session")
             self.connected.set()

@@ -1,4 +1,4 @@
-"""`intunnel http PORT`: expose a local port through the relay."""
+"""`intunnel http [PORT]`: expose a local port through the relay."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ HELP = "Expose a local HTTP port at your tunnel's public URL."
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("port", type=int, help="local port to expose (e.g. 3000)")
+    parser.add_argument("port", type=int, nargs="?",
+                        help="local port to expose (e.g. 3000); without it, the tunnel's local port "
+                             "set in the dashboard (followed when it changes)")
     parser.add_argument("--server", help="relay URL, e.g. https://example.com (default: saved config)")
     parser.add_argument("--token", help="tunnel token (default: saved config; see `intunnel config add-token`)")
     parser.add_argument("--name", help="the tunnel to serve, by name (its subdomain): picks its saved token")
     parser.add_argument("--upstream", metavar="HOST:PORT",
-                        help="send traffic to HOST:PORT instead of 127.0.0.1:PORT")
+                        help="send traffic to HOST:PORT instead of 127.0.0.1:PORT (no PORT needed then)")
     parser.add_argument("--host-header", default="preserve", metavar="rewrite|preserve|VALUE",
                         help="Host header the local app sees: the visitor's (preserve, default), "
                              "HOST:PORT of the upstream (rewrite), or a given value")
@@ -91,25 +93,30 @@ def run(args) -> int:
     server, note = complete_server(server)
     if note:
         print(f"intunnel: {note}", file=sys.stderr, flush=True)
-    if not 1 <= args.port <= 65535:
-        print("intunnel: PORT must be between 1 and 65535", file=sys.stderr)
-        return 2
-    host, port = "127.0.0.1", args.port
-    if args.upstream:
-        h, sep, pt = args.upstream.rpartition(":")
-        if not sep or not pt.isdigit() or not 1 <= int(pt) <= 65535:
-            print("intunnel: --upstream must be HOST:PORT", file=sys.stderr)
-            return 2
-        host, port = h.strip("[]") or "127.0.0.1", int(pt)
     try:
+        host, port = local_target(args)
         parse_server(server)
         rules = session_rules(args)
     except ValueError as e:
         print(f"intunnel: {e}", file=sys.stderr)
         return 2
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
-                  insecure=args.insecure, verbose=args.verbose, say=_say, access=rules)
+                  insecure=args.insecure, verbose=args.verbose, say=_say, access=rules,
+                  upstream_given=bool(args.upstream))
     return netio.run(_main(agent))
+
+
+def local_target(args) -> tuple[str, int | None]:
+    """Where visitors go: (host, port) from --upstream or PORT; the port is None with neither
+    (the tunnel's stored local port then, from the relay).  ValueError saying what is wrong."""
+    if args.port is not None and not 1 <= args.port <= 65535:
+        raise ValueError("PORT must be between 1 and 65535")
+    if args.upstream:
+        h, sep, pt = args.upstream.rpartition(":")
+        if not sep or not pt.isdigit() or not 1 <= int(pt) <= 65535:
+            raise ValueError("--upstream must be HOST:PORT")
+        return h.strip("[]") or "127.0.0.1", int(pt)
+    return "127.0.0.1", args.port
 
 
 def resolve_token(args, cfg: config.ClientConfig) -> tuple:

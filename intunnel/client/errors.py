@@ -6,6 +6,8 @@ The tree (``run()`` in agent.py decides on these):
   rules: final (exit 1), with ``advice_for(code)``.
 - ``WrongServer``: the URL reaches something that is not the relay: final (exit 2), the
   message says what to type instead.
+- ``NeedPort``: no PORT was given and the relay does not say the tunnel's stored local port
+  (an older relay): final (exit 2).
 - ``HandshakeFailed``: the relay answered, but not with an upgrade (restarting, a proxy's
   error page): retried.
 - ``OSError``, ``ConnClosed``, ``ProtocolError``, ``asyncio.TimeoutError``: retried;
@@ -35,6 +37,10 @@ class HandshakeFailed(Exception):
 class WrongServer(Exception):
     """The URL reaches something that is not the relay (the web app, the other scheme): the
     message says what to type instead.  Final, exit status 2."""
+
+
+class NeedPort(Exception):
+    """No local port: none was given and the relay's Welcome has none (an older relay).  Final, exit 2."""
 
 
 # An older relay ignores a Hello's access rules: the client must not serve without them.

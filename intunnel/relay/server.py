@@ -309,7 +309,8 @@ class Relay:
                                               heartbeat_interval=self.settings.relay_heartbeat_interval,
                                               dead_peer_timeout=self.settings.relay_dead_peer_timeout,
                                               pool_size=0,
-                                              access=session_access.summary(session_access.view(narrow)))))
+                                              access=session_access.summary(session_access.view(narrow)),
+                                              local_port=tunnel.local_port)))
             conn.write(control.send(p.GoAway("reconnecting to be placed with this tunnel's visitors")))
             conn.close()
             return
@@ -331,7 +332,8 @@ class Relay:
                                heartbeat_interval=self.settings.relay_heartbeat_interval,
                                dead_peer_timeout=self.settings.relay_dead_peer_timeout,
                                pool_size=p.DEFAULT_POOL_SIZE,
-                               access=session_access.summary(session_access.view(narrow))))
+                               access=session_access.summary(session_access.view(narrow)),
+                               local_port=tunnel.local_port))  # a client given no PORT forwards there
         log.info("tunnel %s: agent connected from %s (token %s)", tunnel.subdomain, conn.peername,
                  redact(token))
         conn.forward_to(session.on_control_bytes)

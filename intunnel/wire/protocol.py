@@ -32,6 +32,9 @@ Rules of the control channel (the transition table ``TRANSITIONS`` is the truth)
   ``code`` ``ACCESS_INVALID`` (the client exits: retrying can't help).  A client that sent
   rules and gets a ``Welcome`` without ``access`` (an older relay, which ignores the field)
   does not serve: its tunnel would be less protected than it asked.
+- ``Welcome.local_port`` is the tunnel's stored local port (the dashboard's field): a client
+  started without a port forwards to it, and follows it when a later Welcome brings another.
+  An older relay leaves it out (0); an older client ignores it.
 - ``Move`` (relay -> agent) is not final: the agent opens a new session and closes this one
   once the new one is welcomed (make before break).
 - Any frame is proof of life; silence longer than the dead-peer timeout ends the session.
@@ -122,6 +125,7 @@ class Welcome(Message):
     dead_peer_timeout: float
     pool_size: int = DEFAULT_POOL_SIZE
     access: str = ""             # the Hello's access rules as the relay enforces them (a summary)
+    local_port: int = 0          # the tunnel's local port as stored (the dashboard's); 0: an older relay
 
 
 @dataclass(frozen=True)

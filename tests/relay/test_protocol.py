@@ -173,3 +173,37 @@ def test_a_refused_hello_ends_both_sessions_with_the_error():
     assert relay.state == p.CLOSED
     assert agent.receive_data(refusal, now=0) == [p.Error("refused", p.ACCESS_INVALID)]
     assert agent.state == p.CLOSED
+
+
+# --- the tunnel's stored local port in the Welcome (issue 14, item 8) ---
+
+def test_welcome_local_port_round_trips():
+    welcome = p.Welcome(url="u", subdomain="s", session="x", heartbeat_interval=1.0, dead_peer_timeout=3.0,
+                        local_port=3000)
+    frame = p.encode(welcome)
+    assert frame.endswith(b',"access":"","local_port":3000}')
+    assert p.FrameDecoder().feed(frame) == [welcome]
+
+
+def test_an_old_relays_welcome_has_no_local_port():
+    welcome = b'{"type":"welcome","url":"u","subdomain":"s","session":"x","heartbeat_interval":1,' \
+              b'"dead_peer_timeout":3,"pool_size":8,"access":""}'
+    assert p.FrameDecoder().feed(_frame(welcome))[0].local_port == 0
+
+
+def test_an_old_client_reads_a_new_welcome_by_the_fields_it_knows():
+    """An older client's Welcome lacks local_port; its decoder takes the fields it knows and
+    ignores the rest (decode_body's rule, shown here on the new frame with one more field)."""
+    frame = p.encode(p.Welcome(url="u", subdomain="s", session="x", heartbeat_interval=1.0,
+                               dead_peer_timeout=3.0, local_port=3000))
+    newer = frame[4:-1] + b',"a_later_field":{"x":1}}'
+    assert p.decode_body(newer) == p.Welcome(url="u", subdomain="s", session="x", heartbeat_interval=1.0,
+                                             dead_peer_timeout=3.0, local_port=3000)
+
+
+@pytest.mark.parametrize("value", [b'"3000"', b"true", b"3000.5", b"[3000]"])
+def test_welcome_local_port_must_be_an_int(value):
+    body = b'{"type":"welcome","url":"u","subdomain":"s","session":"x","heartbeat_interval":1,' \
+           b'"dead_peer_timeout":3,"local_port":' + value + b"}"
+    with pytest.raises(p.ProtocolError, match="field 'local_port' must be int"):
+        p.decode_body(body)
