@@ -6,8 +6,12 @@
           +-- BadRequest          400 BAD_REQUEST (malformed HTTP: the request, not a field)
           +-- ValidationError     400 VALIDATION_ERROR (message names the field)
           +-- SubdomainTaken      400 SUBDOMAIN_TAKEN
+          +-- AuthorizationPending 400 AUTHORIZATION_PENDING (device login: poll again)
+          +-- SlowDown            400 SLOW_DOWN             (device login: poll 5 s slower)
+          +-- ExpiredToken        400 EXPIRED_TOKEN         (device login: expired or used)
           +-- Unauthorized        401 UNAUTHORIZED
           +-- Forbidden           403 FORBIDDEN
+          +-- AccessDenied        403 ACCESS_DENIED         (device login denied)
           +-- NotFound            404 NOT_FOUND
           +-- MethodNotAllowed    405 METHOD_NOT_ALLOWED
           +-- RequestTimeout      408 REQUEST_TIMEOUT      (relay)
@@ -57,6 +61,23 @@ class ValidationError(AppError):
 
 class SubdomainTaken(AppError):
     status, code, default_message = 400, "SUBDOMAIN_TAKEN", "Subdomain already in use"
+
+
+class AuthorizationPending(AppError):
+    """``intunnel login``'s poll before anyone approved its code (RFC 8628 authorization_pending)."""
+    status, code, default_message = 400, "AUTHORIZATION_PENDING", "Not approved yet; poll again after the interval"
+
+
+class SlowDown(AppError):
+    status, code, default_message = 400, "SLOW_DOWN", "Polling too fast; wait 5 seconds longer between polls"
+
+
+class ExpiredToken(AppError):
+    status, code, default_message = 400, "EXPIRED_TOKEN", "This login code has expired or was already used"
+
+
+class AccessDenied(AppError):
+    status, code, default_message = 403, "ACCESS_DENIED", "The login was denied on the dashboard"
 
 
 class Unauthorized(AppError):

@@ -175,6 +175,36 @@ def _v6_session_access(db: pw.Database) -> None:
     run(schema_migrator(db).add_column("tunnel", "session_access", pw.TextField(null=True)))
 
 
+def _v7_device_authorizations(db: pw.Database) -> None:
+    """intunnel login: pending device authorizations (RFC 8628), the device code stored hashed."""
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+
+    class User(Base):
+        pass
+
+    class ApiToken(Base):
+        pass
+
+    class DeviceAuthorization(Base):
+        device_code_hash = pw.CharField(max_length=64, unique=True)
+        user_code = pw.CharField(max_length=16, unique=True)
+        client_name = pw.CharField(max_length=100)
+        client_address = pw.CharField(max_length=64, index=True)
+        created_at = pw.DateTimeField()
+        expires_at = pw.DateTimeField(index=True)
+        interval = pw.IntegerField()
+        last_poll_at = pw.DateTimeField(null=True)
+        approved_by = pw.ForeignKeyField(User, null=True, on_delete="CASCADE")
+        api_token = pw.ForeignKeyField(ApiToken, null=True, on_delete="SET NULL")
+        denied = pw.BooleanField(default=False)
+        consumed = pw.BooleanField(default=False)
+
+    db.create_tables([DeviceAuthorization])
+
+
 def _v8_ephemeral_tunnels(db: pw.Database) -> None:
     """Ephemeral tunnels (intunnel http without a name): marked, with the time their agent left."""
     from playhouse.migrate import migrate as run
@@ -193,6 +223,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (4, _v4_tunnel_access),
     (5, _v5_member_access),
     (6, _v6_session_access),
+    (7, _v7_device_authorizations),
     (8, _v8_ephemeral_tunnels),
 ]
 LATEST = MIGRATIONS[-1][0]

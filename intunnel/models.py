@@ -111,6 +111,27 @@ class AccessGrant(BaseModel):
     expires_at = pw.DateTimeField(index=True)
 
 
+class DeviceAuthorization(BaseModel):
+    """A pending ``intunnel login`` (device authorization, intunnel.device_auth / deviceflow).
+
+    Only the SHA-256 of the device code is stored; the user code is the short one a person
+    types on /device.  Approval creates the API token (named after the machine); its secret is
+    made only when the client redeems the device code, once (``consumed``).
+    """
+    device_code_hash = pw.CharField(max_length=64, unique=True)
+    user_code = pw.CharField(max_length=16, unique=True)
+    client_name = pw.CharField(max_length=100)
+    client_address = pw.CharField(max_length=64, index=True)
+    created_at = pw.DateTimeField()
+    expires_at = pw.DateTimeField(index=True)
+    interval = pw.IntegerField()
+    last_poll_at = pw.DateTimeField(null=True)
+    approved_by = pw.ForeignKeyField(User, null=True, on_delete="CASCADE")
+    api_token = pw.ForeignKeyField(ApiToken, null=True, on_delete="SET NULL")
+    denied = pw.BooleanField(default=False)
+    consumed = pw.BooleanField(default=False)
+
+
 class Route(BaseModel):
     """Which relay holds a tunnel's agent session (PostgreSQL, several relays; see relay/routes).
 
@@ -136,7 +157,7 @@ class RelayNode(BaseModel):
         table_name = "relay"
 
 
-MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, AccessGrant)
+MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, AccessGrant, DeviceAuthorization)
 
 
 def connect_settings(settings) -> pw.Database:

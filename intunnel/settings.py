@@ -70,6 +70,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("admin_password", str, "", "Password of that first admin (generated and printed once when empty).", secret=True),
     Setting("client_command", str, "intunnel", "How the dashboard writes the client's command; intunnel serve sets the "
             "absolute path of its own when the PATH would not find it (a virtualenv's bin/)."),
+    Setting("device_code_lifetime", int, 900, "Seconds the code `intunnel login` shows stays valid for approval on the "
+            "dashboard's /device page."),
+    Setting("device_poll_interval", int, 5, "Seconds `intunnel login` waits between polls for the approval (a client "
+            "polling sooner is told slow_down and must wait 5 s longer from then on)."),
+    Setting("device_max_pending_per_address", int, 5, "Login codes (`intunnel login`) one client address may have "
+            "waiting for approval at once; one more is refused with 429."),
+    Setting("device_max_client_name", int, 64, "Longest machine name `intunnel login` may send (the name of the "
+            "API token it gets), in characters."),
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
     Setting("web_metrics_listen", str, "127.0.0.1:9810", "HOST:PORT of the web app's Prometheus /metrics listener, a socket of its "
             "own (never the public port: nginx does not route /metrics); empty: no metrics listener."),

@@ -15,7 +15,7 @@ import peewee as pw
 from .. import apitokens, tunnels
 from ..models import Tunnel, database
 from ..timeutil import iso
-from . import jsonbody, openapi
+from . import device_api, jsonbody, openapi
 from .sqlcache import cached_sql
 from .auth import require_user
 from .state import current as current_state
@@ -149,6 +149,8 @@ ROUTES = (
     ("GET", "/api/tokens", list_tokens),
     ("POST", "/api/tokens", create_token),
     ("DELETE", "/api/tokens/<id>", revoke_token),
+    ("POST", "/api/device/code", device_api.request_code),
+    ("POST", "/api/device/token", device_api.redeem_code),
     ("GET", "/api/openapi.json", openapi_document),
 )
 

@@ -76,7 +76,9 @@ SCHEMAS = {
         "error": {"type": "boolean", "enum": [True]}, "message": STR,
         "code": {"type": "string", "enum": ["UNAUTHORIZED", "FORBIDDEN", "NOT_FOUND", "VALIDATION_ERROR",
                                             "SUBDOMAIN_TAKEN", "RATE_LIMITED", "METHOD_NOT_ALLOWED",
-                                            "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "INTERNAL_ERROR"]}}},
+                                            "PAYLOAD_TOO_LARGE", "UNSUPPORTED_MEDIA_TYPE", "INTERNAL_ERROR",
+                                            "AUTHORIZATION_PENDING", "SLOW_DOWN", "EXPIRED_TOKEN",
+                                            "ACCESS_DENIED"]}}},
     "TunnelSummary": {"type": "object", "properties": {
         "id": INT, "name": STR, "subdomain": STR, "local_port": INT, "token": STR,
         "status": {"type": "string", "enum": ["active", "inactive"]},
@@ -143,6 +145,20 @@ SCHEMAS = {
     "Profile": {"type": "object", "properties": {
         "id": INT, "username": STR, "email": STR, "tunnels_count": INT, "created_at": TIME}},
     "Success": {"type": "object", "properties": {"success": {"type": "boolean"}, "message": STR}},
+    "DeviceCode": {"type": "object", "properties": {
+        "device_code": {"type": "string", "description": "the client's secret for polling; never shown"},
+        "user_code": {"type": "string", "pattern": "^[BCDFGHJKLMNPQRSTVWXZ]{4}-[BCDFGHJKLMNPQRSTVWXZ]{4}$",
+                      "example": "BCDF-GHJK"},
+        "verification_uri": {"type": "string", "format": "uri"},
+        "verification_uri_complete": {"type": "string", "format": "uri", "description": "the page with the code filled in"},
+        "expires_in": {"type": "integer", "description": "seconds (device_code_lifetime)"},
+        "interval": {"type": "integer", "description": "seconds between polls (device_poll_interval)"}}},
+    "DeviceToken": {"type": "object", "properties": {
+        "token": {"type": "string", "description": "the personal API token (Authorization: Bearer), shown once"},
+        "api_token": _ref("ApiToken"),
+        "user": {"type": "object", "properties": {"id": INT, "username": STR, "email": STR}},
+        "relay_url": {"type": "string", "format": "uri", "description": "what `intunnel http --server` connects to"},
+        "web_url": {"type": "string", "format": "uri", "description": "the web app (this API)"}}},
 }
 
 _CSRF_TOKEN = {"type": "string", "description": "the session's form token, from the login answer"}
@@ -185,6 +201,25 @@ def _paths() -> dict:
         "/api/tokens/{id}": {
             "delete": _op("Revoke an API token", _json(_ref("Success"), "Revoked"),
                           ("401", "404", "429"), params=True),
+        },
+        "/api/device/code": {
+            "post": _op("Start `intunnel login` (device authorization, RFC 8628): a device code for the client, "
+                        "a user code for the person to approve on verification_uri (the dashboard's /device page); "
+                        "429 past device_max_pending_per_address codes waiting from one address",
+                        _json(_ref("DeviceCode"), "The codes"), ("400", "413", "415", "429"),
+                        body=_obj(["client_name"], client_name={
+                            "type": "string", "minLength": 1, "description": "the machine's name (its hostname), "
+                            "at most device_max_client_name characters; the API token is named after it"}),
+                        public=True),
+        },
+        "/api/device/token": {
+            "post": _op("Poll for the approval every `interval` seconds: 400 AUTHORIZATION_PENDING until the "
+                        "person approves, SLOW_DOWN when polled too soon (wait 5 s longer from then on), "
+                        "EXPIRED_TOKEN once the code expired or was redeemed, 403 ACCESS_DENIED when denied; "
+                        "once approved, the API token's secret, once",
+                        _json(_ref("DeviceToken"), "Approved: the new API token"), ("400", "403", "413", "415",
+                                                                                     "429"),
+                        body=_obj(["device_code"], device_code=STR), public=True),
         },
         "/login": {
             "post": {**_op("Log in; sets the session cookie (a browser is redirected)", _json(

@@ -16,6 +16,7 @@ Routes
     GET|POST /tunnels/<id>/delete     confirm, then delete
     GET  /tokens, POST /tokens, POST /tokens/<id>/revoke
     GET  /profile, POST /profile/password
+    GET|POST /device                  approve or deny an `intunnel login` (device_page)
     GET  /admin/users, POST /admin/users, POST /admin/users/<id>/(disable|enable)
     GET  /static/<file>
 """
@@ -32,7 +33,7 @@ from .. import __version__, accounts, apitokens, tunnels, validation
 from ..errors import AppError, Forbidden, NotFound, RateLimited, SubdomainTaken, ValidationError
 from ..models import Session, Tunnel, User
 from ..security import verify_password
-from . import auth, login
+from . import auth, device_page, login
 from .flash import Flash
 from .render import STATIC_DIR, make_environment
 from .state import current as current_state
@@ -445,3 +446,4 @@ def install(app: bottle.Bottle, settings) -> None:
     )
     for path, method, callback in routes:
         app.route(path, method, callback)
+    device_page.install(app, pages)  # GET|POST /device: approve an `intunnel login`
