@@ -18,6 +18,8 @@ COMMANDS = {
     # name: module
     "http": "intunnel.client.cli",
     "config": "intunnel.client.config_cli",
+    "tunnels": "intunnel.client.tunnels_cli",
+    "start": "intunnel.client.start_cli",
     "serve": "intunnel.embedded",
     "web": "intunnel.web.serve",
     "relay": "intunnel.relay.serve",

@@ -11,7 +11,8 @@ import sys
 from .. import portable
 from ..wire import netio
 from ..wire import protocol as p
-from . import config
+from . import config, resolve
+from .api import ApiError
 from .agent import Agent, complete_server, parse_server
 
 HELP = "Expose a local HTTP port at your tunnel's public URL."
@@ -23,7 +24,11 @@ def add_arguments(parser) -> None:
                              "set in the dashboard (followed when it changes)")
     parser.add_argument("--server", help="relay URL, e.g. https://example.com (default: saved config)")
     parser.add_argument("--token", help="tunnel token (default: saved config; see `intunnel config add-token`)")
-    parser.add_argument("--name", help="the tunnel to serve, by name (its subdomain): picks its saved token")
+    parser.add_argument("--name", help="the tunnel to serve, by name (its subdomain): its saved token, or "
+                                       "with a login the tunnel of that name (see --create); without "
+                                       "--name and a saved token, a login opens an ephemeral tunnel")
+    parser.add_argument("--create", action="store_true",
+                        help="with --name and a login: create the tunnel when you have none of that name")
     parser.add_argument("--upstream", metavar="HOST:PORT",
                         help="send traffic to HOST:PORT instead of 127.0.0.1:PORT (no PORT needed then)")
     parser.add_argument("--host-header", default="preserve", metavar="rewrite|preserve|VALUE",
@@ -86,10 +91,33 @@ def _say(line: str) -> None:
 
 def run(args) -> int:
     try:
-        server, token = resolve_token(args, config.load())
-    except ValueError as e:
+        target = resolve.resolve(args, config.load())
+    except (ValueError, ApiError) as e:
         print(f"intunnel: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while asking the API
+        return 130
+    if target.note:
+        _say(target.note)
+    try:
+        return _run(args, target.server, target.token)
+    finally:
+        if target.ephemeral_id is not None:
+            _delete_ephemeral(target)
+
+
+def _delete_ephemeral(target: resolve.Target) -> None:
+    """Before the process exits.  A second Ctrl-C or SIGTERM meanwhile gives up on it: the
+    relay deletes the tunnel after relay_ephemeral_grace."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+    try:
+        _say(resolve.delete_ephemeral(target))
+    except KeyboardInterrupt:
+        _say(f"ephemeral tunnel {target.name} not deleted: the server deletes it shortly")
+
+
+def _run(args, server: str, token: str) -> int:
     server, note = complete_server(server)
     if note:
         print(f"intunnel: {note}", file=sys.stderr, flush=True)
@@ -120,28 +148,11 @@ def local_target(args) -> tuple[str, int | None]:
 
 
 def resolve_token(args, cfg: config.ClientConfig) -> tuple:
-    """(server URL, tunnel token) from the options and the saved config; ValueError saying
-    what to type when they don't name exactly one tunnel."""
-    server = args.server or cfg.server
-    if not server:
-        raise ValueError("give --server URL and --token TOKEN, or save them once with "
-                         "`intunnel config add-token TOKEN --server URL --name NAME`")
-    if args.token:
-        return server, args.token
-    entry = cfg.find(complete_server(server)[0])
-    tokens = entry.tokens if entry else {}
-    if args.name:
-        if args.name not in tokens:
-            raise ValueError(f"no token saved for tunnel {args.name!r} on {server}: "
-                             f"`intunnel config add-token TOKEN --server {server} --name {args.name}`")
-        return server, tokens[args.name]
-    if len(tokens) == 1:
-        return server, next(iter(tokens.values()))
-    if not tokens:
-        raise ValueError(f"no tunnel token saved for {server}: give --token TOKEN, or save it once with "
-                         f"`intunnel config add-token TOKEN --server {server} --name NAME`")
-    raise ValueError(f"{len(tokens)} tunnels are saved for {server} ({', '.join(sorted(tokens))}): "
-                     "choose one with --name NAME")
+    """(server URL, tunnel token) from the options and the saved config alone (no API: the
+    config tests' view of ``resolve.resolve``); ValueError saying what to type."""
+    target = resolve.resolve(args, config.ClientConfig(cfg.server, {
+        url: config.ServerEntry(dict(e.tokens)) for url, e in cfg.servers.items()}))
+    return target.server, target.token
 
 
 def on_stop_signals(loop, stop) -> None:

@@ -61,7 +61,9 @@ def tunnel_summaries(user) -> list[dict]:
 
 def list_tunnels():
     user = require_user()
-    return {"tunnels": tunnel_summaries(user)}
+    settings = current_state().settings
+    # "url" is an addition to the seed's list item: `intunnel tunnels` shows it without a call per tunnel
+    return {"tunnels": [{**t, "url": settings.tunnel_url(t["subdomain"])} for t in tunnel_summaries(user)]}
 
 
 def create_tunnel():

@@ -81,6 +81,7 @@ SCHEMAS = {
                                             "ACCESS_DENIED"]}}},
     "TunnelSummary": {"type": "object", "properties": {
         "id": INT, "name": STR, "subdomain": STR, "local_port": INT, "token": STR,
+        "url": {"type": "string", "format": "uri", "description": "where visitors reach it"},
         "status": {"type": "string", "enum": ["active", "inactive"]},
         "created_at": TIME, "last_connected": NULL_TIME,
         "ephemeral": {"type": "boolean", "description": "made by `intunnel http` without a name: deleted when "
