@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 
+from . import clientzip
 from .wire import netio
 from .cli import add_config_argument
 from .models import User, open_database
@@ -104,6 +105,7 @@ def run(args) -> int:
         # The commands the banner and the dashboard print must work when pasted in this shell.
         settings = settings.replace(client_command=programs.command("intunnel"))
     setup_logging(settings.log_level)
+    clientzip.ensure(settings.data_dir, rebuild=True)   # /download/intunnel.pyz: this checkout's client
     create_private_database(settings)
     db = open_database(settings)
     with db.connection_context():

@@ -28,6 +28,13 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[server,test]'
+# tests/client_install installs the client into a fresh Python 3.9 venv with no network: its one
+# dependency there (tomli) comes from this wheelhouse, outside the checkout.
+CLIENT_WHEELHOUSE=.venv/client-wheelhouse
+if ! ls "$CLIENT_WHEELHOUSE"/tomli-*.whl >/dev/null 2>&1; then
+  .venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: --no-deps --python-version 3.9 \
+    -d "$CLIENT_WHEELHOUSE" 'tomli>=1.1'
+fi
 
 set +e
 .venv/bin/python -m pytest "$@"

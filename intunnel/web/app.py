@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 import bottle
 
+from .. import __version__, clientzip
 from ..errors import AppError, InternalError, PayloadTooLarge, RateLimited
 from ..models import database, open_database
 from ..ratelimit import Clock
@@ -234,6 +235,24 @@ def create_app(settings, clock: Clock | None = None, registry=None) -> IntunnelA
             "error": True, "code": "NOT_THE_RELAY", "relay_url": settings.relay_url,
             "message": f"this is the InTunnel web app, not the relay; the relay is at {settings.relay_url}"}),
             status=421, headers={"Content-Type": "application/json", "Cache-Control": "no-store"})
+
+    @app.get(clientzip.URL_PATH)
+    def client_zipapp():
+        """The client as one file for a plain ``python3`` (built into the data dir if missing)."""
+        try:
+            path, _ = clientzip.ensure(settings.data_dir)
+        except OSError as e:
+            return bottle.HTTPResponse(f"The client download is not available on this server: it could not be "
+                                       f"built ({e.strerror or e}). Install it with: pip install intunnel\n",
+                                       status=404, headers={"Content-Type": "text/plain; charset=utf-8"})
+        # ETag and Last-Modified from the file: a cache revalidates (no-cache) and gets a 304, and
+        # never keeps an old release's client past an upgrade.
+        response = bottle.static_file(path.name, root=str(path.parent), mimetype="application/zip",
+                                      download="intunnel.pyz")
+        response.set_header("Cache-Control", "no-cache")
+        response.set_header("X-Content-Type-Options", "nosniff")
+        response.set_header("X-Intunnel-Version", __version__)
+        return response
 
     login.install(app)
     member_access.install(app)

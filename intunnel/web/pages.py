@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import bottle
 import peewee as pw
 
-from .. import __version__, accounts, apitokens, tunnels, validation
+from .. import __version__, accounts, apitokens, clientzip, tunnels, validation
 from ..errors import AppError, Forbidden, NotFound, RateLimited, SubdomainTaken, ValidationError
 from ..models import Session, Tunnel, User
 from ..security import verify_password
@@ -60,12 +60,18 @@ class Pages:
         page = self.env.get_template(template).render(
             user=user, csrf_token=auth.csrf_token() or "", flashes=flashes,
             domain=self.settings.domain, relay_url=self.settings.relay_url,
-            client=self.settings.client_command,
+            client=self.settings.client_command, client_download=self.client_download_url(),
             version=__version__, url_for=self.settings.tunnel_url,
             poll_seconds=self.settings.dashboard_poll_interval, **context)
         bottle.response.status = status
         bottle.response.content_type = "text/html; charset=utf-8"
         return page
+
+    def client_download_url(self) -> str:
+        """Where this server's client zipapp is, as the person reading the page reaches the web
+        app (the address in their browser, through nginx too), unless web_public_url says."""
+        scheme, netloc = bottle.request.urlparts[:2]
+        return (self.settings.web_public_url.rstrip("/") or f"{scheme}://{netloc}") + clientzip.URL_PATH
 
     @staticmethod
     def resolve_secrets(flashes: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -202,9 +202,10 @@ def _python_env(extra: dict) -> dict:
 
 
 class _Process:
-    def __init__(self, argv, env, prefix: tuple = ()):
-        # prefix: what runs the command elsewhere (``ip netns exec HOST``: support/netns.py)
-        self.proc = subprocess.Popen([*prefix, sys.executable, "-m", "intunnel.cli", *argv], env=env,
+    def __init__(self, argv, env, prefix: tuple = (), command: tuple = (sys.executable, "-m", "intunnel.cli")):
+        # prefix: what runs the command elsewhere (``ip netns exec HOST``: support/netns.py);
+        # command: the client as installed elsewhere (tests/client_install: a venv's, a zipapp)
+        self.proc = subprocess.Popen([*prefix, *command, *argv], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      start_new_session=True)
         self.lines: list[str] = []

@@ -1,0 +1,105 @@
+"""The client as one file: ``/download/intunnel.pyz``, a zipapp the appliance builds and serves.
+
+Air-gapped teams fetch it from their own InTunnel and run it with a plain ``python3`` (3.9+):
+no package index, no virtualenv.  It holds the client's modules only (what ``intunnel.cli`` and
+the client's commands import, found by ``modulefinder``: no server module) and,
+for Pythons without ``tomllib``, the pure-Python ``tomli`` the server has (the [server] extra
+installs it).  Its ``__main__`` calls ``intunnel.cli.main``; its version is this server's
+(``intunnel.__version__``), which is also in its file name in the data directory, so a new
+release never serves an old client.  Built by ``intunnel serve`` at start, by
+``intunnel-admin client build`` (the playbook runs it at install), or by the web app on the
+first request when missing; stdlib ``zipapp``, written atomically.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import importlib.util
+import modulefinder
+import os
+import shutil
+import tempfile
+import threading
+import zipapp
+from pathlib import Path
+
+from . import __version__
+
+PACKAGE = Path(__file__).resolve().parent
+MAIN = '"""python3 intunnel.pyz ...: the InTunnel client."""\nimport sys\n\nfrom intunnel.cli import main\n\nsys.exit(main())\n'
+URL_PATH = "/download/intunnel.pyz"
+FIXED_TIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
+_building = threading.Lock()
+
+
+def path_in(data_dir) -> Path:
+    """Where this version's zipapp lives in ``data_dir``."""
+    return Path(data_dir) / "download" / f"intunnel-{__version__}.pyz"
+
+
+def _copy(src: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, target)
+    # One fixed time in the archive: the same sources make the same bytes, so a rebuild of an
+    # unchanged release changes nothing (the playbook's second run reports no change).
+    os.utime(target, (FIXED_TIME, FIXED_TIME))
+
+
+def client_modules() -> list[Path]:
+    """The files of every ``intunnel`` module the client can import: ``intunnel.cli`` and the
+    modules of its client commands, followed through their imports (lazy ones too), never into
+    the server commands' modules or ``intunnel-admin``."""
+    from . import cli
+    server = [cli.COMMANDS[name].partition(":")[0] for name in cli.SERVER_COMMANDS]
+    finder = modulefinder.ModuleFinder(path=[str(PACKAGE.parent)], excludes=[*server, "intunnel.admin"])
+    for name, module in cli.COMMANDS.items():
+        if name not in cli.SERVER_COMMANDS:
+            finder.import_hook(module.partition(":")[0])
+    finder.import_hook("intunnel.cli")
+    return sorted(Path(m.__file__) for name, m in finder.modules.items()
+                  if (name == "intunnel" or name.startswith("intunnel.")) and m.__file__)
+
+
+def _copy_tree(src: Path, dest: Path) -> None:
+    """A package's ``.py`` files (no caches, no data)."""
+    for path in sorted(src.rglob("*.py")):
+        if "__pycache__" not in path.parts:
+            _copy(path, dest / path.relative_to(src))
+
+
+def build(dest: Path) -> bool:
+    """Write the zipapp to ``dest`` (atomically: a download never sees half a file); False when
+    ``dest`` already held exactly these bytes (left as it was)."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="intunnel-pyz-") as tmp:
+        root = Path(tmp) / "app"
+        for path in client_modules():
+            _copy(path, root / "intunnel" / path.relative_to(PACKAGE))
+        tomli = importlib.util.find_spec("tomli")
+        if tomli is not None and tomli.submodule_search_locations:
+            _copy_tree(Path(list(tomli.submodule_search_locations)[0]), root / "tomli")
+        (root / "__main__.py").write_text(MAIN)
+        os.utime(root / "__main__.py", (FIXED_TIME, FIXED_TIME))
+        fd, tmp_dest = tempfile.mkstemp(prefix=".intunnel-", suffix=".pyz.tmp", dir=dest.parent)
+        os.close(fd)
+        try:
+            zipapp.create_archive(root, tmp_dest, interpreter="/usr/bin/env python3", compressed=True)
+            if dest.is_file() and filecmp.cmp(tmp_dest, dest, shallow=False):
+                os.unlink(tmp_dest)
+                return False
+            os.chmod(tmp_dest, 0o644)
+            os.replace(tmp_dest, dest)
+        except BaseException:
+            Path(tmp_dest).unlink(missing_ok=True)
+            raise
+    return True
+
+
+def ensure(data_dir, rebuild: bool = False) -> tuple[Path, bool]:
+    """This version's zipapp in ``data_dir``, built when missing (or checked against these
+    sources, with ``rebuild``); and whether the file changed."""
+    dest = path_in(data_dir)
+    with _building:
+        changed = build(dest) if rebuild or not dest.is_file() else False
+    return dest, changed

@@ -1,0 +1,80 @@
+"""The appliance serves its own client as one file (issue 14, a light client): /download/intunnel.pyz
+from a real web app, fetched with the dashboard's own one-line command and run by a plain
+``python3.9 -I`` (no venv, no site-packages, no PYTHONPATH) as a real tunnel client against a real
+relay, bytes checked; its version is the server's."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import subprocess
+import urllib.request
+import zipfile
+
+import pytest
+
+from intunnel import __version__, clientzip
+from tests.client_install.conftest import HERMETIC
+from tests.conftest import require_tool
+from tests.support.tunnel import HttpUpstream, RelayThread, _Process, make_tunnel, pattern_sha256, visit
+from tests.web.conftest import PASSWORD, login_session
+from support.web_server import running_web_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.db_incidental]
+
+
+def fetch(url: str, headers: dict | None = None):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+def test_the_web_app_serves_the_client_zipapp_with_its_version(settings, db, python39, tmp_path):
+    with running_web_app(settings) as web:
+        status, headers, body = fetch(web.url + "/download/intunnel.pyz")
+        assert status == 200
+        assert headers["Content-Type"] == "application/zip"
+        assert headers["Cache-Control"] == "no-cache" and headers["X-Intunnel-Version"] == __version__
+        assert 'filename="intunnel.pyz"' in headers["Content-Disposition"]
+        again = fetch(web.url + "/download/intunnel.pyz", {"If-None-Match": headers["ETag"]})
+        assert again[0] == 304 and again[2] == b""        # a cache revalidates cheaply
+        built = clientzip.path_in(settings.data_dir)
+        assert built.read_bytes() == body                  # built into the data dir on first request
+        built.unlink()                                     # and again when it went missing
+        assert fetch(web.url + "/download/intunnel.pyz")[2] == body
+    pyz = tmp_path / "intunnel.pyz"
+    pyz.write_bytes(body)
+    names = zipfile.ZipFile(pyz).namelist()
+    assert "__main__.py" in names and "intunnel/client/cli.py" in names and "tomli/__init__.py" in names
+    server_parts = [n for n in names if n.startswith(("intunnel/web/", "intunnel/relay/", "intunnel/admin/"))
+                    or n in ("intunnel/models.py", "intunnel/settings.py", "intunnel/embedded.py")]
+    assert server_parts == []
+    version = subprocess.run([python39, "-I", str(pyz), "--version"], capture_output=True, text=True,
+                             env=HERMETIC, cwd=tmp_path, timeout=60)
+    assert (version.returncode, version.stdout) == (0, f"intunnel {__version__}\n")
+
+
+def test_the_dashboards_one_liner_fetches_and_runs_it_as_a_real_tunnel(settings, db, python39, tmp_path):
+    require_tool("curl")
+    size = 250_000
+    with HttpUpstream() as upstream, RelayThread(settings) as relay, \
+            running_web_app(settings, relay_listen=f"127.0.0.1:{relay.port}") as web:
+        tunnel = make_tunnel(settings, "myapp", upstream.port, username="alice")
+        with login_session(web, "alice@example.com", PASSWORD) as s:
+            page = s.get(f"{web.url}/tunnels/{tunnel.id}").text
+        line = html.unescape(re.search(r'<code id="cmd-pyz">(.*?)</code>', page, re.S).group(1))
+        assert line == (f"curl -fsSLO {web.url}/download/intunnel.pyz && python3 intunnel.pyz "
+                        f"http {upstream.port} --server http://localhost:{relay.port} --token {tunnel.token}")
+        # Exactly that, with this machine's Python 3.9 (isolated: nothing but the file) for python3.
+        command = line.replace("&& python3 ", f"&& exec {python39} -I ")
+        home = {"HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
+        with _Process(["-c", f"cd {tmp_path} && {command} -v"], {**HERMETIC, **home}, command=("bash",)) as client:
+            client.wait_line(r"^connected: ", timeout=30)
+            status, _, body = visit(relay.port, "myapp.localhost", f"/download?size={size}", timeout=30)
+            assert status == 200 and hashlib.sha256(body).hexdigest() == pattern_sha256(size)
+            client.wait_line(rf"GET /download\?size={size} -> 200 {size} B ")
+            assert client.stop() == 0, "\n".join(client.lines)
+    assert (tmp_path / "intunnel.pyz").read_bytes() == clientzip.path_in(settings.data_dir).read_bytes()
