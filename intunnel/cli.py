@@ -20,6 +20,8 @@ COMMANDS = {
     "config": "intunnel.client.config_cli",
     "tunnels": "intunnel.client.tunnels_cli",
     "start": "intunnel.client.start_cli",
+    "login": "intunnel.client.login_cli:login",    # module:attribute when one module has two commands
+    "logout": "intunnel.client.login_cli:logout",
     "serve": "intunnel.embedded",
     "web": "intunnel.web.serve",
     "relay": "intunnel.relay.serve",
@@ -55,12 +57,15 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         if why is not None:     # listed; main() says what it needs
             sub.add_parser(name, help=f"server only: needs {why}", add_help=False)
             continue
+        module_name, _, attribute = module_name.partition(":")
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
             if e.name != module_name:
                 raise
             continue  # not built yet
+        if attribute:
+            module = getattr(module, attribute)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
         p.set_defaults(run=module.run)

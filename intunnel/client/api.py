@@ -23,10 +23,11 @@ class ApiError(Exception):
     """The API said no (``status``/``code`` from its answer) or could not be reached
     (``status`` 0): ``str()`` is one line to show the user."""
 
-    def __init__(self, message: str, status: int = 0, code: str = ""):
+    def __init__(self, message: str, status: int = 0, code: str = "", answer: Optional[dict] = None):
         super().__init__(message)
         self.status = status
         self.code = code
+        self.answer = answer or {}  # the error's whole JSON object (e.g. the relay's web_url)
 
 
 class Api:
@@ -69,7 +70,7 @@ class Api:
                 answer = {}
             message = answer.get("message") if isinstance(answer.get("message"), str) else ""
             raise ApiError(message or f"{self.base_url} answered {e.code} {e.reason}",
-                           e.code, str(answer.get("code") or "")) from None
+                           e.code, str(answer.get("code") or ""), answer) from None
         except (urllib.error.URLError, OSError, ValueError) as e:
             reason = getattr(e, "reason", e)
             raise ApiError(f"could not reach {self.base_url}: {reason}") from None

@@ -245,6 +245,12 @@ class Relay:
             await self._agent(conn, head)
         elif path == p.DATA_PATH and head.method == "GET":
             self._data(conn, head)
+        elif path.startswith("/api/") or path == "/device":
+            # `intunnel login --server <this relay's URL>` (what `intunnel http --server` takes): say
+            # where the web app is, the way the web app tells a client on its port where the relay is.
+            self._reply(conn, pages.json_response(421, {
+                "error": True, "code": "NOT_THE_WEB_APP", "web_url": self.settings.web_url,
+                "message": f"this is the InTunnel relay, not the web app; the web app is at {self.settings.web_url}"}))
         else:
             self._reply(conn, pages.response(404, "Not found. The relay serves tunnels at "
                                              f"<name>.{self.domain}; the web app is elsewhere.",
