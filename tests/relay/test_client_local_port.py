@@ -12,7 +12,8 @@ import pytest
 
 from intunnel import tunnels
 from intunnel.wire import protocol as p
-from tests.support.tunnel import (ClientThread, HttpUpstream, LoopThread, RelayProcess, RelayThread, _Process,
+from tests.support.loop_server import loop_server
+from tests.support.tunnel import (ClientThread, HttpUpstream, RelayProcess, RelayThread, _Process,
                                   _python_env, free_port, make_tunnel, visit, wait_for)
 
 STORED = "the tunnel's local port, set in the dashboard"
@@ -111,8 +112,9 @@ def old_relay():
             await reader.readuntil(b"\r\n\r\n")
             writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: intunnel\r\nConnection: Upgrade\r\n\r\n")
             decoder = p.FrameDecoder()
-            while not decoder.feed(await reader.read(4096)):
-                pass
+            while not decoder.feed(data := await reader.read(4096)):
+                if not data:
+                    return   # the client left before its Hello
             body = (b'{"type":"welcome","url":"http://old.localhost","subdomain":"old","session":"s",'
                     b'"heartbeat_interval":10,"dead_peer_timeout":30,"pool_size":0,"access":""}')
             writer.write(len(body).to_bytes(4, "big") + body)
@@ -122,18 +124,8 @@ def old_relay():
         finally:
             writer.close()
 
-    loop = LoopThread("old-relay")
-
-    async def start():
-        return await asyncio.start_server(serve, "127.0.0.1", 0)
-    server = loop.call(start())
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        async def stop():
-            server.close()
-        loop.call(stop())
-        loop.shutdown()
+    with loop_server(serve, "old-relay") as port:
+        yield port
 
 
 def test_no_port_against_a_relay_that_does_not_say_it_exits_2(old_relay):

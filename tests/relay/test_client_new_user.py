@@ -16,8 +16,9 @@ import pytest
 from intunnel.client import agent as agent_mod
 from intunnel.client import cli as client_cli
 from intunnel.client.agent import parse_server
-from tests.support.tunnel import (ClientThread, HttpUpstream, LoopThread, RelayThread, _Process, _python_env,
-                                  free_port, make_tunnel, visit, wait_for)
+from tests.support.loop_server import loop_server
+from tests.support.tunnel import (ClientThread, HttpUpstream, RelayThread, _Process, _python_env, free_port,
+                                  make_tunnel, visit, wait_for)
 
 
 def run_client(*argv, env=None, timeout=30):
@@ -75,7 +76,6 @@ def tls_server(tmp_path):
                     "/CN=localhost", "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.load_cert_chain(cert, key)
-    loop = LoopThread("tls-server")
 
     async def answer(reader, writer):
         try:
@@ -87,16 +87,8 @@ def tls_server(tmp_path):
         finally:
             writer.close()
 
-    async def start():
-        return await asyncio.start_server(answer, "127.0.0.1", 0, ssl=ctx)
-    server = loop.call(start())
-    try:
-        yield server.sockets[0].getsockname()[1]
-    finally:
-        async def stop():
-            server.close()
-        loop.call(stop())
-        loop.shutdown()
+    with loop_server(answer, "tls-server", ssl=ctx) as port:
+        yield port
 
 
 def test_http_against_a_tls_port_says_what_to_type_and_exits_2(tls_server):
