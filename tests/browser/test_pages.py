@@ -108,8 +108,9 @@ def test_create_tunnel_inline_errors_then_tunnel_page(page, users, web):
     # The token is hidden until revealed; the commands are exactly these.
     token = page.locator("#tunnel-token")
     expect(token).to_be_hidden()
-    expect(page.get_by_text(tunnel.token)).to_have_count(2)  # in the DOM, but inside closed <details>
+    expect(page.get_by_text(tunnel.token)).to_have_count(3)  # in the DOM, but inside closed <details>
     expect(page.locator("#cmd-add-token")).to_be_hidden()
+    expect(page.locator("#cmd-pyz")).to_be_hidden()
     expect(page.locator("#cmd-http")).to_have_text("intunnel http 3000")
     expect(page.locator("[data-tunnel-status]")).to_have_attribute("data-status", "inactive")
     shot(page, "tunnel")
@@ -119,6 +120,11 @@ def test_create_tunnel_inline_errors_then_tunnel_page(page, users, web):
     page.locator("#cmd-token-reveal > summary").click()
     expect(page.locator("#cmd-add-token")).to_have_text(
         f"intunnel config add-token {tunnel.token} --server {relay_url} --name {tunnel.subdomain}")
+    # No intunnel on that machine: this server's own client, fetched from where the page was read.
+    page.locator("#cmd-pyz-reveal > summary").click()
+    expect(page.locator("#cmd-pyz")).to_have_text(
+        f"curl -fsSLO {web.url}/download/intunnel.pyz && python3 intunnel.pyz http 3000 --server {relay_url} "
+        f"--token {tunnel.token}")
     page.locator("#tunnel-reveal, #token-reveal").first.scroll_into_view_if_needed()
     shot(page, "tunnel-revealed")
 
