@@ -91,9 +91,19 @@ def resolve(args, cfg: config.ClientConfig, make_api=Api) -> Target:
         raise ValueError(f"no tunnel token saved for {server}, and no login: `intunnel login --server "
                          f"{server}` (then `intunnel http PORT` opens a tunnel), or give --token TOKEN")
     api = login_api(server, login, getattr(args, "insecure", False), make_api)
-    if name:
-        return _by_name(server, api, name, getattr(args, "create", False), args.port)
-    return _ephemeral(server, api, args.port)
+    try:
+        if name:
+            return _by_name(server, api, name, getattr(args, "create", False), getattr(args, "port", None))
+        return _ephemeral(server, api, getattr(args, "port", None))
+    except ApiError as e:
+        raise _relogin(server, e) from None
+
+
+def _relogin(server: str, e: ApiError) -> Exception:
+    """A login the server no longer accepts (revoked, user disabled) says to log in again."""
+    if e.status != 401:
+        return e
+    return ValueError(f"the login for {server} is no longer valid ({e}): `intunnel login --server {server}` again")
 
 
 def login_api(server: str, login: config.Login, insecure: bool = False, make_api=Api) -> Api:
@@ -101,8 +111,17 @@ def login_api(server: str, login: config.Login, insecure: bool = False, make_api
     return make_api(login.web or complete_server(server)[0], login.token, insecure=insecure)
 
 
+def list_tunnels(server: str, api: Api) -> list:
+    """The user's tunnels; a login the server no longer accepts (revoked, user disabled) is a
+    ValueError saying to log in again."""
+    try:
+        return api.get("/api/tunnels").get("tunnels") or []
+    except ApiError as e:
+        raise _relogin(server, e) from None
+
+
 def _by_name(server: str, api: Api, name: str, create: bool, port: Optional[int]) -> Target:
-    tunnels = api.get("/api/tunnels").get("tunnels") or []
+    tunnels = list_tunnels(server, api)
     found = find_tunnel(tunnels, name)
     if found is not None:
         return Target(server, found["token"], found["subdomain"], found.get("local_port"), api=api)

@@ -8,7 +8,7 @@ import sys
 from . import config
 from .address import complete_server
 from .api import ApiError
-from .resolve import login_api
+from .resolve import list_tunnels, login_api
 
 HELP = "List your tunnels (name, public URL, local port, status, last connected); needs `intunnel login`."
 
@@ -36,11 +36,11 @@ def run(args) -> int:
         print(f"intunnel: not logged in to {server}: `intunnel login --server {server}` first", file=sys.stderr)
         return 2
     try:
-        answer = login_api(server, entry.login, args.insecure).get("/api/tunnels")
-    except ApiError as e:
+        found = list_tunnels(server, login_api(server, entry.login, args.insecure))
+    except (ValueError, ApiError) as e:
         print(f"intunnel: {e}", file=sys.stderr)
         return 2
-    rows = [{k: t.get(k) for k in FIELDS} for t in answer.get("tunnels") or []]
+    rows = [{k: t.get(k) for k in FIELDS} for t in found]
     if args.json:
         print(json.dumps({"tunnels": rows}, indent=2))
         return 0

@@ -150,6 +150,12 @@ def test_the_dashboard_and_the_api_mark_ephemeral_tunnels(setup):
                           headers={"Authorization": f"Bearer {setup.api_token}"}).json()["tunnels"]
     assert [(t["subdomain"], t["ephemeral"]) for t in listed] == [("tazomi", True)]
     assert listed[0]["url"] == setup.settings.tunnel_url("tazomi")
+    browser = requests.Session()
+    assert browser.post(setup.web.url + "/login", data={"email": "ann@example.com",
+                                                        "password": "correct horse battery"}).status_code == 200
+    made = setup.tunnel("tazomi")
+    for page in ("/", f"/tunnels/{made.id}"):
+        assert "ephemeral, deleted when the client stops" in browser.get(setup.web.url + page, timeout=10).text
 
 
 def test_ephemeral_tunnels_per_user_are_limited(settings, db):
@@ -227,6 +233,16 @@ def test_tunnels_without_a_login_says_log_in(setup):
     setup.write_config(login=False)
     done = setup.run("tunnels")
     assert done.returncode == 2 and "intunnel login --server" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_revoked_login_says_log_in_again(setup):
+    row = apitokens.list_for(setup.user)[0]
+    apitokens.revoke(setup.user, row.id)
+    for argv in (["http", "3000"], ["http", "3000", "--name", "web"], ["tunnels"]):
+        done = setup.run(*argv)
+        assert done.returncode == 2, argv
+        assert "is no longer valid" in done.stderr and "`intunnel login --server" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
 
 
 def test_tunnels_table_is_padded():
