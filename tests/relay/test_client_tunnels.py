@@ -206,6 +206,32 @@ def test_the_reaper_deletes_only_abandoned_ephemeral_tunnels_once(settings, db):
     assert left == {"justleft", "connected", "named"} | ({"heldelsewhere"} if routes else set())
 
 
+def test_two_relay_processes_reap_each_abandoned_tunnel_once(settings, db, db_backend):
+    """Several relays sharing PostgreSQL: each runs the reaper; their logs' counts add up to
+    the rows, and none of them failed."""
+    if db_backend != "postgresql":
+        pytest.skip("several relays share a PostgreSQL database")
+    import re
+    from tests.support.tunnel import RelayProcess
+    user = accounts.create_user("di@example.com", "di", "correct horse battery")
+    env = {"INTUNNEL_RELAY_EPHEMERAL_GRACE": "0.4"}   # a check every 0.2 s in each relay
+    with RelayProcess(settings, env={**env, "INTUNNEL_RELAY_ID": "relay-a"}) as a, \
+            RelayProcess(settings, env={**env, "INTUNNEL_RELAY_ID": "relay-b"}) as b:
+        made = 0
+        for batch in range(5):  # rows that both relays find eligible at their next checks
+            with db.atomic():
+                for i in range(20):
+                    _ephemeral_row(user, f"gone{batch}x{i}", gone_for=120)
+            made += 20
+            wait_for(lambda: not Tunnel.select().exists(), 15, message="reaped")
+
+        def deleted(relay) -> int:
+            return sum(int(m.group(1)) for m in map(re.compile(r"deleted (\d+) ephemeral").search, relay.lines) if m)
+        wait_for(lambda: deleted(a) + deleted(b) == made, 10, message="the relays' logs")
+        assert not any("could not delete" in line for line in a.lines + b.lines)
+        print(f"reaped by relay-a: {deleted(a)}, by relay-b: {deleted(b)}")
+
+
 # --- intunnel tunnels -------------------------------------------------------------------------
 
 def test_tunnels_lists_the_users_tunnels_as_a_table_and_json(setup):
