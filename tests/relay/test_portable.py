@@ -58,6 +58,7 @@ def test_what_the_switch_accepts(value, forced):
     assert portable.forced({}) is False
 
 
+@pytest.mark.db_incidental
 def test_a_tunnel_in_this_process_uses_splice_exactly_when_not_portable(settings, db, monkeypatch):
     """What this pass of the suite runs: in the portable pass no byte goes through a kernel pump."""
     pumps = spy_pumps(monkeypatch)
@@ -69,6 +70,7 @@ def test_a_tunnel_in_this_process_uses_splice_exactly_when_not_portable(settings
     assert bool(pumps) is zerocopy.AVAILABLE
 
 
+@pytest.mark.db_incidental
 def test_a_portable_client_process_serves_and_stops_on_sigterm_by_the_plain_handler(settings, db):
     with HttpUpstream() as upstream, RelayThread(settings) as relay:
         tunnel = make_tunnel(settings, "myapp", upstream.port)
