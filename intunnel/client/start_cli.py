@@ -72,6 +72,9 @@ def plan(name: str, table: dict):
 
 
 def agent_for(name: str, defn, cfg: config.ClientConfig, say) -> Agent:
+    if not (defn.server or cfg.server):
+        raise tunnel_defs.SectionError(name, "server", 'no server: set server = "https://example.com" in the '
+                                                     "section, or at the top of the file for every section")
     try:
         target = resolve.resolve(defn, cfg)
     except (ValueError, ApiError) as e:

@@ -343,6 +343,11 @@ def test_start_names_sections_that_exist(home, capsys, argv, says):
     assert cli.main(argv) == 2 and says in capsys.readouterr().err
 
 
+def test_a_section_without_a_server_says_where_to_set_it(home, capsys):
+    home.write_text('[tunnels.web]\nport = 1\n')
+    assert cli.main(["start", "web"]) == 2 and "[tunnels.web] server: no server" in capsys.readouterr().err
+
+
 def test_start_without_sections_says_how_to_write_one(home, capsys):
     assert cli.main(["start", "--all"]) == 2 and "[tunnels.web]" in capsys.readouterr().err
 
