@@ -1,6 +1,7 @@
 """The dashboard's ``/device`` page: a logged-in person approves or denies an ``intunnel login``.
 
-    GET  /device[?code=BCDF-GHJK]   the code form, or (with a live code) what asked and when
+    GET  /device[?code=BCDF-GHJK]   the code form, or (with a live code) what asked and when;
+                                     each code looked up counts against the user's read rate limit
     POST /device                     Approve / Deny (CSRF token, the write rate limit)
 
 Logged out, the page sends to the login and back here with the code kept.  A code that is
@@ -17,6 +18,7 @@ import bottle
 from .. import device_auth, deviceflow
 from ..errors import ExpiredToken
 from . import auth, login
+from .state import current as current_state
 
 UNKNOWN_CODE = "That code is unknown, expired or already used. Run intunnel login again for a new one."
 
@@ -39,6 +41,8 @@ class DevicePage:
         typed = bottle.request.query.getunicode("code") or ""
         if not typed.strip():
             return self._form(user, "", {})
+        # Each look-up is a guess at someone's code: the user's API read budget bounds them.
+        self.pages.spend(current_state().get_limiter, user, "Too many codes tried in a minute; try again shortly")
         pending = deviceflow.find_pending(typed)
         if pending is None:
             return self._form(user, typed, {"code": UNKNOWN_CODE}, status=400)

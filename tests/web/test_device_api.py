@@ -217,3 +217,18 @@ def test_another_user_approving_gets_the_token_for_themselves(web, alice):
     decide(web, session, csrf, got["user_code"], "approve")
     change(got["device_code"], last_poll_at=None)
     assert poll(web, got["device_code"]).json()["user"]["username"] == "bob"
+
+
+def test_code_lookups_on_the_page_are_rate_limited(settings, clock):
+    """Guessing codes on the page costs the user's read budget (rate_limit_get a minute)."""
+    from support.web_server import running_web_app
+    with running_web_app(settings, clock=clock, rate_limit_get=3) as web:
+        create_user("alice@example.com", "alice")
+        got = start(web)
+        session, _ = logged_in(web)
+        for _ in range(3):
+            assert session.get(web.url + "/device", params={"code": "BCDF-GHJK"}).status_code == 400
+        r = session.get(web.url + "/device", params={"code": got["user_code"]}, headers={"Accept": "text/html"})
+        assert r.status_code == 429 and "Too many codes tried" in r.text
+        clock.advance(61)
+        assert session.get(web.url + "/device", params={"code": got["user_code"]}).status_code == 200
