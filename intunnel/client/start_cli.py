@@ -87,7 +87,7 @@ def agent_for(name: str, defn, cfg: config.ClientConfig, say) -> Agent:
     host, port = local_target(defn)
     return Agent(server, target.token, port, upstream_host=host, host_header=defn.host_header,
                  insecure=defn.insecure, verbose=defn.verbose, say=say,
-                 access=session_rules(defn, environ={}))
+                 access=session_rules(defn, environ={}), upstream_given=bool(defn.upstream))
 
 
 def _prefixed(name: str, width: int):

@@ -282,14 +282,14 @@ def test_tunnels_table_is_padded():
 
 def test_start_runs_several_tunnels_in_one_process_and_ctrl_c_stops_them_all(setup):
     with HttpUpstream() as web_app, HttpUpstream() as api_app:
-        api = tunnels.create(setup.settings, setup.user, "Shop", "shop", 1)
+        api = tunnels.create(setup.settings, setup.user, "Shop", "shop", api_app.port)
         setup.write_config(f"""
 [tunnels.web]
 port = {web_app.port}
 create = true
 
 [tunnels.shop]
-port = {api_app.port}
+# no port: the tunnel's local port set in the dashboard
 token = "{api.token}"
 host_header = "rewrite"
 """)
