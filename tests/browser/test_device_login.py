@@ -21,7 +21,7 @@ from playwright.sync_api import expect
 from intunnel import accounts
 from intunnel.client import config
 from intunnel.models import database, open_database
-from support.browser import PASSWORD, browser, open_page  # noqa: F401
+from support.browser import PASSWORD, browser, open_page, shot  # noqa: F401
 from support.tunnel import RelayThread, _Process, _python_env, free_port, wait_for
 from support.web_server import running_web_app
 
@@ -57,7 +57,7 @@ def exit_code(proc: _Process, timeout: float = 20.0) -> int:
     return proc.proc.returncode
 
 
-def approve_in_browser(browser, web, url: str, machine: str, button: str = "Approve") -> None:
+def approve_in_browser(browser, web, url: str, machine: str, button: str = "Approve", screenshot: str = "") -> None:
     with open_page(browser, web) as page:
         page.goto(url)
         # not logged in: the login first, then back to the very page with its code
@@ -68,6 +68,8 @@ def approve_in_browser(browser, web, url: str, machine: str, button: str = "Appr
         expect(page.locator("#device-client")).to_have_text(machine)
         expect(page.locator("#device-address")).to_have_text("127.0.0.1")
         expect(page.locator("#device-code")).to_have_text(url.rsplit("=", 1)[1])
+        if screenshot:
+            shot(page, screenshot)
         page.get_by_role("button", name=button).click()
         if button == "Approve":
             expect(page).to_have_url(re.compile(r"/tokens$"))
@@ -82,7 +84,7 @@ def test_login_approved_in_chromium_then_logout_revokes(browser, stack):
         m = login.wait_line(PROMPT)
         url, code, code_again = m.groups()
         assert code == code_again and url.startswith(web_url + "/device?code=")
-        approve_in_browser(browser, web, url, "ci-laptop")
+        approve_in_browser(browser, web, url, "ci-laptop", screenshot="device")
         assert exit_code(login) == 0, "\n".join(login.lines)
     said = "\n".join(login.lines)
     assert f"logged in as alice@example.com on {relay.url}" in said
