@@ -332,7 +332,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="2 s runs, 1 s bulk, 200 agents")
     p.add_argument("--app-workers", type=int, default=1, help="nginx workers of the local app (default 1)")
     p.add_argument("--uvloop", action="store_true",
-                   help="experiment: run relay and client on uvloop (pip install uvloop)")
+                   help="experiment: run relay and client on uvloop (the [server] or [fast] extra)")
     p.add_argument("--profile", metavar="DIR", help="also py-spy relay and client under load, stacks to DIR")
     p.add_argument("--front-workers", default="1",
                    help="nginx workers of the hop / TLS front: a number or auto (default 1)")
