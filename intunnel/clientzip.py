@@ -102,4 +102,8 @@ def ensure(data_dir, rebuild: bool = False) -> tuple[Path, bool]:
     dest = path_in(data_dir)
     with _building:
         changed = build(dest) if rebuild or not dest.is_file() else False
+        if changed:     # an earlier release's client is never served again: no need to keep it
+            for old in dest.parent.glob("intunnel-*.pyz"):
+                if old != dest:
+                    old.unlink(missing_ok=True)
     return dest, changed

@@ -32,6 +32,19 @@ def fetch(url: str, headers: dict | None = None):
         return e.code, e.headers, e.read()
 
 
+def test_the_same_sources_make_the_same_bytes_and_an_old_release_goes(tmp_path):
+    old = tmp_path / "download" / "intunnel-0.0.1.pyz"
+    old.parent.mkdir()
+    old.write_bytes(b"an earlier release")
+    path, changed = clientzip.ensure(tmp_path)
+    assert changed and path == clientzip.path_in(tmp_path) and not old.exists()
+    first = path.read_bytes()
+    assert clientzip.ensure(tmp_path) == (path, False)                  # there: served as it is
+    assert clientzip.ensure(tmp_path, rebuild=True) == (path, False)    # rebuilt: the same bytes
+    assert path.read_bytes() == first
+    assert [p.name for p in path.parent.iterdir()] == [path.name]       # no temporary file left
+
+
 def test_the_web_app_serves_the_client_zipapp_with_its_version(settings, db, python39, tmp_path):
     with running_web_app(settings) as web:
         status, headers, body = fetch(web.url + "/download/intunnel.pyz")
