@@ -20,12 +20,12 @@ from .models import Route, Tunnel, database
 from .timeutil import utcnow
 
 
-def reap_condition(cutoff: datetime, routes: bool):
+def reap_condition(cutoff, routes: bool):
     """Ephemeral, no agent connected, gone (or never come) since before ``cutoff``."""
     condition = (Tunnel.ephemeral & (Tunnel.status != "active")
                  & (pw.fn.COALESCE(Tunnel.disconnected_at, Tunnel.created_at) < cutoff))
     if routes:  # several relays (PostgreSQL): another relay's live lease means an agent is there
-        from .relay.store import DB_NOW
+        from .relay.store import DB_NOW  # (the store imports this module)
         held = Route.select(Route.tunnel).where((Route.tunnel == Tunnel.id) & (Route.lease_expires_at > DB_NOW))
         condition &= ~pw.fn.EXISTS(held)
     return condition
@@ -33,8 +33,12 @@ def reap_condition(cutoff: datetime, routes: bool):
 
 def reap(grace: float, routes: bool, now: datetime | None = None) -> int:
     """Delete the abandoned ephemeral tunnels; returns how many (their routes, tickets and
-    grants go with them: ON DELETE CASCADE)."""
-    cutoff = (now or utcnow()) - timedelta(seconds=grace)
+    grants go with them: ON DELETE CASCADE).  ``routes`` (PostgreSQL): on the database's clock."""
+    if routes and now is None:  # the clock the relays wrote disconnected_at with
+        from .relay.store import _db_later
+        cutoff = _db_later(-grace)
+    else:
+        cutoff = (now or utcnow()) - timedelta(seconds=grace)
     with database.atomic():
         query = Tunnel.delete().where(reap_condition(cutoff, routes))
         if not isinstance(database.obj, pw.PostgresqlDatabase):

@@ -74,11 +74,16 @@ class Store:
         self._db.connect(reuse_if_open=True)
         self.routes = isinstance(self._db, pw.PostgresqlDatabase)
         # disconnected_at from now: an ephemeral tunnel's client gets the grace to reconnect after a restart
-        inactive = Tunnel.update(status="inactive", session_access=None, disconnected_at=utcnow()).where(
+        inactive = Tunnel.update(status="inactive", session_access=None, disconnected_at=self._now()).where(
             Tunnel.status != "inactive")
         if self.routes:  # tunnels held by other relays stay active
             inactive = inactive.where(~pw.fn.EXISTS(self._valid_route(Tunnel.id)))
         inactive.execute()
+
+    def _now(self):
+        """When an agent left (``disconnected_at``): on PostgreSQL the database's clock, which the
+        reaper compares it with in every relay, so relays' clocks don't matter."""
+        return DB_NOW if self.routes else utcnow()
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
         row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id,
@@ -107,7 +112,7 @@ class Store:
         if active:
             changes.update(last_connected=utcnow(), disconnected_at=None)
         else:
-            changes["disconnected_at"] = utcnow()  # an ephemeral tunnel's grace starts (intunnel.ephemeral)
+            changes["disconnected_at"] = self._now()  # an ephemeral tunnel's grace starts (intunnel.ephemeral)
         Tunnel.update(**changes).where(Tunnel.id == tunnel_id).execute()
 
     def _revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
@@ -177,7 +182,7 @@ class Store:
         gone = [t for (t,) in Route.delete().where(condition & Route.tunnel.in_(ids))
                 .returning(Route.tunnel).tuples().execute()]
         if gone:
-            Tunnel.update(status="inactive", disconnected_at=utcnow()).where(Tunnel.id.in_(gone)).execute()
+            Tunnel.update(status="inactive", disconnected_at=DB_NOW).where(Tunnel.id.in_(gone)).execute()
         return gone
 
     def _claim(self, tunnel_id: int, session_id: str, narrowed: str | None = None) -> str | None:
@@ -203,7 +208,7 @@ class Store:
             Route.delete().where((Route.tunnel == tunnel_id) & (Route.relay_id == self.relay_id)
                                  & (Route.session_id == session_id)).execute()
             if mark_inactive:
-                Tunnel.update(status="inactive", session_access=None, disconnected_at=utcnow()).where(
+                Tunnel.update(status="inactive", session_access=None, disconnected_at=DB_NOW).where(
                     (Tunnel.id == tunnel_id) & ~pw.fn.EXISTS(self._valid_route(tunnel_id))).execute()
 
     def _renew(self, live: dict[int, str]) -> list[int]:

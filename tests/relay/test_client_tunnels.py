@@ -145,7 +145,8 @@ def test_a_killed_clients_ephemeral_tunnel_is_reaped_after_the_grace(setup):
 
 def test_the_dashboard_and_the_api_mark_ephemeral_tunnels(setup):
     import requests
-    tunnels.create(setup.settings, setup.user, "tazomi", "tazomi", 3000, ephemeral=True)
+    made = tunnels.create(setup.settings, setup.user, "tazomi", "tazomi", 3000, ephemeral=True)
+    Tunnel.update(status="active").where(Tunnel.id == made.id).execute()  # the relay's reaper leaves it
     listed = requests.get(setup.web.url + "/api/tunnels", timeout=10,
                           headers={"Authorization": f"Bearer {setup.api_token}"}).json()["tunnels"]
     assert [(t["subdomain"], t["ephemeral"]) for t in listed] == [("tazomi", True)]
@@ -153,7 +154,6 @@ def test_the_dashboard_and_the_api_mark_ephemeral_tunnels(setup):
     browser = requests.Session()
     assert browser.post(setup.web.url + "/login", data={"email": "ann@example.com",
                                                         "password": "correct horse battery"}).status_code == 200
-    made = setup.tunnel("tazomi")
     for page in ("/", f"/tunnels/{made.id}"):
         assert "ephemeral, deleted when the client stops" in browser.get(setup.web.url + page, timeout=10).text
 
