@@ -117,8 +117,11 @@ def test_a_saved_token_wins_and_works_without_a_login(setup):
 
 # --- ephemeral tunnels ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_an_ephemeral_tunnel_is_deleted_when_the_client_stops(setup, sig):
+@pytest.mark.parametrize("sig, portable", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGINT, True)],
+                         ids=["ctrl-c", "sigterm", "ctrl-c-portable"])
+def test_an_ephemeral_tunnel_is_deleted_when_the_client_stops(setup, sig, portable):
+    if portable:  # the plain signal handlers macOS and Windows get (intunnel/portable.py)
+        setup.env["INTUNNEL_PORTABLE"] = "1"
     with HttpUpstream() as up:
         client = setup.client("http", str(up.port))
         with client:
