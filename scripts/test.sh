@@ -28,13 +28,18 @@ if command -v systemctl >/dev/null && systemctl is-active --quiet postgresql 2>/
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/pip install -q --disable-pip-version-check -e '.[server,test]'
-# tests/client_install installs the client into a fresh Python 3.9 venv with no network: its one
-# dependency there (tomli) comes from this wheelhouse, outside the checkout.
+# tests/client_install installs the client into fresh Python 3.9 venvs with no network: its one
+# dependency there (tomli), and the tools its pure tests run with on 3.9, come from this
+# wheelhouse, outside the checkout.
 CLIENT_WHEELHOUSE=.venv/client-wheelhouse
-if ! ls "$CLIENT_WHEELHOUSE"/tomli-*.whl >/dev/null 2>&1; then
-  .venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: --no-deps --python-version 3.9 \
-    -d "$CLIENT_WHEELHOUSE" 'tomli>=1.1'
-fi
+for tool in tomli pytest hypothesis h11 httptools exceptiongroup; do
+  if ! ls "$CLIENT_WHEELHOUSE/$tool"-*.whl >/dev/null 2>&1; then
+    .venv/bin/pip download -q --disable-pip-version-check --only-binary=:all: --python-version 3.9 \
+      -d "$CLIENT_WHEELHOUSE" 'tomli>=1.1' 'pytest>=8' 'hypothesis>=6' 'h11>=0.14' 'httptools>=0.6' \
+      'exceptiongroup>=1'   # pytest's and hypothesis' on Pythons before 3.11 (pip reads markers as for this one)
+    break
+  fi
+done
 
 set +e
 .venv/bin/python -m pytest "$@"
