@@ -77,7 +77,7 @@ def _name(value):
 
 def _show(args, cfg: config.ClientConfig) -> int:
     print(f"config file: {config.config_path()}")
-    if not cfg.servers:
+    if not cfg.servers and not cfg.tunnels:
         print("nothing saved yet: `intunnel login --server URL`, or "
               "`intunnel config add-token TOKEN --server URL --name NAME`")
         return 0
@@ -89,6 +89,12 @@ def _show(args, cfg: config.ClientConfig) -> int:
                   f"(API token {mask(entry.login.token)})")
         for name in sorted(entry.tokens):
             print(f"  tunnel {name}: token {mask(entry.tokens[name])}")
+    if cfg.tunnels:
+        print("tunnels for `intunnel start`:")
+    for name in sorted(cfg.tunnels):
+        shown = {k: (mask(v) if k == "token" and isinstance(v, str) else
+                     "(set)" if k == "basic_auth" else v) for k, v in cfg.tunnels[name].items()}
+        print(f"  [tunnels.{name}] " + ", ".join(f"{k} = {v}" for k, v in shown.items()))
     return 0
 
 

@@ -351,6 +351,14 @@ def test_a_section_without_a_server_says_where_to_set_it(home, capsys):
     assert cli.main(["start", "web"]) == 2 and "[tunnels.web] server: no server" in capsys.readouterr().err
 
 
+def test_config_show_lists_the_sections_without_secrets(home, capsys):
+    home.write_text('[tunnels.web]\nport = 3000\ntoken = "abcdefghijklmnopq"\nbasic_auth = ["ann:secret-pass"]\n')
+    assert cli.main(["config", "show"]) == 0
+    out = capsys.readouterr().out
+    assert "[tunnels.web] port = 3000, token = abcd…, basic_auth = (set)" in out
+    assert "secret-pass" not in out and "abcdefghijklmnopq" not in out
+
+
 def test_start_without_sections_says_how_to_write_one(home, capsys):
     assert cli.main(["start", "--all"]) == 2 and "[tunnels.web]" in capsys.readouterr().err
 
