@@ -119,8 +119,10 @@ def test_concurrent_starts_apply_each_step_once(empty_settings, tmp_path):
     go.touch()
     outcomes = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outcomes
-    results = sorted((json.loads(out) for out, _ in outcomes), key=len)
-    assert results == [[], [], list(range(1, migrations.LATEST + 1))]
+    # Each step once, by whichever process got its transaction first: usually one applies them
+    # all, but on a loaded machine another may win the lock between two steps and apply the rest.
+    applied = [version for out, _ in outcomes for version in json.loads(out)]
+    assert sorted(applied) == list(range(1, migrations.LATEST + 1)), outcomes
 
 
 def test_schema_migrator_is_the_backends(empty_settings):
