@@ -45,13 +45,26 @@ def _copy(src: Path, target: Path) -> None:
     os.utime(target, (FIXED_TIME, FIXED_TIME))
 
 
+class _OwnModules(modulefinder.ModuleFinder):
+    """Follows ``intunnel``'s own imports only: an installed package beside it (uvloop, its
+    Cython modules) is none of the zipapp's business, and scanning those recursed past
+    Python's limit in a deployed venv."""
+
+    def find_module(self, name, path, parent=None):
+        fqname = f"{parent.__name__}.{name}" if parent is not None else name
+        own = fqname == "intunnel" or fqname.startswith("intunnel.") or (name == "__init__" and path)
+        if not own:     # (a package's __init__ is looked up in its own directory, with no parent)
+            raise ImportError(fqname)
+        return super().find_module(name, path, parent)
+
+
 def client_modules() -> list[Path]:
     """The files of every ``intunnel`` module the client can import: ``intunnel.cli`` and the
     modules of its client commands, followed through their imports (lazy ones too), never into
     the server commands' modules or ``intunnel-admin``."""
     from . import cli
     server = [cli.COMMANDS[name].partition(":")[0] for name in cli.SERVER_COMMANDS]
-    finder = modulefinder.ModuleFinder(path=[str(PACKAGE.parent)], excludes=[*server, "intunnel.admin"])
+    finder = _OwnModules(path=[str(PACKAGE.parent)], excludes=[*server, "intunnel.admin"])
     for name, module in cli.COMMANDS.items():
         if name not in cli.SERVER_COMMANDS:
             finder.import_hook(module.partition(":")[0])

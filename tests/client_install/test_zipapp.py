@@ -8,9 +8,11 @@ from __future__ import annotations
 import hashlib
 import html
 import re
+import shutil
 import subprocess
 import urllib.request
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -43,6 +45,29 @@ def test_the_same_sources_make_the_same_bytes_and_an_old_release_goes(tmp_path):
     assert clientzip.ensure(tmp_path, rebuild=True) == (path, False)    # rebuilt: the same bytes
     assert path.read_bytes() == first
     assert [p.name for p in path.parent.iterdir()] == [path.name]       # no temporary file left
+
+
+def test_built_from_an_installed_package_beside_others(tmp_path):
+    """As deployed: intunnel in a site-packages next to uvloop and the rest (following their imports
+    once recursed past Python's limit there); the zipapp holds the same modules as from here."""
+    import site
+    import sys
+
+    where = tmp_path / "site-packages"
+    where.mkdir()
+    for entry in Path(site.getsitepackages()[0]).iterdir():
+        if not entry.name.startswith(("intunnel", "__editable__", "_intunnel")):
+            (where / entry.name).symlink_to(entry)
+    shutil.copytree(Path(clientzip.__file__).parent, where / "intunnel",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); from intunnel import clientzip; "
+             "print(clientzip.PACKAGE); print(*(p.relative_to(clientzip.PACKAGE) for p in clientzip.client_modules()))")
+    out = subprocess.run([sys.executable, "-I", "-c", probe, str(where)], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    package, modules = out.stdout.splitlines()
+    assert package == str(where / "intunnel")
+    assert modules.split() == [str(p.relative_to(clientzip.PACKAGE)) for p in clientzip.client_modules()]
 
 
 def test_the_web_app_serves_the_client_zipapp_with_its_version(settings, db, python39, tmp_path):

@@ -97,6 +97,19 @@ def test_units_are_active_and_hardened(site):
     assert config == ["640", "root", "intunnel"]
 
 
+def test_the_host_serves_its_own_client_zipapp(site):
+    """Built by the playbook (intunnel-admin client build) into the data dir, served through nginx."""
+    import zipfile
+    from io import BytesIO
+
+    from intunnel import __version__
+    status, headers, body = site.request("GET", "/download/intunnel.pyz", headers={"Accept": "*/*"})
+    assert status == 200 and dict((k.lower(), v) for k, v in headers)["x-intunnel-version"] == __version__
+    assert "intunnel/client/cli.py" in zipfile.ZipFile(BytesIO(body)).namelist()
+    built = site.container.ssh(f"stat -c '%U %a' /var/lib/intunnel/download/intunnel-{__version__}.pyz").stdout
+    assert built.split() == ["intunnel", "644"]
+
+
 def test_tunnel_through_the_deployed_host(site):
     from websockets.sync.client import connect
 
