@@ -1,0 +1,314 @@
+"""What the inspector keeps of each exchange, from a passive look at one visitor connection.
+
+Pure: ``Capture`` is fed the bytes the local app receives (``requests``) and sends
+(``responses``), as ``exchanges.ExchangeLog`` is, and follows both directions with the
+relay's own reader (``http1.MessageReader``).  It records each exchange into a ``Store``:
+times, method, target, status, sizes, the visitor's address, both heads and the first
+``body_limit`` bytes of each body; the rest of a body is counted, not kept (a Content-Length
+body past the limit is skipped by count, not even sliced).
+
+It never raises into the tunnel and never holds the tunnel's bytes: on anything it doesn't
+follow it stops recording that connection (the exchange in progress is marked so).
+
+The ``Store`` is bounded twice: ``max_exchanges`` records and ``max_body_bytes`` of kept
+bodies, oldest dropped first.  A record dropped while its exchange is still running stops
+copying (nobody could see what it would keep).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections import OrderedDict, deque
+from typing import Callable, Optional
+
+from ...wire.http1 import END, MessageReader, RequestHead, ResponseHead
+
+BODY_LIMIT = 64 * 1024              # --inspect-body-limit's default: bytes kept of each body
+MAX_EXCHANGES = 500                 # the store keeps the last this many exchanges
+MAX_BODY_BYTES = 32 * 1024 * 1024   # and at most this many body bytes in all
+MAX_REQUEST_HEAD = 1 << 20          # the relay bounded visitor heads already (relay_max_header_size)
+MAX_RESPONSE_HEAD = 64 * 1024       # as exchanges.MAX_HEAD: a longer response head is not followed
+MAX_HELD = 64 * 1024                # request bytes held after an upgrade request, until its answer
+
+
+class Body:
+    """One body: its size on the wire's framing (chunked: the data, without the chunk lines),
+    and the first bytes of it as sent (a chunked body's kept bytes include its chunk lines)."""
+
+    __slots__ = ("size", "kept", "wire")
+
+    def __init__(self):
+        self.size = 0
+        self.kept = bytearray()
+        self.wire = 0       # bytes of the body as framed on the wire (chunk lines included)
+
+    @property
+    def truncated(self) -> bool:
+        return self.wire > len(self.kept)
+
+
+class Record:
+    """One exchange.  ``state``: "open" (request seen), "done", "upgraded" (101: raw bytes
+    until close), "closed" (the connection ended before a whole response) or "lost" (the
+    capture stopped following this connection)."""
+
+    def __init__(self, rid: str, head: RequestHead, started: float, mono: float, replay_of: str = ""):
+        self.id = rid
+        self.started = started          # wall clock (time.time()) of the request head
+        self._mono = mono
+        self.duration = None            # seconds, once the response ended (or the upgrade closed)
+        self.method = head.method
+        self.target = head.target
+        self.request_head = head.raw.decode("latin-1") if head.raw is not None else ""
+        self.request_chunked = head.body == "chunked"
+        self.remote = _visitor(head.get("x-forwarded-for"))
+        self.request = Body()
+        self.response_head = ""
+        self.status = 0
+        self.response_chunked = False
+        self.response = Body()
+        self.interim: list[int] = []    # 1xx statuses before the final response
+        self.upgraded = False
+        self.raw_up = 0                 # after a 101: bytes visitor -> app
+        self.raw_down = 0               # and app -> visitor
+        self.state = "open"
+        self.replay_of = replay_of      # the id this exchange replays ("" for a visitor's)
+        self.dropped = False            # gone from the store: copy nothing more
+
+    def finish(self, mono: float, state: str) -> None:
+        if self.state in ("open", "upgraded"):
+            self.duration = max(0.0, mono - self._mono)
+            self.state = state
+
+
+def _visitor(xff: Optional[str]) -> str:
+    """The address the relay appended to X-Forwarded-For (its last entry)."""
+    if not xff:
+        return ""
+    return xff.rsplit(",", 1)[-1].strip()
+
+
+class Store:
+    """The last ``max_exchanges`` records, with at most ``max_body_bytes`` of kept bodies."""
+
+    def __init__(self, max_exchanges: int = MAX_EXCHANGES, max_body_bytes: int = MAX_BODY_BYTES,
+                 body_limit: int = BODY_LIMIT, clock: Callable[[], float] = time.time,
+                 mono: Callable[[], float] = time.monotonic):
+        self.max_exchanges = max_exchanges
+        self.max_body_bytes = max_body_bytes
+        self.body_limit = body_limit
+        self.clock, self.mono = clock, mono
+        self._records: "OrderedDict[str, Record]" = OrderedDict()
+        self.body_bytes = 0
+        self._ids = itertools.count(1)
+        self.version = 0                # bumped on every change (the page polls it)
+
+    def new(self, head: RequestHead, replay_of: str = "") -> Record:
+        record = Record(f"ex_{next(self._ids)}", head, self.clock(), self.mono(), replay_of)
+        self._records[record.id] = record
+        while len(self._records) > self.max_exchanges:
+            self._drop_oldest()
+        self.changed()
+        return record
+
+    def keep(self, record: Record, body: Body, data) -> None:
+        """Append what of ``data`` fits in ``body``'s limit and the store's byte budget."""
+        room = self.body_limit - len(body.kept)
+        if record.dropped or room <= 0 or not data:
+            return
+        piece = data[:room] if len(data) > room else data
+        body.kept += piece
+        self.body_bytes += len(piece)
+        while self.body_bytes > self.max_body_bytes and self._records:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        _, record = self._records.popitem(last=False)
+        record.dropped = True
+        self.body_bytes -= len(record.request.kept) + len(record.response.kept)
+
+    def changed(self) -> None:
+        self.version += 1
+
+    def get(self, rid: str) -> Optional[Record]:
+        return self._records.get(rid)
+
+    def records(self) -> list:
+        """Newest first."""
+        return list(reversed(self._records.values()))
+
+    def clear(self) -> None:
+        for record in self._records.values():
+            record.dropped = True
+        self._records.clear()
+        self.body_bytes = 0
+        self.changed()
+
+
+class _GiveUp(Exception):
+    pass
+
+
+class Capture:
+    """One connection's exchanges, into ``store``.  Feed ``requests(data)`` what the app
+    receives and ``responses(data)`` what it sends; call ``closed()`` when it ends."""
+
+    def __init__(self, store: Store, replay_of: str = ""):
+        self.store = store
+        self.replay_of = replay_of
+        self._requests = MessageReader("request", MAX_REQUEST_HEAD)
+        self._responses = MessageReader("response", MAX_RESPONSE_HEAD)
+        self._pending: deque = deque()      # records waiting for (or reading) their response
+        self._reading: Optional[Record] = None   # the record whose request body is being read
+        self._held = b""
+        self._switching = False             # an upgrade request waits for its answer
+        self._raw: Optional[Record] = None  # after a 101: the upgraded exchange
+        self.off = False
+
+    # --- the taps ------------------------------------------------------------------------------
+    def requests(self, data) -> None:
+        if self.off:
+            return
+        if self._raw is not None:
+            self._raw.raw_up += len(data)
+            return
+        self._guard(self._read_requests, data)
+
+    def responses(self, data) -> None:
+        if self.off:
+            return
+        if self._raw is not None:
+            self._raw.raw_down += len(data)
+            return
+        self._guard(self._read_responses, data)
+
+    def closed(self) -> None:
+        if self.off:
+            return
+        self.off = True
+        mono = self.store.mono()
+        if self._raw is not None:
+            self._raw.finish(mono, "done")
+        elif self._pending and self._responses.eof():   # a body read until the app closes
+            self._pending.popleft().finish(mono, "done")
+        for record in self._pending:
+            record.finish(mono, "closed")
+        self._pending.clear()
+        self.store.changed()
+
+    def _guard(self, step, data) -> None:
+        try:
+            step(data)
+        except Exception:   # _GiveUp, HttpError, a bug here: traffic goes on, unrecorded
+            self.off = True
+            mono = self.store.mono()
+            for record in self._pending:
+                record.finish(mono, "lost")
+            self._pending.clear()
+            self.store.changed()
+
+    # --- requests ------------------------------------------------------------------------------
+    def _read_requests(self, data) -> None:
+        if self._switching:
+            self._held += bytes(data)
+            if len(self._held) > MAX_HELD:
+                raise _GiveUp("too many bytes after an upgrade request")
+            return
+        reader, store = self._requests, self.store
+        while data:
+            record = self._reading
+            left = reader.body_left
+            if record is not None and left and len(record.request.kept) >= store.body_limit:
+                n = min(left, len(data))        # past the limit: counted, not even sliced
+                record.request.size += n
+                record.request.wire += n
+                data = data[n:]
+                if reader.skip_body(n):
+                    self._reading = None
+                continue
+            events, data = reader.feed(data)
+            for ev in events:
+                if isinstance(ev, RequestHead):
+                    record = store.new(ev, self.replay_of)
+                    self._pending.append(record)
+                    self._reading = record
+                    if ev.body == "upgrade":
+                        self._switching = True
+                elif ev is END:
+                    if record is not None and record.request_chunked:
+                        record.request.size = reader.chunk_data
+                    self._reading = None
+                elif record is not None:
+                    record.request.wire += len(ev)
+                    if not record.request_chunked:
+                        record.request.size += len(ev)
+                    store.keep(record, record.request, ev)
+            if self._switching:
+                self._held += bytes(data)
+                return
+            if not events:
+                break
+
+    # --- responses -----------------------------------------------------------------------------
+    def _read_responses(self, data) -> None:
+        reader, store = self._responses, self.store
+        while data and not self.off and self._raw is None:
+            if not self._pending:
+                raise _GiveUp("bytes from the app nobody asked for")
+            record = self._pending[0]
+            if reader.between_messages:
+                reader.head_only, reader.upgrade_asked = record.method == "HEAD", self._switching and \
+                    len(self._pending) == 1
+            left = reader.body_left
+            if left and record.response_head and len(record.response.kept) >= store.body_limit:
+                n = min(left, len(data))
+                record.response.size += n
+                record.response.wire += n
+                data = data[n:]
+                if reader.skip_body(n):
+                    self._finish(record)
+                continue
+            events, data = reader.feed(data)
+            for ev in events:
+                if isinstance(ev, ResponseHead):
+                    if 100 <= ev.status < 200 and ev.status != 101:
+                        record.interim.append(ev.status)
+                        continue
+                    record.status = ev.status
+                    record.response_head = ev.raw[:-4].decode("latin-1")
+                    record.response_chunked = ev.body == "chunked"
+                    store.changed()
+                    if ev.status == 101:
+                        self._upgraded(record, data)
+                        return
+                elif ev is END:
+                    if record.response_chunked:
+                        record.response.size = reader.chunk_data
+                    self._finish(record)
+                else:
+                    record.response.wire += len(ev)
+                    if not record.response_chunked:
+                        record.response.size += len(ev)
+                    store.keep(record, record.response, ev)
+            if not events:
+                break
+
+    def _upgraded(self, record: Record, rest) -> None:
+        self._pending.popleft()
+        record.upgraded, record.state = True, "upgraded"
+        record.raw_down += len(rest)
+        record.raw_up += len(self._held)
+        self._held = b""
+        self._raw = record
+
+    def _finish(self, record: Record) -> None:
+        self._pending.popleft()
+        record.finish(self.store.mono(), "done")
+        self.store.changed()
+        if self._switching and not self._pending:   # an upgrade answered without switching
+            self._switching = False
+            self._requests.after_upgrade_refused()
+            held, self._held = self._held, b""
+            if held:
+                self._read_requests(held)
