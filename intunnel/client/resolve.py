@@ -72,7 +72,7 @@ def resolve(args, cfg: config.ClientConfig, make_api=Api) -> Target:
                          "`intunnel config add-token TOKEN --server URL --name NAME`")
     if args.token:
         return Target(server, args.token, args.name or "")
-    entry = cfg.find(complete_server(server)[0])
+    server, entry = find_entry(cfg, server)
     tokens = entry.tokens if entry else {}
     login = entry.login if entry else None
     name = args.name
@@ -104,6 +104,18 @@ def _relogin(server: str, e: ApiError) -> Exception:
     if e.status != 401:
         return e
     return ValueError(f"the login for {server} is no longer valid ({e}): `intunnel login --server {server}` again")
+
+
+def find_entry(cfg: config.ClientConfig, server: str):
+    """(server, its saved entry or None).  A URL that is not a saved relay but the web app of a
+    login (the dashboard's address, typed as --server) is that login's relay."""
+    key = config.server_key(complete_server(server)[0])
+    entry = cfg.find(key)
+    if entry is None:
+        for relay, other in sorted(cfg.servers.items()):
+            if other.login and config.server_key(other.login.web or "") == key:
+                return relay, other
+    return server, entry
 
 
 def login_api(server: str, login: config.Login, insecure: bool = False, make_api=Api) -> Api:

@@ -6,9 +6,8 @@ import json
 import sys
 
 from . import config
-from .address import complete_server
 from .api import ApiError
-from .resolve import list_tunnels, login_api
+from .resolve import find_entry, list_tunnels, login_api
 
 HELP = "List your tunnels (name, public URL, local port, status, last connected); needs `intunnel login`."
 
@@ -31,7 +30,7 @@ def run(args) -> int:
         print("intunnel: give --server URL (the one you logged in to with `intunnel login --server URL`)",
               file=sys.stderr)
         return 2
-    entry = cfg.find(complete_server(server)[0])
+    server, entry = find_entry(cfg, server)
     if entry is None or entry.login is None:
         print(f"intunnel: not logged in to {server}: `intunnel login --server {server}` first", file=sys.stderr)
         return 2

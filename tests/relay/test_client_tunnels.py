@@ -252,6 +252,8 @@ def test_tunnels_lists_the_users_tunnels_as_a_table_and_json(setup):
             assert rows["web"][1:4] == [setup.settings.tunnel_url("web"), str(up.port), "active"]
             assert rows["backend"][1:4] == [setup.settings.tunnel_url("backend"), "8000", "inactive"]
             assert "never" in rows["backend"]
+            by_web = setup.run("tunnels", "--server", setup.web.url)  # the dashboard's URL: its relay's login
+            assert by_web.returncode == 0 and by_web.stdout == done.stdout, by_web.stderr
             answer = json.loads(setup.run("tunnels", "--json").stdout)
             by = {t["subdomain"]: t for t in answer["tunnels"]}
             assert by["web"]["status"] == "active" and by["web"]["last_connected"]
@@ -420,6 +422,12 @@ def test_a_name_shared_by_two_tunnels_asks_for_the_subdomain():
     api = FakeApi([{"subdomain": "a", "name": "Same", "token": "1"}, {"subdomain": "b", "name": "Same", "token": "2"}])
     with pytest.raises(ValueError, match="2 of your tunnels are named 'Same'"):
         resolve.resolve(_args(name="Same"), _cfg(), api)
+
+
+def test_the_web_apps_url_as_server_finds_its_relays_login():
+    api = FakeApi([{"subdomain": "web", "name": "Web", "token": "looked-up"}])
+    found = resolve.resolve(_args(server="https://WEB.e.com/", name="web"), _cfg(), api)
+    assert (found.server, found.token, api.base_url) == ("https://e.com", "looked-up", "https://web.e.com")
 
 
 def test_without_login_or_token_it_says_log_in():
