@@ -1,7 +1,7 @@
 """The relay's HTTP proxy for one visitor connection: a pure state machine (no sockets, no asyncio).
 
 Like h11, each side of the connection has its own state, and every transition the
-code takes is a row of ``TABLE`` (``_go`` refuses any other).  The I/O layer
+code takes is a row of ``TABLE`` (``_req_go``/``_resp_go`` refuse any other).  The I/O layer
 (``relay/link.py``) feeds events in and carries the returned actions out:
 
     events:  visitor_data, visitor_eof, attached, route_failed, upstream_data,
@@ -110,7 +110,7 @@ TABLE = frozenset({
 }   # a tunnel (after 101) is handed to netio.splice and ends there: no close row for TUNNEL
   | {("req", s, "close", Req.CLOSED) for s in Req.ALL if s not in (Req.CLOSED, Req.TUNNEL)}
   | {("resp", s, "close", Resp.CLOSED) for s in Resp.ALL if s not in (Resp.CLOSED, Resp.TUNNEL)})
-# The same rows without their side (every state's name says its side): what ``_go`` looks up.
+# The same rows without their side (every state's name says its side): what ``_req_go``/``_resp_go`` look up.
 _STEPS = frozenset((frm, event, to) for _, frm, event, to in TABLE)
 
 
@@ -214,6 +214,8 @@ class ProxyState:
         self.guard = None            # R12: guard.admits(head): the attached tunnel's policy admits it now
 
     # --- derived -----------------------------------------------------------------------------
+    # (For the I/O layer and the tests.  The methods below test ``self.req is Req.CLOSED`` and
+    # ``self.host is not None`` themselves: a property is a call, on every event.)
     @property
     def attached(self) -> bool:
         return self.host is not None
@@ -229,7 +231,7 @@ class ProxyState:
 
     @property
     def wants_upstream_input(self) -> bool:
-        return self.attached and self.kernel != "down" and self.resp is not Resp.CLOSED
+        return self.host is not None and self.kernel != "down" and self.resp is not Resp.CLOSED
 
     @property
     def closed(self) -> bool:
@@ -253,14 +255,17 @@ class ProxyState:
         return None
 
     # --- transitions -------------------------------------------------------------------------
-    def _go(self, side: str, event: str, to) -> None:
-        now_state = self.req if side == "req" else self.resp
-        if (now_state, event, to) not in _STEPS:
-            raise AssertionError(f"no transition {side} {now_state} --{event}--> {to}")
-        if side == "req":
-            self.req = to
-        else:
-            self.resp = to
+    # One method per side (not one taking the side's name): a checked transition runs on every
+    # step of every exchange, seven times a keep-alive request.
+    def _req_go(self, event: str, to: str) -> None:
+        if (self.req, event, to) not in _STEPS:
+            raise AssertionError(f"no transition req {self.req} --{event}--> {to}")
+        self.req = to
+
+    def _resp_go(self, event: str, to: str) -> None:
+        if (self.resp, event, to) not in _STEPS:
+            raise AssertionError(f"no transition resp {self.resp} --{event}--> {to}")
+        self.resp = to
 
     # --- visitor events ----------------------------------------------------------------------
     def start(self, head: RequestHead, rest: bytes, now: float) -> list:
@@ -271,10 +276,10 @@ class ProxyState:
 
     def evict(self, now: float) -> list:
         """The tunnel is full and this visitor is the idlest between requests: close it (R8)."""
-        return self._close(now, None) if self.between_requests and not self.closed else []
+        return self._close(now, None) if self.between_requests and self.req is not Req.CLOSED else []
 
     def visitor_data(self, data: bytes, now: float) -> list:
-        if self.closed:
+        if self.req is Req.CLOSED:
             return []
         if self.req is Req.BODY:
             self.window_bytes += len(data)
@@ -282,7 +287,7 @@ class ProxyState:
         return self._advance(now)
 
     def visitor_eof(self, now: float) -> list:
-        if self.closed:
+        if self.req is Req.CLOSED:
             return []
         self.visitor_gone = True
         if self.req is Req.TUNNEL:
@@ -299,25 +304,25 @@ class ProxyState:
     def attached_upstream(self, host_header: str | None, reused: bool, now: float, to_peer: bool = False) -> list:
         """The I/O layer attached an upstream of ``self.head``'s tunnel (``to_peer``: a peer relay,
         which judges the request, access cookie included, itself)."""
-        if self.closed:
+        if self.req is Req.CLOSED:
             return [Detach(park=reused)]
         self.host = self.head.host
         self.host_header, self.reused, self.to_peer = host_header, reused, to_peer
         self.reusable = True
         self.stats.route.observe(now - self.head_at)
         self.responses = MessageReader("response", 64 * 1024)
-        self._go("req", "routed", Req.BODY)
+        self._req_go("routed", Req.BODY)
         return self._send_head(now) + self._advance(now)
 
     def route_failed(self, page: bytes, now: float) -> list:
         """No upstream for the head: answer with the relay's page and close (R7)."""
-        if self.closed:
+        if self.req is Req.CLOSED:
             return []
         return self._fail(page, now)
 
     # --- upstream events ---------------------------------------------------------------------
     def upstream_data(self, data: bytes, now: float) -> list:
-        if self.closed or not self.attached:
+        if self.req is Req.CLOSED or self.host is None:
             return []
         if self.resp is Resp.TUNNEL:
             return [ToVisitor(data)]
@@ -342,12 +347,12 @@ class ProxyState:
             elif ev:
                 self.answered = True
                 out.append(ToVisitor(ev))
-            if self.closed:
+            if self.req is Req.CLOSED:
                 return out
         if rest:
             if self.resp is Resp.TUNNEL:
                 out.append(ToVisitor(rest))
-            elif self.attached and self.resp is not Resp.IDLE:
+            elif self.host is not None and self.resp is not Resp.IDLE:
                 out += self._drop_upstream(now)   # still mid-exchange (its request body goes on)
         elif self.resp is Resp.BODY and self.responses.body_left >= BULK:
             self.kernel = "down"
@@ -356,7 +361,7 @@ class ProxyState:
 
     def upstream_ended(self, now: float) -> list:
         """The upstream closed (or sent EOF) outside tunnel mode."""
-        if self.closed or not self.attached:
+        if self.req is Req.CLOSED or self.host is None:
             return []
         if self.resp is Resp.IDLE or self.resp is Resp.DONE:
             self.host = None         # an idle keep-alive upstream went away: route anew next time
@@ -367,8 +372,8 @@ class ProxyState:
                     head.method in IDEMPOTENT and head.body == "none":
                 self.retried = True   # R10
                 self.host = None
-                self._go("req", "retry", Req.ROUTING)
-                self._go("resp", "retry", Resp.IDLE)
+                self._req_go("retry", Req.ROUTING)
+                self._resp_go("retry", Resp.IDLE)
                 return [Detach(park=False), Route(head)]
             return self._fail(pages.response(502, "The local app closed the connection without "
                                              "answering.", head.get("accept"),
@@ -380,7 +385,7 @@ class ProxyState:
     def kernel_done(self, moved: int, now: float) -> list:
         """The kernel moved ``moved`` body bytes (a ``KernelUp``/``KernelDown`` finished or gave up)."""
         direction, self.kernel = self.kernel, None
-        if self.closed:
+        if self.req is Req.CLOSED:
             return []
         out: list = []
         if direction == "up" and moved:
@@ -395,7 +400,7 @@ class ProxyState:
         return out + self._advance(now)
 
     def timer(self, now: float) -> list:
-        if self.closed:
+        if self.req is Req.CLOSED:
             return []
         when = self.deadline()
         if when is None or now < when - 1e-3:
@@ -423,7 +428,7 @@ class ProxyState:
     def _advance(self, now: float) -> list:
         """Parse held visitor bytes as far as the current state lets them go."""
         out: list = []
-        while self.held and not self.closed:
+        while self.held and self.req is not Req.CLOSED:
             if self.req is Req.IDLE:
                 if self.must_close:
                     self.held = b""      # R5: nothing after the last request is forwarded
@@ -453,7 +458,7 @@ class ProxyState:
             else:
                 break   # ROUTING, DONE, SWITCHING: the bytes wait (R4)
         if not self.held and self.req is Req.BODY and self.kernel is None and \
-                self.requests.body_left >= BULK and not self.closed:
+                self.requests.body_left >= BULK and self.req is not Req.CLOSED:
             self.kernel = "up"
             out.append(KernelUp(self.requests.body_left))
         if self.req is Req.IDLE and self.requests.between_messages:
@@ -467,18 +472,18 @@ class ProxyState:
         self.head_at = now
         self.head, self.answered, self.retried = head, False, False
         self.head_since = None
-        if head.version != "HTTP/1.1" or _asks_close(head):
+        if head.version != "HTTP/1.1" or "connection" in head.index and _asks_close(head):
             self.must_close = True
-        if self.attached and head.host == self.host and (self.guard is None or self.guard.admits(head)):
+        if head.host == self.host and (self.guard is None or self.guard.admits(head)):
             # Kept from the last exchange: the app may have closed it meanwhile, as a parked one (R10).
             self.reused = True
-            self._go("req", "head", Req.BODY)
+            self._req_go("head", Req.BODY)
             return self._send_head(now)
         out: list = []
-        if self.attached:
+        if self.host is not None:
             out.append(Detach(park=self.reusable))  # R1: another tunnel's turn
             self.host = None
-        self._go("req", "head", Req.ROUTING)
+        self._req_go("head", Req.ROUTING)
         return out + [Route(head)]
 
     def _send_head(self, now: float) -> list:
@@ -519,7 +524,7 @@ class ProxyState:
                 add = [*add, ("Cookie", kept)] if kept else add
         self.responses.head_only = head.method == "HEAD"
         self.responses.upgrade_asked = head.body == "upgrade"
-        self._go("resp", "sent", Resp.WAITING)
+        self._resp_go("sent", Resp.WAITING)
         self.last_sent = now
         self.window_start, self.window_bytes = now, 0
         out = [ToUpstream(head.wire(remove=remove, add=add, replace=replace, rendered=rendered))]
@@ -529,15 +534,15 @@ class ProxyState:
 
     def _request_end(self, now: float) -> list:
         if self.head.body == "upgrade":
-            self._go("req", "end", Req.SWITCHING)
+            self._req_go("end", Req.SWITCHING)
             return []
-        self._go("req", "end", Req.DONE)
+        self._req_go("end", Req.DONE)
         return self._maybe_complete(now)
 
     def _response_head(self, head: ResponseHead, now: float) -> list:
         if head.status == 101:
-            self._go("resp", "101", Resp.TUNNEL)
-            self._go("req", "101", Req.TUNNEL)
+            self._resp_go("101", Resp.TUNNEL)
+            self._req_go("101", Req.TUNNEL)
             self.requests.switch_to_raw()
             self.answered = True
             self.stats.response(101)
@@ -553,7 +558,7 @@ class ProxyState:
                 return []                             # R11
             self.answered = True
             return [ToVisitor(head.raw)]
-        self._go("resp", "final", Resp.BODY)
+        self._resp_go("final", Resp.BODY)
         self.stats.response(head.status)
         hop = False
         if not head.keep_alive:
@@ -563,7 +568,7 @@ class ProxyState:
             else:
                 hop = True   # Connection is hop-by-hop: the visitor's connection may stay open
         if self.req is Req.SWITCHING:
-            self._go("req", "refused", Req.DONE)     # R2
+            self._req_go("refused", Req.DONE)     # R2
             self.requests.after_upgrade_refused()
         # (An answer may come before the whole request body went out: the exchange completes
         # when both halves have, _maybe_complete.)
@@ -580,7 +585,7 @@ class ProxyState:
         return [ToVisitor(raw)]   # a bodiless response's END comes from the reader next
 
     def _response_end(self, now: float, upstream_gone: bool = False) -> list:
-        self._go("resp", "end", Resp.DONE)
+        self._resp_go("end", Resp.DONE)
         if upstream_gone:
             self.reusable = False
             self.host = None
@@ -592,8 +597,8 @@ class ProxyState:
         """R7: an exchange is complete when both its request and its response are."""
         if self.req is not Req.DONE or self.resp is not Resp.DONE:
             return []
-        self._go("req", "reset", Req.IDLE)
-        self._go("resp", "reset", Resp.IDLE)
+        self._req_go("reset", Req.IDLE)
+        self._resp_go("reset", Resp.IDLE)
         self.outcomes["complete"] += 1
         self.stats.duration.observe(now - self.head_at)
         self.idle_since = now
@@ -601,10 +606,10 @@ class ProxyState:
         if self.must_close or self.visitor_gone:
             return self._close(now, None)
         out: list = []
-        if self.attached and not self.reusable:
+        if self.host is not None and not self.reusable:
             out.append(Detach(park=False))
             self.host = None
-        return out + self._advance(now)
+        return out + self._advance(now) if self.held else out   # (nothing held: nothing to parse)
 
     def _body_error(self, e: HttpError, now: float) -> list:
         """A malformed request body: the request can't be completed; the app must not see more."""
@@ -639,14 +644,14 @@ class ProxyState:
         out: list = []
         if self.req not in (Req.IDLE,) and outcome is not None:
             self.outcomes[outcome] += 1
-        if self.attached:
+        if self.host is not None:
             idle = self.req is Req.IDLE and self.resp is Resp.IDLE and self.reusable and self.kernel is None
             out.append(Detach(park=idle))
             self.host = None
         self.held = b""
-        self._go("req", "close", Req.CLOSED)
+        self._req_go("close", Req.CLOSED)
         if self.resp is not Resp.CLOSED:
-            self._go("resp", "close", Resp.CLOSED)
+            self._resp_go("close", Resp.CLOSED)
         return out + [Close(abort=abort)]
 
 

@@ -36,12 +36,16 @@ class Driver:
         self.spliced = False
         self.has_upstream = False
         self.taken: set = set()
-        go = self.m._go
+        for side in ("req", "resp"):
+            self._record(side)
 
-        def recording(side, event, to):
-            self.taken.add((side, self.m.req if side == "req" else self.m.resp, event, to))
-            go(side, event, to)
-        self.m._go = recording
+    def _record(self, side):
+        go = getattr(self.m, f"_{side}_go")
+
+        def recording(event, to):
+            self.taken.add((side, getattr(self.m, side), event, to))
+            go(event, to)
+        setattr(self.m, f"_{side}_go", recording)
 
     def apply(self, actions):
         for a in actions:
