@@ -61,7 +61,8 @@ _HEADER_BLOCK = _compile(r"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\r\n\x00]*+\r\n)*+
 # RFC 9112 §7.1: chunk-size [ BWS ";" chunk-ext ] -- an extension needs its ";" ("5 x" is not one).
 _CHUNK_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})(?:[ \t]*;[\x21-\x7e \t]*)?\Z")
 _TRAILER_LINE = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\x00]*\Z")
-_HOST = re.compile(r"^(?:\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?$")
+# A Host value; group 1 is its name part (what ``RequestHead.host`` is made of).
+_HOST = re.compile(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9._-]+)(?::[0-9]{1,5})?\Z")
 
 
 class HttpError(Exception):
@@ -76,11 +77,12 @@ class HttpError(Exception):
 class RequestHead:
     """A parsed request head: request line, headers in order, body framing."""
 
-    __slots__ = ("method", "target", "version", "headers", "index", "body", "length", "size", "raw", "_host")
+    __slots__ = ("method", "target", "version", "_headers", "index", "body", "length", "size", "raw", "_host")
 
-    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]],
+    def __init__(self, method: str, target: str, version: str, headers: list[tuple[str, str]] | None,
                  raw: bytes | None = None, index: dict[str, list[str]] | None = None):
-        self.method, self.target, self.version, self.headers = method, target, version, headers
+        # headers None: split out of ``raw`` when asked for (the relay's hot path needs only ``index``)
+        self.method, self.target, self.version, self._headers = method, target, version, headers
         self.raw = raw          # the head as received, without its blank line (None: built here)
         if index is None:
             index = {}
@@ -91,6 +93,14 @@ class RequestHead:
         self.length = 0
         self.size = 0           # bytes the head took on the wire
         self._host: str | None = None
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """The headers in order, as (name, value)."""
+        if self._headers is None:
+            text = self.raw.decode("latin-1") + "\r\n"
+            self._headers = _split_headers(text, text.find("\r\n") + 2, pairs=True)[0]
+        return self._headers
 
     def get(self, name: str) -> str | None:
         values = self.index.get(name.lower())
@@ -136,19 +146,21 @@ def _line_dropper(names: frozenset) -> re.Pattern:
     return _compile(rb"\r\n(?:" + alternatives + rb"):[^\r\n]*+", re.IGNORECASE)
 
 
-def _split_headers(block: str, start: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
-    """``block[start:]``: header lines, each ending in CRLF; the headers in order, and by
-    lowercased name."""
+def _split_headers(block: str, start: int = 0, pairs: bool = True) -> tuple[list[tuple[str, str]] | None,
+                                                                           dict[str, list[str]]]:
+    """``block[start:]``: header lines, each ending in CRLF; the headers in order (None unless
+    ``pairs``), and by lowercased name."""
     if not _HEADER_BLOCK.match(block, start):
         if re.search(r"\r\n[ \t]", "\r\n" + block[start:]):
             raise HttpError(400, "obsolete header line folding is not accepted")
         raise HttpError(400, "malformed header line")
-    headers = []
+    headers = [] if pairs else None
     index: dict[str, list[str]] = {}
     for line in block[start:-2].split("\r\n") if len(block) > start else ():
         name, _, value = line.partition(":")
         value = value.strip(" \t")
-        headers.append((name, value))
+        if pairs:
+            headers.append((name, value))
         key = name.lower()
         if key in index:
             index[key].append(value)
@@ -165,14 +177,16 @@ def parse_request_head(raw: bytes) -> RequestHead:
     m = _REQUEST_LINE.match(text, 0, end)
     if not m:
         raise HttpError(400, "malformed request line")
-    headers, index = _split_headers(text, end + 2)
+    headers, index = _split_headers(text, end + 2, pairs=False)
     head = RequestHead(m.group(1), m.group(2), m.group(3), headers, raw, index)
     if head.method == "CONNECT":
         raise HttpError(405, "CONNECT is not supported")
     index = head.index
     hosts = index.get("host")
-    if not hosts or len(hosts) != 1 or not _HOST.match(hosts[0]):
+    host = _HOST.match(hosts[0]) if hosts and len(hosts) == 1 else None
+    if host is None:
         raise HttpError(400, "exactly one valid Host header is required")
+    head._host = host.group(1).lower().rstrip(".")   # what the host property makes of it
     lengths = {v.strip() for v in index["content-length"]} if "content-length" in index else None
     te = index.get("transfer-encoding")
     if te:
@@ -292,9 +306,16 @@ class ResponseHead:
         return values[0] if values else None
 
 
-# The headers that decide a response's framing.  The block regex admits no space before a
-# colon and no CR or LF inside a value, so each is found as "\r\n<name>:" in the lowercased head.
-_FRAMING_NEEDLES = tuple((name, "\r\n" + name + ":") for name in ("content-length", "transfer-encoding", "connection"))
+# A whole response head in one C pass, on its bytes: the status line and the header block
+# (_STATUS_LINE and _HEADER_BLOCK joined; neither admits a CR, LF or NUL but a line's CRLF,
+# so no bare LF gets through).
+_RESPONSE_HEAD = _compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: [\t !-~\x80-\xff]*+)?\r\n"
+                          rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]++:[^\r\n\x00]*+\r\n)*+\r\n\Z")
+# The headers that decide a response's framing, found in the lowercased head in one pass (a
+# validated head has no space before a colon and no CR or LF inside a value).  Their values
+# are taken lowercased: digits, codings and connection tokens are all case-insensitive.
+_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|connection):([^\r]*)")
+_FRAMING_NAMES = {name.encode(): name for name in ("content-length", "transfer-encoding", "connection")}
 
 
 def has_token(values: list[str] | None, token: str) -> bool:
@@ -313,23 +334,19 @@ def parse_response_head(raw: bytes, head_only: bool, upgrade_asked: bool) -> Res
     """Parse a response head (``raw`` ends with the blank line) and decide its body framing
     exactly as RFC 9112 §6.3 does; anything it forbids or leaves ambiguous is an HttpError
     (502): a response the relay can't delimit exactly is never forwarded as if it could."""
-    text = raw[:-2].decode("latin-1")    # the block keeps its last line's CRLF
-    end = text.find("\r\n")
-    # Two C passes validate it all: neither pattern admits a CR, LF or NUL but a line's CRLF.
-    m = _STATUS_LINE.match(text, 0, end)
-    if not m or not _HEADER_BLOCK.match(text, end + 2):
-        raise HttpError(502, _malformed_response_head(raw, m is None))
-    lower = text.lower()
+    m = _RESPONSE_HEAD.match(raw)
+    if m is None:
+        raise HttpError(502, _malformed_response_head(raw))
+    lower = raw.lower()
     framing: dict[str, list[str]] = {}
-    for name, needle in _FRAMING_NEEDLES:
-        at = lower.find(needle, end)
-        while at >= 0:
-            start = at + len(needle)
-            stop = text.find("\r\n", start)
-            framing.setdefault(name, []).append(text[start:stop].strip(" \t"))
-            at = lower.find(needle, stop)
-    head = ResponseHead(int(m.group(2)), "HTTP/1." + m.group(1), raw, framing)
-    head.sets_cookies = "\r\nset-cookie:" in lower
+    for name, value in _FRAMING.findall(lower):
+        name, value = _FRAMING_NAMES[name], value.decode("latin-1").strip(" \t")
+        if name in framing:
+            framing[name].append(value)
+        else:
+            framing[name] = [value]
+    head = ResponseHead(int(m.group(2)), "HTTP/1.0" if m.group(1) == b"0" else "HTTP/1.1", raw, framing)
+    head.sets_cookies = b"\r\nset-cookie:" in lower
     index, status = framing, head.status
     if status == 101:
         if not upgrade_asked:
@@ -360,11 +377,15 @@ def parse_response_head(raw: bytes, head_only: bool, upgrade_asked: bool) -> Res
     return head
 
 
-def _malformed_response_head(raw: bytes, status_line: bool) -> str:
+def _malformed_response_head(raw: bytes) -> str:
     """Why a response head failed validation (the slow path: only for a refused head)."""
     if not _no_bare_lf(raw) or b"\r\r" in raw or b"\x00" in raw:
         return "the app's response head has a bare LF, CR or NUL"
-    return "the app sent a malformed status line" if status_line else "the app sent a malformed header line"
+    text = raw[:-2].decode("latin-1")
+    end = text.find("\r\n")
+    if not _STATUS_LINE.match(text, 0, end):
+        return "the app sent a malformed status line"
+    return "the app sent a malformed header line"
 
 
 _DIGITS = re.compile(r"[0-9]{1,18}\Z")
@@ -428,12 +449,34 @@ class MessageReader:
         pos, n = 0, len(data)
         while pos < n:
             mode = self._mode
+            if mode == "head":   # first: every message starts here (the usual case in one read)
+                end = -1 if self._buf or data[pos] in (13, 10) else data.find(b"\r\n\r\n", pos, pos + self.max_head)
+                if end > 0:   # a whole head in this read (no stray CRLF before it)
+                    raw = data[pos:end + 4] if pos or end + 4 < n else data
+                    if type(raw) is not bytes:
+                        raw = bytes(raw)
+                    head = self._parse(raw) if self.side == "request" else \
+                        parse_response_head(raw, self.head_only, self.upgrade_asked)
+                    pos = end + 4
+                else:
+                    head, pos = self._head(data, pos)
+                    if head is None:
+                        break
+                events.append(head)
+                if head.body == "length":   # (what _start_body does for it, without the call)
+                    self._mode, self._remaining = "length", head.length
+                    if self.side == "request":
+                        break   # a request's body waits until its head is routed
+                elif self._start_body(head, events) or self.side == "request":
+                    break
+                continue
             if mode == "length":
-                take = min(self._remaining, n - pos)
+                remaining = self._remaining
+                take = n - pos if n - pos < remaining else remaining
                 events.append(data if take == n else data[pos:pos + take])
                 pos += take
-                self._remaining -= take
-                if not self._remaining:
+                self._remaining = remaining - take
+                if take == remaining:
                     self._mode = "head"
                     events.append(END)
                     break
@@ -453,22 +496,10 @@ class MessageReader:
                     events.append(END)
                     break
                 continue
-            if mode in ("close", "raw"):
-                events.append(data if pos == 0 else data[pos:])
-                pos = n
-                break
-            end = -1 if self._buf or data[pos] in (13, 10) else data.find(b"\r\n\r\n", pos, pos + self.max_head)
-            if end > 0:   # the usual case: a whole head in this read (no stray CRLF before it)
-                raw = data[pos:end + 4] if pos or end + 4 < n else data
-                head = self._parse(raw if type(raw) is bytes else bytes(raw))
-                pos = end + 4
-            else:
-                head, pos = self._head(data, pos)
-                if head is None:
-                    break
-            events.append(head)
-            if self._start_body(head, events) or self.side == "request":
-                break  # a request's body waits until its head is routed
+            # close, raw
+            events.append(data if pos == 0 else data[pos:])
+            pos = n
+            break
         return events, (b"" if pos >= n else bytes(data[pos:]))
 
     def eof(self) -> bool:

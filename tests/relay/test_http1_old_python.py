@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from intunnel.wire import http1
 from intunnel.wire.http1 import _without_possessives
 
-PATTERNS = [http1._REQUEST_LINE, http1._HEADER_BLOCK, http1._STATUS_LINE,
+PATTERNS = [http1._REQUEST_LINE, http1._HEADER_BLOCK, http1._STATUS_LINE, http1._RESPONSE_HEAD,
             http1._line_dropper(frozenset({"cookie", "x-forwarded-for"}))]
 
 
