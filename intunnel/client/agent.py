@@ -41,7 +41,7 @@ class Agent:
     def __init__(self, server: str, token: str, local_port: int | None, upstream_host: str = "127.0.0.1",
                  host_header: str = "preserve", insecure: bool = False, verbose: bool = False,
                  say: Callable[[str], None] = print, handshake_timeout: float = 10.0,
-                 access: dict | None = None, upstream_given: bool = False):
+                 access: dict | None = None, upstream_given: bool = False, inspector=None):
         self.server = parse_server(server)
         self.token = token
         # None: the tunnel's stored local port, from each Welcome (``local_port`` is then the
@@ -63,6 +63,7 @@ class Agent:
         self._placement = ""
         self._failure: BaseException | None = None  # why the last session failed (a scheme hint's clue)
         self._said_port: tuple | None = None  # (forwarded to, stored) of the last "forwarding to" line
+        self.inspector = inspector   # the local inspector (inspect/server.py), or None: --no-inspect
 
     @property
     def host_header(self) -> str:
@@ -176,7 +177,8 @@ class Agent:
             self.url = welcome.url
             self._placement = placement_of(welcome)
             session = Session(opened, self.dialer, Upstream(self.upstream_host, self.local_port), self._say,
-                              self.verbose, lambda: self._open_session())
+                              self.verbose, lambda: self._open_session(),
+                              self.inspector.capture if self.inspector is not None else None)
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {welcome.url} -> "
                      f"http://{self.upstream_host}:{self.local_port}")
             line = self._port_line(welcome)
@@ -184,6 +186,8 @@ class Agent:
                 self.say(line)
             if welcome.access and not reconnecting:
                 self.say(f"access: {welcome.access} for this session")
+            if self.inspector is not None and not reconnecting:
+                self.say(f"inspect: {self.inspector.url}")
             self.connected.set()
             reason, successor = await session.serve()
             return reason, True, successor

@@ -14,6 +14,9 @@ from ..wire import protocol as p
 from . import config, resolve
 from .api import ApiError
 from .agent import Agent, complete_server, parse_server
+from .inspect.capture import BODY_LIMIT as INSPECT_BODY_LIMIT, Store
+from .inspect.server import DEFAULT_HOST as INSPECT_HOST, DEFAULT_PORT as INSPECT_PORT, Inspector
+from .inspect.server import parse_address as parse_inspect_address
 
 HELP = "Expose a local HTTP port at your tunnel's public URL."
 
@@ -37,6 +40,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--insecure", action="store_true",
                         help="accept a self-signed TLS certificate (testing only)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print one line per request")
+    inspect = parser.add_argument_group("inspector", "See every request through the tunnel at a local "
+                                        "address (on by default; it stays on this computer)")
+    inspect.add_argument("--inspect", metavar="HOST:PORT",
+                         help="serve the inspector there (a loopback address; default 127.0.0.1:4040, "
+                              "or the next free port)")
+    inspect.add_argument("--no-inspect", action="store_true", help="no inspector")
+    inspect.add_argument("--inspect-body-limit", type=int, default=None, metavar="BYTES",
+                         help="bytes kept of each request and response body (default 65536)")
     rules = parser.add_argument_group(
         "access for this session", "Narrow who may visit while this client runs (the tunnel's own policy "
         "still applies: a visitor must pass both). The rules end with the session.")
@@ -125,13 +136,27 @@ def _run(args, server: str, token: str) -> int:
         host, port = local_target(args)
         parse_server(server)
         rules = session_rules(args)
+        where = inspect_options(args)
     except ValueError as e:
         print(f"intunnel: {e}", file=sys.stderr)
         return 2
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
                   insecure=args.insecure, verbose=args.verbose, say=_say, access=rules,
                   upstream_given=bool(args.upstream))
-    return netio.run(_main(agent))
+    return netio.run(_main(agent, where))
+
+
+def inspect_options(args):
+    """(host, port, next free port, body limit) of the inspector, None with --no-inspect;
+    ValueError saying what is wrong."""
+    limit = getattr(args, "inspect_body_limit", None)
+    if limit is not None and not 0 <= limit <= 64 << 20:
+        raise ValueError("--inspect-body-limit must be between 0 and 67108864 bytes")
+    if getattr(args, "no_inspect", False):
+        return None
+    given = getattr(args, "inspect", None)
+    host, port = parse_inspect_address(given) if given else (INSPECT_HOST, INSPECT_PORT)
+    return host, port, not given, INSPECT_BODY_LIMIT if limit is None else limit
 
 
 def local_target(args) -> tuple[str, int | None]:
@@ -162,9 +187,20 @@ def on_stop_signals(loop, stop) -> None:
         portable.on_signal(loop, sig, stop)
 
 
-async def _main(agent: Agent) -> int:
+async def _main(agent: Agent, where=None) -> int:
     """Run until the agent gives up or Ctrl-C/SIGTERM: then exit at once."""
     loop = asyncio.get_running_loop()
+    if where is not None:
+        host, port, next_free, limit = where
+        inspector = Inspector(Store(body_limit=limit), lambda: (agent.upstream_host, agent.local_port),
+                              lambda: agent.url)
+        try:
+            await inspector.start(host, port, next_free)
+        except OSError as e:
+            print(f"intunnel: the inspector can't listen on {host}:{port}: {e.strerror or e} "
+                  f"(choose another with --inspect HOST:PORT, or --no-inspect)", file=sys.stderr, flush=True)
+            return 2
+        agent.inspector = inspector
     task = asyncio.ensure_future(agent.run())
     on_stop_signals(loop, task.cancel)
     try:
@@ -172,3 +208,6 @@ async def _main(agent: Agent) -> int:
     except asyncio.CancelledError:
         _say("stopped")
         return 0
+    finally:
+        if agent.inspector is not None:
+            agent.inspector.close()

@@ -39,7 +39,7 @@ class DataLink:
 
 
 async def run_link(link: DataLink, dial: Callable[[], Awaitable[Conn]], on_bound: Callable[[], None],
-                   upstream: Upstream, say: Callable[[str], None], verbose: bool) -> None:
+                   upstream: Upstream, say: Callable[[str], None], verbose: bool, watch=None) -> None:
     """Dial, wait idle for a Bind (``on_bound`` then: the pool has one less), serve that visitor."""
     try:
         conn = await dial()
@@ -57,12 +57,15 @@ async def run_link(link: DataLink, dial: Callable[[], Awaitable[Conn]], on_bound
     if not isinstance(messages[0], p.Bind):
         conn.close()
         return
-    await serve_visitor(conn, decoder.take_rest(), upstream, say, verbose)
+    await serve_visitor(conn, decoder.take_rest(), upstream, say, verbose, watch)
 
 
 async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say: Callable[[str], None],
-                        verbose: bool) -> None:
-    """Dial the local app for a bound data connection and splice the two."""
+                        verbose: bool, watch=None) -> None:
+    """Dial the local app for a bound data connection and splice the two.  ``watch()``, when
+    given, makes an observer of the connection (the inspector's capture: ``requests``,
+    ``responses``, ``closed``).  Watched, the bytes go through the event loop rather than the
+    kernel's splice(2) (netio._forward), each chunk written on before it is shown."""
     loop = asyncio.get_running_loop()
     try:
         _, local = await asyncio.wait_for(loop.create_connection(Conn, upstream.host, upstream.port),
@@ -73,12 +76,25 @@ async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say:
         say(f"local app on {upstream.host}:{upstream.port} refused a visitor: {describe(e)}")
         return
     conn.write(p.encode(p.DataReady()))
-    log = None
+    watchers = []
     if verbose:   # -v: one line per exchange, from a passive look at both directions
-        log = ExchangeLog(lambda exchange: say(exchange.line(time.monotonic())))
-        conn.taps, local.taps = log.requests, log.responses
+        watchers.append(ExchangeLog(lambda exchange: say(exchange.line(time.monotonic()))))
+    if watch is not None:
+        watchers.append(watch())
+    on_close = None
+    if watchers:
+        conn.taps, local.taps, on_close = _taps(watchers)
     if first_bytes:
         local.write(first_bytes)
         if conn.taps is not None:  # the request head often rides in with the Bind frame
             conn.taps(first_bytes)
-    splice(conn, local, on_close=log.closed if log else None)
+    splice(conn, local, on_close=on_close)
+
+
+def _taps(watchers: list) -> tuple:
+    """(requests tap, responses tap, closed) feeding every watcher."""
+    if len(watchers) == 1:
+        w = watchers[0]
+        return w.requests, w.responses, w.closed
+    return (lambda data: [w.requests(data) for w in watchers], lambda data: [w.responses(data) for w in watchers],
+            lambda: [w.closed() for w in watchers])

@@ -69,8 +69,9 @@ class Session:
     """Serves one welcomed control session and its data connections."""
 
     def __init__(self, opened: Opened, dialer: Dialer, upstream: Upstream, say: Callable[[str], None],
-                 verbose: bool, open_next: Callable[[], Awaitable[Opened]]):
+                 verbose: bool, open_next: Callable[[], Awaitable[Opened]], watch=None):
         self.opened = opened
+        self.watch = watch           # the inspector's capture factory (data.serve_visitor), or None
         self.dialer = dialer
         self.upstream = upstream
         self.say = say
@@ -93,7 +94,7 @@ class Session:
         for _ in range(count):
             link = DataLink()
             task = asyncio.ensure_future(run_link(link, self._dial_data, self._top_up, self.upstream,
-                                                  self.say, self.verbose))
+                                                  self.say, self.verbose, self.watch))
             self._links[task] = link
             task.add_done_callback(self._forget)
 
