@@ -232,3 +232,10 @@ def test_code_lookups_on_the_page_are_rate_limited(settings, clock):
         assert r.status_code == 429 and "Too many codes tried" in r.text
         clock.advance(61)
         assert session.get(web.url + "/device", params={"code": got["user_code"]}).status_code == 200
+
+
+def test_the_tokens_page_says_how_a_machine_logs_in(web, alice):
+    session, _ = logged_in(web)
+    page = session.get(web.url + "/tokens").text
+    relay_url = web.app.intunnel.settings.relay_url
+    assert f'<span class="mono" id="login-command">intunnel login --server {relay_url}</span>' in page
