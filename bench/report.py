@@ -45,7 +45,7 @@ FIGURES = (
     Figure("restart_s", "relay restart to serving", "s", False, "{:.2f}"),
 )
 
-TARGET_ORDER = ("direct", "nginx-hop", "ssh-R -N", "ssh-R -tt", "intunnel", "intunnel-nginx")
+TARGET_ORDER = ("direct", "nginx-hop", "ssh-R -N", "ssh-R -tt", "intunnel", "intunnel-no-inspect", "intunnel-nginx")
 SSH_BASELINE = "ssh-R -tt"  # the usable ssh -R (Nagle off); the "ratio to ssh-R" column
 
 
@@ -114,6 +114,11 @@ def _abs(target, key):
     return lambda r: r.get(target, {}).get(key)
 
 
+def _between(target, other, key):
+    """target's figure as a ratio to other's (e.g. the inspector on against --no-inspect)."""
+    return lambda r: ratio(r.get(target, {}).get(key), r.get(other, {}).get(key))
+
+
 def _sum(target, *keys):
     def get(r):
         values = [r.get(target, {}).get(k) for k in keys]
@@ -131,6 +136,11 @@ TARGETS = (
     Target("relay + client idle RSS <= 60 MiB", "intunnel", _sum("intunnel", "relay_rss", "client_rss"), 60, False),
     Target("relay memory per idle agent <= 64 KiB", "intunnel", _abs("intunnel", "kib_per_agent"), 64, False),
     Target("serving again <= 3 s after a relay restart", "intunnel", _abs("intunnel", "restart_s"), 3.0, False),
+    # Issue 15: the inspector (on by default) costs at most 25 % of keep-alive throughput.
+    Target("inspector on: keep-alive req/s >= 0.75x --no-inspect", "intunnel",
+           _between("intunnel", "intunnel-no-inspect", "ka_rps"), 0.75, True),
+    Target("inspector on: new-connection req/s >= 0.75x --no-inspect", "intunnel",
+           _between("intunnel", "intunnel-no-inspect", "close_rps"), 0.75, True),
     Target("intunnel-nginx keep-alive req/s >= 0.20x direct", "intunnel-nginx",
            _rel("intunnel-nginx", "ka_rps"), 0.20, True),
     # Where we are heading: beat the best peer (bore / ssh -tt) on small requests.

@@ -1,4 +1,5 @@
-"""Tunnel benchmark: direct, nginx-hop, ssh -R (-N and -tt), intunnel, intunnel-nginx.
+"""Tunnel benchmark: direct, nginx-hop, ssh -R (-N and -tt), intunnel (its inspector on, the
+default, and off: intunnel-no-inspect), intunnel-nginx.
 
     .venv/bin/python -m bench.tunnel                 # everything, ~4 minutes
     .venv/bin/python -m bench.tunnel --quick         # shorter runs, fewer agents
@@ -109,8 +110,9 @@ def histogram_quantile(q: float, before: list[tuple[float, float]], after: list[
 
 def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
                  sides: dict[str, int] | None = None, app: servers.App | None = None,
-                 metrics_port: int | None = None) -> dict:
-    """The traffic figures for one target: keep-alive, new connections, bulk both ways.
+                 metrics_port: int | None = None, bulk: bool = True) -> dict:
+    """The traffic figures for one target: keep-alive, new connections, bulk both ways
+    (not with ``bulk`` False).
 
     ``sides`` names the processes of the tunnel ("relay", "client" -> pid) whose
     CPU time per request is reported too.  With ``app``, every measurement is
@@ -157,9 +159,13 @@ def measure_http(name: str, port: int, host: str, opts, tls: bool = False,
     for run, what in ((ka, "keep-alive"), (cl, "new-connection")):
         if run.errors:
             log(f"{name}: WARNING {run.errors} errors in the {what} run")
-    bulk = (("down_mbs", lambda p, h, t: load.download_once(p, "/64m", h, t)),
-            ("up_mbs", lambda p, h, t: load.upload_once(p, "/dav/up.bin", h, servers.BULK_BODY, t)))
-    for key, transfer in bulk:
+    transfers = (("down_mbs", lambda p, h, t: load.download_once(p, "/64m", h, t)),
+                 ("up_mbs", lambda p, h, t: load.upload_once(p, "/dav/up.bin", h, servers.BULK_BODY, t)))
+    if not bulk:
+        if app:
+            out["paired_direct"] = paired
+        return out
+    for key, transfer in transfers:
         if app:
             paired[key] = load.best_rate(lambda: transfer(app.port, DIRECT_HOST, False), opts.bulk_seconds / 2)
         out[key] = load.best_rate(lambda: transfer(port, host, tls), opts.bulk_seconds)
@@ -274,6 +280,15 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
                                                "app": app.proc.pid}, app=app, metrics_port=metrics_port))
             if opts.profile:
                 profile(st, client, host, opts)
+            if opts.wants("intunnel-no-inspect"):
+                # The same stack, the client again without its inspector (issue 15: what the
+                # default costs against --no-inspect, in one run).
+                procs.stop(client)
+                client = st.start_client(app.port, token, extra=["--no-inspect"])
+                st.wait_serving(relay_port, host, "/1k", watch=client)
+                results["intunnel-no-inspect"] = measure_http(
+                    "intunnel-no-inspect", relay_port, host, opts, app=app, bulk=False,
+                    sides={"relay": st.relay.pid, "client": client.pid, "app": app.proc.pid})
             if opts.agents:
                 figures["kib_per_agent"] = kib_per_idle_agent(st, app, opts.agents)
             figures["restart_s"] = restart_time(st, host)

@@ -83,6 +83,16 @@ def test_targets_verdicts():
     assert verdict["relay + client idle RSS <= 60 MiB"] == "met"            # 55
     assert verdict["relay memory per idle agent <= 64 KiB"] == "NOT met"    # 80
     assert verdict["intunnel-nginx keep-alive req/s >= 0.20x direct"] == "not measured"
+    assert verdict["inspector on"] == "not measured"   # no intunnel-no-inspect figures
+
+
+def test_the_inspectors_cost_is_a_ratio_to_no_inspect():
+    results = {**RESULTS, "intunnel-no-inspect": {"ka_rps": 36_000, "close_rps": 10_000}}
+    lines = report.targets_report(results).splitlines()
+    verdict = {line.split(":", 1)[1].split(":")[0].strip(): line for line in lines if line.startswith("- inspector")}
+    assert verdict["keep-alive req/s >= 0.75x --no-inspect"].endswith("0.83 -> **met**")        # 30k / 36k
+    assert verdict["new-connection req/s >= 0.75x --no-inspect"].endswith("0.70 -> **NOT met**")  # 7k / 10k
+    assert " intunnel-no-inspect " in report.table(results).splitlines()[0]
 
 
 def test_best_of_keeps_the_better_value_per_figure():
