@@ -211,7 +211,9 @@ def _v8_ephemeral_tunnels(db: pw.Database) -> None:
     m = schema_migrator(db)
     # disconnected_at: when the last agent session ended (NULL: never connected, or connected now);
     # the reaper deletes an ephemeral tunnel whose agent has been gone for relay_ephemeral_grace.
-    run(m.add_column("tunnel", "ephemeral", pw.BooleanField(default=False)),
+    # A default in the database too: an older release still running beside this one (a rolling
+    # upgrade of several relays and web apps) inserts tunnels without the column.
+    run(m.add_column("tunnel", "ephemeral", pw.BooleanField(default=False, constraints=[pw.SQL("DEFAULT FALSE")])),
         m.add_column("tunnel", "disconnected_at", pw.DateTimeField(null=True)))
 
 

@@ -198,3 +198,23 @@ def test_v6_adds_the_sessions_access_rules_to_a_v5_database(empty_settings):
         shown = json.dumps({"basic_auth": ["carol"], "ip_allow": [], "ip_deny": ["127.0.0.2/32"]})
         Tunnel.update(status="active", session_access=shown).where(Tunnel.id == 7).execute()
         assert json.loads(Tunnel.get_by_id(7).session_access)["basic_auth"] == ["carol"]
+
+
+def test_v8_marks_old_tunnels_not_ephemeral_and_keeps_a_default_for_older_writers(empty_settings):
+    """Ephemeral tunnels (issue 14): a v7 database's tunnels read as not ephemeral, never
+    disconnected; and an INSERT that doesn't name the column (an older release still running
+    beside this one during a rolling upgrade) still works on both backends."""
+    make_v1_database(empty_settings)
+    db = bare_database(empty_settings)
+    with db.connection_context():
+        assert migrations.migrate(db, target=7) == [2, 3, 4, 5, 6, 7]
+    db.close()
+    db = open_database(empty_settings)
+    with db.connection_context():
+        assert migrations.current_version(db) == migrations.LATEST >= 8
+        tunnel = Tunnel.get_by_id(7)
+        assert tunnel.ephemeral is False and tunnel.disconnected_at is None
+        db.execute_sql("INSERT INTO tunnel (owner_id, name, subdomain, local_port, token, status, created_at) "
+                       "VALUES (%s, 'Old writer', 'oldwriter', 3000, 'old-writer-token', 'inactive', %s)"
+                       .replace("%s", db.param), (tunnel.owner_id, datetime(2026, 1, 1)))
+        assert Tunnel.get(Tunnel.subdomain == "oldwriter").ephemeral is False
