@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import filecmp
 import importlib.util
+import io
 import modulefinder
 import os
-import shutil
 import tempfile
 import threading
 import zipapp
+import zipfile
 from pathlib import Path
 
 from . import __version__
@@ -28,21 +29,13 @@ from . import __version__
 PACKAGE = Path(__file__).resolve().parent
 MAIN = '"""python3 intunnel.pyz ...: the InTunnel client."""\nimport sys\n\nfrom intunnel.cli import main\n\nsys.exit(main())\n'
 URL_PATH = "/download/intunnel.pyz"
-FIXED_TIME = 315532800  # 1980-01-01, the earliest time a zip file can hold
+FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest time a zip file can hold
 _building = threading.Lock()
 
 
 def path_in(data_dir) -> Path:
     """Where this version's zipapp lives in ``data_dir``."""
     return Path(data_dir) / "download" / f"intunnel-{__version__}.pyz"
-
-
-def _copy(src: Path, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, target)
-    # One fixed time in the archive: the same sources make the same bytes, so a rebuild of an
-    # unchanged release changes nothing (the playbook's second run reports no change).
-    os.utime(target, (FIXED_TIME, FIXED_TIME))
 
 
 class _OwnModules(modulefinder.ModuleFinder):
@@ -73,11 +66,29 @@ def client_modules() -> list[Path]:
                   if (name == "intunnel" or name.startswith("intunnel.")) and m.__file__)
 
 
-def _copy_tree(src: Path, dest: Path) -> None:
-    """A package's ``.py`` files (no caches, no data)."""
-    for path in sorted(src.rglob("*.py")):
-        if "__pycache__" not in path.parts:
-            _copy(path, dest / path.relative_to(src))
+def _entries() -> list[tuple[str, bytes]]:
+    """(name in the archive, contents), sorted: the client's modules, tomli, ``__main__``."""
+    entries = {"intunnel/" + path.relative_to(PACKAGE).as_posix(): path.read_bytes() for path in client_modules()}
+    tomli = importlib.util.find_spec("tomli")
+    if tomli is not None and tomli.submodule_search_locations:
+        where = Path(list(tomli.submodule_search_locations)[0])
+        entries.update(("tomli/" + path.relative_to(where).as_posix(), path.read_bytes())
+                       for path in where.rglob("*.py") if "__pycache__" not in path.parts)
+    entries["__main__.py"] = MAIN.encode()
+    return sorted(entries.items())
+
+
+def _archive() -> bytes:
+    """The zip, the same bytes for the same sources (sorted names, one fixed time and mode), so
+    a rebuild of an unchanged release changes nothing (the playbook's second run reports no
+    change)."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in _entries():
+            info = zipfile.ZipInfo(name, date_time=FIXED_TIME)
+            info.compress_type, info.external_attr = zipfile.ZIP_DEFLATED, 0o644 << 16
+            z.writestr(info, data)
+    return out.getvalue()
 
 
 def build(dest: Path) -> bool:
@@ -85,27 +96,19 @@ def build(dest: Path) -> bool:
     ``dest`` already held exactly these bytes (left as it was)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="intunnel-pyz-") as tmp:
-        root = Path(tmp) / "app"
-        for path in client_modules():
-            _copy(path, root / "intunnel" / path.relative_to(PACKAGE))
-        tomli = importlib.util.find_spec("tomli")
-        if tomli is not None and tomli.submodule_search_locations:
-            _copy_tree(Path(list(tomli.submodule_search_locations)[0]), root / "tomli")
-        (root / "__main__.py").write_text(MAIN)
-        os.utime(root / "__main__.py", (FIXED_TIME, FIXED_TIME))
-        fd, tmp_dest = tempfile.mkstemp(prefix=".intunnel-", suffix=".pyz.tmp", dir=dest.parent)
-        os.close(fd)
-        try:
-            zipapp.create_archive(root, tmp_dest, interpreter="/usr/bin/env python3", compressed=True)
-            if dest.is_file() and filecmp.cmp(tmp_dest, dest, shallow=False):
-                os.unlink(tmp_dest)
-                return False
-            os.chmod(tmp_dest, 0o644)
-            os.replace(tmp_dest, dest)
-        except BaseException:
-            Path(tmp_dest).unlink(missing_ok=True)
-            raise
+    fd, tmp_dest = tempfile.mkstemp(prefix=".intunnel-", suffix=".pyz.tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        # zipapp puts the "#!/usr/bin/env python3" line before the archive and makes it executable
+        zipapp.create_archive(io.BytesIO(_archive()), tmp_dest, interpreter="/usr/bin/env python3")
+        if dest.is_file() and filecmp.cmp(tmp_dest, dest, shallow=False):
+            os.unlink(tmp_dest)
+            return False
+        os.chmod(tmp_dest, 0o644)
+        os.replace(tmp_dest, dest)
+    except BaseException:
+        Path(tmp_dest).unlink(missing_ok=True)
+        raise
     return True
 
 

@@ -45,6 +45,11 @@ def test_the_same_sources_make_the_same_bytes_and_an_old_release_goes(tmp_path):
     assert clientzip.ensure(tmp_path, rebuild=True) == (path, False)    # rebuilt: the same bytes
     assert path.read_bytes() == first
     assert [p.name for p in path.parent.iterdir()] == [path.name]       # no temporary file left
+    # Nothing of the build's moment in it (a directory's mtime once made every run differ):
+    # sorted names, one time, one mode.
+    infos = zipfile.ZipFile(path).infolist()
+    assert [i.filename for i in infos] == sorted(i.filename for i in infos)
+    assert {(i.date_time, i.external_attr >> 16) for i in infos} == {((1980, 1, 1, 0, 0, 0), 0o644)}
 
 
 def test_built_from_an_installed_package_beside_others(tmp_path):
