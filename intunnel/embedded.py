@@ -74,12 +74,16 @@ def next_steps(settings, web_address, relay_address, admin) -> str:
         if password:
             lines.append(f"  Admin password:    {password}   (shown once: keep it; lost, set a new one with "
                          f"{programs.command('intunnel-admin')} user set-password {email})")
+    client = settings.client_command
     lines += ["",
               "Next steps:",
               f"  1. Log in at {web}",
-              "  2. Create a tunnel, e.g. subdomain 'myapp' for local port 3000",
+              "  2. Log this machine's client in once (approve the code it shows, on the dashboard):",
+              f"       {client} login --server {relay}",
               "  3. Next to your app on port 3000, run:",
-              f"       {settings.client_command} http 3000 --server {relay} --token <the tunnel's token>",
+              f"       {client} http 3000 --name myapp --create",
+              "     or, without logging in: create a tunnel on the dashboard, then",
+              f"       {client} http 3000 --server {relay} --token <the tunnel's token>",
               f"  4. Open {settings.tunnel_url('myapp')}",
               ""]
     return "\n".join(lines)

@@ -41,6 +41,8 @@ def test_serve_creates_the_first_admin_once_and_tunnels_work(settings, tmp_path)
         email = re.search(r"Admin account:\s+(\S+)", out).group(1)
         password = re.search(r"Admin password:\s+(\S+)", out).group(1)
         assert f"--server http://localhost:{relay_port} --token" in out
+        assert f" login --server http://localhost:{relay_port}\n" in out  # log in once, then by name
+        assert " http 3000 --name myapp --create\n" in out
         assert f"http://myapp.localhost:{relay_port}" in out
         assert f"intunnel-admin user set-password {email}" in out   # how to recover a lost password
         # the database holds password hashes: private from its first byte (doctor warns otherwise)
