@@ -16,8 +16,9 @@ import pytest
 
 from intunnel.client.inspect.capture import Store
 from intunnel.client.inspect.server import Inspector
-from tests.support.tunnel import (HttpUpstream, RelayThread, _Process, _python_env, make_tunnel, pattern_sha256,
-                                  visit, wait_for)
+from bench import procs
+from tests.support.tunnel import (HttpUpstream, RelayThread, WebSocketUpstream, _Process, _python_env, make_tunnel,
+                                  pattern_sha256, visit, wait_for)
 
 HOST = "myapp.localhost"
 
@@ -89,6 +90,13 @@ def test_requests_through_the_public_url_appear_with_their_fields(tunnel):
                      {"Content-Type": "application/x-www-form-urlencoded"})[0] == 200
         assert visit(relay.port, HOST, "/status?code=304")[0] == 304
         assert visit(relay.port, HOST, "/chunked?parts=3")[0] == 200
+        assert visit(relay.port, HOST, "/head-me", "HEAD")[0] == 200
+        upload = bytes(range(256)) * (10 * 1024 * 1024 // 256)
+        assert visit(relay.port, HOST, "/upload-10m", "POST", upload)[0] == 200
+        (up,) = api.wait_done("/upload-10m")
+        assert (up["request"]["body"]["size"], up["request"]["body"]["kept"]) == (len(upload), 64 * 1024)
+        (head,) = api.wait_done("/head-me")
+        assert head["response"]["status_code"] == 200 and head["response"]["body"]["size"] == 0
         (get,) = api.wait_done("/search?q=tunnel&page=2")
         assert get["request"]["method"] == "GET" and get["response"]["status_code"] == 200
         assert get["remote_addr"] == "127.0.0.1" and get["replay"] is False
@@ -106,7 +114,7 @@ def test_requests_through_the_public_url_appear_with_their_fields(tunnel):
         assert body_of(api.detail(ch["id"])["response"]) == b"part 0\npart 1\npart 2\n"
         assert ch["response"]["body"]["size"] == len(b"part 0\npart 1\npart 2\n")
         # filters and limit
-        assert [x["request"]["uri"] for x in api.listed("?method=post")] == ["/form", "/hook"]
+        assert [x["request"]["uri"] for x in api.listed("?method=post")] == ["/upload-10m", "/form", "/hook"]
         assert [x["request"]["uri"] for x in api.listed("?status=3xx")] == ["/status?code=304"]
         assert [x["request"]["uri"] for x in api.listed("?path=search")] == ["/search?q=tunnel&page=2"]
         assert len(api.listed("?limit=2")) == 2
@@ -130,6 +138,8 @@ def test_a_64_mib_download_is_byte_exact_and_the_store_stays_bounded(tunnel):
     size = 64 << 20
     with client(relay, t, app, "--inspect", "127.0.0.1:0") as proc:
         api = Api(proc)
+        assert visit(relay.port, HOST, "/warm-up")[0] == 200
+        before = procs.status_kib(proc.pid, "VmHWM")
         conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=60)
         conn.request("GET", f"/download?size={size}", headers={"Host": HOST})
         r = conn.getresponse()
@@ -144,6 +154,73 @@ def test_a_64_mib_download_is_byte_exact_and_the_store_stays_bounded(tunnel):
         (x,) = api.wait_done(f"/download?size={size}")
         body = api.detail(x["id"])["response"]["body"]
         assert (body["size"], body["kept"], body["truncated"]) == (size, 64 * 1024, True)
+        # nothing held the body: the client's peak memory grew by far less than it
+        assert procs.status_kib(proc.pid, "VmHWM") - before < 24 * 1024
+
+
+def test_600_exchanges_leave_the_last_500(tunnel):
+    relay, t, app = tunnel
+    with client(relay, t, app, "--inspect", "127.0.0.1:0") as proc:
+        api = Api(proc)
+        conn = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=30)
+        for i in range(600):
+            conn.request("GET", f"/n/{i}", headers={"Host": HOST})
+            assert conn.getresponse().read()
+        conn.close()
+        api.wait_done("/n/599")
+        listed = api.listed("?limit=1000")
+        assert len(listed) == 500
+        assert listed[0]["request"]["uri"] == "/n/599" and listed[-1]["request"]["uri"] == "/n/100"
+
+
+def test_sse_events_show_as_they_arrive(tunnel):
+    relay, t, app = tunnel
+    with client(relay, t, app, "--inspect", "127.0.0.1:0") as proc:
+        api = Api(proc)
+        sock = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
+        sock.sendall(f"GET /sse?n=2&interval=4 HTTP/1.1\r\nHost: {HOST}\r\n\r\n".encode())
+
+        def first_event():
+            found = [x for x in api.listed() if x["request"]["uri"] == "/sse?n=2&interval=4"]
+            if not found or found[0]["state"] != "open":
+                return None
+            data = body_of(api.detail(found[0]["id"])["response"]) if found[0]["response"] else b""
+            return data if b"id: 0" in data else None
+        data = wait_for(first_event, message="the first event while the stream is open")
+        assert b"id: 1" not in data
+        got = b""
+        while b"id: 1" not in got:
+            chunk = sock.recv(65536)
+            assert chunk
+            got += chunk
+        sock.close()
+        (x,) = api.wait_done("/sse?n=2&interval=4")
+        assert b"id: 1" in body_of(api.detail(x["id"])["response"])
+
+
+def test_a_websocket_shows_its_upgrade_and_byte_counts(settings, db):
+    from websockets.sync.client import connect
+    with WebSocketUpstream() as ws_app, RelayThread(settings) as relay:
+        t = make_tunnel(settings, "myapp", local_port=ws_app.port)
+        with client(relay, t, ws_app, "--inspect", "127.0.0.1:0") as proc:
+            api = Api(proc)
+            proc.wait_line(r"^connected: ")
+            sock = socket.create_connection(("127.0.0.1", relay.port), timeout=30)
+            with connect(f"ws://{HOST}:{relay.port}/chat", sock=sock, ping_interval=None) as ws:
+                noise = os.urandom(1000)   # (permessage-deflate would shrink a repeated text)
+                ws.send(noise)
+                assert ws.recv(timeout=5) == noise
+
+                def upgraded():
+                    found = [x for x in api.listed() if x["request"]["uri"] == "/chat"]
+                    return found and found[0]["state"] == "upgraded" and found[0]
+                x = wait_for(upgraded, message="the upgrade listed")
+                assert x["response"]["status_code"] == 101 and x["upgrade"]["protocol"].lower() == "websocket"
+                assert x["upgrade"]["open"] is True
+            x = wait_for(lambda: [y for y in api.listed() if y["request"]["uri"] == "/chat" and y["state"] == "done"],
+                         message="the upgrade closed")[0]
+            assert x["upgrade"]["bytes_in"] > 1000 and x["upgrade"]["bytes_out"] > 1000
+            assert x["duration_ms"] is not None
 
 
 def test_replay_and_edited_replay_reach_the_local_app_and_are_listed(tunnel):

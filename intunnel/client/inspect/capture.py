@@ -120,6 +120,7 @@ class Store:
         piece = data[:room] if len(data) > room else data
         body.kept += piece
         self.body_bytes += len(piece)
+        self.version += 1   # a streamed body (SSE) shows its events as they arrive
         while self.body_bytes > self.max_body_bytes and self._records:
             self._drop_oldest()
 

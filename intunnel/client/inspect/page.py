@@ -138,7 +138,7 @@ function curl(x) {
 async function show(id, quiet) {
   let x;
   try { x = await api(API + "/" + encodeURIComponent(id)); } catch (e) { if (!quiet) $("detail").replaceChildren(el("p", {className: "empty", textContent: String(e.message)})); return; }
-  const key = JSON.stringify([x.id, x.state, x.duration_ms, x.upgrade]);
+  const key = JSON.stringify([x.id, x.state, x.duration_ms, x.upgrade, x.response && x.response.body.kept]);
   if (quiet && key === shownDetail) return;
   shownDetail = key;
   const d = $("detail");
