@@ -172,14 +172,6 @@ def local_target(args) -> tuple[str, int | None]:
     return "127.0.0.1", args.port
 
 
-def resolve_token(args, cfg: config.ClientConfig) -> tuple:
-    """(server URL, tunnel token) from the options and the saved config alone (no API: the
-    config tests' view of ``resolve.resolve``); ValueError saying what to type."""
-    target = resolve.resolve(args, config.ClientConfig(cfg.server, {
-        url: config.ServerEntry(dict(e.tokens)) for url, e in cfg.servers.items()}))
-    return target.server, target.token
-
-
 def on_stop_signals(loop, stop) -> None:
     """Call ``stop`` on Ctrl-C and SIGTERM: the event loop's signal handlers on Unix, plain
     ``signal.signal`` handlers on Windows (portable.on_signal), where Ctrl-C is SIGINT too."""
