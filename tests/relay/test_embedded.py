@@ -47,6 +47,11 @@ def test_serve_creates_the_first_admin_once_and_tunnels_work(settings, tmp_path)
         assert f"intunnel-admin user set-password {email}" in out   # how to recover a lost password
         # the database holds password hashes: private from its first byte (doctor warns otherwise)
         assert settings.db_backend != "sqlite" or stat.S_IMODE(os.stat(settings.db_path).st_mode) == 0o600
+        # serve built this checkout's client zipapp at start, and the web app serves that file
+        from intunnel import clientzip
+        assert clientzip.path_in(settings.data_dir).is_file()
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}{clientzip.URL_PATH}", timeout=10) as resp:
+            assert resp.read() == clientzip.path_in(settings.data_dir).read_bytes()
         # Log in, create a tunnel through the API, run the exact client command.
         login, headers = api(web_port, "POST", "/login", {"email": email, "password": password})
         cookie = headers["Set-Cookie"].split(";", 1)[0]
