@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..wire import protocol as p
-from ..wire.netio import Conn, ConnClosed, splice
+from ..wire.netio import Conn, ConnClosed, pump_through_kernel, splice
 from .errors import HandshakeFailed, TokenRefused, WrongServer, describe
 from .exchanges import ExchangeLog
 
@@ -82,13 +82,41 @@ async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say:
     if watch is not None:
         watchers.append(watch())
     on_close = None
+    armed = []   # the kernel may take over only once spliced (see _handing_over)
     if watchers:
         conn.taps, local.taps, on_close = _taps(watchers)
+        if len(watchers) == 1 and hasattr(watchers[0], "unseen"):
+            conn.taps = _handing_over(watchers[0], "request", conn, local, armed)
+            local.taps = _handing_over(watchers[0], "response", local, conn, armed)
     if first_bytes:
         local.write(first_bytes)
         if conn.taps is not None:  # the request head often rides in with the Bind frame
             conn.taps(first_bytes)
     splice(conn, local, on_close=on_close)
+    armed.append(True)
+
+
+# A body with this much left past the capture's limit goes through the kernel (splice(2)),
+# as with --no-inspect; smaller rests aren't worth the pump's set-up.
+KERNEL_REST = 1 << 20
+
+
+def _handing_over(capture, side: str, src: Conn, dst: Conn, armed: list) -> Callable[[bytes], None]:
+    """The tap of one direction: the capture sees each chunk (already written on); when the rest of
+    a body is only to be counted, the kernel moves it unseen and the capture is told how much."""
+    see = capture.requests if side == "request" else capture.responses
+
+    def tap(data) -> None:
+        see(data)
+        if not armed or src.pump is not None:
+            return
+        n = capture.unseen(side)
+        if n >= KERNEL_REST:
+            def failed():
+                src.abort()
+                dst.abort()
+            pump_through_kernel(src, dst, src.eof_received, failed, n, None, lambda: capture.moved(side, n))
+    return tap
 
 
 def _taps(watchers: list) -> tuple:

@@ -172,3 +172,28 @@ def test_any_split_records_the_same(case, up_cuts, down_cuts, limit):
     whole = run([up], [down] if down else [], limit=limit)
     split = run(splits(up, up_cuts), splits(down, down_cuts) if down else [], limit=limit)
     assert full(split) == full(whole)
+
+
+@pytest.mark.parametrize("side", ["request", "response"])
+def test_a_body_past_the_limit_may_go_by_unseen(side):
+    store = Store(body_limit=10)
+    cap = Capture(store)
+    body = b"b" * 1000
+    if side == "request":
+        cap.requests(req("POST /up", "Content-Length: 1000\r\n", body[:4]))
+        assert cap.unseen("request") == 0           # the kept part isn't full yet
+        cap.requests(body[4:30])
+        assert cap.unseen("request") == 970
+        cap.moved("request", 970)
+        assert cap.unseen("request") == 0
+        cap.responses(resp("200 OK", "Content-Length: 0\r\n"))
+    else:
+        cap.requests(req("GET /down"))
+        assert cap.unseen("response") == 0          # no response head yet
+        cap.responses(resp("200 OK", "Content-Length: 1000\r\n", body[:50]))
+        assert cap.unseen("response") == 950
+        cap.moved("response", 950)
+    (record,) = store.records()
+    part = record.request if side == "request" else record.response
+    assert (part.size, bytes(part.kept), record.state) == (1000, b"b" * 10, "done")
+    assert cap.unseen("request") == cap.unseen("response") == 0

@@ -353,3 +353,45 @@ def test_a_taken_port_given_exits_2_and_the_default_moves_to_the_next(tunnel):
         assert asyncio.run(default_start()) not in (port, 0)
     finally:
         taken.close()
+
+
+def test_past_the_limit_a_big_body_goes_through_the_kernel_byte_exact(settings, db, monkeypatch):
+    """With the inspector on, the client moves the rest of a big body by splice(2) (as with
+    --no-inspect), after the capture kept its first bytes; in process, to see the client's pumps."""
+    from intunnel.client import data
+    from intunnel.wire import zerocopy
+    from tests.support.tunnel import read_response, tunnel_setup
+    if not zerocopy.AVAILABLE:
+        pytest.skip("no splice(2) here (INTUNNEL_PORTABLE or not Linux)")
+    started, real = [], data.pump_through_kernel
+
+    def spy(src, dst, on_eof, on_error, limit=None, on_moved=None, on_limit=None, on_refused=None):
+        ok = real(src, dst, on_eof, on_error, limit, on_moved, lambda: (finished.append(limit), on_limit()),
+                  on_refused)
+        if ok:
+            started.append(limit)
+        return ok
+    finished = []
+    monkeypatch.setattr(data, "pump_through_kernel", spy)
+    inspector = Inspector(Store(), lambda: ("127.0.0.1", 1), lambda: None)
+    size = 16 * 1024 * 1024 + 7
+    with tunnel_setup(settings, client_kwargs={"inspector": inspector}) as t:
+        for _ in range(2):   # the second on the same data connection: HTTP is followed again after it
+            with socket.create_connection(("127.0.0.1", t.relay.port), timeout=30) as sock:
+                sock.sendall(f"GET /download?size={size} HTTP/1.1\r\nHost: {t.host}\r\n\r\n".encode())
+                with sock.makefile("rb") as f:
+                    status, _, body = read_response(f)
+            assert status == 200 and hashlib.sha256(body).hexdigest() == pattern_sha256(size)
+        done = wait_for(lambda: [r for r in inspector.store.records() if r.state == "done"][1:] and
+                        inspector.store.records(), message="both done")
+        for record in done:
+            assert (record.target, record.response.size, len(record.response.kept)) == \
+                (f"/download?size={size}", size, 64 * 1024)
+        assert len(started) == 2 and started == finished and all(n > size - 64 * 1024 - (1 << 20) for n in started)
+        upload = bytes(range(256)) * (size // 256)
+        status, _, answer = visit(t.relay.port, t.host, "/upload-big", "POST", upload, timeout=60)
+        assert status == 200 and json.loads(answer)["body_sha256"] == hashlib.sha256(upload).hexdigest()
+        (up,) = wait_for(lambda: [r for r in inspector.store.records() if r.target == "/upload-big" and
+                                  r.state == "done"], message="the upload done")
+        assert (up.request.size, len(up.request.kept)) == (len(upload), 64 * 1024)
+        assert len(started) == 3 and started == finished and started[2] > len(upload) - 64 * 1024 - (1 << 20)

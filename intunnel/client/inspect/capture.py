@@ -222,11 +222,8 @@ class Capture:
             left = reader.body_left
             if record is not None and left and len(record.request.kept) >= store.body_limit:
                 n = min(left, len(data))        # past the limit: counted, not even sliced
-                record.request.size += n
-                record.request.wire += n
+                self._skip_request(record, n)
                 data = data[n:]
-                if reader.skip_body(n):
-                    self._reading = None
                 continue
             events, data = reader.feed(data)
             for ev in events:
@@ -264,11 +261,8 @@ class Capture:
             left = reader.body_left
             if left and record.response_head and len(record.response.kept) >= store.body_limit:
                 n = min(left, len(data))
-                record.response.size += n
-                record.response.wire += n
+                self._skip_response(record, n)
                 data = data[n:]
-                if reader.skip_body(n):
-                    self._finish(record)
                 continue
             events, data = reader.feed(data)
             for ev in events:
@@ -294,6 +288,39 @@ class Capture:
                     store.keep(record, record.response, ev)
             if not events:
                 break
+
+    # --- bytes moved unseen (the kernel's splice, past the limit) ---------------------------------
+    def unseen(self, side: str) -> int:
+        """How many of the next bytes of ``side`` ("request" or "response") may go by unseen: the
+        rest of a Content-Length body whose kept part is full (0: the capture must see them)."""
+        if self.off or self._raw is not None:
+            return 0
+        if side == "request":
+            record, reader = self._reading, self._requests
+            full = record is not None and len(record.request.kept) >= self.store.body_limit
+        else:
+            record, reader = (self._pending[0] if self._pending else None), self._responses
+            full = record is not None and bool(record.response_head) and \
+                len(record.response.kept) >= self.store.body_limit
+        return reader.body_left if full else 0
+
+    def moved(self, side: str, n: int) -> None:
+        """``n`` bytes of ``side`` went by unseen (at most ``unseen(side)``)."""
+        if not self.off:
+            self._guard(lambda _: self._skip_request(self._reading, n) if side == "request" else
+                        self._skip_response(self._pending[0], n), b"")
+
+    def _skip_request(self, record: Record, n: int) -> None:
+        record.request.size += n
+        record.request.wire += n
+        if self._requests.skip_body(n):
+            self._reading = None
+
+    def _skip_response(self, record: Record, n: int) -> None:
+        record.response.size += n
+        record.response.wire += n
+        if self._responses.skip_body(n):
+            self._finish(record)
 
     def _upgraded(self, record: Record, rest) -> None:
         self._pending.popleft()
