@@ -20,7 +20,7 @@ TOOLS = ("pytest", "hypothesis", "h11", "httptools", "tomli", "exceptiongroup")
 FILES = ("tests/relay/test_protocol.py", "tests/relay/test_http1.py", "tests/relay/test_http1_old_python.py",
          "tests/relay/test_framing.py", "tests/relay/test_framing_differential.py",
          "tests/relay/test_exchanges.py", "tests/relay/test_client_config.py", "tests/relay/test_client_pool.py",
-         "tests/relay/test_client_dial.py")
+         "tests/relay/test_client_dial.py", "tests/relay/test_inspect_capture.py")
 
 
 def test_the_clients_pure_tests_pass_on_python39(python39, tmp_path):
