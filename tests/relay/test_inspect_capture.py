@@ -119,8 +119,11 @@ def test_store_body_budget_drops_the_oldest():
     body = b"x" * 1000
     up = b"".join(req(f"POST /{i}", "Content-Length: 1000\r\n", body) for i in range(10))
     down = resp("200 OK", "Content-Length: 0\r\n") * 10
-    store = run([up], [down], max_body_bytes=3500)
-    assert store.body_bytes <= 3500
+    one = run([req("POST /0", "Content-Length: 1000\r\n", body)], [resp("200 OK", "Content-Length: 0\r\n")])
+    per = one.records()[0].held          # the body and both heads
+    assert per > 1000 and one.body_bytes == per
+    store = run([up], [down], max_body_bytes=3 * per + per // 2)
+    assert store.body_bytes <= 3 * per + per // 2
     assert [r.target for r in store.records()] == ["/9", "/8", "/7"]
 
 
@@ -197,3 +200,11 @@ def test_a_body_past_the_limit_may_go_by_unseen(side):
     part = record.request if side == "request" else record.response
     assert (part.size, bytes(part.kept), record.state) == (1000, b"b" * 10, "done")
     assert cap.unseen("request") == cap.unseen("response") == 0
+
+
+def test_heads_count_against_the_byte_budget():
+    big = "X-Pad: " + "p" * 5000 + "\r\n"
+    up = b"".join(req(f"GET /{i}", big) for i in range(10))
+    down = resp("200 OK", "Content-Length: 0\r\n") * 10
+    store = run([up], [down], max_body_bytes=12_000)
+    assert store.body_bytes <= 12_000 and [r.target for r in store.records()] == ["/9", "/8"]

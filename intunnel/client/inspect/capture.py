@@ -11,7 +11,8 @@ It never raises into the tunnel and never holds the tunnel's bytes: on anything 
 follow it stops recording that connection (the exchange in progress is marked so).
 
 The ``Store`` is bounded twice: ``max_exchanges`` records and ``max_body_bytes`` of kept
-bodies, oldest dropped first.  A record dropped while its exchange is still running stops
+bodies (and heads: a head is at most the relay's 64 KiB-ish bound, but 500 of them add up),
+oldest dropped first.  A record dropped while its exchange is still running stops
 copying (nobody could see what it would keep).
 """
 
@@ -75,6 +76,7 @@ class Record:
         self.state = "open"
         self.replay_of = replay_of      # the id this exchange replays ("" for a visitor's)
         self.dropped = False            # gone from the store: copy nothing more
+        self.held = len(self.request_head)   # bytes charged to the store's budget: heads and kept bodies
 
     def finish(self, mono: float, state: str) -> None:
         if self.state in ("open", "upgraded"):
@@ -90,7 +92,7 @@ def _visitor(xff: Optional[str]) -> str:
 
 
 class Store:
-    """The last ``max_exchanges`` records, with at most ``max_body_bytes`` of kept bodies."""
+    """The last ``max_exchanges`` records, with at most ``max_body_bytes`` of kept bodies and heads."""
 
     def __init__(self, max_exchanges: int = MAX_EXCHANGES, max_body_bytes: int = MAX_BODY_BYTES,
                  body_limit: int = BODY_LIMIT, clock: Callable[[], float] = time.time,
@@ -107,10 +109,21 @@ class Store:
     def new(self, head: RequestHead, replay_of: str = "") -> Record:
         record = Record(f"ex_{next(self._ids)}", head, self.clock(), self.mono(), replay_of)
         self._records[record.id] = record
-        while len(self._records) > self.max_exchanges:
+        self.body_bytes += record.held
+        while len(self._records) > self.max_exchanges or self.body_bytes > self.max_body_bytes and \
+                len(self._records) > 1:
             self._drop_oldest()
         self.changed()
         return record
+
+    def charge(self, record: Record, n: int) -> None:
+        """``record`` holds ``n`` more bytes (a response head); the oldest go when over budget."""
+        if record.dropped:
+            return
+        record.held += n
+        self.body_bytes += n
+        while self.body_bytes > self.max_body_bytes and self._records:
+            self._drop_oldest()
 
     def keep(self, record: Record, body: Body, data) -> None:
         """Append what of ``data`` fits in ``body``'s limit and the store's byte budget."""
@@ -119,6 +132,7 @@ class Store:
             return
         piece = data[:room] if len(data) > room else data
         body.kept += piece
+        record.held += len(piece)
         self.body_bytes += len(piece)
         self.version += 1   # a streamed body (SSE) shows its events as they arrive
         while self.body_bytes > self.max_body_bytes and self._records:
@@ -127,7 +141,7 @@ class Store:
     def _drop_oldest(self) -> None:
         _, record = self._records.popitem(last=False)
         record.dropped = True
-        self.body_bytes -= len(record.request.kept) + len(record.response.kept)
+        self.body_bytes -= record.held
 
     def changed(self) -> None:
         self.version += 1
@@ -272,6 +286,7 @@ class Capture:
                         continue
                     record.status = ev.status
                     record.response_head = ev.raw[:-4].decode("latin-1")
+                    store.charge(record, len(record.response_head))
                     record.response_chunked = ev.body == "chunked"
                     store.changed()
                     if ev.status == 101:
