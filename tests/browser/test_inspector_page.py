@@ -51,6 +51,17 @@ def test_the_page_lists_live_shows_pretty_json_and_replays(browser, settings, db
                 assert len(app.seen) == seen + 1
                 page.locator("#curl").click()
                 expect(page.locator("#curl-out")).to_contain_text("curl -X POST 'http://myapp.localhost:")
+                # a multipart form: its fields and files, one row each
+                form = (b"--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nh\xc3\xa9llo\r\n"
+                        b"--XyZ\r\nContent-Disposition: form-data; name=\"doc\"; filename=\"notes.txt\"\r\n"
+                        b"Content-Type: text/plain\r\n\r\nline one\r\n--XyZ--\r\n")
+                assert visit(relay.port, "myapp.localhost", "/form-up", "POST", form,
+                             {"Content-Type": "multipart/form-data; boundary=XyZ"})[0] == 200
+                page.locator("#list li", has_text="/form-up").click()
+                rows = page.locator("#detail table.multipart tr")
+                expect(rows).to_have_count(2)
+                expect(rows.nth(0)).to_have_text("titlehéllo")
+                expect(rows.nth(1)).to_have_text("docnotes.txt (text/plain, 8 bytes)")
             finally:
                 context.close()
             assert not errors.messages, errors.messages

@@ -108,7 +108,11 @@ function renderBody(body) {
   const ct = (body.content_type || "").toLowerCase();
   let text = null;
   try { text = new TextDecoder("utf-8", {fatal: true}).decode(a); } catch (e) { text = null; }
-  if (ct.startsWith("image/") && !body.truncated && /^image\/(png|jpeg|gif|webp|bmp|x-icon)/.test(ct)) {
+  let parts = null;
+  if (ct.startsWith("multipart/form-data")) parts = multipart(a, body.content_type);
+  if (parts) {
+    box.append(parts);
+  } else if (ct.startsWith("image/") && !body.truncated && /^image\/(png|jpeg|gif|webp|bmp|x-icon)/.test(ct)) {
     box.append(el("img", {src: "data:" + ct.split(";")[0] + ";base64," + body.data, alt: "image body", style: "max-width:100%"}));
   } else if (text !== null && ct.includes("json")) {
     let shown = text;
@@ -124,6 +128,31 @@ function renderBody(body) {
     box.append(el("pre", {className: "hex", textContent: hex(a)}));
   }
   return box;
+}
+function multipart(a, ct) {
+  // multipart/form-data: one row per part, its name and its text (a file: its name, type and size)
+  const m = /boundary="?([^";]+)"?/i.exec(ct);
+  if (!m) return null;
+  const s = Array.from(a, (b) => String.fromCharCode(b)).join("");
+  const t = el("table", {className: "form multipart"});
+  for (const part of s.split("--" + m[1]).slice(1)) {
+    if (part.startsWith("--")) break;
+    const cut = part.indexOf("\r\n\r\n");
+    if (cut < 0) continue;
+    const head = part.slice(0, cut), content = part.slice(cut + 4).replace(/\r\n$/, "");
+    const name = (/name="([^"]*)"/i.exec(head) || [null, ""])[1];
+    const file = /filename="([^"]*)"/i.exec(head);
+    const type = (/content-type:\s*([^\r\n]+)/i.exec(head) || [null, ""])[1];
+    let value;
+    if (file) {
+      value = file[1] + " (" + (type || "file") + ", " + content.length + " bytes)";
+    } else {
+      try { value = new TextDecoder("utf-8", {fatal: true}).decode(Uint8Array.from(content, (c) => c.charCodeAt(0))); }
+      catch (e) { value = content.length + " bytes"; }
+    }
+    t.append(el("tr", {}, el("td", {textContent: name}), el("td", {textContent: value})));
+  }
+  return t.children.length ? t : null;
 }
 function shq(s) { return "'" + String(s).replace(/'/g, "'\\''") + "'"; }
 function curl(x) {
