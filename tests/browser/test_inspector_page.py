@@ -62,6 +62,22 @@ def test_the_page_lists_live_shows_pretty_json_and_replays(browser, settings, db
                 expect(rows).to_have_count(2)
                 expect(rows.nth(0)).to_have_text("titlehéllo")
                 expect(rows.nth(1)).to_have_text("docnotes.txt (text/plain, 8 bytes)")
+                # edit and replay, then the filters and Clear
+                page.locator("#list li", has_text="/webhook?src=gh").last.click()
+                page.locator("#edit").click()
+                page.locator("#edit-path").fill("/edited-in-page")
+                page.locator("#edit-body").fill('{"edited": true}')
+                page.locator("#edit-send").click()
+                expect(page.locator("#list li", has_text="/edited-in-page").locator(".tag")).to_have_text("replay")
+                assert app.seen[-1][:2] == ("POST", "/edited-in-page")
+                expect(page.locator("#detail pre.json").first).to_have_text('{\n  "edited": true\n}')
+                page.locator("#f-path").fill("edited")
+                expect(page.locator("#list li")).to_have_count(1)
+                page.locator("#f-path").fill("")
+                page.locator("#f-method").select_option("POST")
+                expect(page.locator("#list li")).to_have_count(4)   # the webhook, its two replays, the form
+                page.locator("#clear").click()
+                expect(page.locator("#list li")).to_have_count(0)
             finally:
                 context.close()
             assert not errors.messages, errors.messages
