@@ -53,6 +53,9 @@ class Record:
     """One exchange.  ``state``: "open" (request seen), "done", "upgraded" (101: raw bytes
     until close), "closed" (the connection ended before a whole response) or "lost" (the
     capture stopped following this connection)."""
+    __slots__ = ("id", "started", "_mono", "duration", "method", "target", "request_head", "request_chunked",
+                 "remote", "request", "response_head", "status", "response_chunked", "response", "interim",
+                 "upgraded", "raw_up", "raw_down", "state", "replay_of", "dropped", "held")
 
     def __init__(self, rid: str, head: RequestHead, started: float, mono: float, replay_of: str = ""):
         self.id = rid
@@ -188,7 +191,10 @@ class Capture:
         if self._raw is not None:
             self._raw.raw_up += len(data)
             return
-        self._guard(self._read_requests, data)
+        try:
+            self._read_requests(data)
+        except Exception:   # _GiveUp, HttpError, a bug here: traffic goes on, unrecorded
+            self._lose()
 
     def responses(self, data) -> None:
         if self.off:
@@ -196,7 +202,10 @@ class Capture:
         if self._raw is not None:
             self._raw.raw_down += len(data)
             return
-        self._guard(self._read_responses, data)
+        try:
+            self._read_responses(data)
+        except Exception:
+            self._lose()
 
     def closed(self) -> None:
         if self.off:
@@ -212,16 +221,14 @@ class Capture:
         self._pending.clear()
         self.store.changed()
 
-    def _guard(self, step, data) -> None:
-        try:
-            step(data)
-        except Exception:   # _GiveUp, HttpError, a bug here: traffic goes on, unrecorded
-            self.off = True
-            mono = self.store.mono()
-            for record in self._pending:
-                record.finish(mono, "lost")
-            self._pending.clear()
-            self.store.changed()
+    def _lose(self) -> None:
+        """Stop following this connection: what it was in the middle of is marked lost."""
+        self.off = True
+        mono = self.store.mono()
+        for record in self._pending:
+            record.finish(mono, "lost")
+        self._pending.clear()
+        self.store.changed()
 
     # --- requests ------------------------------------------------------------------------------
     def _read_requests(self, data) -> None:
@@ -321,9 +328,15 @@ class Capture:
 
     def moved(self, side: str, n: int) -> None:
         """``n`` bytes of ``side`` went by unseen (at most ``unseen(side)``)."""
-        if not self.off:
-            self._guard(lambda _: self._skip_request(self._reading, n) if side == "request" else
-                        self._skip_response(self._pending[0], n), b"")
+        if self.off:
+            return
+        try:
+            if side == "request":
+                self._skip_request(self._reading, n)
+            else:
+                self._skip_response(self._pending[0], n)
+        except Exception:
+            self._lose()
 
     def _skip_request(self, record: Record, n: int) -> None:
         record.request.size += n
