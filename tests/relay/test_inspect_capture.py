@@ -208,3 +208,12 @@ def test_heads_count_against_the_byte_budget():
     down = resp("200 OK", "Content-Length: 0\r\n") * 10
     store = run([up], [down], max_body_bytes=12_000)
     assert store.body_bytes <= 12_000 and [r.target for r in store.records()] == ["/9", "/8"]
+
+
+@pytest.mark.parametrize("xff,visitor", [("203.0.113.9", "203.0.113.9"),
+                                         ("203.0.113.9, 127.0.0.1", "203.0.113.9"),           # behind nginx
+                                         ("6.6.6.6, 203.0.113.9, 127.0.0.1", "203.0.113.9")])  # written by the visitor
+def test_the_visitor_address_is_the_one_the_relay_forwards(xff, visitor):
+    store = Store()
+    Capture(store).requests(f"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: {xff}\r\n\r\n".encode())
+    assert store.records()[0].remote == visitor

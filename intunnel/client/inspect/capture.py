@@ -88,10 +88,13 @@ class Record:
 
 
 def _visitor(xff: Optional[str]) -> str:
-    """The address the relay appended to X-Forwarded-For (its last entry)."""
+    """The visitor's address as the relay forwards it (access.visitor_address): X-Forwarded-For is
+    just the visitor's address, unless the relay trusts a proxy in front (nginx), which appended
+    what it saw, and the relay appended the proxy's address after it: the entry before the last."""
     if not xff:
         return ""
-    return xff.rsplit(",", 1)[-1].strip()
+    entries = [e.strip() for e in xff.split(",")]
+    return entries[-2] if len(entries) >= 2 else entries[-1]
 
 
 class Store:
