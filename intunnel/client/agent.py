@@ -118,6 +118,10 @@ class Agent:
                          f"retrying in {delay:.1f}s")
             await asyncio.sleep(delay)
 
+    def _capture(self):
+        """The inspector's capture of one visitor connection, naming this tunnel."""
+        return self.inspector.capture(self)
+
     def _hello(self) -> p.Hello:
         # Following the stored port: 0 lets the relay name its own in its 502 page.
         return p.Hello(client=f"intunnel/{__version__}", local_port=0 if self.follow else self.local_port,
@@ -178,7 +182,7 @@ class Agent:
             self._placement = placement_of(welcome)
             session = Session(opened, self.dialer, Upstream(self.upstream_host, self.local_port), self._say,
                               self.verbose, lambda: self._open_session(),
-                              self.inspector.capture if self.inspector is not None else None)
+                              self._capture if self.inspector is not None else None)
             self.say(f"{'reconnected' if reconnecting else 'connected'}: {welcome.url} -> "
                      f"http://{self.upstream_host}:{self.local_port}")
             line = self._port_line(welcome)

@@ -40,14 +40,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--insecure", action="store_true",
                         help="accept a self-signed TLS certificate (testing only)")
     parser.add_argument("-v", "--verbose", action="store_true", help="print one line per request")
-    inspect = parser.add_argument_group("inspector", "See every request through the tunnel at a local "
-                                        "address (on by default; it stays on this computer)")
-    inspect.add_argument("--inspect", metavar="HOST:PORT",
-                         help="serve the inspector there (a loopback address; default 127.0.0.1:4040, "
-                              "or the next free port)")
-    inspect.add_argument("--no-inspect", action="store_true", help="no inspector")
-    inspect.add_argument("--inspect-body-limit", type=int, default=None, metavar="BYTES",
-                         help="bytes kept of each request and response body (default 65536)")
+    add_inspect_arguments(parser)
     rules = parser.add_argument_group(
         "access for this session", "Narrow who may visit while this client runs (the tunnel's own policy "
         "still applies: a visitor must pass both). The rules end with the session.")
@@ -61,6 +54,18 @@ def add_arguments(parser) -> None:
                        help="only visitors from this address or CIDR (repeatable)")
     rules.add_argument("--deny-ip", action="append", default=[], metavar="CIDR",
                        help="never visitors from this address or CIDR (repeatable)")
+
+
+def add_inspect_arguments(parser) -> None:
+    """The inspector's options (intunnel http, intunnel start: one inspector for all the tunnels)."""
+    inspect = parser.add_argument_group("inspector", "See every request through the tunnel at a local "
+                                        "address (on by default; it stays on this computer)")
+    inspect.add_argument("--inspect", metavar="HOST:PORT",
+                         help="serve the inspector there (a loopback address; default 127.0.0.1:4040, "
+                              "or the next free port)")
+    inspect.add_argument("--no-inspect", action="store_true", help="no inspector")
+    inspect.add_argument("--inspect-body-limit", type=int, default=None, metavar="BYTES",
+                         help="bytes kept of each request and response body (default 65536)")
 
 
 BASIC_AUTH_ENV = "INTUNNEL_BASIC_AUTH"
@@ -179,20 +184,31 @@ def on_stop_signals(loop, stop) -> None:
         portable.on_signal(loop, sig, stop)
 
 
+async def open_inspector(where, agents: list) -> bool:
+    """Start the inspector ``where`` says (None: --no-inspect) for ``agents``; False, the reason
+    said in one line, when it can't listen."""
+    if where is None:
+        return True
+    host, port, next_free, limit = where
+    first = agents[0]
+    inspector = Inspector(Store(body_limit=limit), lambda: (first.upstream_host, first.local_port),
+                          lambda: first.url)
+    try:
+        await inspector.start(host, port, next_free)
+    except OSError as e:
+        print(f"intunnel: the inspector can't listen on {host}:{port}: {e.strerror or e} "
+              f"(choose another with --inspect HOST:PORT, or --no-inspect)", file=sys.stderr, flush=True)
+        return False
+    for agent in agents:
+        agent.inspector = inspector
+    return True
+
+
 async def _main(agent: Agent, where=None) -> int:
     """Run until the agent gives up or Ctrl-C/SIGTERM: then exit at once."""
     loop = asyncio.get_running_loop()
-    if where is not None:
-        host, port, next_free, limit = where
-        inspector = Inspector(Store(body_limit=limit), lambda: (agent.upstream_host, agent.local_port),
-                              lambda: agent.url)
-        try:
-            await inspector.start(host, port, next_free)
-        except OSError as e:
-            print(f"intunnel: the inspector can't listen on {host}:{port}: {e.strerror or e} "
-                  f"(choose another with --inspect HOST:PORT, or --no-inspect)", file=sys.stderr, flush=True)
-            return 2
-        agent.inspector = inspector
+    if not await open_inspector(where, [agent]):
+        return 2
     task = asyncio.ensure_future(agent.run())
     on_stop_signals(loop, task.cancel)
     try:

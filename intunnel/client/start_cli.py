@@ -16,7 +16,7 @@ from . import config, resolve, tunnel_defs
 from .address import complete_server, parse_server
 from .agent import Agent
 from .api import ApiError
-from .cli import local_target, on_stop_signals, session_rules
+from .cli import add_inspect_arguments, inspect_options, local_target, on_stop_signals, open_inspector, session_rules
 
 HELP = "Run several tunnels from the config file's [tunnels.NAME] sections in one process."
 
@@ -24,6 +24,7 @@ HELP = "Run several tunnels from the config file's [tunnels.NAME] sections in on
 def add_arguments(parser) -> None:
     parser.add_argument("names", nargs="*", metavar="NAME", help="the [tunnels.NAME] sections to run")
     parser.add_argument("--all", action="store_true", help="run every [tunnels.NAME] section")
+    add_inspect_arguments(parser)   # one inspector for all of them
 
 
 def _fail(message: str) -> int:
@@ -45,6 +46,10 @@ def run(args) -> int:
         if name not in cfg.tunnels:
             return _fail(f"no [tunnels.{name}] section in {path} (there are: {known})")
     try:
+        where = inspect_options(args)
+    except ValueError as e:
+        return _fail(str(e))
+    try:
         plans = [plan(name, cfg.tunnels[name]) for name in names]
         agents = [agent_for(name, defn, cfg, _prefixed(name, max(map(len, names))))
                   for name, defn in plans]
@@ -52,7 +57,7 @@ def run(args) -> int:
         return _fail(str(e))
     except KeyboardInterrupt:
         return 130
-    return netio.run(run_agents(agents))
+    return netio.run(run_agents(agents, where))
 
 
 def plan(name: str, table: dict):
@@ -96,9 +101,12 @@ def _prefixed(name: str, width: int):
     return say
 
 
-async def run_agents(agents: list) -> int:
-    """Until every agent gave up, or Ctrl-C/SIGTERM stops them all; the worst exit status."""
+async def run_agents(agents: list, where=None) -> int:
+    """Until every agent gave up, or Ctrl-C/SIGTERM stops them all; the worst exit status.
+    ``where``: their one inspector's address (cli.inspect_options), None for none."""
     loop = asyncio.get_running_loop()
+    if not await open_inspector(where, agents):
+        return 2
     tasks = [asyncio.ensure_future(agent.run()) for agent in agents]
     stopping = []
 
@@ -109,6 +117,8 @@ async def run_agents(agents: list) -> int:
 
     on_stop_signals(loop, stop)
     results = await asyncio.gather(*tasks, return_exceptions=True)
+    if agents and agents[0].inspector is not None:
+        agents[0].inspector.close()
     if stopping:
         print("stopped", flush=True)
         return 0

@@ -395,3 +395,31 @@ def test_past_the_limit_a_big_body_goes_through_the_kernel_byte_exact(settings, 
                                   r.state == "done"], message="the upload done")
         assert (up.request.size, len(up.request.kept)) == (len(upload), 64 * 1024)
         assert len(started) == 3 and started == finished and started[2] > len(upload) - 64 * 1024 - (1 << 20)
+
+
+def test_intunnel_start_has_one_inspector_for_its_tunnels_and_replays_to_each_ones_app(settings, db, tmp_path):
+    with HttpUpstream() as web_app, HttpUpstream() as shop_app, RelayThread(settings) as relay:
+        web = make_tunnel(settings, "web", local_port=web_app.port)
+        shop = make_tunnel(settings, "shop", local_port=shop_app.port)
+        path = tmp_path / "intunnel" / "config.toml"
+        path.parent.mkdir(parents=True)
+        path.write_text(f'[tunnels.web]\nserver = "{relay.url}"\ntoken = "{web.token}"\nport = {web_app.port}\n\n'
+                        f'[tunnels.shop]\nserver = "{relay.url}"\ntoken = "{shop.token}"\nport = {shop_app.port}\n')
+        env = _python_env({"XDG_CONFIG_HOME": str(tmp_path)})
+        with _Process(["start", "--all", "--inspect", "127.0.0.1:0"], env) as proc:
+            m = proc.wait_line(r"^web +\| inspect: http://127\.0\.0\.1:(\d+)/\?secret=([\w-]+)$")
+            proc.wait_line(r"^shop +\| inspect: " + re.escape(f"http://127.0.0.1:{m.group(1)}/?secret={m.group(2)}"))
+            proc.wait_line(r"^web +\| connected: ")
+            proc.wait_line(r"^shop +\| connected: ")
+            api = Api.__new__(Api)
+            api.port, api.secret = int(m.group(1)), m.group(2)
+            assert visit(relay.port, "web.localhost", "/to-web")[0] == 200
+            assert visit(relay.port, "shop.localhost", "/to-shop")[0] == 200
+            (to_web,) = api.wait_done("/to-web")
+            (to_shop,) = api.wait_done("/to-shop")
+            assert to_web["public_url"].startswith("http://web.localhost:")
+            assert to_shop["public_url"].startswith("http://shop.localhost:")
+            for x, app in ((to_web, web_app), (to_shop, shop_app)):
+                seen = len(app.seen)
+                assert api.call("POST", "/api/requests/http", {"id": x["id"]})[0] == 201
+                assert len(app.seen) == seen + 1 and app.seen[-1][1] == x["request"]["uri"]

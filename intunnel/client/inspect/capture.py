@@ -55,10 +55,12 @@ class Record:
     capture stopped following this connection)."""
     __slots__ = ("id", "started", "_mono", "duration", "method", "target", "request_head", "request_chunked",
                  "remote", "request", "response_head", "status", "response_chunked", "response", "interim",
-                 "upgraded", "raw_up", "raw_down", "state", "replay_of", "dropped", "held")
+                 "upgraded", "raw_up", "raw_down", "state", "replay_of", "dropped", "held", "origin")
 
-    def __init__(self, rid: str, head: RequestHead, started: float, mono: float, replay_of: str = ""):
+    def __init__(self, rid: str, head: RequestHead, started: float, mono: float, replay_of: str = "",
+                 origin=None):
         self.id = rid
+        self.origin = origin            # the tunnel it came through (an Agent: url, upstream), or None
         self.started = started          # wall clock (time.time()) of the request head
         self._mono = mono
         self.duration = None            # seconds, once the response ended (or the upgrade closed)
@@ -112,8 +114,8 @@ class Store:
         self._ids = itertools.count(1)
         self.version = 0                # bumped on every change (the page polls it)
 
-    def new(self, head: RequestHead, replay_of: str = "") -> Record:
-        record = Record(f"ex_{next(self._ids)}", head, self.clock(), self.mono(), replay_of)
+    def new(self, head: RequestHead, replay_of: str = "", origin=None) -> Record:
+        record = Record(f"ex_{next(self._ids)}", head, self.clock(), self.mono(), replay_of, origin)
         self._records[record.id] = record
         self.body_bytes += record.held
         while len(self._records) > self.max_exchanges or self.body_bytes > self.max_body_bytes and \
@@ -175,9 +177,10 @@ class Capture:
     """One connection's exchanges, into ``store``.  Feed ``requests(data)`` what the app
     receives and ``responses(data)`` what it sends; call ``closed()`` when it ends."""
 
-    def __init__(self, store: Store, replay_of: str = ""):
+    def __init__(self, store: Store, replay_of: str = "", origin=None):
         self.store = store
         self.replay_of = replay_of
+        self.origin = origin
         self._requests = MessageReader("request", MAX_REQUEST_HEAD)
         self._responses = MessageReader("response", MAX_RESPONSE_HEAD)
         self._pending: deque = deque()      # records waiting for (or reading) their response
@@ -252,7 +255,7 @@ class Capture:
             events, data = reader.feed(data)
             for ev in events:
                 if isinstance(ev, RequestHead):
-                    record = store.new(ev, self.replay_of)
+                    record = store.new(ev, self.replay_of, self.origin)
                     self._pending.append(record)
                     self._reading = record
                     if ev.body == "upgrade":

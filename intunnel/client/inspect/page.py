@@ -156,7 +156,7 @@ function multipart(a, ct) {
 }
 function shq(s) { return "'" + String(s).replace(/'/g, "'\\''") + "'"; }
 function curl(x) {
-  const base = publicUrl || ("http://" + (x.request.host || "localhost"));
+  const base = x.public_url || publicUrl || ("http://" + (x.request.host || "localhost"));
   const parts = ["curl", "-X", x.request.method, shq(base.replace(/\/$/, "") + x.request.uri)];
   const skip = new Set(["host", "content-length", "connection", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host"]);
   for (const [k, v] of x.request.headers) if (!skip.has(k.toLowerCase())) parts.push("-H", shq(k + ": " + v));

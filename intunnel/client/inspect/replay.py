@@ -79,7 +79,7 @@ async def replay(store: Store, record: Record, edits: dict, host: str, port: int
     """Send it to ``host:port`` and capture the exchange; the new record (ReplayError if it
     couldn't be sent)."""
     data = build(record, edits)
-    cap = Capture(store, replay_of=record.id)
+    cap = Capture(store, replay_of=record.id, origin=record.origin)
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REPLAY_TIMEOUT)
     except (OSError, asyncio.TimeoutError) as e:

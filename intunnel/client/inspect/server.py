@@ -70,8 +70,10 @@ class Inspector:
         self._server: Optional[asyncio.AbstractServer] = None
 
     # --- what the tunnel uses ------------------------------------------------------------------
-    def capture(self) -> Capture:
-        return Capture(self.store)
+    def capture(self, origin=None) -> Capture:
+        """A connection's capture; ``origin`` (an Agent: ``url``, ``upstream_host``, ``local_port``)
+        is the tunnel it came through, where its replays go (several with ``intunnel start``)."""
+        return Capture(self.store, origin=origin)
 
     @property
     def address(self) -> str:
@@ -228,7 +230,8 @@ class Inspector:
         record = self.store.get(edits["id"])
         if record is None:
             return _error(404, "NOT_FOUND", "no such exchange")
-        host, port = self.upstream()
+        origin = record.origin
+        host, port = (origin.upstream_host, origin.local_port) if origin is not None else self.upstream()
         try:
             new = await replay(self.store, record, edits, host, port)
         except ReplayError as e:

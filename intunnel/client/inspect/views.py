@@ -70,6 +70,7 @@ def summary(record: Record, detail: bool = False) -> dict:
         "state": record.state,
         "replay": bool(record.replay_of),
         "replay_of": record.replay_of or None,
+        "public_url": getattr(record.origin, "url", None),   # the tunnel it came through
         "request": {"method": record.method, "uri": record.target,
                     "host": header(record.request_head, "host"),
                     "body": _body(record.request, record.request_chunked, record.request_head, detail)},
