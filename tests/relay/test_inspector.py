@@ -423,3 +423,17 @@ def test_intunnel_start_has_one_inspector_for_its_tunnels_and_replays_to_each_on
                 seen = len(app.seen)
                 assert api.call("POST", "/api/requests/http", {"id": x["id"]})[0] == 201
                 assert len(app.seen) == seen + 1 and app.seen[-1][1] == x["request"]["uri"]
+
+
+def test_verbose_and_the_inspector_watch_the_same_connection(tunnel):
+    relay, t, app = tunnel
+    with client(relay, t, app, "-v", "--inspect", "127.0.0.1:0") as proc:
+        api = Api(proc)
+        big = 3 * 1024 * 1024
+        assert visit(relay.port, HOST, f"/download?size={big}")[0] == 200
+        assert visit(relay.port, HOST, "/after")[0] == 200
+        proc.wait_line(rf"^GET /download\?size={big} -> 200 {big} B ")
+        proc.wait_line(r"^GET /after -> 200 \d+ B ")
+        (x,) = api.wait_done(f"/download?size={big}")
+        assert x["response"]["body"]["size"] == big
+        api.wait_done("/after")
