@@ -41,7 +41,8 @@ class Agent:
     def __init__(self, server: str, token: str, local_port: int | None, upstream_host: str = "127.0.0.1",
                  host_header: str = "preserve", insecure: bool = False, verbose: bool = False,
                  say: Callable[[str], None] = print, handshake_timeout: float = 10.0,
-                 access: dict | None = None, upstream_given: bool = False, inspector=None):
+                 access: dict | None = None, upstream_given: bool = False, inspector=None,
+                 renew_token: Callable[[str], str | None] | None = None):
         self.server = parse_server(server)
         self.token = token
         # None: the tunnel's stored local port, from each Welcome (``local_port`` is then the
@@ -64,6 +65,12 @@ class Agent:
         self._failure: BaseException | None = None  # why the last session failed (a scheme hint's clue)
         self._said_port: tuple | None = None  # (forwarded to, stored) of the last "forwarding to" line
         self.inspector = inspector   # the local inspector (inspect/server.py), or None: --no-inspect
+        # An ephemeral tunnel deleted while this client was away (asleep longer than the server's
+        # grace): renew_token(refusal code), run in a thread, makes a new one and gives its token
+        # (None: stop).  Asked only when the refused token had worked, so a token refused at
+        # once is never renewed in a loop.
+        self.renew_token = renew_token
+        self._token_worked = False
 
     @property
     def host_header(self) -> str:
@@ -193,9 +200,15 @@ class Agent:
             if self.inspector is not None and not reconnecting:
                 self.say(f"inspect: {self.inspector.url}")
             self.connected.set()
+            self._token_worked = True
             reason, successor = await session.serve()
             return reason, True, successor
         except TokenRefused as e:
+            if self.renew_token is not None and self._token_worked:
+                token = await asyncio.get_running_loop().run_in_executor(None, self.renew_token, e.code)
+                if token:
+                    self.token, self._token_worked = token, False
+                    return "the tunnel was replaced by a new one", up, None
             self.say(f"intunnel: {e}. Not retrying: {advice_for(e.code)}.")
             return None, up, None
         except asyncio.TimeoutError as e:

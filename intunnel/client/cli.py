@@ -115,11 +115,31 @@ def run(args) -> int:
         return 130
     if target.note:
         _say(target.note)
+    current = [target]  # the ephemeral tunnel now served (renewed when the server deleted it)
+
+    def renew(code: str):
+        """A new ephemeral tunnel when the server deleted ours while this client was away (its
+        token is then unknown: UNAUTHORIZED).  One deleted while connected (REVOKED_DELETED: on
+        the dashboard, on purpose) is not replaced."""
+        if code != "UNAUTHORIZED":
+            return None
+        gone = current[0].name
+        try:
+            current[0] = resolve.resolve(args, config.load())
+        except (ValueError, ApiError) as e:
+            _say(f"intunnel: ephemeral tunnel {gone} was deleted while this client was away, "
+                 f"and a new one could not be made: {e}")
+            return None
+        _say(f"ephemeral tunnel {gone} was deleted while this client was away (longer than the "
+             f"server keeps one): serving a new one, {current[0].name}")
+        return current[0].token
+
     try:
-        return _run(args, target.server, target.token)
+        return _run(args, target.server, target.token,
+                    renew if target.ephemeral_id is not None else None)
     finally:
-        if target.ephemeral_id is not None:
-            _delete_ephemeral(target)
+        if current[0].ephemeral_id is not None:
+            _delete_ephemeral(current[0])
 
 
 def _delete_ephemeral(target: resolve.Target) -> None:
@@ -133,7 +153,7 @@ def _delete_ephemeral(target: resolve.Target) -> None:
         _say(f"ephemeral tunnel {target.name} not deleted: the server deletes it shortly")
 
 
-def _run(args, server: str, token: str) -> int:
+def _run(args, server: str, token: str, renew_token=None) -> int:
     server, note = complete_server(server)
     if note:
         print(f"intunnel: {note}", file=sys.stderr, flush=True)
@@ -147,7 +167,7 @@ def _run(args, server: str, token: str) -> int:
         return 2
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
                   insecure=args.insecure, verbose=args.verbose, say=_say, access=rules,
-                  upstream_given=bool(args.upstream))
+                  upstream_given=bool(args.upstream), renew_token=renew_token)
     return netio.run(_main(agent, where))
 
 

@@ -146,6 +146,49 @@ def test_a_killed_clients_ephemeral_tunnel_is_reaped_after_the_grace(setup):
         wait_for(lambda: setup.tunnel(word) is None, 20, message="the ephemeral tunnel reaped")
 
 
+@pytest.mark.slow
+def test_an_ephemeral_tunnel_deleted_while_the_client_was_away_is_replaced(settings, db, tmp_path):
+    """A laptop asleep longer than the grace finds its ephemeral tunnel reaped: the relay no
+    longer knows the token, and the client opens a new ephemeral tunnel instead of giving up."""
+    from tests.support.tunnel import RelayProcess, free_port
+    s = Setup(settings, tmp_path)
+    port = free_port()
+    relay = RelayProcess(settings, port)
+    with running_web_app(settings) as web, HttpUpstream() as up:
+        s.relay, s.web = relay, web
+        s.write_config()
+        client = s.client("http", str(up.port))
+        try:
+            first = client.wait_line(r"^ephemeral tunnel ([a-z]+):").group(1)
+            client.wait_line(rf"^connected: http://{first}\.localhost")
+            relay.kill()  # the laptop goes to sleep (the relay sees its agent gone)
+            client.wait_line(r"^disconnected: ")
+            Tunnel.delete().where(Tunnel.subdomain == first).execute()  # as the reaper does after the grace
+            relay = RelayProcess(settings, port)
+            second = client.wait_line(rf"^ephemeral tunnel {first} was deleted while this client was away "
+                                      r".*: serving a new one, ([a-z]+)$", timeout=30).group(1)
+            assert second != first and s.tunnel(second).ephemeral
+            wait_for(lambda: _serves(relay, second, up), 20, message="the new ephemeral tunnel serves")
+            client.signal(signal.SIGINT)
+            assert client.proc.wait(15) == 0
+            client.wait_line(rf"^deleted ephemeral tunnel {second}$")
+            assert s.tunnel(second) is None
+            assert "Traceback" not in "\n".join(client.lines)
+        finally:
+            client.close()
+            relay.close()
+
+
+def test_a_token_refused_at_once_is_never_renewed(settings, db):
+    """The renewal is asked only for a token that had worked: a bad one stops the client."""
+    from tests.support.tunnel import ClientThread
+    asked = []
+    with RelayThread(settings) as relay, ClientThread(relay.url, "not-a-token", 3000,
+                                                      renew_token=lambda code: asked.append(code) or "x") as c:
+        assert c.wait_exit(10) == 1
+    assert asked == []
+
+
 def test_the_dashboard_and_the_api_mark_ephemeral_tunnels(setup):
     import requests
     made = tunnels.create(setup.settings, setup.user, "tazomi", "tazomi", 3000, ephemeral=True)
