@@ -217,6 +217,37 @@ def _v8_ephemeral_tunnels(db: pw.Database) -> None:
         m.add_column("tunnel", "disconnected_at", pw.DateTimeField(null=True)))
 
 
+def _v9_traffic_view(db: pw.Database) -> None:
+    """The dashboard's traffic view: recent requests per tunnel (metadata only), on unless turned off."""
+    from playhouse.migrate import migrate as run
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+
+    class Tunnel(Base):  # only the key the entries refer to
+        class Meta:
+            table_name = "tunnel"
+
+    class TrafficEntry(Base):
+        tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE")
+        at_ms = pw.BigIntegerField()
+        method = pw.TextField()
+        path = pw.TextField()
+        status = pw.IntegerField()
+        duration_ms = pw.IntegerField()
+        request_bytes = pw.BigIntegerField()
+        response_bytes = pw.BigIntegerField()
+        visitor = pw.TextField()
+
+    # A default in the database too (an older release beside this one inserts tunnels without it).
+    run(schema_migrator(db).add_column("tunnel", "traffic_view",
+                                       pw.BooleanField(default=True, constraints=[pw.SQL("DEFAULT TRUE")])))
+    db.create_tables([TrafficEntry])
+    run(schema_migrator(db).add_index("traffic_entry", ("tunnel_id", "id"), False))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
@@ -227,6 +258,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (6, _v6_session_access),
     (7, _v7_device_authorizations),
     (8, _v8_ephemeral_tunnels),
+    (9, _v9_traffic_view),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -67,6 +67,8 @@ class Tunnel(BaseModel):
     ephemeral = pw.BooleanField(default=False)
     # When the last agent session ended (written by the relay); NULL: never connected, or connected.
     disconnected_at = pw.DateTimeField(null=True)
+    # The dashboard's traffic view (intunnel.traffic): the relays keep its recent requests while on.
+    traffic_view = pw.BooleanField(default=True)
 
 
 class Session(BaseModel):
@@ -157,7 +159,27 @@ class RelayNode(BaseModel):
         table_name = "relay"
 
 
-MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, AccessGrant, DeviceAuthorization)
+class TrafficEntry(BaseModel):
+    """One request through a tunnel, as the relay that served it saw it (intunnel.traffic):
+    metadata only, never a header, a body or a query string.  At most traffic_rows_per_tunnel
+    rows per tunnel (the relays prune as they write)."""
+    tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE")
+    at_ms = pw.BigIntegerField()          # when its head arrived, ms since the epoch (UTC)
+    method = pw.TextField()
+    path = pw.TextField()                 # without the query string
+    status = pw.IntegerField()
+    duration_ms = pw.IntegerField()
+    request_bytes = pw.BigIntegerField()  # as forwarded to the app (head included)
+    response_bytes = pw.BigIntegerField()
+    visitor = pw.TextField()
+
+    class Meta:
+        table_name = "traffic_entry"
+        indexes = ((("tunnel", "id"), False),)
+
+
+MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, AccessGrant, DeviceAuthorization,
+          TrafficEntry)
 
 
 def connect_settings(settings) -> pw.Database:

@@ -79,6 +79,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("device_max_client_name", int, 64, "Longest machine name `intunnel login` may send (the name of the "
             "API token it gets), in characters."),
     Setting("dashboard_poll_interval", float, 3.0, "Seconds between the dashboard's live status checks (browser polling /api/tunnels)."),
+    Setting("traffic_poll_interval", float, 1.0, "Seconds between the tunnel page's checks for new requests (browser polling "
+            "/api/tunnels/<id>/traffic)."),
     Setting("web_metrics_listen", str, "127.0.0.1:9810", "HOST:PORT of the web app's Prometheus /metrics listener, a socket of its "
             "own (never the public port: nginx does not route /metrics); empty: no metrics listener."),
     # --- relay ---
@@ -95,6 +97,13 @@ SETTINGS: tuple[Setting, ...] = (
             "a name); creating one more is refused with a message saying so."),
     Setting("relay_upstream_timeout", float, 60.0, "Seconds to wait for the local app's response head before a 504."),
     Setting("relay_max_visitors_per_tunnel", int, 256, "Concurrent visitor connections per tunnel."),
+    Setting("relay_traffic_ring", int, 256, "Dashboard traffic view: requests per tunnel the relay holds in memory "
+            "until its next write to the database (the oldest dropped past this)."),
+    Setting("relay_traffic_flush", float, 1.0, "Dashboard traffic view: seconds between the relay's writes of its recent "
+            "requests to the database (one INSERT per write, only when there is something)."),
+    Setting("traffic_path_max", int, 1024, "Dashboard traffic view: characters of a request's path kept (the rest cut off)."),
+    Setting("traffic_rows_per_tunnel", int, 200, "Dashboard traffic view: recent requests kept in the database per tunnel "
+            "(the relays delete older ones as they write)."),
     Setting("relay_max_agents", int, 10000, "Concurrently connected agents."),
     Setting("relay_revocation_poll", float, 0.25, "Seconds between checks for revoked or deleted tunnels (SQLite; on PostgreSQL only while the relay's LISTEN connection is down)."),
     Setting("relay_reconcile_interval", float, 30.0, "PostgreSQL: changes reach the relay by LISTEN/NOTIFY; seconds between full re-checks of every live session all the same (a safety net)."),
@@ -352,6 +361,9 @@ def load_settings(config_file: str | os.PathLike | None = None,
     check_peer_settings(settings)
     if settings.relay_id:
         check_relay_id(settings.relay_id)
+    for name in ("relay_traffic_ring", "traffic_rows_per_tunnel", "relay_traffic_flush", "traffic_path_max"):
+        if getattr(settings, name) <= 0:
+            raise ConfigError(f"setting '{name}': must be above 0")
     if settings.relay_route_lease < 3:
         raise ConfigError("setting 'relay_route_lease': at least 3 seconds (it is renewed every second)")
     return settings

@@ -12,7 +12,8 @@ from typing import Any
 
 import peewee as pw
 
-from . import access, changes, validation
+from . import access, changes, traffic, validation
+from .changes import tunnel_changed
 from .errors import Forbidden, NotFound, SubdomainTaken, ValidationError
 from .models import Tunnel, User, database
 from .security import hash_password, new_tunnel_token
@@ -69,16 +70,26 @@ def create(settings, user: User, name: Any, subdomain: Any, local_port: Any, eph
 def update(user: User, tunnel_id: Any, changes: dict[str, Any], settings=None) -> Tunnel:
     """Rename, change the port and/or the access policy (``access``: needs ``settings``, its limits)."""
     tunnel = get_owned(user, tunnel_id)
-    allowed = {"name", "local_port"} | ({"access"} if settings is not None else set())
+    allowed = {"name", "local_port", "traffic_view"} | ({"access"} if settings is not None else set())
     unknown = sorted(set(changes) - allowed)
     if unknown:
         raise ValidationError(f"{unknown[0]} cannot be changed", field=unknown[0])
     if not changes:
-        raise ValidationError("nothing to change: give name, local_port or access", field="name")
+        raise ValidationError("nothing to change: give name, local_port, access or traffic_view", field="name")
     if "name" in changes:
         tunnel.name = validation.name(changes["name"])
     if "local_port" in changes:
         tunnel.local_port = validation.local_port(changes["local_port"])
+    if "traffic_view" in changes:
+        on = changes["traffic_view"]
+        if not isinstance(on, bool):
+            raise ValidationError("traffic_view must be true or false", field="traffic_view")
+        with database.atomic():
+            tunnel.traffic_view = on
+            tunnel.save()
+            if not on:
+                traffic.clear(tunnel.id)   # what was kept goes too (the relays write no more: intunnel.traffic)
+            tunnel_changed(tunnel.id)   # the relays holding it stop recording at once
     if "access" in changes:
         set_access(settings, tunnel, changes["access"])  # saves (with the rest) and tells the relay
     else:
@@ -151,6 +162,7 @@ def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
         "url": settings.tunnel_url(tunnel.subdomain),
         "access": access_view(tunnel),
         "session_access": session_view(tunnel),
+        "traffic_view": bool(tunnel.traffic_view),
     }
 
 

@@ -40,6 +40,7 @@ class AgentSession:
         self.gate = gate_for(tunnel, narrow)
         shown = session_access.view(narrow)   # for the dashboard (the tunnel row): no password
         self.narrowed = None if shown is None else json.dumps(shown, separators=(",", ":"))
+        self.traffic_view = tunnel.traffic_view   # the dashboard's traffic view (relay/traffic); reloaded on a change
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
         self.idle: deque[Conn] = deque()
         self.active: set[Conn] = set()   # data connections carrying a visitor right now

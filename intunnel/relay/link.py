@@ -16,6 +16,7 @@ from . import pages, proxy
 from .peers import PeerUnreachable, PeerUpstream
 from .upstream import Refused, Upstream, open_data
 from .access import admit, admits_attached
+from .traffic import Bytes
 
 log = logging.getLogger("intunnel.relay")
 
@@ -51,6 +52,7 @@ class Link:
         self.up_reading: bool | None = None
         self.pump = None           # (pump, limit) while the kernel moves a request body
         self.done = False
+        self.meter: Bytes | None = None   # the attached data connection's bytes, while its tunnel's traffic view is on
         relay.visitors.add(self)
         conn.feeders.append(self)  # its write buffer full/drained: sync() pauses/resumes the upstream
         conn.on_eof = self._visitor_eof
@@ -289,11 +291,34 @@ class Link:
         data.on_eof = self._upstream_ended
         data.on_close = self._upstream_ended
         data.on_data = self._upstream_data
+        session = getattr(up, "session", None)
+        if session is not None and session.traffic_view:
+            if self.meter is None:
+                self.meter = Bytes()
+            data.meter = self.meter           # (Upstream.detach takes it off)
+            self.state.journal = self         # relay/traffic: the dashboard's traffic view
+        else:
+            self.state.journal = None
         actions = self.state.attached_upstream(host_header, up.reused, self.loop.time(),
                                                to_peer=type(up) is PeerUpstream)
         if rest:
             actions = actions + self.state.upstream_data(rest, self.loop.time())
         self.run(actions)
+
+    def exchange(self, head, status: int, began: float, now: float) -> None:
+        """The state machine's journal (relay/traffic): an exchange of the attached tunnel is over.
+        On every request of a tunnel with the view on: only references and numbers go into the
+        ring here (``traffic.raw``); the flusher makes the row of them."""
+        session = self.up.session
+        if session is None or not session.traffic_view:
+            return
+        meter, traffic = self.meter, self.relay.traffic
+        ring = traffic.rings.get(session.tunnel.id)
+        if ring is None:
+            ring = traffic.ring(session.tunnel.id)
+        ring.append((began, now, head.method, head.target, status, meter.tx, meter.rx, self.conn.peername,
+                     head.get("x-forwarded-for") if traffic.forwarded or self.hop else None, self.hop))
+        meter.rx = meter.tx = 0
 
     def _detach(self, park: bool) -> None:
         """The machine parks only an idle upstream (no kernel pump); closing one stops its pumps."""

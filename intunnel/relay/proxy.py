@@ -212,6 +212,11 @@ class ProxyState:
         self.head_at = now           # when the current exchange's head was taken (metrics)
         self.outcomes = dict.fromkeys(OUTCOMES, 0)  # R7: how the exchanges that began ended
         self.guard = None            # R12: guard.admits(head): the attached tunnel's policy admits it now
+        # The dashboard's traffic view (relay/traffic): while the attached tunnel's view is on, the
+        # I/O layer's journal.exchange(head, status, began, now) hears of each exchange that completed
+        # or was upgraded.  (The facts only: what is kept of them is the journal's business.)
+        self.journal = None
+        self.status = 0              # the current exchange's final status
 
     # --- derived -----------------------------------------------------------------------------
     # (For the I/O layer and the tests.  The methods below test ``self.req is Req.CLOSED`` and
@@ -546,6 +551,8 @@ class ProxyState:
             self.requests.switch_to_raw()
             self.answered = True
             self.stats.response(101)
+            if self.journal is not None:
+                self.journal.exchange(self.head, 101, self.head_at, now)
             out: list = [ToVisitor(head.raw)]
             if self.held:
                 out.append(ToUpstream(self.held))
@@ -559,6 +566,7 @@ class ProxyState:
             self.answered = True
             return [ToVisitor(head.raw)]
         self._resp_go("final", Resp.BODY)
+        self.status = head.status
         self.stats.response(head.status)
         hop = False
         if not head.keep_alive:
@@ -601,6 +609,8 @@ class ProxyState:
         self._resp_go("reset", Resp.IDLE)
         self.outcomes["complete"] += 1
         self.stats.duration.observe(now - self.head_at)
+        if self.journal is not None:
+            self.journal.exchange(self.head, self.status, self.head_at, now)
         self.idle_since = now
         self.answered = False
         if self.must_close or self.visitor_gone:

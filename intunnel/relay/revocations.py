@@ -38,7 +38,7 @@ import logging
 import time
 
 from ..changes import CHANNEL, TUNNEL, USER, parse
-from . import access, members
+from . import access, members, traffic
 
 log = logging.getLogger("intunnel.relay")
 
@@ -151,6 +151,11 @@ class Revocations:
                 await access.refresh(self.relay, sessions)
             except Exception:
                 log.exception("access policy check failed")
+                self._full = True
+            try:  # or the traffic view turned on or off (relay/traffic)
+                await traffic.refresh(self.relay, sessions)
+            except Exception:
+                log.exception("traffic view check failed")
                 self._full = True
 
     async def _timer(self) -> None:

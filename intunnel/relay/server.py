@@ -23,6 +23,7 @@ from .agents import AgentSession
 from .revocations import Revocations
 from .routes import Routes
 from .store import Store
+from .traffic import Traffic
 from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
 from .peers import Peers, read_secret
@@ -62,6 +63,7 @@ class Relay:
         self.limits = replace(limits_for(settings), stats=self.stats)
         self.domain = settings.domain.lower().rstrip(".")
         self.store = store or Store(settings)
+        self.traffic = Traffic(self)      # the dashboard's traffic view: recent requests per tunnel (relay/traffic)
         self.access = Checker(settings)   # tunnels' access policies: verified credentials, hashing (relay/access)
         self.routes = Routes(self)   # PostgreSQL: route rows (relay/routes); SQLite: nothing
         # Forwarding to and from the other relays (relay/peers), only with relay_peer_listen.
@@ -104,6 +106,7 @@ class Relay:
         await self.routes.start()
         self.spawn(self._heartbeats())
         self.spawn(self._reaper())
+        self.spawn(self.traffic.run())
         self.revocations = Revocations(self)  # pushed on PostgreSQL, polled on SQLite
         self.revocations.start()
         log.info("relay listening on http://%s:%d (tunnels at %s; relay id %s%s%s)", *self.address,
@@ -142,6 +145,10 @@ class Relay:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        try:
+            await self.traffic.flush()   # what the last second recorded
+        except Exception:
+            log.exception("could not write the traffic view's last entries")
         await self.store.close()
         self.access.close()
 

@@ -20,7 +20,7 @@ from datetime import datetime
 from ..wire import protocol as p
 import peewee as pw
 
-from .. import ephemeral, memberpass
+from .. import ephemeral, memberpass, traffic
 from ..changes import tunnel_changed
 from ..models import RelayNode, Route, Tunnel, User, open_database
 from ..timeutil import utcnow
@@ -44,6 +44,7 @@ class TunnelInfo:
     owner_disabled: bool = False
     owner_id: int | None = None
     access: str | None = None   # the stored access policy (intunnel.access; relay/access): None = public
+    traffic_view: bool = True   # the dashboard's traffic view is on (relay/traffic)
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,19 @@ class Store:
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
         row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id,
-                             Tunnel.access)
+                             Tunnel.access, Tunnel.traffic_view)
                .join(User).where(Tunnel.token == token).tuples().first())
-        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6])
+        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7]))
 
     def _policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
         return dict(Tunnel.select(Tunnel.id, Tunnel.access).where(Tunnel.id.in_(tunnel_ids)).tuples())
+
+    def _traffic_views(self, tunnel_ids: list[int]) -> dict[int, bool]:
+        return {i: bool(on) for i, on in Tunnel.select(Tunnel.id, Tunnel.traffic_view)
+                .where(Tunnel.id.in_(tunnel_ids)).tuples()}
+
+    def _write_traffic(self, rows: list[tuple], keep: int) -> None:
+        traffic.write(self._db, rows, keep)
 
     def _redeem(self, ticket: str, tunnel_id: int):
         return memberpass.redeem(ticket, tunnel_id, self.settings.access_grant_max_age)
@@ -297,6 +305,13 @@ class Store:
         if not live:
             return []
         return await self._run(self._revoked, live)
+
+    async def traffic_views(self, tunnel_ids: list[int]) -> dict[int, bool]:
+        return await self._run(self._traffic_views, tunnel_ids)
+
+    async def write_traffic(self, rows: list[tuple], keep: int) -> None:
+        """The traffic view's new entries (relay/traffic), for tunnels whose view is still on."""
+        await self._run(self._write_traffic, rows, keep)
 
     async def route_of(self, subdomain: str) -> tuple[int, str, str] | None:
         return await self._run(self._route_of, subdomain)

@@ -35,6 +35,7 @@ class Upstream:
         session.active.discard(self.conn)
         conn = self.conn
         conn.on_data = conn.on_eof = conn.on_close = None
+        conn.meter = None   # a traffic view's byte count (relay/link): the next holder's own, if any
         if self.holder in conn.feeders:
             conn.feeders.remove(self.holder)
         if park and not conn.closed and not conn.eof:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import bottle
 import peewee as pw
 
-from .. import apitokens, tunnels
+from .. import apitokens, traffic, tunnels
+from ..errors import ValidationError
 from ..models import Tunnel, database
 from ..timeutil import iso
 from . import device_api, jsonbody, openapi
@@ -21,7 +22,7 @@ from .auth import require_user
 from .state import current as current_state
 
 TUNNEL_FIELDS = ("name", "subdomain", "local_port")
-TUNNEL_CHANGEABLE = ("name", "local_port", "access")
+TUNNEL_CHANGEABLE = ("name", "local_port", "access", "traffic_view")
 
 
 def _body(required=(), optional=()) -> dict:
@@ -87,6 +88,16 @@ def update_tunnel(id):
     return {"success": True, "tunnel": tunnels.detail(current_state().settings, tunnel)}
 
 
+def tunnel_traffic(id):
+    user = require_user()
+    tunnel = tunnels.get_owned(user, id)
+    after = bottle.request.query.get("after", "0")
+    if not after.isdigit() or len(after) > 18:
+        raise ValidationError("after must be an entry id (a whole number)", field="after")
+    limit = current_state().settings.traffic_rows_per_tunnel
+    return {"traffic_view": bool(tunnel.traffic_view), "entries": traffic.recent(tunnel.id, int(after), limit)}
+
+
 def delete_tunnel(id):
     user = require_user()
     tunnels.delete(user, id)
@@ -147,6 +158,7 @@ ROUTES = (
     ("PUT", "/api/tunnels/<id>", update_tunnel),
     ("DELETE", "/api/tunnels/<id>", delete_tunnel),
     ("POST", "/api/tunnels/<id>/regenerate-token", regenerate_token),
+    ("GET", "/api/tunnels/<id>/traffic", tunnel_traffic),
     ("GET", "/api/user/profile", profile),
     ("GET", "/api/tokens", list_tokens),
     ("POST", "/api/tokens", create_token),

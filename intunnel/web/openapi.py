@@ -93,7 +93,9 @@ SCHEMAS = {
                            "user names and CIDRs, which narrow access (a visitor must pass both); "
                            "null when inactive or none", "properties": {
             "basic_auth": {"type": "array", "items": STR}, "ip_allow": {"type": "array", "items": CIDR},
-            "ip_deny": {"type": "array", "items": CIDR}}}}}]},
+            "ip_deny": {"type": "array", "items": CIDR}}},
+        "traffic_view": {"type": "boolean", "description": "the relays keep its recent requests for the "
+                         "dashboard (GET /api/tunnels/{id}/traffic); false: nothing is kept"}}}]},
     "Access": {"type": "object", "description": "Who may visit the tunnel, enforced by the relay before "
                "a request reaches the client. Password hashes are never shown.", "properties": {
         "public": {"type": "boolean", "description": "true: no rule, anyone may visit (the default)"},
@@ -140,7 +142,14 @@ SCHEMAS = {
     "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT,
                          ephemeral={"type": "boolean", "default": False, "description": "deleted when its "
                                     "client stops; at most ephemeral_max_per_user (a setting) at once"}),
-    "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate")), "minProperties": 1},
+    "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate"), traffic_view={
+        "type": "boolean", "description": "the dashboard's traffic view; false also deletes the requests kept"}),
+        "minProperties": 1},
+    "TrafficEntry": {"type": "object", "description": "One request through the tunnel, as the relay saw it: "
+                     "never a header, a body or a query string", "properties": {
+        "id": INT, "time": TIME, "method": STR, "path": {"type": "string", "description": "without the query string"},
+        "status": INT, "duration_ms": INT, "request_bytes": INT, "response_bytes": INT,
+        "visitor": {"type": "string", "description": "the visitor's address"}}},
     "ApiToken": {"type": "object", "properties": {
         "id": INT, "name": STR, "prefix": STR, "created_at": TIME, "last_used_at": NULL_TIME}},
     "Profile": {"type": "object", "properties": {
@@ -184,6 +193,16 @@ def _paths() -> dict:
             "put": {**update, "summary": "Same as PATCH"},
             "delete": _op("Delete a tunnel (its agent is disconnected)", _json(_ref("Success"), "Deleted"),
                           ("401", "404", "429"), params=True),
+        },
+        "/api/tunnels/{id}/traffic": {
+            "get": {**_op("The tunnel's recent requests, newest first (at most traffic_rows_per_tunnel, a setting)",
+                          _json({"type": "object", "properties": {
+                              "traffic_view": {"type": "boolean"},
+                              "entries": {"type": "array", "items": _ref("TrafficEntry")}}}, "Recent requests"),
+                          ("400", "401", "404", "429")),
+                    "parameters": [ID_PARAM, {"name": "after", "in": "query", "required": False,
+                                              "description": "only entries with a greater id (incremental polling)",
+                                              "schema": {"type": "integer", "minimum": 0}}]},
         },
         "/api/tunnels/{id}/regenerate-token": {
             "post": _op("Replace a tunnel's token (the old agent is disconnected)", _json(

@@ -11,6 +11,7 @@ Routes
     GET  /tunnels/new, POST /tunnels  create
     GET  /tunnels/<id>                commands, token, settings, danger zone
     POST /tunnels/<id>/edit           rename / change port
+    POST /tunnels/<id>/traffic        turn the traffic view on or off
     POST /tunnels/<id>/access         who may visit: basic-auth users, allowed/denied addresses
     GET|POST /tunnels/<id>/regenerate confirm, then new token (the relay cuts the old client)
     GET|POST /tunnels/<id>/delete     confirm, then delete
@@ -195,7 +196,9 @@ class Pages:
                            "bypass_paths": "\n".join(view["bypass_paths"]), "new_user": "", **members_form(members)}
         return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
                            url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
-                           access=view, access_form=access_form, session_access=tunnels.session_view(tunnel))
+                           access=view, access_form=access_form, session_access=tunnels.session_view(tunnel),
+                           traffic_poll=self.settings.traffic_poll_interval,
+                           traffic_rows=self.settings.traffic_rows_per_tunnel)
 
     def set_access(self, tunnel_id):
         """The tunnel page's access form: the same ``access`` object the API takes."""
@@ -223,6 +226,15 @@ class Pages:
                                       status=400, access_form=form)
         self.done("Access saved. Visitors get it on their next request." if not data.get("public") else
                   "The tunnel is public again: anyone with its address may visit.", f"/tunnels/{tunnel.id}")
+
+    def set_traffic_view(self, tunnel_id):
+        """The Recent requests card's switch: off also deletes what was kept."""
+        user = self.form_user()
+        on = self.field("on") == "1"
+        tunnel = tunnels.update(user, tunnel_id, {"traffic_view": on})
+        self.done("Recent requests are shown again." if on else
+                  "Recent requests are off: nothing more is kept, and what was kept is deleted.",
+                  f"/tunnels/{tunnel.id}")
 
     def edit_tunnel(self, tunnel_id):
         user = self.form_user()
@@ -436,6 +448,7 @@ def install(app: bottle.Bottle, settings) -> None:
         ("/tunnels/<tunnel_id>", "GET", pages.tunnel_page),
         ("/tunnels/<tunnel_id>/edit", "POST", pages.edit_tunnel),
         ("/tunnels/<tunnel_id>/access", "POST", pages.set_access),
+        ("/tunnels/<tunnel_id>/traffic", "POST", pages.set_traffic_view),
         ("/tunnels/<tunnel_id>/regenerate", "GET", pages.confirm_regenerate),
         ("/tunnels/<tunnel_id>/regenerate", "POST", pages.regenerate),
         ("/tunnels/<tunnel_id>/delete", "GET", pages.confirm_delete),

@@ -25,6 +25,7 @@ REQUESTS = {
     ("PUT", "/api/tunnels/<id>"): {"local_port": 4000},
     ("DELETE", "/api/tunnels/<id>"): None,
     ("POST", "/api/tunnels/<id>/regenerate-token"): None,
+    ("GET", "/api/tunnels/<id>/traffic"): None,
     ("GET", "/api/user/profile"): None,
     ("GET", "/api/tokens"): None,
     ("POST", "/api/tokens"): {"name": "t"},

@@ -140,9 +140,59 @@
     });
   }
 
+  // ---- recent requests (the tunnel page's traffic view): new entries polled, newest on top ----
+  function trafficRow(e) {
+    var row = document.createElement("tr");
+    row.setAttribute("data-entry", String(e.id));
+    [e.time.replace("T", " ").replace(/\.\d+Z$/, " UTC"), e.method, e.path, String(e.status), e.duration_ms + " ms",
+     e.request_bytes + " / " + e.response_bytes, e.visitor].forEach(function (text, i) {
+      var cell = document.createElement("td");
+      cell.textContent = text;   // text, never markup: paths are the visitors'
+      if (i === 2 || i === 6) cell.className = "mono";
+      row.appendChild(cell);
+    });
+    return row;
+  }
+
+  function setupTraffic() {
+    var table = document.querySelector("[data-traffic]");
+    if (!table || !window.fetch) return;
+    var body = table.querySelector("tbody");
+    var url = "/api/tunnels/" + table.getAttribute("data-traffic") + "/traffic?after=";
+    var seconds = parseFloat(table.getAttribute("data-poll-seconds"));
+    var delay = (seconds > 0 ? seconds : 1) * 1000;
+    var max = parseInt(table.getAttribute("data-max-rows"), 10) || 200;
+    var after = 0;
+    var stopped = false;
+
+    function tick() {
+      if (document.hidden) { window.setTimeout(tick, delay); return; }
+      fetch(url + after, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (response) {
+          if (response.status === 401 || response.status === 404) { stopped = true; return null; }
+          return response.ok ? response.json() : null;
+        })
+        .then(function (data) {
+          if (!data || !data.entries || !data.entries.length) return;
+          for (var i = data.entries.length - 1; i >= 0; i--) {   // oldest first, each on top
+            body.insertBefore(trafficRow(data.entries[i]), body.firstChild);
+            after = Math.max(after, data.entries[i].id);
+          }
+          while (body.rows.length > max) body.deleteRow(body.rows.length - 1);
+          var empty = document.getElementById("traffic-empty");
+          if (empty) empty.hidden = true;
+        })
+        .catch(function () { /* network blip: try again next time */ })
+        .then(function () { if (!stopped) window.setTimeout(tick, delay); });
+    }
+
+    tick();
+  }
+
   function start() {
     setupCopyButtons();
     setupLiveStatus();
+    setupTraffic();
     refreshTimes();
   }
 
