@@ -309,7 +309,7 @@ class Link:
         """The state machine's journal (relay/traffic): an exchange of the attached tunnel is over.
         On every request of a tunnel with the view on: only references and numbers go into the
         ring here (``traffic.raw``); the flusher makes the row of them."""
-        session = self.up.session
+        session = getattr(self.up, "session", None)   # (None: detached meanwhile, or a peer relay's)
         if session is None or not session.traffic_view:
             return
         meter, traffic = self.meter, self.relay.traffic

@@ -213,8 +213,8 @@ class ProxyState:
         self.outcomes = dict.fromkeys(OUTCOMES, 0)  # R7: how the exchanges that began ended
         self.guard = None            # R12: guard.admits(head): the attached tunnel's policy admits it now
         # The dashboard's traffic view (relay/traffic): while the attached tunnel's view is on, the
-        # I/O layer's journal.exchange(head, status, began, now) hears of each exchange that completed
-        # or was upgraded.  (The facts only: what is kept of them is the journal's business.)
+        # I/O layer's journal.exchange(head, status, began, now) hears of each exchange that completed,
+        # was upgraded or got the relay's own answer while attached.  (The facts only: what is kept of them is the journal's business.)
         self.journal = None
         self.status = 0              # the current exchange's final status
 
@@ -647,6 +647,9 @@ class ProxyState:
     def _fail(self, page: bytes, now: float) -> list:
         """Answer with a relay page (only if nothing of a response went out yet) and close."""
         out = [] if self.answered else [ToVisitor(page)]
+        if self.journal is not None and self.resp is Resp.WAITING and self.host is not None and not self.answered:
+            # the attached tunnel's request got the relay's answer (a 504, the app's 502): it is listed too
+            self.journal.exchange(self.head, int(page[9:12]), self.head_at, now)
         self.stats.refused(page, not self.answered)
         return out + self._close(now, "error" if not self.answered else "closed")
 

@@ -160,3 +160,13 @@ def test_a_row_keeps_the_path_only_and_at_most_path_max_of_it():
     row = entry(7, 1.5, "POST", "/hook?token=x", 201, 0.25, 10, 20, "203.0.113.9")
     assert row == (7, 1500, "POST", "/hook", 201, 250, 10, 20, "203.0.113.9")
     assert entry(7, 0, "GET", "/" + "a" * 5000 + "?q", 200, 0, 0, 0, "v", path_max=100)[3] == "/" + "a" * 99
+
+
+def test_the_relays_own_answer_to_an_attached_request_is_listed(settings, db):
+    """A 504 (the app too slow) is what the visitor got: listed with that status."""
+    with tunnel_stack(settings, relay_upstream_timeout=0.3) as (relay, tunnel, web):
+        token = token_of(User.get_by_id(tunnel.owner_id))
+        assert get(relay.port, "myapp.localhost", "/slow?delay=3")[0] == 504
+        wait_for(lambda: len(entries(web, token, tunnel.id)) == 1, 5, message="listed")
+        (e,) = entries(web, token, tunnel.id)
+        assert (e["path"], e["status"]) == ("/slow", 504)
