@@ -12,8 +12,9 @@ then no requests (each after the same warm-up) on one keep-alive connection from
 socket client (or a new connection per request, ``Connection: close``: accept, the first
 head, the route to the tunnel and the close); the difference divided by the count is the
 relay's user-space instructions per exchange (interpreter, event loop, parsing; not the kernel's share of the syscalls).
-The revocation poll is set out of the way: it runs on a clock, and valgrind's runs differ
-in length.  Needs ``valgrind`` (Debian package).
+The revocation poll and the traffic view's write are set out of the way: they run on a
+clock, and valgrind's runs differ in length (the traffic view's per-request record is
+counted).  ``--setting NAME=VALUE`` sets any other relay setting for both runs.  Needs ``valgrind`` (Debian package).
 """
 
 from __future__ import annotations
@@ -57,10 +58,11 @@ PROXY_HEADERS = ("X-Real-IP: 203.0.113.7\r\nX-Forwarded-For: 203.0.113.7\r\nX-Fo
 
 
 def relay_instructions(work: Path, app: servers.App, requests: int, new_connections: bool = False,
-                       behind_proxy: bool = False, warmup: int = 50) -> int:
+                       behind_proxy: bool = False, warmup: int = 50, extra: dict | None = None) -> int:
     """Instructions the relay process executed over its life, having served ``requests``."""
     out = work / "callgrind.out"
-    settings = {"relay_revocation_poll": 3600, "relay_trust_proxy": behind_proxy}
+    settings = {"relay_revocation_poll": 3600, "relay_traffic_flush": 3600, "relay_trust_proxy": behind_proxy,
+                **(extra or {})}
     with stack.Stack(work, procs.free_port(), settings=settings) as st:
         token = st.add_tunnel("bench", app.port)
         argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *st.intunnel,
@@ -86,13 +88,31 @@ def relay_instructions(work: Path, app: servers.App, requests: int, new_connecti
     return sum(int(n) for n in TOTALS.findall(out.read_text(errors="replace")))
 
 
+def _setting(text: str) -> tuple:
+    """``NAME=VALUE`` as the settings table types it (the config file is TOML)."""
+    from intunnel.settings import BY_NAME
+    name, sep, value = text.partition("=")
+    if not sep or name not in BY_NAME:
+        raise ValueError(f"--setting takes NAME=VALUE with a setting's name, got {text!r}")
+    kind = BY_NAME[name].type
+    if kind is bool:
+        return name, value.lower() in ("1", "true", "yes", "on")
+    return name, kind(value) if kind in (int, float) else value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests counted (default 1000)")
     ap.add_argument("--new-connections", action="store_true", help="a new connection per request")
     ap.add_argument("--behind-proxy", action="store_true",
                     help="relay_trust_proxy on, each request with the headers the generated nginx config adds")
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a relay setting for both runs (repeatable), e.g. relay_traffic_ring=0")
     opts = ap.parse_args(argv)
+    try:
+        extra = dict(_setting(s) for s in opts.setting)
+    except ValueError as e:
+        ap.error(str(e))
     if shutil.which("valgrind") is None:
         print("needs valgrind (Debian: apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -100,8 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         app = servers.start_app(work / "app")
         try:
-            served = relay_instructions(work / "served", app, opts.requests, opts.new_connections, opts.behind_proxy)
-            idle = relay_instructions(work / "idle", app, 0, opts.new_connections, opts.behind_proxy)
+            served = relay_instructions(work / "served", app, opts.requests, opts.new_connections,
+                                        opts.behind_proxy, extra=extra)
+            idle = relay_instructions(work / "idle", app, 0, opts.new_connections, opts.behind_proxy, extra=extra)
         finally:
             procs.stop(app.proc)
     kind = ("new-connection" if opts.new_connections else "keep-alive") + (" proxied" if opts.behind_proxy else "")
