@@ -21,6 +21,7 @@ import hmac
 import ipaddress
 import json
 import secrets
+import socket
 import urllib.parse
 from typing import Callable, Optional, Tuple
 
@@ -89,12 +90,17 @@ class Inspector:
         ports = [port + i for i in range(PORT_TRIES) if port + i <= 65535] + [0] if next_free and port else [port]
         for i, candidate in enumerate(ports):
             try:   # after PORT_TRIES taken ones, any free port: several clients on one machine all start
-                self._server = await asyncio.start_server(self._serve, host, candidate, limit=MAX_HEAD + 4)
+                # bind and listen here, at once: two clients starting together may both bind a port
+                # (SO_REUSEADDR) and only one listen; a loop's start_server can report the loser's
+                # failure late (uvloop: a server without a socket), this says it now.
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.create_server((host, candidate), family=family)
                 break
             except OSError:
                 if i == len(ports) - 1:
                     raise
-        self.host, self.port = host, self._server.sockets[0].getsockname()[1]
+        self.host, self.port = host, sock.getsockname()[1]
+        self._server = await asyncio.start_server(self._serve, sock=sock, limit=MAX_HEAD + 4)
 
     def close(self) -> None:
         if self._server is not None:
