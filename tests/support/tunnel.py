@@ -112,11 +112,19 @@ class LoopThread:
 
         async def cancel_all():
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            # A cancellation that races an inner future's completion can be swallowed (Python
+            # 3.11's wait_for): a task still running a moment later is cancelled again, instead of
+            # being left pending on a closed loop (then its close at garbage collection runs the
+            # agent's code without a loop: an unraisable error in some later test).
+            for _ in range(5):
+                pending = [t for t in tasks if not t.done()]
+                if not pending:
+                    break
+                for t in pending:
+                    t.cancel()
+                await asyncio.wait(pending, timeout=2)
         with contextlib.suppress(Exception):
-            self.call(cancel_all(), 10)
+            self.call(cancel_all(), 15)
             self.call(asyncio.sleep(0.02), 5)  # let closing transports really close their sockets
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
