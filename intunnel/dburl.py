@@ -9,15 +9,15 @@ instead come from ``database_password_file``.  Opening goes through peewee's
 
 Pure except ``make_database`` (reads the password file): no connection is made
 here.  A bad value is a ``ConfigError`` naming the setting, never a traceback.
+peewee is imported by ``make_database`` (and ``import_peewee``), not here: reading the
+settings loads no database library.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
-
-import peewee as pw
-from playhouse import db_url
 
 from .errors import ConfigError
 
@@ -100,8 +100,36 @@ def read_password_file(path: str) -> str:
     return password
 
 
+# Drivers peewee imports at its own import when they are installed, each of no use to a
+# process whose database is SQLite (psycopg2 maps libpq and its own OpenSSL: about 10 MiB).
+OTHER_DRIVERS = ("psycopg2", "psycopg", "psycopg2cffi", "pymysql", "MySQLdb")
+_sqlite_only = False    # peewee was imported here without them
+
+
+def import_peewee(url: str):
+    """peewee, imported for a process whose one database is ``url``: for SQLite without the
+    other databases' drivers (``OTHER_DRIVERS``), which peewee otherwise imports whenever they
+    are installed.  Only for a process that opens no other database (the relay: its
+    ``database_url`` is fixed at start); peewee already imported is returned as it is."""
+    if "peewee" in sys.modules or backend_of(url) != SQLITE:
+        import peewee
+        return peewee
+    global _sqlite_only
+    hidden = [name for name in OTHER_DRIVERS if name not in sys.modules]
+    _sqlite_only = "psycopg2" in hidden
+    for name in hidden:
+        sys.modules[name] = None    # `import name` raises ImportError: peewee takes it as not installed
+    try:
+        import peewee
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)   # a later import of one of them works as usual
+    return peewee
+
+
 def make_database(url: str, password_file: str = "", sqlite_pragmas: dict | None = None) -> pw.Database:
     """An unconnected peewee database for ``url`` (not bound to the models)."""
+    import peewee as pw
     backend = check_url(url)
     if backend == SQLITE:
         return pw.SqliteDatabase(str(sqlite_path(url)), pragmas=sqlite_pragmas or {},
@@ -116,6 +144,10 @@ def make_database(url: str, password_file: str = "", sqlite_pragmas: dict | None
         params["connect_timeout"] = DEFAULT_CONNECT_TIMEOUT
     # The URL's scheme says PostgreSQL; db_url knows it as postgresql://.
     normalized = "postgresql" + url[url.index(":"):]
+    if _sqlite_only:
+        raise ConfigError("setting 'database_url': this process loaded its database library for SQLite "
+                          "only (dburl.import_peewee) and cannot open PostgreSQL")
+    from playhouse import db_url
     return db_url.connect(normalized, unquote_password=True, unquote_user=True, **params)
 
 

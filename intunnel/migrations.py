@@ -14,19 +14,24 @@ Raw SQL only where a backend needs its own, behind ``isinstance`` checks.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import peewee as pw
-from playhouse.migrate import SchemaMigrator
 
 from .timeutil import utcnow
+
+if TYPE_CHECKING:
+    from playhouse.migrate import SchemaMigrator
 
 # pg_advisory_xact_lock key held while migrating, so concurrent starts apply each step once.
 PG_MIGRATION_LOCK = 0x696E7475  # "intu"
 
 
 def schema_migrator(db: pw.Database) -> SchemaMigrator:
-    """playhouse.migrate's migrator for ``db``'s backend (SqliteMigrator, PostgresqlMigrator)."""
+    """playhouse.migrate's migrator for ``db``'s backend (SqliteMigrator, PostgresqlMigrator).
+    Imported here, by the steps that need it: playhouse.migrate imports the PostgreSQL driver,
+    which a process starting on an up-to-date SQLite database (the relay) never loads."""
+    from playhouse.migrate import SchemaMigrator
     return SchemaMigrator.from_database(db)
 
 

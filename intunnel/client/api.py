@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import ssl
-import urllib.error
-import urllib.request
 from typing import Optional
 
 from .. import __version__
@@ -52,6 +50,10 @@ class Api:
         return self.call("DELETE", path)
 
     def call(self, method: str, path: str, body: Optional[dict] = None) -> dict:
+        # urllib.request brings http.client and the email package (about 3 MiB resident): imported
+        # by the first call, so a client given its token (no API call) never carries them.
+        import urllib.error
+        import urllib.request
         headers = {"Accept": "application/json", "User-Agent": f"intunnel/{__version__}"}
         data = None
         if body is not None:

@@ -7,12 +7,11 @@ import contextlib
 import logging
 import signal
 
+from .. import dburl
 from ..wire import netio
 from ..cli import add_config_argument
 from ..errors import ConfigError
 from ..settings import load_settings, prepare_data_dir
-from .metrics import start_listener
-from .server import Relay
 
 HELP = "Run the relay: public tunnel traffic and agent connections (asyncio)."
 
@@ -39,9 +38,10 @@ def listening(setting: str, address: str):
                           + (f" (intunnel serve: {flag})" if setting in ("relay_listen", "web_listen") else "")) from None
 
 
-async def serve(relay: Relay, extra_start=None) -> None:
-    """Start ``relay`` (and its metrics listener, ``relay_metrics_listen``), wait for
-    SIGTERM/SIGINT, stop it within its grace period."""
+async def serve(relay, extra_start=None) -> None:
+    """Start ``relay`` (a relay.server.Relay; and its metrics listener, ``relay_metrics_listen``),
+    wait for SIGTERM/SIGINT, stop it within its grace period."""
+    from .metrics import start_listener
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -63,5 +63,8 @@ async def serve(relay: Relay, extra_start=None) -> None:
 def run(args) -> int:
     settings = prepare_data_dir(load_settings(args.config))
     setup_logging(settings.log_level)
+    # The relay's modules after its settings: on SQLite, peewee without the PostgreSQL driver.
+    dburl.import_peewee(settings.db_url)
+    from .server import Relay
     netio.run(serve(Relay(settings)))
     return 0

@@ -268,11 +268,11 @@ class _Process:
 class RelayProcess(_Process):
     """``intunnel relay`` as a real process on ``port`` (0 = pick one; read from its log)."""
 
-    def __init__(self, settings, port: int = 0, env: dict | None = None):
+    def __init__(self, settings, port: int = 0, env: dict | None = None, command: tuple = ()):
         super().__init__(["relay"], _python_env({
             "INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
             "INTUNNEL_DOMAIN": settings.domain, "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{port}",
-            **(env or {})}))
+            **(env or {})}), **({"command": command} if command else {}))
         m = self.wait_line(r"relay listening on http://127\.0\.0\.1:(\d+)")
         self.port = int(m.group(1))
         self.url = f"http://{settings.domain}:{self.port}"
@@ -281,9 +281,10 @@ class RelayProcess(_Process):
 class ClientProcess(_Process):
     """``intunnel http PORT --server URL --token TOKEN [extra...]`` as a real process."""
 
-    def __init__(self, server: str, token: str, port: int, *extra: str, env: dict | None = None):
+    def __init__(self, server: str, token: str, port: int, *extra: str, env: dict | None = None,
+                 command: tuple = ()):
         super().__init__(["http", str(port), "--server", server, "--token", token, *extra],
-                         _python_env(env or {}))
+                         _python_env(env or {}), **({"command": command} if command else {}))
 
 
 # --- a visitor ----------------------------------------------------------------------------

@@ -1,0 +1,192 @@
+"""Idle memory and restart figures (issue 17), without wrk or nginx:
+
+    .venv/bin/python -m bench.idle                  # 1,000 agents, 3 restarts; about a minute
+    .venv/bin/python -m bench.idle --agents 200 --restarts 1
+
+- **relay RSS**: ``VmRSS`` of the relay process as systemd starts it (the ``intunnel``
+  console script, ``intunnel relay``; not ``serve``, which also carries the web app), with one
+  tunnel connected and idle, a second after the tunnel first served;
+- **client RSS**: the light client as a user installs it (``pip install intunnel``: the
+  standard library only, so no uvloop): this checkout's sources run by a fresh virtualenv's
+  Python that has no site-packages of its own, default options (the inspector on);
+- **relay memory per idle agent**: relay ``VmRSS`` growth with ``--agents`` real idle agents
+  connected (bench/agents.py: control channel plus warm data pool each), divided by their number;
+- **restart**: SIGTERM the relay with every agent connected, start a new one and time, from its
+  start, until it listens, until the light client's tunnel serves again, and until every agent
+  is back (``/_intunnel/healthz``'s count).
+
+Everything runs on loopback ports chosen at run time, files in a temporary directory (in
+``/dev/shm`` when there is one); every process started here is stopped at the end.  RSS is
+robust against other load on the machine; the restart times are not (they include CPU the
+new relay and 1,000 reconnecting agents need): repeat with ``--restarts``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from . import agents, procs, stack
+
+
+class _Ok(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args):
+        pass
+
+
+def start_app() -> http.server.ThreadingHTTPServer:
+    """The local app: answers 200 "ok" (what the tunnel forwards to)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+def console_script(name: str = "intunnel") -> list[str]:
+    """How systemd runs the relay: the venv's console script (``python -m intunnel.cli`` if absent)."""
+    script = Path(sys.executable).with_name(name)
+    return [str(script)] if script.exists() else [sys.executable, "-m", "intunnel.cli"]
+
+
+def light_python(home: Path) -> str:
+    """A Python with the standard library only: a fresh virtualenv (no pip) of this interpreter."""
+    venv = home / "light-venv"
+    subprocess.run([getattr(sys, "_base_executable", sys.executable), "-m", "venv", "--without-pip", str(venv)],
+                   check=True, capture_output=True)
+    return str(venv / "bin" / "python")
+
+
+def light_client(st: stack.Stack, python: str, local_port: int, token: str) -> subprocess.Popen:
+    """``intunnel http PORT`` as the light client's console script runs it."""
+    argv = [python, "-c", "import sys; from intunnel.cli import main; sys.exit(main())",
+            "http", str(local_port), "--server", st.relay_url, "--token", token]
+    env = {**st.env, "PYTHONPATH": str(stack.REPO)}   # the sources only: no site-packages beside them
+    proc = procs.start(argv, st.home / "light-client.log", env=env)
+    st.clients.append(proc)
+    return proc
+
+
+def rss_mib(pid: int) -> float:
+    return procs.status_kib(pid, "VmRSS") / 1024
+
+
+def healthz_agents(st: stack.Stack) -> int:
+    try:
+        status, _, body = stack.http_request(st.relay_port, f"{st.domain}:{st.relay_port}", "/_intunnel/healthz",
+                                             timeout=1)
+    except (OSError, ValueError):
+        return -1
+    return int(json.loads(body)["agents"]) if status == 200 else -1
+
+
+def serves(st: stack.Stack, host: str) -> bool:
+    try:
+        return stack.http_request(st.relay_port, host, "/", timeout=1)[0] == 200
+    except (OSError, ValueError):
+        return False
+
+
+def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60) -> dict[str, float]:
+    """Stop the relay gracefully, start a new one; seconds from its start to listening, to the
+    light client's tunnel serving, and to ``expected`` agents connected."""
+    st.stop_relay()
+    start = time.monotonic()
+    st.relay = procs.start([*st.intunnel, "relay", "--config", str(st.config)], st.home / "relay-restarted.log",
+                           env=st.env)
+    marks: dict[str, float] = {}
+    deadline = start + timeout
+    while len(marks) < 3 and time.monotonic() < deadline:
+        if st.relay.poll() is not None:
+            raise RuntimeError(f"relay exited with {st.relay.returncode}: {st.logs()}")
+        count = healthz_agents(st)
+        now = time.monotonic() - start
+        if count >= 0:
+            marks.setdefault("listening_s", now)
+        if "serving_s" not in marks and count >= 1 and serves(st, host):
+            marks.setdefault("serving_s", time.monotonic() - start)
+        if count >= expected:
+            marks.setdefault("all_agents_s", now)
+        time.sleep(0.005)
+    if len(marks) < 3:
+        raise TimeoutError(f"after {timeout:.0f}s only {marks} (agents {healthz_agents(st)}/{expected})")
+    return marks
+
+
+def measure(home: Path, count: int, restarts: int, log=print) -> dict:
+    app = start_app()
+    figures: dict = {}
+    try:
+        with stack.Stack(home) as st:
+            st.intunnel = console_script()
+            token = st.add_tunnel("idle-one", app.server_port)
+            st.close_db()
+            st.start_relay()
+            client = light_client(st, light_python(home), app.server_port, token)
+            host = st.public_host("idle-one")
+            st.wait_serving(st.relay_port, host, "/", watch=client)
+            time.sleep(1)  # let start-up garbage settle; a bench figure, not a test assertion
+            figures["relay_rss_mib"] = rss_mib(st.relay.pid)
+            figures["client_rss_mib"] = rss_mib(client.pid)
+            log(f"idle RSS: relay {figures['relay_rss_mib']:.1f} MiB, light client {figures['client_rss_mib']:.1f} MiB")
+            if count:
+                tokens = st.add_many_tunnels("idle", count, app.server_port)
+                st.close_db()
+                before = procs.status_kib(st.relay.pid, "VmRSS")
+                swarm = agents.start_swarm(st, tokens)
+                try:
+                    procs.wait_until(lambda: swarm.poll() is not None or healthz_agents(st) >= count + 1,
+                                     180, f"{count} agents to connect", interval=0.1)
+                    if swarm.poll() is not None:
+                        raise RuntimeError("agent swarm exited early: " + st.logs()[-2000:])
+                    after = agents.wait_settled(st.relay.pid)
+                    figures["relay_rss_agents_mib"] = after / 1024
+                    figures["kib_per_agent"] = (after - before) / count
+                    log(f"relay RSS {before / 1024:.1f} -> {after / 1024:.1f} MiB with {count} idle agents "
+                        f"({figures['kib_per_agent']:.1f} KiB each)")
+                    runs = []
+                    for i in range(restarts):
+                        marks = restart(st, host, count + 1)
+                        runs.append(marks)
+                        log(f"restart {i + 1}: listening {marks['listening_s']:.2f} s, tunnel serving "
+                            f"{marks['serving_s']:.2f} s, all {count + 1} agents back {marks['all_agents_s']:.2f} s")
+                    figures["restarts"] = runs
+                finally:
+                    procs.stop(swarm)
+    finally:
+        app.shutdown()
+    return figures
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--agents", type=int, default=1000, help="idle agents for the per-agent figure (0: skip)")
+    ap.add_argument("--restarts", type=int, default=3, help="relay restarts with the agents connected")
+    ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
+    args = ap.parse_args(argv)
+    base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    home = Path(tempfile.mkdtemp(prefix="intunnel-idle-", dir=base))
+    try:
+        figures = measure(home, args.agents, args.restarts)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if args.json:
+        print(json.dumps(figures))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
