@@ -7,7 +7,6 @@ import json
 import logging
 import secrets
 import time
-from collections import deque
 from datetime import datetime, timezone
 
 from .. import session_access
@@ -22,6 +21,12 @@ CONTROL_FRAMES_PER_TURN = 256  # control frames handled per loop turn; the rest 
 
 
 class AgentSession:
+    # Slots: one per connected agent, and a dict for its 30-odd attributes was ~1.5 KiB of each.
+    __slots__ = ("relay", "conn", "tunnel", "subdomain", "local_port", "host_header", "control", "secret",
+                 "session_id", "routed", "gate", "narrowed", "traffic_view", "started_at", "idle", "active",
+                 "parked", "waiters", "visitors", "holders", "closed", "last_ping", "named", "direct", "hops",
+                 "misplaced_since", "moving", "write_limit", "cut", "stalled_since", "_backlog", "__weakref__")
+
     def __init__(self, relay, conn: Conn, tunnel: TunnelInfo, hello: p.Hello, control: p.ControlSession,
                  narrow=None):
         self.relay = relay
@@ -42,12 +47,14 @@ class AgentSession:
         self.narrowed = None if shown is None else json.dumps(shown, separators=(",", ":"))
         self.traffic_view = tunnel.traffic_view   # the dashboard's traffic view (relay/traffic); reloaded on a change
         self.started_at = datetime.now(timezone.utc).replace(tzinfo=None)
-        self.idle: deque[Conn] = deque()
+        # Lists, not deques: at most MAX_POOL_SIZE entries each, and an empty deque holds a
+        # 64-slot block (three per agent: 2 KiB of every idle agent's relay memory).
+        self.idle: list[Conn] = []
         self.active: set[Conn] = set()   # data connections carrying a visitor right now
         # Data connections a finished visitor left, still spliced to a keep-alive connection to
         # the local app at the agent: (conn, parked at), newest last (upstream keep-alive).
-        self.parked: deque[tuple[Conn, float]] = deque()
-        self.waiters: deque[asyncio.Future] = deque()
+        self.parked: list[tuple[Conn, float]] = []
+        self.waiters: list[asyncio.Future] = []
         self.visitors = 0                # slots held: one per attached Upstream (relay/upstream.py)
         self.holders: set = set()        # the Links holding them (a full tunnel evicts the idlest)
         self.closed = False
@@ -180,15 +187,15 @@ class AgentSession:
             return
         self.closed = True
         while self.idle:
-            self.idle.popleft().close()
+            self.idle.pop(0).close()
         while self.parked:
-            self.parked.popleft()[0].close()
+            self.parked.pop(0)[0].close()
         if not self.relay.stopping and not self.moving:  # a graceful stop or a move lets visitors finish
             # The agent is gone: its in-flight data connections would otherwise hang forever.
             for conn in list(self.active):
                 conn.abort()
         while self.waiters:
-            w = self.waiters.popleft()
+            w = self.waiters.pop(0)
             if not w.done():
                 w.set_result(None)
         self.relay.session_ended(self)
@@ -196,7 +203,7 @@ class AgentSession:
     # --- data connections ---
     def add_data(self, conn: Conn) -> None:
         while self.waiters:
-            w = self.waiters.popleft()
+            w = self.waiters.pop(0)
             if not w.done():
                 w.set_result(conn)
                 return
@@ -204,17 +211,15 @@ class AgentSession:
             conn.close()
             return
         self.idle.append(conn)
-        conn.on_close = lambda: self._forget(conn)
+        conn.on_close = self._forget_closed   # one bound method, not a closure per warm connection
 
-    def _forget(self, conn: Conn) -> None:
-        try:
-            self.idle.remove(conn)
-        except ValueError:
-            pass
+    def _forget_closed(self) -> None:
+        """A warm connection closed (Conn.closed is set before on_close runs): out of the pool."""
+        self.idle = [conn for conn in self.idle if not conn.closed]
 
     async def acquire_data(self, timeout: float) -> Conn | None:
         while self.idle:
-            conn = self.idle.popleft()
+            conn = self.idle.pop(0)
             if not conn.closed and not conn.eof:
                 conn.on_close = None
                 self.active.add(conn)
@@ -267,7 +272,7 @@ class AgentSession:
         """Close parked connections before an app's own keep-alive timeout can race a visitor."""
         oldest_ok = now - self.relay.settings.relay_upstream_keepalive
         while self.parked and self.parked[0][1] < oldest_ok:
-            self.parked.popleft()[0].close()
+            self.parked.pop(0)[0].close()
 
     def _unpark(self, conn: Conn) -> None:
         for i, (c, _) in enumerate(self.parked):

@@ -30,6 +30,11 @@ class ConnClosed(Exception):
 
 
 class Conn(asyncio.Protocol):
+    # Slots: a relay holds one per socket (nine per idle agent: its control channel and warm pool).
+    __slots__ = ("transport", "peername", "buffer", "eof", "closed", "on_data", "on_eof", "on_close", "on_made",
+                 "taps", "registry", "feeders", "_waiter", "_writing_paused", "eof_sent", "pump", "pumps",
+                 "on_write_pressure", "meter", "__weakref__")
+
     def __init__(self):
         self.transport: asyncio.Transport | None = None
         self.peername = ""
@@ -70,7 +75,8 @@ class Conn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peername = peer[0] if isinstance(peer, tuple) else str(peer or "")
         if self.on_made is not None:
-            self.on_made()
+            made, self.on_made = self.on_made, None   # once: its closure would live as long as the socket
+            made()
 
     def data_received(self, data: bytes) -> None:
         meter = self.meter
