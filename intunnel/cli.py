@@ -17,7 +17,6 @@ from .errors import ConfigError
 COMMANDS = {
     # name: module
     "http": "intunnel.client.cli",
-    "tcp": "intunnel.client.tcp_cli",
     "config": "intunnel.client.config_cli",
     "tunnels": "intunnel.client.tunnels_cli",
     "start": "intunnel.client.start_cli",
@@ -31,7 +30,7 @@ COMMANDS = {
 # need Python 3.11); a client-only install lists them and says so instead of a traceback.
 SERVER_COMMANDS = ("serve", "web", "relay")
 SERVER_PYTHON = (3, 11)
-SERVER_LIBRARIES = ("bottle", "waitress", "peewee", "passlib", "argon2", "jinja2", "prometheus_client")
+SERVER_LIBRARIES = ("bottle", "cheroot", "waitress", "peewee", "passlib", "argon2", "jinja2", "prometheus_client")
 
 
 def server_parts_missing() -> str | None:
