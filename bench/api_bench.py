@@ -1,7 +1,7 @@
-"""REST API benchmark: the web app under waitress, 8 keep-alive clients on loopback, SQLite and PostgreSQL.
+"""REST API benchmark: the web app under cheroot and waitress, 8 keep-alive clients on loopback, SQLite and PostgreSQL.
 
-    .venv/bin/python -m bench.api_bench                 # both databases, 5 s per endpoint; updates bench/RESULTS.md
-    .venv/bin/python -m bench.api_bench --db sqlite --duration 2 --no-write
+    .venv/bin/python -m bench.api_bench                 # both databases, both servers, 5 s per endpoint; updates bench/RESULTS.md
+    .venv/bin/python -m bench.api_bench --db sqlite --server cheroot --duration 2 --no-write
 
 Measures ``GET /api/tunnels`` for a user with 50 tunnels, ``GET /api/user/profile``
 and the writes ``POST /api/tunnels`` + ``DELETE /api/tunnels/<id>`` (each client
@@ -13,9 +13,14 @@ interpreter, so the clients don't share its GIL) with the rate limits raised out
 of the way and the access log on as in production (written to a file), once on
 a fresh SQLite file and once on a fresh database of a throwaway PostgreSQL
 cluster the benchmark starts itself (``tests/support/postgres.py``, as the
-tests do).  Both servers run for the whole benchmark and every endpoint is
-measured on one backend right after the other, so load elsewhere on a shared
-machine hits both alike.  The GET load comes from ``wrk -t1 -c8`` (8 keep-alive
+tests do), under each WSGI server asked for (``--server``, the ``web_server``
+setting: cheroot and waitress by default).  Each server also runs a bare
+hello-world WSGI app (``bench.api_bench --serve-bare``: the same server set up
+by the same ``make_server``, no Bottle, no database), and every figure is also
+given as a ratio to that app's req/s under the same server, so what the app
+costs is told apart from what the server costs.  All servers run for the whole
+benchmark and every endpoint is measured on each of them right after the other,
+so load elsewhere on a shared machine hits all alike.  The GET load comes from ``wrk -t1 -c8`` (8 keep-alive
 connections) when wrk is installed, else from 8 Python threads with one
 ``http.client`` keep-alive connection each; the writes always come from the
 Python threads (they need the id the POST returned); all log in by session cookie.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -48,6 +54,8 @@ ENDPOINTS = ("/api/tunnels", "/api/user/profile")
 WRITES = ("POST /api/tunnels", "DELETE /api/tunnels/<id>")  # measured together: create, then delete
 WRITER = "writer@example.com"  # the write load's user (no tunnels between its create/delete pairs)
 BACKENDS = ("sqlite", "postgresql")
+SERVERS = ("cheroot", "waitress")
+BARE = "bare"  # the hello-world app's rows: backend column "-"
 BASELINE = "/healthz"  # same server and middleware, no credential, no SQL: the floor under the API figures
 MARKER = "api-bench"  # the section's markers in the results file (bench.report.write_section)
 SECTION_START, SECTION_END = f"<!-- {MARKER} -->", f"<!-- /{MARKER} -->"
@@ -58,12 +66,13 @@ CLIENTS = {"wrk": "`wrk -t1 -c{n}`, one connection per client", "python": "threa
 @dataclass(frozen=True)
 class Result:
     path: str
-    backend: str
+    backend: str       # a database, or BARE for the hello-world app
     requests: int
     errors: int
     seconds: float
     p50_ms: float
     p99_ms: float
+    server: str = ""
 
     @property
     def rps(self) -> float:
@@ -189,16 +198,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def hello_app(environ, start_response):
+    """The bare WSGI app the servers are measured with: no framework, no database."""
+    body = b"Hello, world!\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def serve_bare(server: str, port: int, threads: int) -> int:
+    """``--serve-bare``: ``hello_app`` under ``server``, set up by the web app's own make_server."""
+    import signal
+    from intunnel.settings import load_settings
+    from intunnel.web.serve import make_server
+    settings = load_settings(env={}, overrides={"web_listen": f"127.0.0.1:{port}", "web_server": server,
+                                                "web_threads": str(threads)})
+
+    def terminate(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    make_server(settings, app=hello_app).run()
+    return 0
+
+
 @contextlib.contextmanager
-def web_subprocess(data_dir: str, port: int, log_path: Path, threads: int, database_url: str = ""):
+def web_subprocess(data_dir: str, port: int, log_path: Path, threads: int, database_url: str = "",
+                   server: str = "", bare: bool = False):
     env = {**os.environ, "INTUNNEL_DATA_DIR": data_dir, "INTUNNEL_WEB_THREADS": str(threads), "INTUNNEL_WEB_LISTEN": f"127.0.0.1:{port}",
            "INTUNNEL_RATE_LIMIT_GET": UNLIMITED, "INTUNNEL_RATE_LIMIT_WRITE": UNLIMITED,
            "INTUNNEL_LOGIN_MAX_FAILURES": UNLIMITED, "INTUNNEL_LOG_LEVEL": "info",
            # no metrics listener: its fixed default port would collide with other engineers' servers
            "INTUNNEL_WEB_METRICS_LISTEN": "", "INTUNNEL_DATABASE_URL": database_url}
+    if server:
+        env["INTUNNEL_WEB_SERVER"] = server
+    argv = [sys.executable, "-m", "bench.api_bench", "--serve-bare", "--server", server, "--port", str(port),
+            "--threads", str(threads)] if bare else [sys.executable, "-m", "intunnel.cli", "web"]
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", "web"], env=env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -332,38 +368,78 @@ def in_app_latency(log_path: Path, offset: int, path: str) -> tuple[float, float
     return q[49], q[98]
 
 
+def bare_rps(results: list[Result], server: str) -> float:
+    """The hello-world app's req/s under ``server``: the mean of its runs (first and last of the benchmark)."""
+    runs = [r.rps for r in results if r.backend == BARE and r.server == server]
+    return statistics.fmean(runs) if runs else float("nan")
+
+
 def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str, versions: dict | None = None) -> str:
     versions = versions or {}
     where = " and ".join(f"{'a fresh SQLite file' if b == 'sqlite' else 'a throwaway PostgreSQL cluster'}"
                          f"{' (' + versions[b] + ')' if versions.get(b) else ''}" for b in opts.backends)
+    servers = ", ".join(opts.servers)
     lines = [
         f"## API\n\n{SECTION_START}\n",
-        f"`python -m bench.api_bench --db {','.join(opts.backends)} --duration {opts.duration:g} "
-        f"--clients {opts.clients} --client {opts.client}` "
+        f"`python -m bench.api_bench --db {','.join(opts.backends)} --server {','.join(opts.servers)} "
+        f"--duration {opts.duration:g} --clients {opts.clients} --client {opts.client}` "
         f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}); {machine}.",
-        f"`intunnel web` (waitress, {opts.threads} threads) on {where}, both servers up for the whole run and each "
-        f"endpoint measured on one database right after the other; {opts.clients} keep-alive "
+        f"`intunnel web` under {servers} ({opts.threads} threads each, the `web_server` setting) on {where}, "
+        f"and a bare hello-world WSGI app under each server (`make_server` of the web app, no Bottle, no "
+        f"database), all up for the whole run; each endpoint measured on every server and database right "
+        f"after the other, the bare app first and last; {opts.clients} keep-alive "
         f"clients on loopback (GETs: {CLIENTS[opts.client].format(n=opts.clients)}; writes: "
         f"{CLIENTS['python']}, each client POSTs a tunnel and DELETEs it), session cookie, rate limits raised, "
-        f"access log on; after a {opts.warmup:g} s warm-up.\n",
-        "| endpoint | database | req/s | p50 | p99 | errors | in-app p50 / p99 | SQL queries/request "
-        "(1 tunnel / 50 tunnels) | p99 < 25 ms |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"access log on; after a {opts.warmup:g} s warm-up. \"x bare\": req/s as a ratio to the bare app's "
+        f"(mean of its two runs) under the same server.\n",
+        "| endpoint | database | server | req/s | x bare | p50 | p99 | errors | in-app p50 / p99 | "
+        "SQL queries/request (1 tunnel / 50 tunnels) | p99 < 25 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = list(ENDPOINTS + WRITES + (BASELINE,))
-    for r in sorted(results, key=lambda r: (order.index(r.path), BACKENDS.index(r.backend))):
+    order = list(ENDPOINTS + WRITES + (BASELINE, "/"))
+    rank = {name: i for i, name in enumerate(opts.servers)}
+    backends = list(BACKENDS) + [BARE]
+    seen_bare: dict[str, int] = {}
+    for r in sorted(results, key=lambda r: (order.index(r.path), backends.index(r.backend), rank[r.server])):
         label = r.path if r.path in WRITES else f"GET {r.path}"
         if r.path == "/api/tunnels":
             label += f" ({opts.tunnels} tunnels)"
         if r.path == BASELINE:
-            label += " (baseline)"
+            label += " (app baseline)"
+        ratio = r.rps / bare_rps(results, r.server)
+        if r.backend == BARE:
+            seen_bare[r.server] = seen_bare.get(r.server, 0) + 1
+            label = f"bare hello-world app ({'first' if seen_bare[r.server] == 1 else 'last'} run)"
+            lines.append(f"| {label} | - | {r.server} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.1f} ms | "
+                         f"{r.p99_ms:.1f} ms | {r.errors} | - | - | "
+                         f"{'met' if r.p99_ms < TARGET_P99_MS else 'NOT met'} |")
+            continue
         q1, qn = counts[r.backend].get((r.path, "1 tunnel"), 0), counts[r.backend].get((r.path, "50 tunnels"), 0)
-        a50, a99 = in_app[(r.backend, r.path)]
-        lines.append(f"| {label} | {r.backend} | {r.rps:,.0f} | {r.p50_ms:.1f} ms | {r.p99_ms:.1f} ms | {r.errors} | "
-                     f"{a50:.2f} / {a99:.2f} ms | {q1:g} / {qn:g} | "
+        a50, a99 = in_app[(r.backend, r.server, r.path)]
+        lines.append(f"| {label} | {r.backend} | {r.server} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.1f} ms | "
+                     f"{r.p99_ms:.1f} ms | {r.errors} | {a50:.2f} / {a99:.2f} ms | {q1:g} / {qn:g} | "
                      f"{'met' if r.p99_ms < TARGET_P99_MS else 'NOT met'} |")
+    if len(opts.servers) == 2:
+        lines += side_by_side(results, *opts.servers)
     lines.append(f"\n{SECTION_END}\n")
     return "\n".join(lines)
+
+
+def side_by_side(results: list[Result], a: str, b: str) -> list[str]:
+    """One line per endpoint and database: server ``a`` against server ``b``."""
+    lines = [f"\n{a} against {b}, same run:\n",
+             f"| endpoint | database | req/s {a} / {b} | x bare {a} / {b} | p99 {a} / {b} |",
+             "|---|---|---|---|---|"]
+    by = {(r.path, r.backend, r.server): r for r in results if r.backend != BARE}
+    for (path, backend, server), ra in by.items():
+        rb = by.get((path, backend, b))
+        if server != a or rb is None:
+            continue
+        label = path if path in WRITES else f"GET {path}"
+        lines.append(f"| {label} | {backend} | {ra.rps:,.0f} / {rb.rps:,.0f} ({ra.rps / rb.rps:.2f}x) | "
+                     f"{ra.rps / bare_rps(results, a):.2f} / {rb.rps / bare_rps(results, b):.2f} | "
+                     f"{ra.p99_ms:.1f} / {rb.p99_ms:.1f} ms |")
+    return lines
 
 
 def write_section(path: Path, section: str) -> None:
@@ -397,40 +473,68 @@ def backend_database(backend: str, tmp: str):
         cluster.stop()
 
 
+def parse_servers(value: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(v.strip().lower() for v in value.split(",") if v.strip()))
+    if not names or any(n not in SERVERS for n in names):
+        raise argparse.ArgumentTypeError(f"--server takes {','.join(SERVERS)} (or one of them), not {value!r}")
+    return names
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.api_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--db", dest="backends", type=parse_backends, default=BACKENDS,
                    help="databases to measure, side by side: sqlite,postgresql (default both)")
+    p.add_argument("--server", dest="servers", type=parse_servers, default=SERVERS,
+                   help="WSGI servers to measure, side by side: cheroot,waitress (default both)")
     p.add_argument("--duration", type=float, default=5.0, help="measured seconds per endpoint (default 5)")
     p.add_argument("--warmup", type=float, default=1.0, help="warm-up seconds per endpoint (default 1)")
     p.add_argument("--clients", type=int, default=8, help="concurrent keep-alive clients (default 8)")
     p.add_argument("--tunnels", type=int, default=50, help="tunnels of the benchmark user (default 50)")
     p.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python",
                    help="load generator: wrk (default when installed) or Python threads with http.client")
-    p.add_argument("--threads", type=int, default=None, help="waitress threads (default: the web_threads setting)")
+    p.add_argument("--threads", type=int, default=None, help="server threads (default: the web_threads setting)")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="results file (default bench/RESULTS.md)")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--serve-bare", action="store_true", help=argparse.SUPPRESS)  # the bare app's subprocess
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     from intunnel.settings import load_settings
     opts.threads = opts.threads or load_settings(env={}).web_threads
+    if opts.serve_bare:
+        return serve_bare(opts.servers[0], opts.port, opts.threads)
 
     machine = machine_line()
     results, counts, in_app, versions = [], {}, {}, {}
+    load = run_wrk if opts.client == "wrk" else run_clients
+
+    def measure_bare() -> None:
+        for server, (port, _) in bare.items():
+            print(f"[api-bench] bare app, {server}", file=sys.stderr, flush=True)
+            run_clients(port, "/", "", opts.clients, opts.warmup)
+            results.append(dataclasses.replace(load(port, "/", "", opts.clients, opts.duration, BARE),
+                                               server=server))
+
     with tempfile.TemporaryDirectory(prefix="intunnel-api-bench-") as tmp, contextlib.ExitStack() as stack:
-        servers = {}  # backend -> (port, log path)
+        servers = {}  # (backend, server) -> (port, log path)
         for backend in opts.backends:
             url, versions[backend] = stack.enter_context(backend_database(backend, tmp))
             data_dir = os.path.join(tmp, backend)
             settings = bench_settings(data_dir, database_url=url)
             seed_database(settings, opts.tunnels)
             counts[backend] = count_queries(settings)
-            port, log_path = free_port(), Path(tmp) / f"web-{backend}.log"
-            stack.enter_context(web_subprocess(data_dir, port, log_path, opts.threads, url))
-            servers[backend] = port, log_path
-        load = run_wrk if opts.client == "wrk" else run_clients
+            for server in opts.servers:
+                port, log_path = free_port(), Path(tmp) / f"web-{backend}-{server}.log"
+                stack.enter_context(web_subprocess(data_dir, port, log_path, opts.threads, url, server))
+                servers[backend, server] = port, log_path
+        bare = {}
+        for server in opts.servers:
+            port, log_path = free_port(), Path(tmp) / f"bare-{server}.log"
+            stack.enter_context(web_subprocess(tmp, port, log_path, opts.threads, server=server, bare=True))
+            bare[server] = port, log_path
+        measure_bare()
         for path in ENDPOINTS + WRITES[:1] + (BASELINE,):
-            for backend, (port, log_path) in servers.items():
-                print(f"[api-bench] {backend} {path}", file=sys.stderr, flush=True)
+            for (backend, server), (port, log_path) in servers.items():
+                print(f"[api-bench] {backend} {server} {path}", file=sys.stderr, flush=True)
                 if path in WRITES:
                     cookie = login_cookie("127.0.0.1", port, WRITER)
                     run_writes(port, cookie, opts.clients, opts.warmup, backend)
@@ -442,8 +546,9 @@ def main(argv=None) -> int:
                     offset = log_path.stat().st_size
                     measured = [load(port, path, cookie, opts.clients, opts.duration, backend)]
                 for r in measured:
-                    results.append(r)
-                    in_app[(backend, r.path)] = in_app_latency(log_path, offset, r.path)
+                    results.append(dataclasses.replace(r, server=server))
+                    in_app[(backend, server, r.path)] = in_app_latency(log_path, offset, r.path)
+        measure_bare()
     section = report(results, counts, in_app, opts, machine, versions)
     print(section)
     if not opts.no_write:

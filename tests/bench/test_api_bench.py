@@ -29,17 +29,34 @@ def test_in_app_latency_by_method_and_id(tmp_path):
     assert api_bench.in_app_latency(log, 0, "DELETE /api/tunnels/<id>")[0] == pytest.approx(6.0)
 
 
-def test_report_puts_backends_side_by_side():
-    results = [api_bench.Result(path, backend, 1000, 0, 1.0, 2.0, 30.0 if backend == "postgresql" else 9.0)
-               for backend in ("postgresql", "sqlite") for path in (api_bench.BASELINE, "/api/tunnels")]
+def test_parse_servers():
+    assert api_bench.parse_servers("waitress, cheroot,waitress") == ("waitress", "cheroot")
+    for bad in ("", "gunicorn", "cheroot,uwsgi"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            api_bench.parse_servers(bad)
+
+
+def test_report_puts_backends_and_servers_side_by_side():
+    results = [api_bench.Result(path, backend, 1000 if server == "cheroot" else 500, 0, 1.0, 2.0,
+                                30.0 if backend == "postgresql" else 9.0, server)
+               for backend in ("postgresql", "sqlite") for path in (api_bench.BASELINE, "/api/tunnels")
+               for server in ("waitress", "cheroot")]
+    results += [api_bench.Result("/", api_bench.BARE, rps, 0, 1.0, 1.0, 3.0, server)
+                for server, runs in (("cheroot", (3000, 5000)), ("waitress", (1000, 1000))) for rps in runs]
     counts = {"sqlite": {("/api/tunnels", "1 tunnel"): 2, ("/api/tunnels", "50 tunnels"): 2},
               "postgresql": {("/api/tunnels", "1 tunnel"): 3, ("/api/tunnels", "50 tunnels"): 3}}
-    in_app = {(r.backend, r.path): (0.5, 1.5) for r in results}
-    opts = SimpleNamespace(backends=("sqlite", "postgresql"), duration=5, clients=8, client="wrk", threads=8,
-                           warmup=1, tunnels=50)
+    in_app = {(r.backend, r.server, r.path): (0.5, 1.5) for r in results}
+    opts = SimpleNamespace(backends=("sqlite", "postgresql"), servers=("cheroot", "waitress"), duration=5,
+                           clients=8, client="wrk", threads=8, warmup=1, tunnels=50)
     text = api_bench.report(results, counts, in_app, opts, "test machine", {"postgresql": "PostgreSQL 15"})
     rows = [line for line in text.splitlines() if line.startswith("| GET")]
-    assert [row.split("|")[2].strip() for row in rows] == ["sqlite", "postgresql", "sqlite", "postgresql"]
-    assert rows[0].startswith("| GET /api/tunnels (50 tunnels) | sqlite | 1,000 |")
-    assert "| 3 / 3 | NOT met |" in rows[1]
-    assert "--db sqlite,postgresql" in text and "PostgreSQL 15" in text
+    assert [tuple(c.strip() for c in row.split("|")[2:4]) for row in rows[:4]] == [
+        ("sqlite", "cheroot"), ("sqlite", "waitress"), ("postgresql", "cheroot"), ("postgresql", "waitress")]
+    # ratios to the bare app under the same server, the mean of its runs: 1000 / 4000 and 500 / 1000
+    assert rows[0].startswith("| GET /api/tunnels (50 tunnels) | sqlite | cheroot | 1,000 | 0.25 |")
+    assert rows[1].startswith("| GET /api/tunnels (50 tunnels) | sqlite | waitress | 500 | 0.50 |")
+    assert "| 3 / 3 | NOT met |" in rows[2]
+    bare = [line for line in text.splitlines() if line.startswith("| bare")]
+    assert [row.split("|")[3].strip() for row in bare] == ["cheroot", "cheroot", "waitress", "waitress"]
+    assert "| GET /api/tunnels | sqlite | 1,000 / 500 (2.00x) | 0.25 / 0.50 | 9.0 / 9.0 ms |" in text
+    assert "--db sqlite,postgresql --server cheroot,waitress" in text and "PostgreSQL 15" in text
