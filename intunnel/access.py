@@ -203,6 +203,18 @@ def address_admitted(policy: Policy, address: str) -> bool:
     return not policy.allow or _in_ranges(parsed, policy.allow_ranges)
 
 
+def raw_admitted(policies, address: str) -> bool:
+    """A TCP tunnel's visitor (no HTTP: no password, no cookie, only its address): admitted by
+    every policy of ``policies`` (the tunnel's, a session's own; None: public).  One that asks
+    for a password or members only can't be met without HTTP: nobody passes it (fail closed)."""
+    for policy in policies:
+        if policy is None:
+            continue
+        if policy.users or policy.members is not None or not address_admitted(policy, address):
+            return False
+    return True
+
+
 # --- bypass paths ------------------------------------------------------------------------------
 
 MAX_BYPASS_PATH = 256   # characters of one prefix

@@ -17,6 +17,7 @@ from .errors import ConfigError
 COMMANDS = {
     # name: module
     "http": "intunnel.client.cli",
+    "tcp": "intunnel.client.tcp_cli",
     "config": "intunnel.client.config_cli",
     "tunnels": "intunnel.client.tunnels_cli",
     "start": "intunnel.client.start_cli",

@@ -253,6 +253,18 @@ def _v9_traffic_view(db: pw.Database) -> None:
     run(schema_migrator(db).add_index("traffic_entry", ("tunnel_id", "id"), False))
 
 
+def _v10_tcp_tunnels(db: pw.Database) -> None:
+    """TCP tunnels: a tunnel's protocol (http, tcp) and a TCP tunnel's public port, unique across tunnels."""
+    from playhouse.migrate import migrate as run
+    m = schema_migrator(db)
+    # A default in the database too (an older release beside this one inserts tunnels without it).
+    # remote_port: NULL for HTTP tunnels; a UNIQUE index allows many NULLs on SQLite and PostgreSQL.
+    run(m.add_column("tunnel", "protocol", pw.CharField(max_length=8, default="http",
+                                                         constraints=[pw.SQL("DEFAULT 'http'")])),
+        m.add_column("tunnel", "remote_port", pw.IntegerField(null=True)))
+    run(schema_migrator(db).add_index("tunnel", ("remote_port",), True))
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
@@ -264,6 +276,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (7, _v7_device_authorizations),
     (8, _v8_ephemeral_tunnels),
     (9, _v9_traffic_view),
+    (10, _v10_tcp_tunnels),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -69,6 +69,10 @@ class Tunnel(BaseModel):
     disconnected_at = pw.DateTimeField(null=True)
     # The dashboard's traffic view (intunnel.traffic): the relays keep its recent requests while on.
     traffic_view = pw.BooleanField(default=True)
+    # "http" (visitors by Host) or "tcp" (raw bytes on a public port of its own: intunnel.tcpports).
+    protocol = pw.CharField(max_length=8, default="http")
+    # A TCP tunnel's public port, kept until the tunnel is deleted; NULL for HTTP tunnels.
+    remote_port = pw.IntegerField(null=True, unique=True)
 
 
 class Session(BaseModel):

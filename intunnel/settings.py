@@ -126,6 +126,16 @@ SETTINGS: tuple[Setting, ...] = (
             "forwarded connections; required with relay_peer_listen."),
     Setting("relay_peer_timeout", float, 3.0, "Seconds a relay gives a peer relay to accept and authenticate a forwarded "
             "connection before the visitor gets a 502."),
+    # --- TCP tunnels (intunnel.tcpports; relay/tcp_listeners) ---
+    Setting("relay_tcp_ports", str, "20000-20999", "Public ports TCP tunnels are given, as ports and ranges LOW-HIGH "
+            "(comma-separated, all within 1024-65535: ports below 1024 are never given); each TCP tunnel keeps its port "
+            "until deleted, and every relay listens on every reserved one; empty: TCP tunnels are off."),
+    Setting("relay_tcp_listen_host", str, "0.0.0.0", "Address the relay listens on for TCP tunnels' visitors (their ports "
+            "come from relay_tcp_ports, straight from the internet, not through nginx)."),
+    Setting("tcp_max_per_user", int, 5, "TCP tunnels one user may have (each holds a public port); creating one more is "
+            "refused with a message saying so."),
+    Setting("relay_tcp_refresh", float, 2.0, "Seconds between the relay's reloads of the reserved TCP ports (a TCP tunnel "
+            "created or deleted elsewhere is listened on, or stops, within that; its own agent connecting is at once)."),
     Setting("relay_metrics_listen", str, "127.0.0.1:9811", "HOST:PORT of the relay's Prometheus /metrics listener, a socket of its "
             "own (not the public one); `intunnel serve` serves the web app's metrics there too; empty: none."),
     # --- tunnel access policies (intunnel.access; enforced by the relay) ---
@@ -269,6 +279,10 @@ class Settings:
         if self.public_scheme == "https":
             return f"https://{self.domain}" + ("" if self.public_port in (0, 443) else f":{self.public_port}")
         return f"http://{self.domain}:{self.web_address[1]}"
+
+    def tcp_url(self, port: int) -> str:
+        """The public address of a TCP tunnel's port (relay_tcp_ports)."""
+        return f"tcp://{self.domain}:{port}"
 
     @property
     def cookie_secure(self) -> bool:

@@ -7,14 +7,15 @@ tunnel is NotFound, exactly like a missing one (no existence leak).
 from __future__ import annotations
 
 import json
+import secrets
 from datetime import datetime, timezone
 from typing import Any
 
 import peewee as pw
 
-from . import access, changes, traffic, validation
+from . import access, changes, tcpports, traffic, validation
 from .changes import tunnel_changed
-from .errors import Forbidden, NotFound, SubdomainTaken, ValidationError
+from .errors import Conflict, Forbidden, NotFound, SubdomainTaken, ValidationError
 from .models import Tunnel, User, database
 from .security import hash_password, new_tunnel_token
 from .timeutil import iso, utcnow
@@ -44,9 +45,25 @@ def get_owned(user: User, tunnel_id: Any) -> Tunnel:
     return tunnel
 
 
-def create(settings, user: User, name: Any, subdomain: Any, local_port: Any, ephemeral: Any = False) -> Tunnel:
+PROTOCOLS = ("http", "tcp")
+PORT_TRIES = 5   # a lost race for the lowest free TCP port (the UNIQUE index said so): the next one
+
+
+def create(settings, user: User, name: Any, subdomain: Any, local_port: Any, ephemeral: Any = False,
+           protocol: Any = "http", remote_port: Any = None) -> Tunnel:
     """``ephemeral``: `intunnel http` without a name; its client deletes it when it stops, the
-    relays' reaper (intunnel.ephemeral) when the client died.  At most ephemeral_max_per_user."""
+    relays' reaper (intunnel.ephemeral) when the client died.  At most ephemeral_max_per_user.
+    ``protocol`` "tcp": a TCP tunnel, given a public port of relay_tcp_ports (``remote_port``
+    if asked for and free; intunnel.tcpports) and a subdomain of its own if none is given (the
+    relay's name for its session; HTTP visitors are never sent to it)."""
+    if protocol not in PROTOCOLS:
+        raise ValidationError("protocol must be \"http\" or \"tcp\"", field="protocol")
+    if protocol == "tcp":
+        return _create_tcp(settings, user, name, subdomain, local_port, remote_port)
+    if remote_port is not None:
+        raise ValidationError("remote_port is for TCP tunnels (\"protocol\": \"tcp\")", field="remote_port")
+    if subdomain is None:
+        raise ValidationError("subdomain is required", field="subdomain")
     name = validation.name(name)
     subdomain = validation.subdomain(subdomain, validation.reserved_subdomains(settings))
     local_port = validation.local_port(local_port)
@@ -65,6 +82,49 @@ def create(settings, user: User, name: Any, subdomain: Any, local_port: Any, eph
                                  token=new_tunnel_token(), created_at=utcnow(), ephemeral=ephemeral)
     except pw.IntegrityError:
         raise SubdomainTaken(f"Subdomain '{subdomain}' is already in use") from None
+
+
+def _create_tcp(settings, user: User, name: Any, subdomain: Any, local_port: Any, remote_port: Any) -> Tunnel:
+    name = validation.name(name)
+    local_port = validation.local_port(local_port)
+    ranges = tcpports.parse_ranges(settings.relay_tcp_ports)
+    if not ranges:
+        raise Forbidden("TCP tunnels are disabled on this server (the operator's relay_tcp_ports setting is empty)")
+    limit = settings.tcp_max_per_user
+    if Tunnel.select().where((Tunnel.owner == user) & (Tunnel.protocol == "tcp")).count() >= limit:
+        raise Forbidden(f"you have {limit} TCP tunnels already (tcp_max_per_user): delete one and try again")
+    chosen = None if subdomain is None else validation.subdomain(subdomain, validation.reserved_subdomains(settings))
+    for _ in range(PORT_TRIES):
+        taken = {port for (port,) in Tunnel.select(Tunnel.remote_port).where(Tunnel.remote_port.is_null(False))
+                 .tuples()}
+        try:
+            port = tcpports.allocate(ranges, taken, remote_port)
+        except tcpports.PortError as e:
+            if e.kind in ("invalid", "outside"):
+                raise ValidationError(e.message, field="remote_port") from None
+            raise Conflict(e.message) from None
+        label = chosen or f"tcp-{secrets.token_hex(4)}"
+        try:
+            # The UNIQUE indexes decide (subdomain, remote_port): two creates can't both win.
+            with database.atomic():
+                return Tunnel.create(owner=user, name=name, subdomain=label, local_port=local_port,
+                                     token=new_tunnel_token(), created_at=utcnow(), protocol="tcp",
+                                     remote_port=port)
+        except pw.IntegrityError:
+            if Tunnel.select().where(Tunnel.subdomain == label).exists():
+                if chosen:
+                    raise SubdomainTaken(f"Subdomain '{label}' is already in use") from None
+                continue
+            if remote_port is not None:
+                raise Conflict(f"remote_port {port} is already used by another tunnel") from None
+    raise Conflict("could not reserve a TCP port (other tunnels took each one tried); try again")
+
+
+def client_command(settings, tunnel: Tunnel) -> str:
+    """The exact command that serves ``tunnel`` from the owner's machine."""
+    kind = "tcp" if tunnel.protocol == "tcp" else "http"
+    return (f"{settings.client_command} {kind} {tunnel.local_port} --server {settings.relay_url} "
+            f"--token {tunnel.token}")
 
 
 def update(user: User, tunnel_id: Any, changes: dict[str, Any], settings=None) -> Tunnel:
@@ -111,6 +171,9 @@ def set_access(settings, tunnel: Tunnel, data: Any) -> access.Policy:
         current = access.PUBLIC  # unreadable: only a full replacement (or public) is accepted
     policy = access.apply_update(current, data, access.limits_of(settings), hash_password,
                                  user_exists=lambda name: User.select().where(User.username == name).exists())
+    if tunnel.protocol == "tcp" and (policy.users or policy.members is not None):
+        raise ValidationError("a TCP tunnel can have IP rules only (ip_allow, ip_deny): passwords and "
+                              "members-only need HTTP, which a TCP tunnel does not speak", field="access")
     with database.atomic():
         tunnel.access = access.dump(policy)
         tunnel.save()
@@ -151,7 +214,15 @@ def summary(tunnel: Tunnel) -> dict[str, Any]:
         "created_at": iso(tunnel.created_at),
         "last_connected": iso(tunnel.last_connected),
         "ephemeral": bool(tunnel.ephemeral),  # an addition to the seed's shape
+        **protocol_fields(tunnel.protocol, tunnel.remote_port),
     }
+
+
+def protocol_fields(protocol: str | None, remote_port: int | None) -> dict[str, Any]:
+    """Additions to the seed's shapes: ``protocol``, and a TCP tunnel's ``remote_port``."""
+    if protocol == "tcp":
+        return {"protocol": "tcp", "remote_port": remote_port}
+    return {"protocol": "http"}
 
 
 def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
@@ -159,11 +230,19 @@ def detail(settings, tunnel: Tunnel) -> dict[str, Any]:
     return {
         **summary(tunnel),
         "domain": settings.domain,
-        "url": settings.tunnel_url(tunnel.subdomain),
+        "url": public_url(settings, tunnel.subdomain, tunnel.protocol, tunnel.remote_port),
+        "command": client_command(settings, tunnel),   # an addition: what the owner runs
         "access": access_view(tunnel),
         "session_access": session_view(tunnel),
         "traffic_view": bool(tunnel.traffic_view),
     }
+
+
+def public_url(settings, subdomain: str, protocol: str | None, remote_port: int | None) -> str:
+    """What reaches the tunnel: https://<sub>.<domain>, or tcp://<domain>:<port> for a TCP tunnel."""
+    if protocol == "tcp":
+        return settings.tcp_url(remote_port)
+    return settings.tunnel_url(subdomain)
 
 
 def session_view(tunnel: Tunnel) -> dict[str, Any] | None:

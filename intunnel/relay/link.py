@@ -188,6 +188,9 @@ class Link:
             self.run(self.state.route_failed(pages.unknown_tunnel(head.host, accept, head_only), now))
             return
         session = relay.sessions.get(subdomain)
+        if session is not None and session.tunnel.remote_port is not None:   # a TCP tunnel: no HTTP
+            self.run(self.state.route_failed(pages.unknown_tunnel(head.host, accept, head_only), now))
+            return
         if session is None:
             if relay.peers is not None and not self.hop:
                 self._task(self._forward(subdomain, head))

@@ -164,6 +164,12 @@ class Peers:
                 raise e
             return await self._dial(again), False
 
+    async def connection_to_holder(self, subdomain: str) -> Conn | None:
+        """A fresh authenticated connection to the relay holding ``subdomain``'s agent, for one TCP
+        visitor (relay/tcp_listeners: never parked); None when no other relay holds it."""
+        route = await self._route(subdomain)
+        return None if route is None else await self._dial(route)
+
     async def _dial(self, route: tuple[int, str, str]) -> Conn:
         _, relay_id, address = route
         if self.down.get(relay_id, 0.0) > time.monotonic():

@@ -28,6 +28,7 @@ from .link import Link, limits_for
 from .metrics import RelayCollector, RelayStats
 from .peers import Peers, read_secret
 from .placement import Placement
+from .tcp_listeners import FORWARD_PREFIX, TcpListeners
 from ..errors import ConfigError, ValidationError
 from .. import access as access_rules, session_access
 from ..settings import relay_identity
@@ -70,6 +71,7 @@ class Relay:
         self.peers: Peers | None = Peers(self, read_secret(settings)) if settings.relay_peer_listen else None
         self.hop_limits = replace(self.limits, hop=True, trust_proxy=False)
         self.placement = Placement()   # several relays: agents where their visitors arrive (relay/placement)
+        self.tcp = TcpListeners(self)  # TCP tunnels: a listener per reserved port (relay/tcp_listeners)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
@@ -85,6 +87,7 @@ class Relay:
         if getattr(self.store, "_db", None) is not None:
             instrument_queries(self.store._db, self.registry)
         self.loop = loop = asyncio.get_running_loop()
+        await self.tcp.start()   # every reserved TCP port before the agent endpoint: agents find them listened
         visitor = lambda: self.make_conn(self._dispatch)  # noqa: E731
         if sock is not None:
             self.server = await loop.create_server(visitor, sock=sock, backlog=1024)
@@ -123,6 +126,7 @@ class Relay:
         self.stopping = True
         if self.server is not None:
             self.server.close()
+        self.tcp.close()
         if self.peers is not None:
             self.peers.close()
         sessions = list(self.sessions.values())
@@ -234,6 +238,9 @@ class Relay:
 
     def dispatch_forwarded(self, conn: Conn, raw: bytes) -> None:
         """A visitor's request forwarded by a peer relay (relay/peers): tunnels only, never on."""
+        if raw.startswith(FORWARD_PREFIX):   # a TCP tunnel's visitor (relay/tcp_listeners)
+            self.tcp.forwarded(conn, raw)
+            return
         self._dispatch(conn, raw, hop=True)
 
     def _refuse(self, conn: Conn, page: pages.Page) -> None:
@@ -328,6 +335,7 @@ class Relay:
             conn.close()
             return
         session = AgentSession(self, conn, tunnel, hello, control, narrow)
+        url = self.settings.tcp_url(tunnel.remote_port) if tunnel.remote_port else self.settings.tunnel_url(tunnel.subdomain)
         session.named = bool(head.get(p.PLACEMENT_HEADER))
         old = self.sessions.get(tunnel.subdomain)
         if old is not None:
@@ -340,7 +348,8 @@ class Relay:
         self.by_secret[session.secret] = session
         self.revocations.joined(session, authenticated_at)
         conn.on_close = session.on_closed
-        session.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain), subdomain=tunnel.subdomain,
+        self.tcp.joined(session)
+        session.send(p.Welcome(url=url, subdomain=tunnel.subdomain,
                                session=session.secret,
                                heartbeat_interval=self.settings.relay_heartbeat_interval,
                                dead_peer_timeout=self.settings.relay_dead_peer_timeout,

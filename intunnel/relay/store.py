@@ -45,6 +45,7 @@ class TunnelInfo:
     owner_id: int | None = None
     access: str | None = None   # the stored access policy (intunnel.access; relay/access): None = public
     traffic_view: bool = True   # the dashboard's traffic view is on (relay/traffic)
+    remote_port: int | None = None   # a TCP tunnel's public port (relay/tcp_listeners); None: HTTP
 
 
 @dataclass(frozen=True)
@@ -88,9 +89,14 @@ class Store:
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
         row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id,
-                             Tunnel.access, Tunnel.traffic_view)
+                             Tunnel.access, Tunnel.traffic_view, Tunnel.protocol, Tunnel.remote_port)
                .join(User).where(Tunnel.token == token).tuples().first())
-        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7]))
+        return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7]),
+                                  row[9] if row[8] == "tcp" else None)
+
+    def _tcp_ports(self) -> dict[int, str]:
+        return dict(Tunnel.select(Tunnel.remote_port, Tunnel.subdomain)
+                    .where((Tunnel.protocol == "tcp") & Tunnel.remote_port.is_null(False)).tuples())
 
     def _policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
         return dict(Tunnel.select(Tunnel.id, Tunnel.access).where(Tunnel.id.in_(tunnel_ids)).tuples())
@@ -289,6 +295,10 @@ class Store:
     async def grants(self, token_hashes: list[str]) -> dict[str, memberpass.Grant]:
         """The live access grants among ``token_hashes`` (memberpass.grants)."""
         return await self._run(self._grants, token_hashes)
+
+    async def tcp_ports(self) -> dict[int, str]:
+        """{public port: subdomain} of every TCP tunnel (relay/tcp_listeners)."""
+        return await self._run(self._tcp_ports)
 
     async def exists(self, subdomain: str) -> bool:
         return await self._run(self._exists, subdomain)

@@ -35,9 +35,10 @@ def _body(required=(), optional=()) -> dict:
 # (no model instances, no datetime round trip) -- the same dicts as
 # tunnels.summary(), which a test checks.
 _SUMMARY_COLUMNS = (Tunnel.id, Tunnel.name, Tunnel.subdomain, Tunnel.local_port, Tunnel.token,
-                    Tunnel.status, Tunnel.created_at, Tunnel.last_connected, Tunnel.ephemeral)
+                    Tunnel.status, Tunnel.created_at, Tunnel.last_connected, Tunnel.ephemeral, Tunnel.protocol,
+                    Tunnel.remote_port)
 _SUMMARY_KEYS = ("id", "name", "subdomain", "local_port", "token", "status", "created_at", "last_connected",
-                 "ephemeral")
+                 "ephemeral", "protocol", "remote_port")
 
 
 def _iso_column(value):
@@ -56,6 +57,7 @@ def tunnel_summaries(user) -> list[dict]:
         item["created_at"] = _iso_column(item["created_at"])
         item["last_connected"] = _iso_column(item["last_connected"])
         item["ephemeral"] = bool(item["ephemeral"])  # SQLite gives 0/1
+        item.update(tunnels.protocol_fields(item.pop("protocol"), item.pop("remote_port")))
         rows.append(item)
     return rows
 
@@ -64,14 +66,18 @@ def list_tunnels():
     user = require_user()
     settings = current_state().settings
     # "url" is an addition to the seed's list item: `intunnel tunnels` shows it without a call per tunnel
-    return {"tunnels": [{**t, "url": settings.tunnel_url(t["subdomain"])} for t in tunnel_summaries(user)]}
+    return {"tunnels": [{**t, "url": tunnels.public_url(settings, t["subdomain"], t["protocol"], t.get("remote_port"))}
+                        for t in tunnel_summaries(user)]}
 
 
 def create_tunnel():
     user = require_user()
-    data = _body(required=TUNNEL_FIELDS, optional=("ephemeral",))
-    tunnel = tunnels.create(current_state().settings, user, data["name"], data["subdomain"], data["local_port"],
-                            data.get("ephemeral", False))
+    # A TCP tunnel ("protocol": "tcp") may leave out its subdomain and ask for a "remote_port".
+    data = _body(optional=TUNNEL_FIELDS + ("ephemeral", "protocol", "remote_port"))
+    tcp = data.get("protocol") == "tcp"
+    jsonbody.check_fields(data, [f for f in TUNNEL_FIELDS if f != "subdomain" or not tcp], data)
+    tunnel = tunnels.create(current_state().settings, user, data["name"], data.get("subdomain"), data["local_port"],
+                            data.get("ephemeral", False), data.get("protocol", "http"), data.get("remote_port"))
     return {"success": True, "tunnel": tunnels.detail(current_state().settings, tunnel)}
 
 

@@ -1,0 +1,120 @@
+"""TCP tunnels (issue 16, items 1-4): a real relay and a real client on loopback, real local services.
+
+A TCP tunnel reserves a port of relay_tcp_ports; the relay listens on it and every visitor
+there is one data connection of the tunnel's agent, spliced raw to the local service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import socketserver
+import threading
+
+import pytest
+
+from intunnel import accounts, tunnels
+from intunnel.errors import AppError
+from tests.support.tunnel import ClientThread, RelayThread, wait_for
+
+
+def free_range(count: int) -> str:
+    """A range of ``count`` consecutive ports free on loopback right now (at least 1024)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            start = s.getsockname()[1]
+        if start + count > 65535:
+            continue
+        ok = True
+        for port in range(start, start + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return f"{start}-{start + count - 1}"
+    raise AssertionError("no free port range")
+
+
+class EchoServer(socketserver.ThreadingTCPServer):
+    """A local TCP service: echoes every byte; on the visitor's EOF writes b"<bye>" and closes."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self):
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                while True:
+                    data = self.request.recv(65536)
+                    if not data:
+                        self.request.sendall(b"<bye>")
+                        self.request.shutdown(socket.SHUT_WR)
+                        return
+                    self.request.sendall(data)
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.port = self.server_address[1]
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.shutdown()
+        self.server_close()
+
+
+@pytest.fixture
+def echo():
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def tcp_settings(settings, ports: str | None = None, **more):
+    return settings.replace(relay_tcp_ports=ports if ports is not None else free_range(4),
+                            relay_tcp_listen_host="127.0.0.1", relay_tcp_refresh=0.2, **more)
+
+
+def make_user(name: str = "alice"):
+    return accounts.create_user(f"{name}@example.com", name, "correct horse battery")
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=timeout)
+
+
+def recv_all(sock: socket.socket) -> bytes:
+    out = bytearray()
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            return bytes(out)
+        out += data
+
+
+def closed_at_once(port: int) -> bool:
+    """The relay accepts and closes at once: EOF (or a reset) within a second, no byte."""
+    with connect(port, timeout=5) as s:
+        s.settimeout(5)
+        try:
+            return s.recv(1) == b""
+        except ConnectionResetError:
+            return True
+
+
+def test_echo_and_half_close(db, settings, echo):
+    settings = tcp_settings(settings)
+    user = make_user()
+    tunnel = tunnels.create(settings, user, "echo", None, echo.port, protocol="tcp")
+    assert tunnel.protocol == "tcp" and tunnel.remote_port == int(settings.relay_tcp_ports.split("-")[0])
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port) as client:
+        url = client.wait_connected()
+        assert url == f"tcp://localhost:{tunnel.remote_port}"
+        with connect(tunnel.remote_port) as s:
+            s.sendall(b"hello")
+            got = b""
+            while len(got) < 5:
+                got += s.recv(100)
+            assert got == b"hello"
+            s.shutdown(socket.SHUT_WR)        # the visitor's half-close reaches the service...
+            assert recv_all(s) == b"<bye>"    # ...which still answers, then closes its side
