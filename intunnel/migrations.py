@@ -265,6 +265,32 @@ def _v10_tcp_tunnels(db: pw.Database) -> None:
     run(schema_migrator(db).add_index("tunnel", ("remote_port",), True))
 
 
+def _v11_custom_domains(db: pw.Database) -> None:
+    """Custom domains: a tunnel's own hostnames and the state of their certificates (intunnel.certs)."""
+
+    class Base(pw.Model):
+        class Meta:
+            database = db
+            legacy_table_names = False
+
+    class Tunnel(Base):  # only the key the hostnames refer to
+        class Meta:
+            table_name = "tunnel"
+
+    class CustomDomain(Base):
+        tunnel = pw.ForeignKeyField(Tunnel, on_delete="CASCADE", index=True)
+        hostname = pw.CharField(max_length=253, unique=True)
+        state = pw.CharField(max_length=16, default="pending-dns")
+        reason = pw.TextField(default="")
+        attempts = pw.IntegerField(default=0)
+        next_attempt_at = pw.DateTimeField(null=True)
+        not_after = pw.DateTimeField(null=True)
+        checked_at = pw.DateTimeField(null=True)
+        created_at = pw.DateTimeField()
+
+    db.create_tables([CustomDomain])
+
+
 # (version, migration); versions are 1, 2, 3... with no gaps.
 MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (1, _v1_initial),
@@ -277,6 +303,7 @@ MIGRATIONS: list[tuple[int, Callable[[pw.Database], None]]] = [
     (8, _v8_ephemeral_tunnels),
     (9, _v9_traffic_view),
     (10, _v10_tcp_tunnels),
+    (11, _v11_custom_domains),
 ]
 LATEST = MIGRATIONS[-1][0]
 

@@ -182,8 +182,29 @@ class TrafficEntry(BaseModel):
         indexes = ((("tunnel", "id"), False),)
 
 
+class CustomDomain(BaseModel):
+    """A hostname of the owner's own (``app.customer.com``) served by an HTTP tunnel (intunnel.certs).
+
+    The web app records it (``pending-dns``); the reconciler (``intunnel-admin certs reconcile``)
+    checks its DNS, obtains its certificate and writes its nginx vhost, and moves ``state``
+    through pending-dns, issuing, active and failed (``reason`` says why; ``certs.plan``).
+    The relay routes it to its tunnel only while ``active``."""
+    tunnel = pw.ForeignKeyField(Tunnel, backref="custom_domains", on_delete="CASCADE", index=True)
+    hostname = pw.CharField(max_length=253, unique=True)   # certs.names.normalize's form
+    state = pw.CharField(max_length=16, default="pending-dns")
+    reason = pw.TextField(default="")
+    attempts = pw.IntegerField(default=0)                  # consecutive failures (backoff)
+    next_attempt_at = pw.DateTimeField(null=True)          # NULL: at the next run
+    not_after = pw.DateTimeField(null=True)                # the installed certificate's expiry
+    checked_at = pw.DateTimeField(null=True)               # the reconciler's last look
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        table_name = "custom_domain"
+
+
 MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, AccessGrant, DeviceAuthorization,
-          TrafficEntry)
+          TrafficEntry, CustomDomain)
 
 
 def connect_settings(settings) -> pw.Database:

@@ -96,6 +96,9 @@ def template_values(settings: Settings) -> dict[str, object]:
         "web_max_body": _size(str(settings.api_max_body), "api_max_body"),
         "tunnel_max_body": _size(settings.tunnel_max_body, "tunnel_max_body"),
         "stream_timeout": STREAM_TIMEOUT,
+        # custom domains (intunnel.certs): the directory of their vhosts, included by intunnel-tunnels.conf
+        "domain_dir": _path(settings.nginx_domain_dir, "nginx_domain_dir")
+        if settings.nginx_domain_dir and settings.custom_domains_per_tunnel > 0 else "",
     }
 
 

@@ -179,6 +179,36 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("nginx_relays", list, [], "HOST:PORT of every relay listener the generated nginx config balances over; "
             "two or more: each tunnel's agent and visitors go to one of them by consistent hashing of the tunnel's "
             "name, and a dead one is skipped; empty: the one relay at relay_listen."),
+    # --- custom domains (intunnel.certs; the reconciler: intunnel-admin certs reconcile) ---
+    Setting("custom_domains_per_tunnel", int, 5, "Custom hostnames an HTTP tunnel may have; 0 turns custom domains off."),
+    Setting("custom_domain_addresses", list, [], "The server's public IPv4/IPv6 addresses a custom hostname must resolve "
+            "to (the A/AAAA records the dashboard asks for); empty: whatever <domain> resolves to."),
+    Setting("custom_domain_resolver", str, "", "HOST:PORT of the DNS server the reconciler asks whether a custom hostname "
+            "points here; empty: the system's resolver."),
+    Setting("acme_directory", str, "https://acme-v02.api.letsencrypt.org/directory", "ACME directory URL custom-domain "
+            "certificates come from (any ACME CA)."),
+    Setting("acme_staging", bool, False, "Use Let's Encrypt's staging CA (untrusted certificates, generous rate limits) "
+            "while acme_directory is Let's Encrypt's."),
+    Setting("acme_email", str, "", "Contact email given to the ACME CA (expiry notices); empty: none."),
+    Setting("acme_ca_bundle", str, "", "CA bundle trusted for the ACME server's own HTTPS (a private CA); empty: the system's."),
+    Setting("certbot_command", str, "certbot", "The certbot the reconciler runs (webroot plugin, on nginx_acme_root)."),
+    Setting("cert_dir", str, "/var/lib/intunnel-certs", "The reconciler's certificate directory (certbot's config, work "
+            "and log directories; the only place it writes besides its vhosts and the challenge web root)."),
+    Setting("nginx_domain_dir", str, "/etc/nginx/intunnel-domains", "Directory of the custom hostnames' nginx vhost "
+            "files (one per name), included by the generated intunnel-tunnels.conf."),
+    Setting("nginx_command", list, ["nginx"], "The nginx command the reconciler runs with -t before every reload and "
+            "with -s reload after it (extra words such as -c FILE kept in front of those)."),
+    Setting("certbot_timeout", int, 300, "Seconds one certbot run (an issuance, a renewal) may take."),
+    Setting("custom_domain_dns_timeout", float, 5.0, "Seconds the reconciler's DNS check of one name may take "
+            "(with custom_domain_resolver)."),
+    Setting("nginx_reload_wait", float, 10.0, "Seconds the reconciler waits, after reloading nginx, for a new "
+            "name's challenge vhost to answer before asking the CA."),
+    Setting("cert_renew_before", int, 30 * 24 * 3600, "Seconds before a certificate's expiry it is renewed."),
+    Setting("cert_retry_min", int, 60, "Seconds before the first retry of a failed DNS check or issuance (doubling with "
+            "each further failure)."),
+    Setting("cert_retry_max", int, 6 * 3600, "Longest wait between retries of a custom hostname."),
+    Setting("relay_custom_domain_refresh", float, 2.0, "Seconds between the relay's reloads of the active custom "
+            "hostnames it routes (a hostname added or removed routes, or stops, within that)."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

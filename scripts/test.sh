@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 
 # System tools the real-world tests drive (nginx, Chromium, a systemd container host, wrk for the
 # benchmark tests, ip for network namespaces, valgrind for the instruction counts, and
-# PostgreSQL's binaries: --db=postgresql|both starts a throwaway cluster of its own).
-APT_PACKAGES=(nginx-light chromium debootstrap systemd-container openssh-server openssh-client sqlite3 cron curl openssl systemd postgresql wrk iproute2 valgrind)
+# PostgreSQL's binaries: --db=postgresql|both starts a throwaway cluster of its own; pebble, Let's
+# Encrypt's test CA, and certbot for the custom-domain tests).
+APT_PACKAGES=(nginx-light chromium debootstrap systemd-container openssh-server openssh-client sqlite3 cron curl openssl systemd postgresql wrk iproute2 valgrind pebble certbot)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")

@@ -18,10 +18,10 @@ import peewee as pw
 
 from .. import __version__, dburl
 from ..errors import AppError, ConfigError
-from . import backup, client, db, doctor, nginx, relays, restore, tokens, tunnels, users
+from . import backup, certs, client, db, doctor, nginx, relays, restore, tokens, tunnels, users
 from .common import EXIT_FAILURE, EXIT_USAGE, AdminError, Context
 
-GROUPS = (users, tunnels, relays, tokens, db, backup, restore, nginx, client, doctor)
+GROUPS = (users, tunnels, relays, tokens, db, backup, restore, nginx, client, certs, doctor)
 PROG = "intunnel-admin"
 COMMON_DEFAULTS = {"config": None, "json": False, "verbose": False}
 

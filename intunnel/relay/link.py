@@ -183,7 +183,7 @@ class Link:
         """Attach an upstream of the tunnel ``head`` names: a parked one at once, else a fresh one."""
         relay, now = self.relay, self.loop.time()
         accept, head_only = head.get("accept"), head.method == "HEAD"
-        subdomain = relay.subdomain_of(head.host)
+        subdomain = relay.tunnel_label(head.host)
         if subdomain is None:
             self.run(self.state.route_failed(pages.unknown_tunnel(head.host, accept, head_only), now))
             return

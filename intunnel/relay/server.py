@@ -2,7 +2,8 @@
 
 Host = the main domain (any port): the relay's own endpoints (agent control
 channel, data connections, health).  Host = ``<sub>.<domain>``: a visitor for
-that tunnel.  Anything else: 404.
+that tunnel; Host = an ``active`` custom domain of a tunnel (``custom_hosts``, reloaded
+every relay_custom_domain_refresh seconds): a visitor for that tunnel.  Anything else: 404.
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ class Relay:
         self.placement = Placement()   # several relays: agents where their visitors arrive (relay/placement)
         self.tcp = TcpListeners(self)  # TCP tunnels: a listener per reserved port (relay/tcp_listeners)
         self.sessions: dict[str, AgentSession] = {}      # subdomain -> live session
+        self.custom_hosts: dict[str, str] = {}           # active custom hostname -> subdomain (intunnel.domains)
         self.by_secret: dict[str, AgentSession] = {}
         self.visitors: set[Link] = set()
         self.conns: set[Conn] = set()
@@ -109,6 +111,9 @@ class Relay:
         await self.routes.start()
         self.spawn(self._heartbeats())
         self.spawn(self._reaper())
+        if self.settings.custom_domains_per_tunnel > 0 and hasattr(self.store, "custom_routes"):
+            self.custom_hosts = await self.store.custom_routes()
+            self.spawn(self._custom_hosts())
         self.spawn(self.traffic.run())
         self.revocations = Revocations(self)  # pushed on PostgreSQL, polled on SQLite
         self.revocations.start()
@@ -189,6 +194,11 @@ class Relay:
             if label and "." not in label:
                 return label
         return None
+    def tunnel_label(self, host: str) -> str | None:
+        """The subdomain of the tunnel ``host`` names: ``<sub>.<domain>``, or an active custom domain."""
+        label = self.subdomain_of(host)
+        return label if label is not None else self.custom_hosts.get(host)
+
 
     def _head_bytes(self, conn: Conn, timer: asyncio.TimerHandle, data: bytes, dispatch) -> None:
         buf = conn.buffer
@@ -229,7 +239,7 @@ class Relay:
             return
         conn.meter = self.stats   # a visitor: its bytes are counted from here on (and its head)
         self.stats.rx += head.size + len(conn.buffer)
-        if self.subdomain_of(host) is not None:
+        if self.tunnel_label(host) is not None:
             rest = bytes(conn.buffer)
             conn.buffer.clear()
             Link(self, conn, head, rest, hop)
@@ -405,6 +415,19 @@ class Relay:
                 continue
             if gone:
                 log.info("deleted %d ephemeral tunnel(s) whose client left without deleting them", gone)
+    async def _custom_hosts(self) -> None:
+        """Reload the active custom hostnames: one removed or failed stops routing within a period."""
+        failing = False
+        while True:
+            await asyncio.sleep(self.settings.relay_custom_domain_refresh)
+            try:
+                self.custom_hosts = await self.store.custom_routes()
+                failing = False
+            except Exception:
+                if not failing:   # once per outage, not every period
+                    log.exception("could not reload the custom domains (keeping the last known)")
+                failing = True
+
 
     async def _heartbeats(self) -> None:
         tick = min(1.0, self.settings.relay_heartbeat_interval / 2, self.settings.relay_dead_peer_timeout / 4)

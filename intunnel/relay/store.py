@@ -20,7 +20,7 @@ from datetime import datetime
 from ..wire import protocol as p
 import peewee as pw
 
-from .. import ephemeral, memberpass, traffic
+from .. import domains, ephemeral, memberpass, traffic
 from ..changes import tunnel_changed
 from ..models import RelayNode, Route, Tunnel, User, open_database
 from ..timeutil import utcnow
@@ -315,6 +315,10 @@ class Store:
         if not live:
             return []
         return await self._run(self._revoked, live)
+    async def custom_routes(self) -> dict[str, str]:
+        """{hostname: subdomain} of the active custom domains (intunnel.domains)."""
+        return await self._run(domains.active_routes)
+
 
     async def traffic_views(self, tunnel_ids: list[int]) -> dict[int, bool]:
         return await self._run(self._traffic_views, tunnel_ids)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import bottle
 import peewee as pw
 
-from .. import apitokens, traffic, tunnels
+from .. import apitokens, domains, traffic, tunnels
 from ..errors import ValidationError
 from ..models import Tunnel, database
 from ..timeutil import iso
@@ -104,6 +104,28 @@ def tunnel_traffic(id):
     return {"traffic_view": bool(tunnel.traffic_view), "entries": traffic.recent(tunnel.id, int(after), limit)}
 
 
+def list_domains(id):
+    user = require_user()
+    tunnel = tunnels.get_owned(user, id)
+    settings = current_state().settings
+    return {"domains": [domains.view(settings, tunnel, row) for row in domains.list_for(tunnel)]}
+
+
+def add_domain(id):
+    user = require_user()
+    tunnel = tunnels.get_owned(user, id)  # 404 before looking at the body
+    data = _body(required=("hostname",))
+    settings = current_state().settings
+    row = domains.add(settings, tunnel, data["hostname"])
+    return {"success": True, "domain": domains.view(settings, tunnel, row)}
+
+
+def remove_domain(id, hostname):
+    user = require_user()
+    domains.remove(tunnels.get_owned(user, id), hostname)
+    return {"success": True, "message": "Custom domain removed"}
+
+
 def delete_tunnel(id):
     user = require_user()
     tunnels.delete(user, id)
@@ -165,6 +187,9 @@ ROUTES = (
     ("DELETE", "/api/tunnels/<id>", delete_tunnel),
     ("POST", "/api/tunnels/<id>/regenerate-token", regenerate_token),
     ("GET", "/api/tunnels/<id>/traffic", tunnel_traffic),
+    ("GET", "/api/tunnels/<id>/domains", list_domains),
+    ("POST", "/api/tunnels/<id>/domains", add_domain),
+    ("DELETE", "/api/tunnels/<id>/domains/<hostname>", remove_domain),
     ("GET", "/api/user/profile", profile),
     ("GET", "/api/tokens", list_tokens),
     ("POST", "/api/tokens", create_token),

@@ -28,6 +28,7 @@ ERRORS = {
     "401": _error("UNAUTHORIZED: no valid session cookie or API token"),
     "403": _error("FORBIDDEN: e.g. a cross-site request"),
     "404": _error("NOT_FOUND: no such id, or it belongs to another user"),
+    "409": _error("CONFLICT: e.g. a custom domain already in use"),
     "413": _error("PAYLOAD_TOO_LARGE"),
     "415": _error("UNSUPPORTED_MEDIA_TYPE: the body must be application/json"),
     "429": _error("RATE_LIMITED (see Retry-After)"),
@@ -150,6 +151,17 @@ SCHEMAS = {
         "id": INT, "time": TIME, "method": STR, "path": {"type": "string", "description": "without the query string"},
         "status": INT, "duration_ms": INT, "request_bytes": INT, "response_bytes": INT,
         "visitor": {"type": "string", "description": "the visitor's address"}}},
+    "CustomDomain": {"type": "object", "description": "A hostname of your own served by the tunnel over HTTPS",
+                     "properties": {
+        "hostname": STR,
+        "status": {"type": "string", "description": "pending-dns, issuing, active or failed: <reason>"},
+        "state": {"type": "string", "enum": ["pending-dns", "issuing", "active", "failed"]},
+        "reason": {"type": "string", "description": "why it is not active yet, or why its last renewal failed"},
+        "url": {"type": "string", "format": "uri"},
+        "dns": {"type": "array", "description": "the records to create: the CNAME, or the A/AAAA records",
+                "items": {"type": "object", "properties": {"type": STR, "name": STR, "value": STR}}},
+        "certificate_expires_at": NULL_TIME, "next_attempt_at": NULL_TIME, "checked_at": NULL_TIME,
+        "created_at": TIME}},
     "ApiToken": {"type": "object", "properties": {
         "id": INT, "name": STR, "prefix": STR, "created_at": TIME, "last_used_at": NULL_TIME}},
     "Profile": {"type": "object", "properties": {
@@ -203,6 +215,24 @@ def _paths() -> dict:
                     "parameters": [ID_PARAM, {"name": "after", "in": "query", "required": False,
                                               "description": "only entries with a greater id (incremental polling)",
                                               "schema": {"type": "integer", "minimum": 0}}]},
+        },
+        "/api/tunnels/{id}/domains": {
+            "get": _op("The tunnel's custom domains and their status", _json({"type": "object", "properties": {
+                "domains": {"type": "array", "items": _ref("CustomDomain")}}}, "Custom domains"),
+                ("401", "404", "429"), params=True),
+            "post": _op("Add a custom domain (HTTP tunnels): 409 CONFLICT when the hostname is in use, 403 past "
+                        "custom_domains_per_tunnel; its certificate follows once its DNS points here",
+                        _json({"type": "object", "properties": {"success": {"type": "boolean"},
+                                                                "domain": _ref("CustomDomain")}}, "Added"),
+                        ("400", "401", "403", "404", "409", "413", "415", "429"),
+                        body=_obj(["hostname"], hostname={"type": "string", "example": "app.example.org"}),
+                        params=True),
+        },
+        "/api/tunnels/{id}/domains/{hostname}": {
+            "delete": {**_op("Remove a custom domain (its vhost and certificate go too)",
+                             _json(_ref("Success"), "Removed"), ("401", "404", "429")),
+                       "parameters": [ID_PARAM, {"name": "hostname", "in": "path", "required": True,
+                                                 "schema": {"type": "string"}}]},
         },
         "/api/tunnels/{id}/regenerate-token": {
             "post": _op("Replace a tunnel's token (the old agent is disconnected)", _json(

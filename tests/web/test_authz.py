@@ -10,7 +10,7 @@ import threading
 import pytest
 import requests
 
-from intunnel import apitokens, tunnels
+from intunnel import apitokens, domains, tunnels
 from intunnel.models import User, database
 from intunnel.web.api import ROUTES
 
@@ -26,6 +26,9 @@ REQUESTS = {
     ("DELETE", "/api/tunnels/<id>"): None,
     ("POST", "/api/tunnels/<id>/regenerate-token"): None,
     ("GET", "/api/tunnels/<id>/traffic"): None,
+    ("GET", "/api/tunnels/<id>/domains"): None,
+    ("POST", "/api/tunnels/<id>/domains"): {"hostname": "new-{n}.customer.test"},
+    ("DELETE", "/api/tunnels/<id>/domains/<hostname>"): None,
     ("GET", "/api/user/profile"): None,
     ("GET", "/api/tokens"): None,
     ("POST", "/api/tokens"): {"name": "t"},
@@ -38,6 +41,13 @@ PUBLIC = {("GET", "/api/openapi.json")}
 # intunnel login's two calls need no credential and answer alike whoever asks (a credential sent
 # along changes nothing): a new code, and EXPIRED_TOKEN for a device code never issued.
 ANYONE = {("POST", "/api/device/code"): (200, None), ("POST", "/api/device/token"): (400, "EXPIRED_TOKEN")}
+
+
+@pytest.fixture
+def settings(settings):
+    """Two matrix runs from one address (the disabled user's) make more writes than a minute's
+    rate_limit_write allows; the limit itself is tested in test_ratelimit."""
+    return settings.replace(rate_limit_write=100)
 
 
 def expected_for(route, otherwise):
@@ -66,6 +76,7 @@ def fresh_ids(web, user):
     """A tunnel and an API token of ``user`` for the route to act on."""
     with database.connection_context():
         tunnel = tunnels.create(web.settings, user, "t", f"sub-{next(_serial)}", 3000)
+        domains.add(web.settings, tunnel, f"d{tunnel.id}.customer.test")
         token, _ = apitokens.create(user, "victim")
     return tunnel.id, token.id
 
@@ -73,6 +84,7 @@ def fresh_ids(web, user):
 def call(web, method, rule, n, ids, session=None, headers=None):
     tunnel_id, token_id = ids
     path = rule.replace("<id>", str(token_id if rule.startswith("/api/tokens") else tunnel_id))
+    path = path.replace("<hostname>", f"d{tunnel_id}.customer.test")
     body = REQUESTS[(method, rule)]
     if body is not None:
         body = {k: (v.format(n=n) if isinstance(v, str) else v) for k, v in body.items()}
@@ -126,7 +138,7 @@ def test_disabled_user_cut_off(web, world):
         User.update(disabled=True).where(User.id == world["alice"].id).execute()
     for principal in ("cookie", "bearer"):
         for route, (status, code) in run_matrix(web, world, principal).items():
-            assert (status, code) == expected_for(route, (401, "UNAUTHORIZED")), (principal, route)
+            assert (status, code) == expected_for(route, (401, "UNAUTHORIZED")), (principal, route, status, code)
 
 
 def test_subdomain_race_one_winner(web):

@@ -43,3 +43,8 @@ server {
 % end
     }
 }
+% if domain_dir:
+
+# Custom domains of the tunnels (one file per hostname, written by intunnel-admin certs reconcile).
+include {{domain_dir}}/*.conf;
+% end
