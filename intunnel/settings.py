@@ -294,7 +294,13 @@ class Settings:
 
     def tunnel_url(self, subdomain: str) -> str:
         """The public address that really reaches a tunnel."""
-        return f"{self.public_scheme}://{subdomain}.{self.domain}{self.url_port_suffix}"
+        # What surrounds the subdomain, worked out once (settings never change; replace() makes new
+        # ones): GET /api/tunnels builds one URL per tunnel, a fifth of its time before.
+        parts = self.__dict__.get("_tunnel_url_parts")
+        if parts is None:
+            parts = self.__dict__["_tunnel_url_parts"] = (f"{self.public_scheme}://",
+                                                          f".{self.domain}{self.url_port_suffix}")
+        return parts[0] + subdomain + parts[1]
 
     @property
     def relay_url(self) -> str:
