@@ -160,3 +160,25 @@ def test_intunnel_web_stops_on_sigterm_with_a_keepalive_connection_open(settings
             proc.kill()
             proc.wait()
         proc.stderr.close()
+
+
+def test_a_slow_upload_holds_up_no_other_write(web_on):
+    """Write requests on SQLite take turns on a lock (app.SqliteWriters), taken only once the body is in:
+    a client stalled mid-body must not keep another user's POST waiting."""
+    create_user("alice@example.com", "alice")
+    create_user("bob@example.com", "bob")
+    with login_session(web_on, "alice@example.com") as alice, login_session(web_on, "bob@example.com") as bob:
+        cookie = "; ".join(f"{k}={v}" for k, v in alice.cookies.items())
+        body = b'{"name": "Slow", "subdomain": "slow", "local_port": 3000}'
+        with socket.create_connection((web_on.host, web_on.port), timeout=10) as slow:
+            slow.sendall(b"POST /api/tunnels HTTP/1.1\r\nHost: %s:%s\r\nCookie: %s\r\n"
+                         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                         % (web_on.host.encode(), str(web_on.port).encode(), cookie.encode(), len(body), body[:10]))
+            began = time.monotonic()
+            r = bob.post(web_on.url + "/api/tunnels", json={"name": "Fast", "subdomain": "fast", "local_port": 3000},
+                         timeout=10)
+            assert r.status_code == 200 and time.monotonic() - began < 3
+            slow.sendall(body[10:])
+            answer = slow.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+        assert [t["subdomain"] for t in alice.get(web_on.url + "/api/tunnels").json()["tunnels"]] == ["slow"]
