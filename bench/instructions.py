@@ -1,9 +1,11 @@
-"""Instructions the relay executes per request, counted by valgrind (callgrind).
+"""Instructions the relay (or the client) executes per request, counted by valgrind (callgrind).
 
     .venv/bin/python -m bench.instructions                      # keep-alive, this tree
     .venv/bin/python -m bench.instructions --new-connections    # a connection per request
     .venv/bin/python -m bench.instructions --behind-proxy       # as deployed: nginx's headers, trusted
     .venv/bin/python -m bench.instructions --requests 2000
+    .venv/bin/python -m bench.instructions --process client     # the `intunnel http` client instead
+    .venv/bin/python -m bench.instructions --process client --client-arg=--no-inspect
 
 The wall-clock figures of ``bench.tunnel`` move with whatever else the machine runs; an
 instruction count doesn't, so two trees (``git worktree add``) can be compared to a few per
@@ -15,6 +17,11 @@ relay's user-space instructions per exchange (interpreter, event loop, parsing; 
 The revocation poll and the traffic view's write are set out of the way: they run on a
 clock, and valgrind's runs differ in length (the traffic view's per-request record is
 counted).  ``--setting NAME=VALUE`` sets any other relay setting for both runs.  Needs ``valgrind`` (Debian package).
+
+``--process client`` counts the client process the same way (the relay then runs at full
+speed): its inspector is on, as by default, unless ``--client-arg=--no-inspect`` (any option of
+``intunnel http``, repeatable) says otherwise.  The inspector's listener and the client's
+session run on no clock per request, so the two runs differ by the requests only.
 """
 
 from __future__ import annotations
@@ -58,18 +65,26 @@ PROXY_HEADERS = ("X-Real-IP: 203.0.113.7\r\nX-Forwarded-For: 203.0.113.7\r\nX-Fo
 
 
 def relay_instructions(work: Path, app: servers.App, requests: int, new_connections: bool = False,
-                       behind_proxy: bool = False, warmup: int = 50, extra: dict | None = None) -> int:
-    """Instructions the relay process executed over its life, having served ``requests``."""
+                       behind_proxy: bool = False, warmup: int = 50, extra: dict | None = None,
+                       process: str = "relay", client_args: list[str] = ()) -> int:
+    """Instructions the relay process (``process="client"``: the client) executed over its
+    life, having served ``requests``."""
     out = work / "callgrind.out"
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
     settings = {"relay_revocation_poll": 3600, "relay_traffic_flush": 3600, "relay_trust_proxy": behind_proxy,
                 **(extra or {})}
     with stack.Stack(work, procs.free_port(), settings=settings) as st:
         token = st.add_tunnel("bench", app.port)
-        argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", *st.intunnel,
-                "relay", "--config", str(st.config)]
-        st.relay = procs.start(argv, st._log("relay"), env=st.env)
-        procs.wait_until(st.relay_healthy, 180, "the relay under valgrind to listen")
-        client = st.start_client(app.port, token)
+        if process == "relay":
+            argv = [*valgrind, *st.intunnel, "relay", "--config", str(st.config)]
+            st.relay = procs.start(argv, st._log("relay"), env=st.env)
+            procs.wait_until(st.relay_healthy, 180, "the relay under valgrind to listen")
+            client = st.start_client(app.port, token, extra=list(client_args))
+        else:
+            st.start_relay()
+            plain, st.intunnel = st.intunnel, [*valgrind, *st.intunnel]
+            client = st.start_client(app.port, token, extra=list(client_args))
+            st.intunnel = plain
         host = st.public_host("bench")
         st.wait_serving(st.relay_port, host, "/1k", watch=client, timeout=180)
         close = "Connection: close\r\n" if new_connections else ""
@@ -83,8 +98,9 @@ def relay_instructions(work: Path, app: servers.App, requests: int, new_connecti
             with socket.create_connection(("127.0.0.1", st.relay_port)) as sock:
                 for _ in range(warmup + requests):
                     exchange(sock, request)
-        st.relay.send_signal(signal.SIGTERM)
-        st.relay.wait(120)   # callgrind writes its counts on the way out: no SIGKILL
+        counted = st.relay if process == "relay" else client
+        counted.send_signal(signal.SIGTERM)
+        counted.wait(120)   # callgrind writes its counts on the way out: no SIGKILL
     return sum(int(n) for n in TOTALS.findall(out.read_text(errors="replace")))
 
 
@@ -108,6 +124,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="relay_trust_proxy on, each request with the headers the generated nginx config adds")
     ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
                     help="a relay setting for both runs (repeatable), e.g. relay_traffic_ring=0")
+    ap.add_argument("--process", choices=("relay", "client"), default="relay",
+                    help="the process counted (default relay)")
+    ap.add_argument("--client-arg", action="append", default=[], metavar="ARG",
+                    help="an option for `intunnel http` in both runs (repeatable), e.g. --client-arg=--no-inspect")
     opts = ap.parse_args(argv)
     try:
         extra = dict(_setting(s) for s in opts.setting)
@@ -120,13 +140,15 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         app = servers.start_app(work / "app")
         try:
+            counted = dict(extra=extra, process=opts.process, client_args=opts.client_arg)
             served = relay_instructions(work / "served", app, opts.requests, opts.new_connections,
-                                        opts.behind_proxy, extra=extra)
-            idle = relay_instructions(work / "idle", app, 0, opts.new_connections, opts.behind_proxy, extra=extra)
+                                        opts.behind_proxy, **counted)
+            idle = relay_instructions(work / "idle", app, 0, opts.new_connections, opts.behind_proxy, **counted)
         finally:
             procs.stop(app.proc)
     kind = ("new-connection" if opts.new_connections else "keep-alive") + (" proxied" if opts.behind_proxy else "")
-    print(f"relay: {(served - idle) / opts.requests:,.0f} instructions per {kind} request "
+    args = "".join(f" {a}" for a in opts.client_arg)
+    print(f"{opts.process}{args}: {(served - idle) / opts.requests:,.0f} instructions per {kind} request "
           f"({opts.requests} requests, callgrind)")
     return 0
 
