@@ -143,9 +143,8 @@ class Relay:
                 await self.routes.stop()   # this relay's routes and relay row go
             except Exception:
                 log.exception("could not delete this relay's routes (their leases will expire)")
-        else:
-            for session in sessions:
-                await self.store.set_status(session.tunnel.id, False)
+        else:   # together: the store writes them in one transaction
+            await asyncio.gather(*(self.store.set_status(session.tunnel.id, False) for session in sessions))
         deadline = time.monotonic() + grace
         while self.visitors and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

@@ -66,6 +66,9 @@ class Store:
         self.routes = False     # PostgreSQL: route and relay rows are kept
         self.relay_id = ""
         self.lease = float(settings.relay_route_lease)
+        # Status writes waiting for the writer (set_status), and the writer task while it runs.
+        self._statuses: list[tuple[int, bool, str | None, asyncio.Future]] = []
+        self._status_writer: asyncio.Task | None = None
 
     async def _run(self, fn, *args):
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
@@ -120,14 +123,30 @@ class Store:
     def _exists(self, subdomain: str) -> bool:
         return Tunnel.select().where(Tunnel.subdomain == subdomain).exists()
 
-    def _set_status(self, tunnel_id: int, active: bool, narrowed: str | None = None) -> None:
-        # narrowed: the live session's own access rules as the dashboard shows them (JSON, no password)
-        changes = {"status": "active" if active else "inactive", "session_access": narrowed if active else None}
-        if active:
-            changes.update(last_connected=utcnow(), disconnected_at=None)
-        else:
-            changes["disconnected_at"] = self._now()  # an ephemeral tunnel's grace starts (intunnel.ephemeral)
-        Tunnel.update(**changes).where(Tunnel.id == tunnel_id).execute()
+    def _set_statuses(self, rows: list[tuple[int, bool, str | None]]) -> None:
+        """(tunnel id, active, narrowed) in order; narrowed: the live session's own access rules
+        as the dashboard shows them (JSON, no password).  A tunnel's last row wins, and one that
+        connected in the batch gets ``last_connected``; the tunnels that end alike are written by
+        one UPDATE (1,000 one-row UPDATEs cost peewee half a second), all in one transaction."""
+        final: dict[int, tuple[bool, str | None]] = {}
+        connected: set[int] = set()
+        for tunnel_id, active, narrowed in rows:
+            final[tunnel_id] = (active, narrowed if active else None)
+            if active:
+                connected.add(tunnel_id)
+        groups: dict[tuple, list[int]] = {}
+        for tunnel_id, (active, narrowed) in final.items():
+            groups.setdefault((active, narrowed, tunnel_id in connected), []).append(tunnel_id)
+        now = utcnow()
+        with self._db.atomic():   # one commit (on SQLite one fsync) for the batch
+            for (active, narrowed, touched), ids in groups.items():
+                changes = {"status": "active" if active else "inactive", "session_access": narrowed,
+                           # an ephemeral tunnel's grace starts when it is left (intunnel.ephemeral)
+                           "disconnected_at": None if active else self._now()}
+                if touched:
+                    changes["last_connected"] = now
+                for i in range(0, len(ids), 500):   # bounded IN lists (SQLite's variable limit)
+                    Tunnel.update(**changes).where(Tunnel.id.in_(ids[i:i + 500])).execute()
 
     def _revoked(self, live: list[LiveSession]) -> list[tuple[int, p.Revoked]]:
         holders = self._holders([s.tunnel_id for s in live if s.routed])
@@ -304,7 +323,31 @@ class Store:
         return await self._run(self._exists, subdomain)
 
     async def set_status(self, tunnel_id: int, active: bool, narrowed: str | None = None) -> None:
-        await self._run(self._set_status, tunnel_id, active, narrowed)
+        """Record an agent (dis)connected; returns once written.  Writes made while an earlier
+        batch is being written go together in the next one, in order, in one transaction: 1,000
+        agents reconnecting after a restart (or leaving at a stop) cost a few commits, not 1,000."""
+        done = asyncio.get_running_loop().create_future()
+        self._statuses.append((tunnel_id, active, narrowed, done))
+        if self._status_writer is None:
+            self._status_writer = asyncio.ensure_future(self._write_statuses())
+        await done
+
+    async def _write_statuses(self) -> None:
+        try:
+            while self._statuses:
+                batch, self._statuses = self._statuses, []
+                try:
+                    await self._run(self._set_statuses, [row[:3] for row in batch])
+                except Exception as e:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_exception(e)
+                else:
+                    for *_, done in batch:
+                        if not done.done():
+                            done.set_result(None)
+        finally:
+            self._status_writer = None
 
     async def policies(self, tunnel_ids: list[int]) -> dict[int, str | None]:
         """{tunnel id: its stored access policy} of those that still exist (relay/access.refresh)."""
