@@ -194,6 +194,9 @@ class TcpListeners:
         up = Upstream(session, data, False, TcpVisitor(conn))   # holds a slot until the splice ends
         if rest:
             conn.write(rest)
+        if conn.buffer:   # what the visitor sent meanwhile goes first: splice mirrors an EOF at once
+            data.write(bytes(conn.buffer))
+            conn.buffer.clear()
         conn.resume()
         data.resume()
         splice(conn, data, on_close=lambda: up.detach(park=False))
@@ -214,6 +217,9 @@ class TcpListeners:
         peer.write((f"GET {FORWARD_PATH} HTTP/1.1\r\nHost: {self.relay.domain}\r\n{TUNNEL_HEADER}: {subdomain}\r\n"
                     f"X-Forwarded-For: {conn.peername}\r\n\r\n").encode("ascii"))
         self.relay.stats.routed["forwarded_out"] += 1
+        if conn.buffer:   # before splice mirrors an EOF that came with them
+            peer.write(bytes(conn.buffer))
+            conn.buffer.clear()
         conn.resume()
         splice(conn, peer)
 

@@ -15,7 +15,7 @@ import pytest
 
 from intunnel import accounts, tunnels
 from intunnel.errors import AppError
-from tests.support.tunnel import ClientThread, RelayThread, wait_for
+from tests.support.tunnel import ClientThread, RelayThread, visit, wait_for
 
 
 def free_range(count: int) -> str:
@@ -118,3 +118,92 @@ def test_echo_and_half_close(db, settings, echo):
             assert got == b"hello"
             s.shutdown(socket.SHUT_WR)        # the visitor's half-close reaches the service...
             assert recv_all(s) == b"<bye>"    # ...which still answers, then closes its side
+
+
+def echoes(port: int, payload: bytes = b"abc") -> bool:
+    with connect(port) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        try:
+            return recv_all(s) == payload + b"<bye>"
+        except ConnectionResetError:
+            return False
+
+
+@pytest.mark.parametrize("rules, admitted", [
+    ({"ip_deny": ["127.0.0.0/8"]}, False),
+    ({"ip_allow": ["10.0.0.0/8"]}, False),
+    ({"ip_allow": ["127.0.0.1/32"]}, True),
+    ({"ip_allow": ["127.0.0.0/8"], "ip_deny": ["127.0.0.1/32"]}, False),
+])
+def test_ip_rules_refuse_and_allow(db, settings, echo, rules, admitted):
+    settings = tcp_settings(settings)
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    tunnels.set_access(settings, tunnel, rules)
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port) as client:
+        client.wait_connected()
+        if admitted:
+            assert echoes(tunnel.remote_port)
+        else:
+            assert closed_at_once(tunnel.remote_port)   # refused before any data connection is taken
+            assert not relay.relay.sessions[tunnel.subdomain].active
+
+
+def test_a_policy_change_applies_to_the_next_visitor(db, settings, echo):
+    settings = tcp_settings(settings)
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port) as client:
+        client.wait_connected()
+        assert echoes(tunnel.remote_port)
+        tunnels.set_access(settings, tunnel, {"ip_deny": ["127.0.0.1/32"]})
+        wait_for(lambda: relay.relay.sessions[tunnel.subdomain].gate.policy is not None, 10,
+                 message="the relay took the new policy")
+        assert closed_at_once(tunnel.remote_port)
+
+
+def test_offline_and_local_refused_close_at_once_and_http_never_reaches_it(db, settings, echo):
+    settings = tcp_settings(settings)
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    with RelayThread(settings) as relay:
+        assert closed_at_once(tunnel.remote_port)      # no agent: closed, no banner
+        dead = socket.socket()
+        dead.bind(("127.0.0.1", 0))
+        with dead, ClientThread(relay.url, tunnel.token, dead.getsockname()[1]) as client:
+            client.wait_connected()
+            assert closed_at_once(tunnel.remote_port)  # the local port refuses: closed too
+        with ClientThread(relay.url, tunnel.token, echo.port) as client:
+            client.wait_connected()
+            # an HTTP visitor naming the TCP tunnel's subdomain is not sent to its service
+            status, _, _ = visit(relay.port, f"{tunnel.subdomain}.localhost")
+            assert status == 404
+            assert echoes(tunnel.remote_port)
+
+
+def test_connection_limit_per_tunnel(db, settings, echo):
+    settings = tcp_settings(settings, relay_max_visitors_per_tunnel=2)
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port) as client:
+        client.wait_connected()
+        held = [connect(tunnel.remote_port) for _ in range(2)]
+        try:
+            for s in held:
+                s.sendall(b"x")
+                assert s.recv(1) == b"x"    # both spliced, each holding a slot
+            assert closed_at_once(tunnel.remote_port)
+        finally:
+            for s in held:
+                s.close()
+        session = relay.relay.sessions[tunnel.subdomain]
+        wait_for(lambda: session.visitors == 0, 10, message="slots released")
+        assert echoes(tunnel.remote_port)
+
+
+def test_deleting_the_tunnel_stops_listening(db, settings, echo):
+    settings = tcp_settings(settings)
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    with RelayThread(settings) as relay:
+        wait_for(lambda: tunnel.remote_port in relay.relay.tcp.servers, 10, message="listening")
+        tunnels.delete_row(tunnel)
+        wait_for(lambda: tunnel.remote_port not in relay.relay.tcp.servers, 10, message="stopped listening")
+        with pytest.raises(OSError):
+            connect(tunnel.remote_port, timeout=2).close()
