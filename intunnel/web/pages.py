@@ -12,6 +12,7 @@ Routes
     GET  /tunnels/<id>                commands, token, settings, danger zone
     POST /tunnels/<id>/edit           rename / change port
     POST /tunnels/<id>/traffic        turn the traffic view on or off
+    POST /tunnels/<id>/domains        add a custom domain (POST .../domains/remove: remove one)
     POST /tunnels/<id>/access         who may visit: basic-auth users, allowed/denied addresses
     GET|POST /tunnels/<id>/regenerate confirm, then new token (the relay cuts the old client)
     GET|POST /tunnels/<id>/delete     confirm, then delete
@@ -30,7 +31,7 @@ from urllib.parse import urlencode
 import bottle
 import peewee as pw
 
-from .. import __version__, accounts, apitokens, clientzip, tunnels, validation
+from .. import __version__, accounts, apitokens, clientzip, domains, tunnels, validation
 from ..errors import AppError, Forbidden, NotFound, RateLimited, SubdomainTaken, ValidationError
 from ..models import Session, Tunnel, User
 from ..security import verify_password
@@ -198,7 +199,10 @@ class Pages:
                            url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
                            access=view, access_form=access_form, session_access=tunnels.session_view(tunnel),
                            traffic_poll=self.settings.traffic_poll_interval,
-                           traffic_rows=self.settings.traffic_rows_per_tunnel)
+                           traffic_rows=self.settings.traffic_rows_per_tunnel,
+                           custom_domains=[domains.view(self.settings, tunnel, row) for row in domains.list_for(tunnel)],
+                           custom_domains_on=self.settings.custom_domains_per_tunnel > 0
+                           and getattr(tunnel, "protocol", "http") == "http")
 
     def set_access(self, tunnel_id):
         """The tunnel page's access form: the same ``access`` object the API takes."""
@@ -235,6 +239,26 @@ class Pages:
         self.done("Recent requests are shown again." if on else
                   "Recent requests are off: nothing more is kept, and what was kept is deleted.",
                   f"/tunnels/{tunnel.id}")
+
+    def add_domain(self, tunnel_id):
+        """The Custom domains card: record the wish; the reconciler does DNS, ACME and nginx."""
+        user = self.form_user()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        try:
+            row = domains.add(self.settings, tunnel, self.field("hostname"))
+        except AppError as err:   # invalid, taken or over the limit: said on the page
+            self.done(err.message, f"/tunnels/{tunnel.id}#domains-h", kind="error")
+            return
+        self.done(f"{row.hostname} added: create its DNS record, and its certificate follows once it "
+                  "points here.", f"/tunnels/{tunnel.id}#domains-h")
+
+    def remove_domain(self, tunnel_id):
+        user = self.form_user()
+        tunnel = tunnels.get_owned(user, tunnel_id)
+        hostname = self.field("hostname")
+        domains.remove(tunnel, hostname)
+        self.done(f"{hostname} removed: it is no longer served, and its certificate is deleted.",
+                  f"/tunnels/{tunnel.id}#domains-h")
 
     def edit_tunnel(self, tunnel_id):
         user = self.form_user()
@@ -449,6 +473,8 @@ def install(app: bottle.Bottle, settings) -> None:
         ("/tunnels/<tunnel_id>/edit", "POST", pages.edit_tunnel),
         ("/tunnels/<tunnel_id>/access", "POST", pages.set_access),
         ("/tunnels/<tunnel_id>/traffic", "POST", pages.set_traffic_view),
+        ("/tunnels/<tunnel_id>/domains", "POST", pages.add_domain),
+        ("/tunnels/<tunnel_id>/domains/remove", "POST", pages.remove_domain),
         ("/tunnels/<tunnel_id>/regenerate", "GET", pages.confirm_regenerate),
         ("/tunnels/<tunnel_id>/regenerate", "POST", pages.regenerate),
         ("/tunnels/<tunnel_id>/delete", "GET", pages.confirm_delete),

@@ -189,10 +189,41 @@
     tick();
   }
 
+  // ---- custom domains (the tunnel page): their status (pending-dns, issuing, active, failed: ...) live ----
+  function setupDomains() {
+    var table = document.querySelector("[data-domains]");
+    if (!table || !window.fetch) return;
+    var url = "/api/tunnels/" + table.getAttribute("data-domains") + "/domains";
+    var seconds = parseFloat(table.getAttribute("data-poll-seconds"));
+    var delay = Math.max(seconds > 0 ? seconds : 1, 2) * 1000;
+
+    function tick() {
+      if (document.hidden) { window.setTimeout(tick, delay); return; }
+      fetch(url, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (response) { return response.ok ? response.json() : null; })
+        .then(function (data) {
+          if (!data || !data.domains) return;
+          data.domains.forEach(function (d) {
+            var rows = table.querySelectorAll("tr[data-hostname]");
+            for (var i = 0; i < rows.length; i++) {
+              if (rows[i].getAttribute("data-hostname") !== d.hostname) continue;
+              var cell = rows[i].querySelector("[data-domain-status]");
+              if (cell && cell.textContent !== d.status) cell.textContent = d.status;   // text, never markup
+            }
+          });
+        })
+        .catch(function () { /* network blip: try again next time */ })
+        .then(function () { window.setTimeout(tick, delay); });
+    }
+
+    window.setTimeout(tick, delay);
+  }
+
   function start() {
     setupCopyButtons();
     setupLiveStatus();
     setupTraffic();
+    setupDomains();
     refreshTimes();
   }
 
