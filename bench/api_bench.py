@@ -22,8 +22,11 @@ costs is told apart from what the server costs.  All servers run for the whole
 benchmark and every endpoint is measured on each of them right after the other,
 so load elsewhere on a shared machine hits all alike.  The GET load comes from ``wrk -t1 -c8`` (8 keep-alive
 connections) when wrk is installed, else from 8 Python threads with one
-``http.client`` keep-alive connection each; the writes always come from the
-Python threads (they need the id the POST returned); all log in by session cookie.
+``http.client`` keep-alive connection each; the writes come from the Python
+threads (they need the id the POST returned) and, with wrk, once more from wrk
+with ``bench/api_writes.lua`` (POST and DELETE alternating on each connection:
+one latency for both methods, without the Python clients' own GIL turns); all
+log in by session cookie.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ EMAIL, PASSWORD = "bench@example.com", "bench-password"
 TARGET_P99_MS = 25.0
 ENDPOINTS = ("/api/tunnels", "/api/user/profile")
 WRITES = ("POST /api/tunnels", "DELETE /api/tunnels/<id>")  # measured together: create, then delete
+WRITE_MIX = "+".join(WRITES)  # the same writes from wrk (bench/api_writes.lua): one latency for both methods
 WRITER = "writer@example.com"  # the write load's user (no tunnels between its create/delete pairs)
 BACKENDS = ("sqlite", "postgresql")
 SERVERS = ("cheroot", "waitress")
@@ -339,6 +343,21 @@ def run_wrk(port: int, path: str, cookie: str, clients: int, seconds: float, bac
     return Result(path, backend, r.requests, r.errors, r.requests / r.rps if r.rps else seconds, r.p50_ms, r.p99_ms)
 
 
+def run_wrk_writes(port: int, cookie: str, clients: int, seconds: float, backend: str, prefix: str) -> Result:
+    """POSTs and DELETEs alternating on every connection, from wrk (bench/api_writes.lua): the writes'
+    latency without the Python clients' own (8 threads taking turns on one GIL in this process)."""
+    from bench.load import parse_wrk
+    argv = [shutil.which("wrk"), "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout",
+            "5s", "-s", str(HERE / "api_writes.lua"), "-H", f"Cookie: {cookie}", f"http://127.0.0.1:{port}",
+            "--", prefix]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    if out.returncode != 0:
+        raise RuntimeError(f"wrk failed ({out.returncode}): {out.stderr.strip()}")
+    r = parse_wrk(out.stdout)
+    return Result(WRITE_MIX, backend, r.requests, r.errors, r.requests / r.rps if r.rps else seconds,
+                  r.p50_ms, r.p99_ms)
+
+
 def machine_line() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -358,10 +377,13 @@ def in_app_latency(log_path: Path, offset: int, path: str) -> tuple[float, float
     with open(log_path, "rb") as f:
         f.seek(offset)
         text = f.read().decode("utf-8", "replace")
-    method, _, path = path.rpartition(" ")
-    pattern = re.escape(path).replace(re.escape("<id>"), r"\d+")
-    durations = sorted(float(m.group(1)) for m in re.finditer(
-        " " + (method or "GET") + " " + pattern + r" 200 \S+ ([\d.]+)ms", text))
+    durations = []
+    for one in path.split("+"):   # WRITE_MIX: both methods' lines
+        method, _, one = one.rpartition(" ")
+        pattern = re.escape(one).replace(re.escape("<id>"), r"\d+")
+        durations += [float(m.group(1)) for m in re.finditer(
+            " " + (method or "GET") + " " + pattern + r" 200 \S+ ([\d.]+)ms", text)]
+    durations.sort()
     if len(durations) < 2:
         return float("nan"), float("nan")
     q = statistics.quantiles(durations, n=100, method="inclusive")
@@ -389,19 +411,23 @@ def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str
         f"database), all up for the whole run; each endpoint measured on every server and database right "
         f"after the other, the bare app first and last; {opts.clients} keep-alive "
         f"clients on loopback (GETs: {CLIENTS[opts.client].format(n=opts.clients)}; writes: "
-        f"{CLIENTS['python']}, each client POSTs a tunnel and DELETEs it), session cookie, rate limits raised, "
+        f"{CLIENTS['python']}, each client POSTs a tunnel and DELETEs it"
+        f"{'; then the same from wrk, POST and DELETE alternating on each connection, bench/api_writes.lua' if opts.client == 'wrk' else ''}"
+        f"), session cookie, rate limits raised, "
         f"access log on; after a {opts.warmup:g} s warm-up. \"x bare\": req/s as a ratio to the bare app's "
         f"(mean of its two runs) under the same server.\n",
         "| endpoint | database | server | req/s | x bare | p50 | p99 | errors | in-app p50 / p99 | "
         "SQL queries/request (1 tunnel / 50 tunnels) | p99 < 25 ms |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    order = list(ENDPOINTS + WRITES + (BASELINE, "/"))
+    order = list(ENDPOINTS + WRITES + (WRITE_MIX, BASELINE, "/"))
     rank = {name: i for i, name in enumerate(opts.servers)}
     backends = list(BACKENDS) + [BARE]
     seen_bare: dict[str, int] = {}
     for r in sorted(results, key=lambda r: (order.index(r.path), backends.index(r.backend), rank[r.server])):
         label = r.path if r.path in WRITES else f"GET {r.path}"
+        if r.path == WRITE_MIX:
+            label = "POST + DELETE /api/tunnels (wrk, alternating)"
         if r.path == "/api/tunnels":
             label += f" ({opts.tunnels} tunnels)"
         if r.path == BASELINE:
@@ -414,7 +440,8 @@ def report(results: list[Result], counts: dict, in_app: dict, opts, machine: str
                          f"{r.p99_ms:.1f} ms | {r.errors} | - | - | "
                          f"{'met' if r.p99_ms < TARGET_P99_MS else 'NOT met'} |")
             continue
-        q1, qn = counts[r.backend].get((r.path, "1 tunnel"), 0), counts[r.backend].get((r.path, "50 tunnels"), 0)
+        q1, qn = (sum(counts[r.backend].get((p, label), 0) for p in r.path.split("+")) / len(r.path.split("+"))
+                  for label in ("1 tunnel", "50 tunnels"))
         a50, a99 = in_app[(r.backend, r.server, r.path)]
         lines.append(f"| {label} | {r.backend} | {r.server} | {r.rps:,.0f} | {ratio:.2f} | {r.p50_ms:.1f} ms | "
                      f"{r.p99_ms:.1f} ms | {r.errors} | {a50:.2f} / {a99:.2f} ms | {q1:g} / {qn:g} | "
@@ -435,7 +462,7 @@ def side_by_side(results: list[Result], a: str, b: str) -> list[str]:
         rb = by.get((path, backend, b))
         if server != a or rb is None:
             continue
-        label = path if path in WRITES else f"GET {path}"
+        label = path if path in WRITES else "POST + DELETE (wrk)" if path == WRITE_MIX else f"GET {path}"
         lines.append(f"| {label} | {backend} | {ra.rps:,.0f} / {rb.rps:,.0f} ({ra.rps / rb.rps:.2f}x) | "
                      f"{ra.rps / bare_rps(results, a):.2f} / {rb.rps / bare_rps(results, b):.2f} | "
                      f"{ra.p99_ms:.1f} / {rb.p99_ms:.1f} ms |")
@@ -540,6 +567,12 @@ def main(argv=None) -> int:
                     run_writes(port, cookie, opts.clients, opts.warmup, backend)
                     offset = log_path.stat().st_size
                     measured = run_writes(port, cookie, opts.clients, opts.duration, backend)
+                    if opts.client == "wrk":
+                        for r in measured:
+                            in_app[(backend, server, r.path)] = in_app_latency(log_path, offset, r.path)
+                        offset = log_path.stat().st_size
+                        measured = [dataclasses.replace(r, server=server) for r in measured] + [
+                            run_wrk_writes(port, cookie, opts.clients, opts.duration, backend, f"k{port}x")]
                 else:
                     cookie = login_cookie("127.0.0.1", port, EMAIL)
                     run_clients(port, path, cookie, opts.clients, opts.warmup)
@@ -547,7 +580,7 @@ def main(argv=None) -> int:
                     measured = [load(port, path, cookie, opts.clients, opts.duration, backend)]
                 for r in measured:
                     results.append(dataclasses.replace(r, server=server))
-                    in_app[(backend, server, r.path)] = in_app_latency(log_path, offset, r.path)
+                    in_app.setdefault((backend, server, r.path), in_app_latency(log_path, offset, r.path))
         measure_bare()
     section = report(results, counts, in_app, opts, machine, versions)
     print(section)

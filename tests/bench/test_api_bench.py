@@ -27,6 +27,8 @@ def test_in_app_latency_by_method_and_id(tmp_path):
     assert api_bench.in_app_latency(log, 0, "/api/tunnels")[0] == pytest.approx(2.0)
     assert api_bench.in_app_latency(log, 0, "POST /api/tunnels")[0] == pytest.approx(15.0)
     assert api_bench.in_app_latency(log, 0, "DELETE /api/tunnels/<id>")[0] == pytest.approx(6.0)
+    # the wrk write mix: both methods' lines, 5, 7, 10, 20
+    assert api_bench.in_app_latency(log, 0, api_bench.WRITE_MIX)[0] == pytest.approx(8.5)
 
 
 def test_parse_servers():
