@@ -103,3 +103,44 @@ def test_units_with_the_postgresql_drop_in_verify_clean(units_runnable_here):
     broken.write_text(broken.read_text() + "NoSuchKey=1\n")
     result = subprocess.run([analyze, "verify", str(units_runnable_here[0])], capture_output=True, text=True)
     assert "NoSuchKey" in result.stderr
+
+
+CERTS_UNIT, CERTS_TIMER = UNITS_DIR / "intunnel-certs.service", UNITS_DIR / "intunnel-certs.timer"
+
+
+def test_the_certs_unit_runs_the_reconciler_with_least_privilege():
+    """Custom domains (intunnel.certs): unprivileged, writing only its own directories (and the
+    database, nginx's logs), with just the capabilities nginx -t and the reload need."""
+    options = unit_options(CERTS_UNIT.read_text())
+    assert options["ExecStart"] == [f"{INSTALLED_ENTRY_POINT}-admin certs reconcile --config /etc/intunnel/intunnel.toml"]
+    assert options["Type"] == ["oneshot"] and options["User"] == ["intunnel"]
+    assert options["ReadWritePaths"] == ["/var/lib/intunnel /var/lib/intunnel-certs /etc/nginx/intunnel-domains "
+                                         "/var/www/intunnel-acme /var/log/nginx"]
+    assert options["CapabilityBoundingSet"] == options["AmbientCapabilities"] == \
+        ["CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_KILL"]
+    for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices", "RestrictSUIDSGID"):
+        assert options[key] == ["yes"], key
+    assert options["ProtectSystem"] == ["strict"]
+    assert unit_options(CERTS_TIMER.read_text())["OnUnitInactiveSec"] == ["1min"]
+
+
+def test_the_certs_unit_and_timer_verify_clean(tmp_path):
+    analyze = require_tool("systemd-analyze")
+    entry_point = Path(sys.prefix) / "bin" / "intunnel-admin"
+    if not entry_point.exists():
+        pytest.skip("the intunnel-admin entry point is not installed in this environment")
+    unit = tmp_path / CERTS_UNIT.name
+    unit.write_text(CERTS_UNIT.read_text().replace(INSTALLED_ENTRY_POINT + "-admin", str(entry_point)))
+    (tmp_path / CERTS_TIMER.name).write_text(CERTS_TIMER.read_text())
+    result = subprocess.run([analyze, "verify", str(unit), str(tmp_path / CERTS_TIMER.name)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and result.stderr.strip() == "", result.stderr
+
+
+def test_the_certs_unit_exposure_is_below_the_services_bound():
+    analyze = require_tool("systemd-analyze")
+    result = subprocess.run([analyze, "security", "--offline=true", "--no-pager", str(CERTS_UNIT)],
+                            capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    assert float(match.group(1)) < MAX_EXPOSURE, result.stdout
