@@ -31,7 +31,7 @@ from urllib.parse import urlencode
 import bottle
 import peewee as pw
 
-from .. import __version__, accounts, apitokens, clientzip, domains, tunnels, validation
+from .. import __version__, accounts, apitokens, clientzip, domains, tcpports, tunnels, validation
 from ..errors import AppError, Forbidden, NotFound, RateLimited, SubdomainTaken, ValidationError
 from ..models import Session, Tunnel, User
 from ..security import verify_password
@@ -158,7 +158,12 @@ class Pages:
     def new_tunnel(self):
         user = self.user_or_login()
         return self.render("tunnel_new.html", user=user, nav="tunnels", errors={},
-                           form={"name": "", "subdomain": "", "local_port": ""}, host_suffix=self.host_suffix)
+                           form={"name": "", "subdomain": "", "local_port": "", "protocol": "http", "remote_port": ""},
+                           **self.new_tunnel_context())
+
+    def new_tunnel_context(self) -> dict:
+        ranges = tcpports.parse_ranges(self.settings.relay_tcp_ports)
+        return {"host_suffix": self.host_suffix, "tcp_on": bool(ranges), "tcp_ports": tcpports.describe(ranges)}
 
     @property
     def host_suffix(self) -> str:
@@ -166,21 +171,27 @@ class Pages:
 
     def create_tunnel(self):
         user = self.form_user()
-        form = {k: self.field(k) for k in ("name", "subdomain", "local_port")}
+        form = {k: self.field(k) for k in ("name", "subdomain", "local_port", "protocol", "remote_port")}
+        tcp = form["protocol"] == "tcp"
         # Check each field on its own first, so every mistake is shown at once.
         errors = field_errors(
             name=lambda: validation.name(form["name"]),
-            subdomain=lambda: validation.subdomain(form["subdomain"], validation.reserved_subdomains(self.settings)),
+            subdomain=lambda: (tcp and not form["subdomain"].strip()) or
+            validation.subdomain(form["subdomain"], validation.reserved_subdomains(self.settings)),
             local_port=lambda: validation.local_port(port_value(form["local_port"])))
         if not errors:
             try:
-                tunnel = tunnels.create(self.settings, user, form["name"], form["subdomain"],
-                                        port_value(form["local_port"]))
+                tunnel = tunnels.create(self.settings, user, form["name"], form["subdomain"].strip() or None,
+                                        port_value(form["local_port"]), protocol="tcp" if tcp else "http",
+                                        remote_port=port_value(form["remote_port"]) if tcp and form["remote_port"].strip()
+                                        else None)
             except SubdomainTaken as err:
                 errors = {"subdomain": human(err.message)}
+            except AppError as err:   # TCP: off, the user's limit, the range used up, a bad or taken port
+                errors = {"remote_port" if err.field == "remote_port" else "protocol": human(err.message)}
         if errors:
             return self.render("tunnel_new.html", status=400, user=user, nav="tunnels",
-                               errors=errors, form=form, host_suffix=self.host_suffix)
+                               errors=errors, form=form, **self.new_tunnel_context())
         self.done(f"Tunnel “{tunnel.name}” created. Connect a client to bring it online.",
                   f"/tunnels/{tunnel.id}")
 
@@ -196,7 +207,9 @@ class Pages:
             access_form = {"ip_allow": "\n".join(view["ip_allow"]), "ip_deny": "\n".join(view["ip_deny"]),
                            "bypass_paths": "\n".join(view["bypass_paths"]), "new_user": "", **members_form(members)}
         return self.render("tunnel.html", status=status, user=user, nav="tunnels", tunnel=tunnel,
-                           url=self.settings.tunnel_url(tunnel.subdomain), errors=errors, form=form,
+                           url=tunnels.public_url(self.settings, tunnel.subdomain, tunnel.protocol, tunnel.remote_port),
+                           kind="tcp" if tunnel.protocol == "tcp" else "http",
+                           errors=errors, form=form,
                            access=view, access_form=access_form, session_access=tunnels.session_view(tunnel),
                            traffic_poll=self.settings.traffic_poll_interval,
                            traffic_rows=self.settings.traffic_rows_per_tunnel,
