@@ -107,11 +107,8 @@ def _handing_over(capture, side: str, src: Conn, dst: Conn, armed: list) -> Call
     see = capture.requests if side == "request" else capture.responses
 
     def tap(data) -> None:
-        see(data)
-        if not armed or src.pump is not None:
-            return
-        n = capture.unseen(side)
-        if n >= KERNEL_REST:
+        n = see(data)   # what of the next bytes may go by unseen
+        if n >= KERNEL_REST and armed and src.pump is None:
             def failed():
                 src.abort()
                 dst.abort()

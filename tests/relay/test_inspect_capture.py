@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from intunnel.client.inspect import views
+from intunnel.client.inspect import capture, views
 from intunnel.client.inspect.capture import Capture, Store
 
 XFF = "X-Forwarded-For: 203.0.113.9\r\n"
@@ -62,6 +62,18 @@ CASES = [
      resp("400 Bad Request", "Content-Length: 0\r\n") + resp("200 OK", "Content-Length: 0\r\n"),
      [("GET", "/n", 200, 0, 0, "done"), ("GET", "/ws", 400, 0, 0, "done")]),
     ("no response before close", req("GET /slow"), b"", [("GET", "/slow", 0, 0, 0, "closed")]),
+    # heads the quick look takes or leaves to the reader (capture._quick_request, _quick_response)
+    ("lowercase framing, no reason phrase", req("POST /l", "content-length: 3\r\n", b"abc"),
+     b"HTTP/1.1 200\r\ncontent-length: 2\r\n\r\nok", [("POST", "/l", 200, 3, 2, "done")]),
+    ("204 and an empty length", req("DELETE /d") + req("GET /e", "Content-Length: 0\r\n"),
+     resp("204 No Content") + resp("200 OK", "Content-Length: 0\r\n"),
+     [("GET", "/e", 200, 0, 0, "done"), ("DELETE", "/d", 204, 0, 0, "done")]),
+    ("HTTP/1.0 answer until close", req("GET /old"), b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nold",
+     [("GET", "/old", 200, 0, 3, "done")]),
+    ("a repeated length is refused", req("GET /r"),
+     resp("200 OK", "Content-Length: 1\r\nContent-Length: 1\r\n", b"a"), [("GET", "/r", 0, 0, 0, "lost")]),
+    ("a body bigger than a read", req("PUT /b", "Content-Length: 9\r\n", b"12") + b"3456789",
+     resp("200 OK", "Content-Length: 4\r\n", b"ab") + b"cd", [("PUT", "/b", 200, 9, 4, "done")]),
 ]
 
 
@@ -175,6 +187,17 @@ def test_any_split_records_the_same(case, up_cuts, down_cuts, limit):
     whole = run([up], [down] if down else [], limit=limit)
     split = run(splits(up, up_cuts), splits(down, down_cuts) if down else [], limit=limit)
     assert full(split) == full(whole)
+
+
+@pytest.mark.parametrize("name,up,down,expected", CASES, ids=[c[0] for c in CASES])
+def test_the_quick_look_records_what_the_reader_does(name, up, down, expected, monkeypatch):
+    """A whole head at the start of a read is delimited by a look at its framing headers, not
+    parsed: with that turned off (every message through http1.MessageReader) the same is recorded."""
+    quick = run([up], [down] if down else [])
+    monkeypatch.setattr(capture, "_quick_request", lambda data: None)
+    monkeypatch.setattr(capture, "_quick_response", lambda data, head_only: None)
+    strict = run([up], [down] if down else [])
+    assert full(quick) == full(strict) and [r.held for r in quick.records()] == [r.held for r in strict.records()]
 
 
 @pytest.mark.parametrize("side", ["request", "response"])

@@ -10,6 +10,16 @@ body past the limit is skipped by count, not even sliced).
 It never raises into the tunnel and never holds the tunnel's bytes: on anything it doesn't
 follow it stops recording that connection (the exchange in progress is marked so).
 
+Cheap per exchange (issue 15: the inspector on by default costs at most a quarter of the
+keep-alive throughput): a record keeps its heads as the bytes that came, and what the API
+shows of them (method, target, visitor address, the heads as text) is worked out when asked.
+The usual message, a whole head at the start of a read, is delimited by a quick look at its
+framing headers (``_quick_request``, ``_quick_response``) rather than parsed: requests come
+from the relay, which parsed and checked them already; a response head the quick look doesn't
+take as plainly framed (a 1xx or 101, chunked, no Content-Length, anything unusual) goes to the
+strict reader, as every message that starts in the middle of a read does.  The relay checks
+every response strictly itself.
+
 The ``Store`` is bounded twice: ``max_exchanges`` records and ``max_body_bytes`` of kept
 bodies (and heads: a head is at most the relay's 64 KiB-ish bound, but 500 of them add up),
 oldest dropped first.  A record dropped while its exchange is still running stops
@@ -19,6 +29,7 @@ copying (nobody could see what it would keep).
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from collections import OrderedDict, deque
 from typing import Callable, Optional
@@ -41,7 +52,7 @@ class Body:
 
     def __init__(self):
         self.size = 0
-        self.kept = bytearray()
+        self.kept = b""     # a bytearray once something is kept
         self.wire = 0       # bytes of the body as framed on the wire (chunk lines included)
 
     @property
@@ -52,41 +63,77 @@ class Body:
 class Record:
     """One exchange.  ``state``: "open" (request seen), "done", "upgraded" (101: raw bytes
     until close), "closed" (the connection ended before a whole response) or "lost" (the
-    capture stopped following this connection)."""
-    __slots__ = ("id", "started", "_mono", "duration", "method", "target", "request_head", "request_chunked",
-                 "remote", "request", "response_head", "status", "response_chunked", "response", "interim",
+    capture stopped following this connection).
+
+    The heads are kept as the bytes that came (without their blank line); ``method``,
+    ``target``, ``remote``, ``request_head`` and ``response_head`` are made of them when asked."""
+    __slots__ = ("id", "started", "_mono", "duration", "_request_raw", "_line", "head_only", "request_chunked",
+                 "request", "_response_raw", "status", "response_chunked", "response", "interim",
                  "upgraded", "raw_up", "raw_down", "state", "replay_of", "dropped", "held", "origin")
 
-    def __init__(self, rid: str, head: RequestHead, started: float, mono: float, replay_of: str = "",
+    def __init__(self, rid: str, raw: bytes, chunked: bool, started: float, mono: float, replay_of: str = "",
                  origin=None):
         self.id = rid
         self.origin = origin            # the tunnel it came through (an Agent: url, upstream), or None
         self.started = started          # wall clock (time.time()) of the request head
         self._mono = mono
         self.duration = None            # seconds, once the response ended (or the upgrade closed)
-        self.method = head.method
-        self.target = head.target
-        self.request_head = head.raw.decode("latin-1") if head.raw is not None else ""
-        self.request_chunked = head.body == "chunked"
-        self.remote = _visitor(head.get("x-forwarded-for"))
+        self._request_raw = raw         # the request head as received, without its blank line
+        self._line = None               # (method, target), once asked for
+        self.head_only = raw[:5] == b"HEAD "   # its response has no body
+        self.request_chunked = chunked
         self.request = Body()
-        self.response_head = ""
+        self._response_raw = b""
         self.status = 0
         self.response_chunked = False
         self.response = Body()
-        self.interim: list[int] = []    # 1xx statuses before the final response
+        self.interim: tuple = ()        # 1xx statuses before the final response
         self.upgraded = False
         self.raw_up = 0                 # after a 101: bytes visitor -> app
         self.raw_down = 0               # and app -> visitor
         self.state = "open"
         self.replay_of = replay_of      # the id this exchange replays ("" for a visitor's)
         self.dropped = False            # gone from the store: copy nothing more
-        self.held = len(self.request_head)   # bytes charged to the store's budget: heads and kept bodies
+        self.held = len(raw)            # bytes charged to the store's budget: heads and kept bodies
 
     def finish(self, mono: float, state: str) -> None:
         if self.state in ("open", "upgraded"):
             self.duration = max(0.0, mono - self._mono)
             self.state = state
+
+    def _request_line(self) -> tuple:
+        if self._line is None:
+            raw = self._request_raw
+            end = raw.find(b"\r\n")
+            method, _, rest = (raw if end < 0 else raw[:end]).decode("latin-1").partition(" ")
+            self._line = method, rest.rpartition(" ")[0]
+        return self._line
+
+    @property
+    def method(self) -> str:
+        return self._request_line()[0]
+
+    @property
+    def target(self) -> str:
+        return self._request_line()[1]
+
+    @property
+    def request_head(self) -> str:
+        return self._request_raw.decode("latin-1")
+
+    @property
+    def response_head(self) -> str:
+        """The final response's head ("" before it came), without its blank line."""
+        return self._response_raw.decode("latin-1")
+
+    @property
+    def remote(self) -> str:
+        found = _XFF.search(self._request_raw)
+        return _visitor(found.group(1).decode("latin-1").strip(" \t") if found else None)
+
+
+# The first X-Forwarded-For of a head (a checked head: no CR or LF inside a value).
+_XFF = re.compile(rb"\r\nx-forwarded-for:([^\r]*)", re.IGNORECASE)
 
 
 def _visitor(xff: Optional[str]) -> str:
@@ -114,14 +161,16 @@ class Store:
         self._ids = itertools.count(1)
         self.version = 0                # bumped on every change (the page polls it)
 
-    def new(self, head: RequestHead, replay_of: str = "", origin=None) -> Record:
-        record = Record(f"ex_{next(self._ids)}", head, self.clock(), self.mono(), replay_of, origin)
-        self._records[record.id] = record
+    def new(self, raw: bytes, chunked: bool = False, replay_of: str = "", origin=None) -> Record:
+        """A record for the request head ``raw`` (without its blank line)."""
+        record = Record(f"ex_{next(self._ids)}", raw, chunked, self.clock(), self.mono(), replay_of, origin)
+        records = self._records
+        records[record.id] = record
         self.body_bytes += record.held
-        while len(self._records) > self.max_exchanges or self.body_bytes > self.max_body_bytes and \
-                len(self._records) > 1:
-            self._drop_oldest()
-        self.changed()
+        if len(records) > self.max_exchanges or self.body_bytes > self.max_body_bytes:
+            while len(records) > self.max_exchanges or self.body_bytes > self.max_body_bytes and len(records) > 1:
+                self._drop_oldest()
+        self.version += 1
         return record
 
     def charge(self, record: Record, n: int) -> None:
@@ -139,7 +188,10 @@ class Store:
         if record.dropped or room <= 0 or not data:
             return
         piece = data[:room] if len(data) > room else data
-        body.kept += piece
+        if body.kept:
+            body.kept += piece
+        else:
+            body.kept = bytearray(piece)
         record.held += len(piece)
         self.body_bytes += len(piece)
         self.version += 1   # a streamed body (SSE) shows its events as they arrive
@@ -191,27 +243,33 @@ class Capture:
         self.off = False
 
     # --- the taps ------------------------------------------------------------------------------
-    def requests(self, data) -> None:
+    # Each returns ``unseen`` of its side after the bytes given: how many of the next ones may go
+    # by unseen (the kernel may move them), so the tunnel's tap asks once per read.
+    def requests(self, data) -> int:
         if self.off:
-            return
+            return 0
         if self._raw is not None:
             self._raw.raw_up += len(data)
-            return
+            return 0
         try:
             self._read_requests(data)
         except Exception:   # _GiveUp, HttpError, a bug here: traffic goes on, unrecorded
             self._lose()
+            return 0
+        return 0 if self._reading is None else self.unseen("request")
 
-    def responses(self, data) -> None:
+    def responses(self, data) -> int:
         if self.off:
-            return
+            return 0
         if self._raw is not None:
             self._raw.raw_down += len(data)
-            return
+            return 0
         try:
             self._read_responses(data)
         except Exception:
             self._lose()
+            return 0
+        return self.unseen("response") if self._pending else 0
 
     def closed(self) -> None:
         if self.off:
@@ -246,6 +304,19 @@ class Capture:
         reader, store = self._requests, self.store
         while data:
             record = self._reading
+            if record is None and reader.between_messages:
+                quick = _quick_request(data)
+                if quick is not None:       # a plainly framed head: recorded without a parse
+                    end, length = quick
+                    raw = data[:end]
+                    record = store.new(raw if type(raw) is bytes else bytes(raw), False, self.replay_of,
+                                       self.origin)
+                    self._pending.append(record)
+                    if length:
+                        reader.expect_body(_Framing(length))
+                        self._reading = record
+                    data = data[end + 4:]
+                    continue
             left = reader.body_left
             if record is not None and left and len(record.request.kept) >= store.body_limit:
                 n = min(left, len(data))        # past the limit: counted, not even sliced
@@ -255,7 +326,7 @@ class Capture:
             events, data = reader.feed(data)
             for ev in events:
                 if isinstance(ev, RequestHead):
-                    record = store.new(ev, self.replay_of, self.origin)
+                    record = store.new(ev.raw, ev.body == "chunked", self.replay_of, self.origin)
                     self._pending.append(record)
                     self._reading = record
                     if ev.body == "upgrade":
@@ -283,10 +354,28 @@ class Capture:
                 raise _GiveUp("bytes from the app nobody asked for")
             record = self._pending[0]
             if reader.between_messages:
-                reader.head_only, reader.upgrade_asked = record.method == "HEAD", self._switching and \
-                    len(self._pending) == 1
+                upgrade_asked = self._switching and len(self._pending) == 1
+                quick = None if upgrade_asked else _quick_response(data, record.head_only)
+                if quick is not None:       # a plainly framed final response: no parse
+                    end, status, length = quick
+                    raw = data[:end]
+                    self._final_head(record, status, raw if type(raw) is bytes else bytes(raw), False)
+                    start = end + 4
+                    if not length:
+                        self._finish(record)
+                    elif len(data) - start >= length:   # the whole body in this read (a small response)
+                        body = record.response
+                        body.size = body.wire = length
+                        store.keep(record, body, memoryview(data)[start:start + length])
+                        self._finish(record)
+                        start += length
+                    else:
+                        reader.expect_body(_Framing(length))
+                    data = data[start:]
+                    continue
+                reader.head_only, reader.upgrade_asked = record.head_only, upgrade_asked
             left = reader.body_left
-            if left and record.response_head and len(record.response.kept) >= store.body_limit:
+            if left and record.status and len(record.response.kept) >= store.body_limit:
                 n = min(left, len(data))
                 self._skip_response(record, n)
                 data = data[n:]
@@ -295,13 +384,9 @@ class Capture:
             for ev in events:
                 if isinstance(ev, ResponseHead):
                     if 100 <= ev.status < 200 and ev.status != 101:
-                        record.interim.append(ev.status)
+                        record.interim += (ev.status,)
                         continue
-                    record.status = ev.status
-                    record.response_head = ev.raw[:-4].decode("latin-1")
-                    store.charge(record, len(record.response_head))
-                    record.response_chunked = ev.body == "chunked"
-                    store.changed()
+                    self._final_head(record, ev.status, bytes(ev.raw[:-4]), ev.body == "chunked")
                     if ev.status == 101:
                         self._upgraded(record, data)
                         return
@@ -317,6 +402,13 @@ class Capture:
             if not events:
                 break
 
+    def _final_head(self, record: Record, status: int, raw: bytes, chunked: bool) -> None:
+        record.status = status
+        record._response_raw = raw
+        record.response_chunked = chunked
+        self.store.charge(record, len(raw))
+        self.store.changed()
+
     # --- bytes moved unseen (the kernel's splice, past the limit) ---------------------------------
     def unseen(self, side: str) -> int:
         """How many of the next bytes of ``side`` ("request" or "response") may go by unseen: the
@@ -328,7 +420,7 @@ class Capture:
             full = record is not None and len(record.request.kept) >= self.store.body_limit
         else:
             record, reader = (self._pending[0] if self._pending else None), self._responses
-            full = record is not None and bool(record.response_head) and \
+            full = record is not None and bool(record.status) and \
                 len(record.response.kept) >= self.store.body_limit
         return reader.body_left if full else 0
 
@@ -374,3 +466,60 @@ class Capture:
             held, self._held = self._held, b""
             if held:
                 self._read_requests(held)
+
+
+class _Framing:
+    """A Content-Length body's framing, for ``MessageReader.expect_body`` after a quick look."""
+    __slots__ = ("body", "length", "status")
+
+    def __init__(self, length: int):
+        self.body, self.length, self.status = "length", length, 200
+
+
+# The headers that may frame a message, at the start of a line (a head's first line can't match).
+_REQUEST_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|upgrade):([^\r]*)", re.IGNORECASE)
+_RESPONSE_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding):([^\r]*)", re.IGNORECASE)
+
+
+def _content_length(found: list) -> int:
+    """The length of a head whose framing headers are ``found`` (name, value) pairs: -1 unless
+    they are at most one Content-Length of plain digits."""
+    if not found:
+        return 0
+    if len(found) > 1 or len(found[0][0]) != 14:      # len("content-length")
+        return -1
+    value = found[0][1].strip(b" \t")
+    return int(value) if value.isdigit() and len(value) <= 18 else -1
+
+
+def _quick_request(data) -> Optional[tuple]:
+    """(end of the head, Content-Length) of a request head starting ``data`` whose body is none
+    or a Content-Length; None for anything else (chunked, an upgrade, a head in pieces): the
+    reader parses those.  The relay sends only heads it parsed and checked."""
+    end = data.find(b"\r\n\r\n", 0, MAX_REQUEST_HEAD)
+    if end <= 0 or data[0] in (13, 10):
+        return None
+    length = _content_length(_REQUEST_FRAMING.findall(data, 0, end))
+    return None if length < 0 else (end, length)
+
+
+def _quick_response(data, head_only: bool) -> Optional[tuple]:
+    """(end of the head, status, body length) of a final response head starting ``data`` framed
+    by a Content-Length or having no body (HEAD, 204, 304); None for anything else (1xx, 101,
+    chunked, read until close, repeated or odd framing, a head in pieces).  Only the framing is
+    looked at: a head the strict reader would refuse (a bare LF, say) is refused by the relay,
+    which then answers the visitor 502 and closes the connection."""
+    end = data.find(b"\r\n\r\n", 0, MAX_RESPONSE_HEAD)
+    if end < 12 or data[:7] != b"HTTP/1." or data[7] not in (48, 49) or data[8] != 32 or \
+            data[12] not in (32, 13) or not data[9:12].isdigit():
+        return None
+    status = int(data[9:12])
+    if status < 200:
+        return None
+    found = _RESPONSE_FRAMING.findall(data, 0, end)
+    length = _content_length(found)
+    if length < 0:
+        return None
+    if head_only or status in (204, 304):
+        return end, status, 0
+    return (end, status, length) if found else None   # no Content-Length: read until the app closes
