@@ -1,4 +1,4 @@
-"""`intunnel-admin tunnel ...`: list, show, delete, disconnect, access (any user's tunnels)."""
+"""`intunnel-admin tunnel ...`: list, show, create, delete, disconnect, access (any user's tunnels)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,19 @@ def cmd_show(ctx: Context, args) -> int:
     if args.show_token:
         pairs.append(("token", d["token"]))
     ctx.emit_object("tunnel", d, pairs)
+    return 0
+
+
+def cmd_create(ctx: Context, args) -> int:
+    """A tunnel for a user, by the same rules as the API (a TCP tunnel reserves a port of relay_tcp_ports)."""
+    ctx.open_db()
+    owner = find_user(args.user)
+    tunnel = rules.create(ctx.settings, owner, args.name, args.subdomain, args.local_port,
+                          protocol=args.protocol, remote_port=args.remote_port)
+    d = tunnel_dict(ctx.settings, tunnel, show_token=True)
+    d["owner"] = owner.username
+    ctx.done(f"tunnel '{tunnel.subdomain}' created for {owner.username}: {d['url']} -> local port "
+             f"{tunnel.local_port}; the client runs: {d['command']}", {"tunnel": d})
     return 0
 
 
@@ -190,6 +203,17 @@ def register(groups, common) -> None:
     s.add_argument("tunnel", metavar="TUNNEL", help="id or subdomain")
     s.add_argument("--show-token", action="store_true", help="include the tunnel's token")
     s.set_defaults(func=cmd_show)
+
+    c = sub.add_parser("create", parents=[common], help="create a tunnel for a user (HTTP, or TCP with a public port)")
+    c.add_argument("--user", required=True, metavar="USER", help="its owner (email, username or id)")
+    c.add_argument("--name", required=True, help="its name")
+    c.add_argument("--local-port", required=True, type=int, metavar="PORT", help="the port on the owner's machine")
+    c.add_argument("--subdomain", help="its subdomain (required for HTTP; a TCP tunnel gets one if left out)")
+    c.add_argument("--protocol", choices=rules.PROTOCOLS, default="http",
+                   help="http (default) or tcp: raw TCP at a public port of relay_tcp_ports")
+    c.add_argument("--remote-port", type=int, metavar="PORT",
+                   help="TCP: this public port of relay_tcp_ports (default: the next free one)")
+    c.set_defaults(func=cmd_create)
 
     d = sub.add_parser("delete", parents=[common], help="delete a tunnel (cuts its live session)")
     d.add_argument("tunnel", metavar="TUNNEL", help="id or subdomain")
