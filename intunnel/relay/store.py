@@ -23,6 +23,7 @@ import peewee as pw
 from .. import domains, ephemeral, memberpass, traffic
 from ..changes import tunnel_changed
 from ..models import RelayNode, Route, Tunnel, User, open_database
+from ..sqlcache import cached_sql
 from ..timeutil import utcnow
 
 log = logging.getLogger("intunnel.relay")
@@ -91,9 +92,13 @@ class Store:
         return DB_NOW if self.routes else utcnow()
 
     def _find_by_token(self, token: str) -> TunnelInfo | None:
-        row = (Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id,
-                             Tunnel.access, Tunnel.traffic_view, Tunnel.protocol, Tunnel.remote_port)
-               .join(User).where(Tunnel.token == token).tuples().first())
+        # Every agent's handshake: peewee writes the SQL once (0.3 ms a time otherwise, on the
+        # thread that shares the GIL with the event loop; 1,000 agents reconnect after a restart).
+        sql = cached_sql("relay: tunnel by token", lambda: (
+            Tunnel.select(Tunnel.id, Tunnel.subdomain, Tunnel.local_port, Tunnel.token, User.disabled, User.id,
+                          Tunnel.access, Tunnel.traffic_view, Tunnel.protocol, Tunnel.remote_port)
+            .join(User).where(Tunnel.token == token).limit(1)), [token, 1])
+        row = self._db.execute_sql(sql, [token, 1]).fetchone()
         return row and TunnelInfo(row[0], row[1], row[2], row[3], bool(row[4]), row[5], row[6], bool(row[7]),
                                   row[9] if row[8] == "tcp" else None)
 
