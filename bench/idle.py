@@ -1,7 +1,10 @@
 """Idle memory and restart figures (issue 17), without wrk or nginx:
 
-    .venv/bin/python -m bench.idle                  # 1,000 agents, 3 restarts; about a minute
-    .venv/bin/python -m bench.idle --agents 200 --restarts 1
+    .venv/bin/python -m bench.idle                  # 1,000 agents, 3 restarts; about a minute; updates
+                                                    # the "Idle memory and restart" section of bench/RESULTS.md
+    .venv/bin/python -m bench.idle --agents 200 --restarts 1 --no-write
+    .venv/bin/python -m bench.idle --json new.json --before old.json   # a before column (old.json: the
+                                                    # other tree's own --json run, e.g. from a git worktree)
 
 - **relay RSS**: ``VmRSS`` of the relay process as systemd starts it (the ``intunnel``
   console script, ``intunnel relay``; not ``serve``, which also carries the web app), with one
@@ -28,6 +31,7 @@ import http.server
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,14 +74,26 @@ def light_python(home: Path) -> str:
     return str(venv / "bin" / "python")
 
 
-def light_client(st: stack.Stack, python: str, local_port: int, token: str) -> subprocess.Popen:
+def light_client(st: stack.Stack, python: str, local_port: int, token: str, *extra: str) -> subprocess.Popen:
     """``intunnel http PORT`` as the light client's console script runs it."""
     argv = [python, "-c", "import sys; from intunnel.cli import main; sys.exit(main())",
-            "http", str(local_port), "--server", st.relay_url, "--token", token]
+            "http", str(local_port), "--server", st.relay_url, "--token", token, *extra]
     env = {**st.env, "PYTHONPATH": str(stack.REPO)}   # the sources only: no site-packages beside them
-    proc = procs.start(argv, st.home / "light-client.log", env=env)
+    proc = procs.start(argv, st.home / f"light-client{'-'.join(('',) + extra)}.log", env=env)
     st.clients.append(proc)
     return proc
+
+
+def floor_mib(python: str, modules: str) -> float:
+    """RSS of ``python`` having imported ``modules`` (and nothing of ours): what any program on
+    that interpreter and those libraries starts from."""
+    code = f"import sys, {modules}; print('ready', flush=True); sys.stdin.read()"
+    with subprocess.Popen([python, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            proc.stdout.readline()
+            return rss_mib(proc.pid)
+        finally:
+            proc.stdin.close()
 
 
 def rss_mib(pid: int) -> float:
@@ -138,13 +154,26 @@ def measure(home: Path, count: int, restarts: int, log=print) -> dict:
             token = st.add_tunnel("idle-one", app.server_port)
             st.close_db()
             st.start_relay()
-            client = light_client(st, light_python(home), app.server_port, token)
+            python = light_python(home)
+            client = light_client(st, python, app.server_port, token)
             host = st.public_host("idle-one")
             st.wait_serving(st.relay_port, host, "/", watch=client)
             time.sleep(1)  # let start-up garbage settle; a bench figure, not a test assertion
             figures["relay_rss_mib"] = rss_mib(st.relay.pid)
             figures["client_rss_mib"] = rss_mib(client.pid)
-            log(f"idle RSS: relay {figures['relay_rss_mib']:.1f} MiB, light client {figures['client_rss_mib']:.1f} MiB")
+            procs.stop(client)   # the same without the inspector (on by default), for what it costs
+            bare = light_client(st, python, app.server_port, token, "--no-inspect")
+            st.wait_serving(st.relay_port, host, "/", watch=bare)
+            time.sleep(1)
+            figures["client_no_inspect_rss_mib"] = rss_mib(bare.pid)
+            # What the interpreters start from: the relay's with asyncio, uvloop and sqlite3; the
+            # light client's with asyncio (which imports ssl: OpenSSL's libraries alone are ~4.5 MiB).
+            figures["relay_floor_mib"] = floor_mib(sys.executable, "asyncio, uvloop, sqlite3")
+            figures["client_floor_mib"] = floor_mib(python, "asyncio")
+            log(f"idle RSS: relay {figures['relay_rss_mib']:.1f} MiB (its interpreter with asyncio, uvloop and "
+                f"sqlite3: {figures['relay_floor_mib']:.1f}), light client {figures['client_rss_mib']:.1f} MiB "
+                f"({figures['client_no_inspect_rss_mib']:.1f} with --no-inspect; its interpreter with asyncio: "
+                f"{figures['client_floor_mib']:.1f})")
             if count:
                 tokens = st.add_many_tunnels("idle", count, app.server_port)
                 st.close_db()
@@ -175,11 +204,66 @@ def measure(home: Path, count: int, restarts: int, log=print) -> dict:
     return figures
 
 
+HEADING, MARKER = "## Idle memory and restart (issue 17)", "idle-bench"
+# (figure, unit, key, issue 17's limit or None); restart keys are the median over the restarts
+ROWS = [("relay RSS, one tunnel idle", "MiB", "relay_rss_mib", 25),
+        ("  its interpreter with asyncio, uvloop, sqlite3 (floor)", "MiB", "relay_floor_mib", None),
+        ("light client RSS, one tunnel idle", "MiB", "client_rss_mib", 15),
+        ("  the same with --no-inspect", "MiB", "client_no_inspect_rss_mib", None),
+        ("  its interpreter with asyncio (floor)", "MiB", "client_floor_mib", None),
+        ("relay memory per idle agent", "KiB", "kib_per_agent", 24),
+        ("old relay: SIGTERM to exit", "s", "stop_s", None),
+        ("new relay: start to listening", "s", "listening_s", None),
+        ("new relay: start to the tunnel serving", "s", "serving_s", 1),
+        ("new relay: start to every agent back", "s", "all_agents_s", 1),
+        ("new relay: its CPU until every agent is back", "s", "relay_cpu_s", None)]
+
+
+def value(figures: dict, key: str) -> float | None:
+    if key in figures:
+        return figures[key]
+    runs = [run[key] for run in figures.get("restarts", ()) if key in run]
+    return statistics.median(runs) if runs else None
+
+
+def spread(figures: dict, key: str) -> str:
+    runs = [run[key] for run in figures.get("restarts", ()) if key in run]
+    return f" ({min(runs):.2f}-{max(runs):.2f})" if len(runs) > 1 else ""
+
+
+def section(figures: dict, count: int, before: dict | None = None, note: str = "") -> str:
+    """The results file's section: the figures (``before``'s beside them) and the targets."""
+    load = os.getloadavg()[0]
+    head = "| figure | unit | " + ("before | after |" if before else "value |") + " issue 17 |"
+    lines = [HEADING, "", f"<!-- {MARKER} -->",
+             f"`python -m bench.idle --agents {count}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+             f"load average {load:.1f} at the end (restart times: median and range of the restarts; RSS barely "
+             f"moves with load, times do).{(' ' + note) if note else ''}", "", head,
+             "|---|---|" + ("---|---|" if before else "---|") + "---|"]
+    for label, unit, key, limit in ROWS:
+        cells = []
+        for figs in ([before] if before else []) + [figures]:
+            v = value(figs, key)
+            cells.append("n/a" if v is None else f"{v:.2f}{spread(figs, key)}" if unit == "s" else f"{v:.1f}")
+        lines.append(f"| {label} | {unit} | " + " | ".join(cells) + f" | {'-' if limit is None else f'<= {limit}'} |")
+    lines.append("")
+    for label, unit, key, limit in ROWS:
+        v = value(figures, key)
+        if limit is not None and v is not None:
+            lines.append(f"- {label} <= {limit} {unit}: {v:.2f} -> **{'met' if v <= limit else 'NOT met'}**")
+    lines += [f"<!-- /{MARKER} -->", ""]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__.split("\n\n")[0])
     ap.add_argument("--agents", type=int, default=1000, help="idle agents for the per-agent figure (0: skip)")
     ap.add_argument("--restarts", type=int, default=3, help="relay restarts with the agents connected")
-    ap.add_argument("--json", action="store_true", help="print the figures as JSON at the end")
+    ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    ap.add_argument("--before", metavar="FILE", help="figures of another tree (its --json) for a before column")
+    ap.add_argument("--note", default="", help="a sentence for the section (e.g. what 'before' is)")
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
+    ap.add_argument("--no-write", action="store_true", help="print the section instead of updating --out")
     args = ap.parse_args(argv)
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     home = Path(tempfile.mkdtemp(prefix="intunnel-idle-", dir=base))
@@ -188,7 +272,14 @@ def main(argv=None) -> int:
     finally:
         shutil.rmtree(home, ignore_errors=True)
     if args.json:
-        print(json.dumps(figures))
+        Path(args.json).write_text(json.dumps(figures))
+    before = json.loads(Path(args.before).read_text()) if args.before else None
+    text = section(figures, args.agents, before, args.note)
+    if args.no_write:
+        print(text)
+    else:
+        from .report import write_section
+        write_section(Path(args.out), HEADING, MARKER, text)
     return 0
 
 
