@@ -193,11 +193,11 @@ class Relay:
             if label and "." not in label:
                 return label
         return None
+
     def tunnel_label(self, host: str) -> str | None:
         """The subdomain of the tunnel ``host`` names: ``<sub>.<domain>``, or an active custom domain."""
         label = self.subdomain_of(host)
         return label if label is not None else self.custom_hosts.get(host)
-
 
     def _head_bytes(self, conn: Conn, timer: asyncio.TimerHandle, data: bytes, dispatch) -> None:
         buf = conn.buffer
@@ -414,19 +414,32 @@ class Relay:
                 continue
             if gone:
                 log.info("deleted %d ephemeral tunnel(s) whose client left without deleting them", gone)
+
     async def _custom_hosts(self) -> None:
         """Reload the active custom hostnames: one removed or failed stops routing within a period."""
         failing = False
         while True:
             await asyncio.sleep(self.settings.relay_custom_domain_refresh)
             try:
-                self.custom_hosts = await self.store.custom_routes()
+                routes = await self.store.custom_routes()
                 failing = False
             except Exception:
                 if not failing:   # once per outage, not every period
                     log.exception("could not reload the custom domains (keeping the last known)")
                 failing = True
+                continue
+            gone = {host for host, label in self.custom_hosts.items() if routes.get(host) != label}
+            self.custom_hosts = routes
+            if gone:
+                self._unroute(gone)
 
+    def _unroute(self, hosts: set[str]) -> None:
+        """Custom names that stopped routing (removed, failed, or given to another tunnel): their
+        visitors' connections close, so a kept-alive one (nginx's pool) can't go on reaching the
+        tunnel through the upstream still attached for that Host."""
+        for link in list(self.visitors):
+            if link.state.host in hosts and not link.done and not link.evict():
+                link.conn.abort()   # mid-exchange: cut, as removing a name stops serving it
 
     async def _heartbeats(self) -> None:
         tick = min(1.0, self.settings.relay_heartbeat_interval / 2, self.settings.relay_dead_peer_timeout / 4)

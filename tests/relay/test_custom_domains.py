@@ -3,6 +3,7 @@ tunnel (tenant isolation: a request reaches only the tunnel its Host names)."""
 
 from __future__ import annotations
 
+import http.client
 import json
 
 from intunnel import domains
@@ -22,7 +23,10 @@ def test_only_active_custom_domains_route_each_to_its_own_tunnel(settings, db):
             domains.add(relay.settings, b, "blog.bob.test")
 
             def port_of(host):
-                status, headers, body = visit(relay.port, host, "/who")
+                try:
+                    status, headers, body = visit(relay.port, host, "/who")
+                except (OSError, http.client.HTTPException):   # cut while its name stopped routing
+                    return "closed", None
                 return status, headers.get("x-upstream-port")
 
             # pending-dns: not routed (the relay's unknown-name 404), though the row exists
@@ -36,9 +40,22 @@ def test_only_active_custom_domains_route_each_to_its_own_tunnel(settings, db):
             status, _, body = visit(relay.port, "shop.alice.test", "/x")
             assert json.loads(body)["headers"]["Host"] == "shop.alice.test"
 
-            # failed or removed: no longer routed
+            # failed or removed: no longer routed, not even on a kept-alive connection attached to it
+            kept = http.client.HTTPConnection("127.0.0.1", relay.port, timeout=10)
+            kept.request("GET", "/kept", headers={"Host": "shop.alice.test"})
+            response = kept.getresponse()
+            assert (response.status, response.getheader("x-upstream-port")) == (200, str(app_a.port))
+            response.read()
             CustomDomain.update(state="failed").where(CustomDomain.hostname == "shop.alice.test").execute()
             wait_for(lambda: port_of("shop.alice.test")[0] == 404, message="a failed name unrouted")
+            seen = len(app_a.seen)
+            try:
+                kept.request("GET", "/kept-after", headers={"Host": "shop.alice.test"})
+                again = kept.getresponse().status
+            except (OSError, http.client.HTTPException):
+                again = "closed"
+            assert again in (404, "closed") and len(app_a.seen) == seen, again
+            kept.close()
             domains.remove(b, "blog.bob.test")
             wait_for(lambda: port_of("blog.bob.test")[0] == 404, message="a removed name unrouted")
             assert port_of("alpha.localhost") == (200, str(app_a.port))   # the tunnels' own names unchanged
