@@ -189,6 +189,8 @@ def test_multi_host_inventory_gives_each_host_its_part(tmp_path):
     assert sorted(db["postgresql_clients"]) == ["10.0.0.11", "10.0.0.12", "10.0.0.3"]
     assert sorted(db["firewall"]) == [["10.0.0.11", 5432], ["10.0.0.12", 5432], ["10.0.0.3", 5432]]
     assert front["services"] == ["intunnel-web.service"] and front["firewall"] == []
+    # TCP tunnels' ports: opened on the relays only (they listen on them), as ufw ranges
+    assert front["tcp_ports"] == [] and db["tcp_ports"] == []
 
     web = load_settings(out / "front.example.com" / "intunnel.toml", env={})
     assert web.db_url == "postgresql://intunnel@10.0.0.2:5432/intunnel"
@@ -205,6 +207,7 @@ def test_multi_host_inventory_gives_each_host_its_part(tmp_path):
         assert relay.relay_listen == f"10.0.0.{number}:8080" and relay.relay_peer_listen == f"10.0.0.{number}:8081"
         assert relay.relay_peer_secret_file == "/etc/intunnel/relay-peer-secret"
         assert relay.db_url == web.db_url and relay.relay_trust_proxy and not relay.nginx_relays
+        assert relay.relay_tcp_ports == "20000-20999" and derived[host]["tcp_ports"] == ["20000:20999"]
     for config in out.glob("*/intunnel.toml"):
         assert PEER_SECRET not in config.read_text() and "db-s3cret" not in config.read_text()
 
@@ -230,3 +233,10 @@ def test_bad_multi_host_settings_stop_the_play_naming_the_variable(tmp_path, ext
     assert result.returncode != 0 and message in result.stdout, result.stdout + result.stderr
     assert PEER_SECRET not in result.stdout + result.stderr
     assert not list(out.glob("*/intunnel.toml"))
+
+
+@pytest.mark.parametrize("ports", ["20000-20999", "21000-21009,22000", ""])
+def test_tcp_tunnel_ports_reach_the_config(tmp_path, ports):
+    """intunnel_tcp_ports is the relays' relay_tcp_ports (empty: TCP tunnels off)."""
+    out = render_wiring(tmp_path, intunnel_tcp_ports=f"'{ports}'" if not ports else ports)
+    assert load_settings(out / "intunnel.toml", env={}).relay_tcp_ports == ports
