@@ -406,8 +406,9 @@ class Capture:
         record.status = status
         record._response_raw = raw
         record.response_chunked = chunked
-        self.store.charge(record, len(raw))
-        self.store.changed()
+        store = self.store
+        store.charge(record, len(raw))
+        store.version += 1
 
     # --- bytes moved unseen (the kernel's splice, past the limit) ---------------------------------
     def unseen(self, side: str) -> int:
@@ -458,8 +459,9 @@ class Capture:
 
     def _finish(self, record: Record) -> None:
         self._pending.popleft()
-        record.finish(self.store.mono(), "done")
-        self.store.changed()
+        store = self.store
+        record.finish(store.mono(), "done")
+        store.version += 1
         if self._switching and not self._pending:   # an upgrade answered without switching
             self._switching = False
             self._requests.after_upgrade_refused()
@@ -481,17 +483,6 @@ _REQUEST_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding|upgrade):
 _RESPONSE_FRAMING = re.compile(rb"\r\n(content-length|transfer-encoding):([^\r]*)", re.IGNORECASE)
 
 
-def _content_length(found: list) -> int:
-    """The length of a head whose framing headers are ``found`` (name, value) pairs: -1 unless
-    they are at most one Content-Length of plain digits."""
-    if not found:
-        return 0
-    if len(found) > 1 or len(found[0][0]) != 14:      # len("content-length")
-        return -1
-    value = found[0][1].strip(b" \t")
-    return int(value) if value.isdigit() and len(value) <= 18 else -1
-
-
 def _quick_request(data) -> Optional[tuple]:
     """(end of the head, Content-Length) of a request head starting ``data`` whose body is none
     or a Content-Length; None for anything else (chunked, an upgrade, a head in pieces): the
@@ -499,8 +490,13 @@ def _quick_request(data) -> Optional[tuple]:
     end = data.find(b"\r\n\r\n", 0, MAX_REQUEST_HEAD)
     if end <= 0 or data[0] in (13, 10):
         return None
-    length = _content_length(_REQUEST_FRAMING.findall(data, 0, end))
-    return None if length < 0 else (end, length)
+    found = _REQUEST_FRAMING.findall(data, 0, end)
+    if not found:
+        return end, 0
+    if len(found) > 1 or len(found[0][0]) != 14:        # one Content-Length (14 letters), nothing else
+        return None
+    value = found[0][1].strip(b" \t")
+    return (end, int(value)) if value.isdigit() and len(value) <= 18 else None
 
 
 def _quick_response(data, head_only: bool) -> Optional[tuple]:
@@ -517,9 +513,11 @@ def _quick_response(data, head_only: bool) -> Optional[tuple]:
     if status < 200:
         return None
     found = _RESPONSE_FRAMING.findall(data, 0, end)
-    length = _content_length(found)
-    if length < 0:
+    if not found:       # no body, or one read until the app closes (the reader follows that)
+        return (end, status, 0) if head_only or status in (204, 304) else None
+    if len(found) > 1 or len(found[0][0]) != 14:        # one Content-Length (14 letters), nothing else
         return None
-    if head_only or status in (204, 304):
-        return end, status, 0
-    return (end, status, length) if found else None   # no Content-Length: read until the app closes
+    value = found[0][1].strip(b" \t")
+    if not value.isdigit() or len(value) > 18:
+        return None
+    return end, status, 0 if head_only or status in (204, 304) else int(value)
