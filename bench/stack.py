@@ -104,6 +104,15 @@ class Stack:
             self._user = accounts.create_user("bench@example.com", "bench", "bench-password-123")
         return tunnels.create(self.settings, self._user, subdomain, subdomain, local_port).token
 
+    def add_tcp_tunnel(self, name: str, local_port: int) -> tuple[str, int]:
+        """Create a TCP tunnel (a port of relay_tcp_ports); return its token and public port."""
+        from intunnel import accounts, tunnels
+        self._open_db()
+        if self._user is None:
+            self._user = accounts.create_user("bench@example.com", "bench", "bench-password-123")
+        tunnel = tunnels.create(self.settings, self._user, name, None, local_port, protocol="tcp")
+        return tunnel.token, tunnel.remote_port
+
     def add_many_tunnels(self, prefix: str, count: int, local_port: int) -> list[str]:
         """``count`` tunnels in one transaction (for the idle-agent figure)."""
         from intunnel.models import Tunnel, database
@@ -159,8 +168,8 @@ class Stack:
         procs.stop(self.relay, timeout=10, sig=sig)
 
     def start_client(self, local_port: int, token: str, server: str | None = None,
-                     extra: list[str] = (), env: dict[str, str] | None = None) -> subprocess.Popen:
-        argv = [*self.intunnel, "http", str(local_port), "--server", server or self.relay_url,
+                     extra: list[str] = (), env: dict[str, str] | None = None, kind: str = "http") -> subprocess.Popen:
+        argv = [*self.intunnel, kind, str(local_port), "--server", server or self.relay_url,
                 "--token", token, *extra]
         proc = procs.start(argv, self._log("client"), env={**self.env, **(env or {})})
         self.clients.append(proc)

@@ -1,4 +1,4 @@
-"""Tunnel benchmark: direct, nginx-hop, ssh -R (-N and -tt), intunnel (its inspector on, the
+"""Tunnel benchmark: direct, nginx-hop, ssh -R (-N and -tt), intunnel-tcp (a TCP tunnel), intunnel (its inspector on, the
 default, and off: intunnel-no-inspect), intunnel-nginx.
 
     .venv/bin/python -m bench.tunnel                 # everything, ~4 minutes
@@ -309,6 +309,24 @@ def run_intunnel(results, work: Path, app: servers.App, front: servers.Front | N
                                                             "front": front.proc.pid, "app": app.proc.pid}, app=app)
 
 
+def run_intunnel_tcp(results, work: Path, app: servers.App, opts) -> None:
+    """A TCP tunnel (issue 16): `intunnel tcp` to the app, wrk at the tunnel's public port. The relay
+    parses nothing on this path: each connection is one data connection spliced raw."""
+    port = procs.free_port()
+    with stack.Stack(work / "intunnel-tcp", settings={"relay_tcp_ports": f"{port}-{port}",
+                                                      "relay_tcp_listen_host": "127.0.0.1",
+                                                      "relay_metrics_listen": ""}, uvloop=opts.uvloop) as st:
+        token, remote = st.add_tcp_tunnel("benchtcp", app.port)
+        st.start_relay()
+        client = st.start_client(app.port, token, kind="tcp")
+        host = f"127.0.0.1:{remote}"
+        st.wait_serving(remote, host, "/1k", watch=client)
+        figures = idle_rss(st, client)
+        figures.update(measure_http("intunnel-tcp", remote, host, opts, app=app,
+                                    sides={"relay": st.relay.pid, "client": client.pid, "app": app.proc.pid}))
+        results["intunnel-tcp"] = figures
+
+
 def machine_line() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -387,6 +405,8 @@ def main(argv=None) -> int:
                 run_ssh(results, work, app, opts)
             if opts.wants("intunnel") or opts.wants("intunnel-nginx"):
                 run_intunnel(results, work, app, front, relay_port, opts)
+            if opts.wants("intunnel-tcp"):
+                run_intunnel_tcp(results, work, app, opts)
             if len(results) > 1:
                 # direct once more at the end, best of both: other load on the machine must not
                 # lower the baseline and so flatter every ratio.

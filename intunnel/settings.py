@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import dburl
+from . import dburl, tcpports
 from .errors import ConfigError
 
 DEFAULT_CONFIG_FILE = Path("/etc/intunnel/intunnel.toml")
@@ -302,6 +302,10 @@ class Settings:
                                                           f".{self.domain}{self.url_port_suffix}")
         return parts[0] + subdomain + parts[1]
 
+    def tcp_url(self, port: int) -> str:
+        """The public address of a TCP tunnel's port (relay_tcp_ports)."""
+        return f"tcp://{self.domain}:{port}"
+
     @property
     def relay_url(self) -> str:
         """The URL a client passes as ``--server``."""
@@ -315,10 +319,6 @@ class Settings:
         if self.public_scheme == "https":
             return f"https://{self.domain}" + ("" if self.public_port in (0, 443) else f":{self.public_port}")
         return f"http://{self.domain}:{self.web_address[1]}"
-
-    def tcp_url(self, port: int) -> str:
-        """The public address of a TCP tunnel's port (relay_tcp_ports)."""
-        return f"tcp://{self.domain}:{port}"
 
     @property
     def cookie_secure(self) -> bool:
@@ -411,6 +411,9 @@ def load_settings(config_file: str | os.PathLike | None = None,
     settings.relay_peer_dial_address
     check_database_settings(settings)
     check_peer_settings(settings)
+    tcpports.parse_ranges(settings.relay_tcp_ports)   # a bad range fails at start, naming the setting
+    if settings.relay_tcp_refresh <= 0:
+        raise ConfigError("setting 'relay_tcp_refresh': must be above 0")
     if settings.relay_id:
         check_relay_id(settings.relay_id)
     for name in ("relay_traffic_ring", "traffic_rows_per_tunnel", "relay_traffic_flush", "traffic_path_max"):

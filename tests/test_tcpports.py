@@ -114,3 +114,10 @@ def test_allocating_until_full_hands_out_each_port_once(start):
             break
         taken.add(got[-1])
     assert len(got) == len(set(got)) == 10 - len(start) and taken == set(range(20000, 20010))
+
+
+def test_a_bad_range_fails_at_start_naming_the_setting():
+    from intunnel.settings import load_settings
+    with pytest.raises(ConfigError, match="relay_tcp_ports"):
+        load_settings(env={"INTUNNEL_CONFIG": "", "INTUNNEL_RELAY_TCP_PORTS": "80-90"})
+    assert load_settings(env={"INTUNNEL_CONFIG": "", "INTUNNEL_RELAY_TCP_PORTS": ""}).relay_tcp_ports == ""
