@@ -234,7 +234,10 @@ class Relay:
         head.size = len(raw) + 4
         host = head.host
         if host == self.domain and not hop:
-            self.spawn(self._relay_endpoint(conn, head))
+            if head.method == "GET" and head.target.split("?", 1)[0] == p.DATA_PATH:
+                self._data(conn, head)   # an agent's pool connection (eight per agent): no task for it
+            else:
+                self.spawn(self._relay_endpoint(conn, head))
             return
         conn.meter = self.stats   # a visitor: its bytes are counted from here on (and its head)
         self.stats.rx += head.size + len(conn.buffer)
@@ -266,8 +269,6 @@ class Relay:
             self._reply(conn, pages.json_response(200, {"status": "ok", "agents": len(self.sessions)}))
         elif path == p.AGENT_PATH and head.method == "GET":
             await self._agent(conn, head)
-        elif path == p.DATA_PATH and head.method == "GET":
-            self._data(conn, head)
         elif path.startswith("/api/") or path == "/device":
             # `intunnel login --server <this relay's URL>` (what `intunnel http --server` takes): say
             # where the web app is, the way the web app tells a client on its port where the relay is.
