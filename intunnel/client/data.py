@@ -16,6 +16,7 @@ from ..wire import protocol as p
 from ..wire.netio import Conn, ConnClosed, pump_through_kernel, splice
 from .errors import HandshakeFailed, TokenRefused, WrongServer, describe
 from .exchanges import ExchangeLog
+from .inspect.capture import UNTIL_CLOSE
 
 DIALING, IDLE, BOUND = "dialing", "idle", "bound"
 
@@ -103,17 +104,43 @@ KERNEL_REST = 1 << 20
 
 def _handing_over(capture, side: str, src: Conn, dst: Conn, armed: list) -> Callable[[bytes], None]:
     """The tap of one direction: the capture sees each chunk (already written on); when the rest of
-    a body is only to be counted, the kernel moves it unseen and the capture is told how much."""
+    a body is only to be counted, the kernel moves it unseen and the capture is told how much.
+    After a 101 (a WebSocket) both directions go to the kernel for good, as with --no-inspect."""
     see = capture.requests if side == "request" else capture.responses
+    other = "response" if side == "request" else "request"
 
     def tap(data) -> None:
         n = see(data)   # what of the next bytes may go by unseen
-        if n >= KERNEL_REST and armed and src.pump is None:
-            def failed():
-                src.abort()
-                dst.abort()
-            pump_through_kernel(src, dst, src.eof_received, failed, n, None, lambda: capture.moved(side, n))
+        if not n or not armed or src.pump is not None:
+            return
+        if n == UNTIL_CLOSE:
+            _raw_through_kernel(capture, side, src, dst)
+            _raw_through_kernel(capture, other, dst, src)
+        elif n >= KERNEL_REST:
+            pump_through_kernel(src, dst, src.eof_received, _aborting(src, dst), n, None,
+                                lambda: capture.moved(side, n))
     return tap
+
+
+def _raw_through_kernel(capture, side: str, src: Conn, dst: Conn) -> None:
+    """src's bytes to dst by splice(2) until the connection ends, counted into the upgraded record
+    (src.meter: the pump counts what it moves).  Not now if dst still has bytes to send: the tap
+    tries again at src's next read."""
+    if src.pump is not None or src.closed or src.eof:
+        return
+    src.meter = capture.raw_meter(side)
+
+    def refused():          # handed back before any byte moved: the tap counts again
+        src.meter = None
+    if not pump_through_kernel(src, dst, src.eof_received, _aborting(src, dst), on_refused=refused):
+        src.meter = None
+
+
+def _aborting(src: Conn, dst: Conn) -> Callable[[], None]:
+    def failed():
+        src.abort()
+        dst.abort()
+    return failed
 
 
 def _taps(watchers: list) -> tuple:

@@ -397,6 +397,44 @@ def test_past_the_limit_a_big_body_goes_through_the_kernel_byte_exact(settings, 
         assert len(started) == 3 and started == finished and started[2] > len(upload) - 64 * 1024 - (1 << 20)
 
 
+def test_after_a_101_both_directions_go_through_the_kernel_and_are_counted(settings, db, monkeypatch):
+    """With the inspector on, an upgraded connection (a WebSocket) is no longer carried by the
+    event loop: after the 101 both directions are spliced by the kernel until it closes, as with
+    --no-inspect, and the record still counts their bytes; in process, to see the client's pumps."""
+    from websockets.sync.client import connect
+    from intunnel.client import data
+    from intunnel.wire import zerocopy
+    from tests.support.tunnel import tunnel_setup
+    if not zerocopy.AVAILABLE:
+        pytest.skip("no splice(2) here (INTUNNEL_PORTABLE or not Linux)")
+    started, real = [], data.pump_through_kernel
+
+    def spy(src, dst, on_eof, on_error, limit=None, on_moved=None, on_limit=None, on_refused=None):
+        ok = real(src, dst, on_eof, on_error, limit, on_moved, on_limit, on_refused)
+        if ok:
+            started.append(limit)
+        return ok
+    monkeypatch.setattr(data, "pump_through_kernel", spy)
+    inspector = Inspector(Store(), lambda: ("127.0.0.1", 1), lambda: None)
+    with WebSocketUpstream() as ws_app, \
+            tunnel_setup(settings, client_kwargs={"inspector": inspector}, upstream=ws_app) as t:
+        sock = socket.create_connection(("127.0.0.1", t.relay.port), timeout=30)
+        sent = 0
+        with connect(f"ws://{t.host}:{t.relay.port}/chat", sock=sock, ping_interval=None,
+                     max_size=None) as ws:
+            for size in (1000, 3 * 1024 * 1024, 10):
+                message = os.urandom(size)
+                ws.send(message)
+                assert ws.recv(timeout=30) == message
+                sent += size
+            wait_for(lambda: len(started) == 2, message="both directions handed to the kernel")
+        assert started == [None, None]
+        (record,) = wait_for(lambda: [r for r in inspector.store.records() if r.state == "done"],
+                             message="the upgrade closed")
+        assert record.upgraded and record.status == 101
+        assert record.raw_up > sent and record.raw_down > sent   # the frames, their headers and the close
+
+
 def test_intunnel_start_has_one_inspector_for_its_tunnels_and_replays_to_each_ones_app(settings, db, tmp_path):
     with HttpUpstream() as web_app, HttpUpstream() as shop_app, RelayThread(settings) as relay:
         web = make_tunnel(settings, "web", local_port=web_app.port)

@@ -42,6 +42,7 @@ MAX_BODY_BYTES = 32 * 1024 * 1024   # and at most this many body bytes in all
 MAX_REQUEST_HEAD = 1 << 20          # the relay bounded visitor heads already (relay_max_header_size)
 MAX_RESPONSE_HEAD = 64 * 1024       # as exchanges.MAX_HEAD: a longer response head is not followed
 MAX_HELD = 64 * 1024                # request bytes held after an upgrade request, until its answer
+UNTIL_CLOSE = -1                    # unseen(): after a 101, every byte of both sides (counted by a RawMeter)
 
 
 class Body:
@@ -250,7 +251,7 @@ class Capture:
             return 0
         if self._raw is not None:
             self._raw.raw_up += len(data)
-            return 0
+            return UNTIL_CLOSE
         try:
             self._read_requests(data)
         except Exception:   # _GiveUp, HttpError, a bug here: traffic goes on, unrecorded
@@ -263,13 +264,13 @@ class Capture:
             return 0
         if self._raw is not None:
             self._raw.raw_down += len(data)
-            return 0
+            return UNTIL_CLOSE
         try:
             self._read_responses(data)
         except Exception:
             self._lose()
             return 0
-        return self.unseen("response") if self._pending else 0
+        return self.unseen("response") if self._pending or self._raw is not None else 0
 
     def closed(self) -> None:
         if self.off:
@@ -413,9 +414,12 @@ class Capture:
     # --- bytes moved unseen (the kernel's splice, past the limit) ---------------------------------
     def unseen(self, side: str) -> int:
         """How many of the next bytes of ``side`` ("request" or "response") may go by unseen: the
-        rest of a Content-Length body whose kept part is full (0: the capture must see them)."""
-        if self.off or self._raw is not None:
+        rest of a Content-Length body whose kept part is full (0: the capture must see them), or
+        after a 101 ``UNTIL_CLOSE``: all of both sides, counted by ``raw_meter(side)``."""
+        if self.off:
             return 0
+        if self._raw is not None:
+            return UNTIL_CLOSE
         if side == "request":
             record, reader = self._reading, self._requests
             full = record is not None and len(record.request.kept) >= self.store.body_limit
@@ -424,6 +428,10 @@ class Capture:
             full = record is not None and bool(record.status) and \
                 len(record.response.kept) >= self.store.body_limit
         return reader.body_left if full else 0
+
+    def raw_meter(self, side: str) -> "RawMeter":
+        """What counts the bytes of ``side`` moved unseen after a 101 (a ``netio.Conn.meter``)."""
+        return RawMeter(self._raw, side == "request")
 
     def moved(self, side: str, n: int) -> None:
         """``n`` bytes of ``side`` went by unseen (at most ``unseen(side)``)."""
@@ -468,6 +476,26 @@ class Capture:
             held, self._held = self._held, b""
             if held:
                 self._read_requests(held)
+
+
+class RawMeter:
+    """Counts into an upgraded record the bytes the kernel moves (``rx``: received from the side's
+    source, visitor or app); ``tx`` is not looked at."""
+    __slots__ = ("record", "up", "tx")
+
+    def __init__(self, record: Record, up: bool):
+        self.record, self.up, self.tx = record, up, 0
+
+    @property
+    def rx(self) -> int:
+        return self.record.raw_up if self.up else self.record.raw_down
+
+    @rx.setter
+    def rx(self, n: int) -> None:
+        if self.up:
+            self.record.raw_up = n
+        else:
+            self.record.raw_down = n
 
 
 class _Framing:
