@@ -1,6 +1,6 @@
 """`intunnel serve`: the whole appliance in one process, on loopback, for a laptop or a demo.
 
-The web app (waitress, in a thread) on ``web_listen`` and the relay (asyncio,
+The web app (its ``web_server``, in a thread) on ``web_listen`` and the relay (asyncio,
 main thread) on ``relay_listen``, with domain ``localhost`` by default, so
 ``http://<subdomain>.localhost:8080`` works in any browser with no DNS and no
 nginx; Prometheus metrics of both on ``relay_metrics_listen``.  On first run

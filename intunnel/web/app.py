@@ -151,7 +151,7 @@ class ThreadConnections:
     """One database connection per worker thread, kept between requests.
 
     Opening a connection costs about 1 ms (pragmas, then SQLite parsing the
-    schema at the first query): most of a small API request.  So each waitress
+    schema at the first query): most of a small API request.  So each server
     thread keeps its connection; it is reopened when the database file was
     replaced (``intunnel-admin restore``: a new inode) and closed after a
     request that left a transaction open or failed.

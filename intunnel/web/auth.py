@@ -76,7 +76,8 @@ ANONYMOUS = Auth()
 
 
 def client_address(environ: dict | None = None) -> str:
-    """The peer address (waitress rewrites it from X-Forwarded-For only for a trusted proxy)."""
+    """The peer address (rewritten from X-Forwarded-For only for a trusted proxy, by waitress's
+    proxy-header middleware under either server: web/serve.py)."""
     environ = bottle.request.environ if environ is None else environ
     return environ.get("REMOTE_ADDR") or "unknown"
 

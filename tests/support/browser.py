@@ -5,7 +5,7 @@ would shadow tests/conftest.py for the ``from conftest import ...`` of others):
 
     from support.browser import browser, web, users, page, login, shot  # noqa: F401
 
-The web app runs under waitress on 127.0.0.1:0 (``support.web_server``) on a
+The web app runs under its web_server on 127.0.0.1:0 (``support.web_server``) on a
 fresh SQLite file per test.  ``shot(page, name)`` takes the screenshots the
 README shows (into docs/screenshots/ with INTUNNEL_UPDATE_SCREENSHOTS=1).
 """

@@ -1,4 +1,5 @@
-"""Run the real web app under waitress on 127.0.0.1:0 in a thread.
+"""Run the real web app under its web_server (cheroot by default; ``web_server="waitress"``
+as a setting override) on 127.0.0.1:0 in a thread.
 
     from support.web_server import running_web_app
     with running_web_app(settings, clock=ManualClock()) as web:

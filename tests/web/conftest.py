@@ -1,4 +1,4 @@
-"""Fixtures for the web app tests: a real waitress server on port 0, a fresh
+"""Fixtures for the web app tests: a real server (web_server: cheroot by default) on port 0, a fresh
 SQLite file per test, a manual clock for the rate limits, users to log in as."""
 
 from __future__ import annotations
