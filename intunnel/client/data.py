@@ -40,8 +40,10 @@ class DataLink:
 
 
 async def run_link(link: DataLink, dial: Callable[[], Awaitable[Conn]], on_bound: Callable[[], None],
-                   upstream: Upstream, say: Callable[[str], None], verbose: bool, watch=None) -> None:
-    """Dial, wait idle for a Bind (``on_bound`` then: the pool has one less), serve that visitor."""
+                   upstream: Upstream, say: Callable[[str], None], verbose: bool, watch=None,
+                   kernel_after: int = 0) -> None:
+    """Dial, wait idle for a Bind (``on_bound`` then: the pool has one less), serve that visitor
+    (``kernel_after``: netio.splice's, a TCP tunnel's)."""
     try:
         conn = await dial()
     except _DIAL_FAILURES:
@@ -58,11 +60,11 @@ async def run_link(link: DataLink, dial: Callable[[], Awaitable[Conn]], on_bound
     if not isinstance(messages[0], p.Bind):
         conn.close()
         return
-    await serve_visitor(conn, decoder.take_rest(), upstream, say, verbose, watch)
+    await serve_visitor(conn, decoder.take_rest(), upstream, say, verbose, watch, kernel_after)
 
 
 async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say: Callable[[str], None],
-                        verbose: bool, watch=None) -> None:
+                        verbose: bool, watch=None, kernel_after: int = 0) -> None:
     """Dial the local app for a bound data connection and splice the two.  ``watch()``, when
     given, makes an observer of the connection (the inspector's capture: ``requests``,
     ``responses``, ``closed``).  Watched, the bytes go through the event loop rather than the
@@ -93,7 +95,7 @@ async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say:
         local.write(first_bytes)
         if conn.taps is not None:  # the request head often rides in with the Bind frame
             conn.taps(first_bytes)
-    splice(conn, local, on_close=on_close)
+    splice(conn, local, on_close=on_close, kernel_after=kernel_after)
     armed.append(True)
 
 

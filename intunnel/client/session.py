@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..wire import protocol as p
-from ..wire.netio import Conn
+from ..wire.netio import KERNEL_AFTER, Conn
 from .data import DIALING, IDLE, DataLink, Upstream, run_link
 from .dial import Dialer
 from .errors import ACCESS_UNSUPPORTED, HandshakeFailed, TokenRefused, describe
@@ -78,6 +78,8 @@ class Session:
         self.verbose = verbose
         self.open_next = open_next   # a Move's new session (the agent's, which knows the token)
         self.pool = PoolPolicy.welcomed(opened.welcome.pool_size)
+        # A TCP tunnel (its URL tcp://...): its short connections skip the kernel pump's set-up (netio)
+        self.kernel_after = KERNEL_AFTER if opened.welcome.url.startswith("tcp://") else 0
         self.closed = False
         self._links: dict[asyncio.Task, DataLink] = {}   # the live ones: counts are derived from them
         opened.control.dead_peer_timeout = opened.welcome.dead_peer_timeout
@@ -94,7 +96,7 @@ class Session:
         for _ in range(count):
             link = DataLink()
             task = asyncio.ensure_future(run_link(link, self._dial_data, self._top_up, self.upstream,
-                                                  self.say, self.verbose, self.watch))
+                                                  self.say, self.verbose, self.watch, self.kernel_after))
             self._links[task] = link
             task.add_done_callback(self._forget)
 

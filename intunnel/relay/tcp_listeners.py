@@ -31,7 +31,7 @@ import logging
 
 from .. import access, tcpports
 from ..wire.http1 import HttpError, parse_request_head
-from ..wire.netio import Conn, splice
+from ..wire.netio import KERNEL_AFTER, Conn, splice
 from .peers import PeerUnreachable
 from .upstream import Refused, Upstream, open_data
 
@@ -199,7 +199,7 @@ class TcpListeners:
             conn.buffer.clear()
         conn.resume()
         data.resume()
-        splice(conn, data, on_close=lambda: up.detach(park=False))
+        splice(conn, data, on_close=lambda: up.detach(park=False), kernel_after=KERNEL_AFTER)
 
     # --- several relays ------------------------------------------------------------------------
     async def _forward(self, conn: Conn, subdomain: str) -> None:
@@ -221,7 +221,7 @@ class TcpListeners:
             peer.write(bytes(conn.buffer))
             conn.buffer.clear()
         conn.resume()
-        splice(conn, peer)
+        splice(conn, peer, kernel_after=KERNEL_AFTER)
 
     def forwarded(self, conn: Conn, raw: bytes) -> None:
         """A peer relay's forwarded TCP visitor (its opening head ``raw``): ours, or closed."""

@@ -23,6 +23,12 @@ from .protocol import FrameDecoder, Message, ProtocolError
 WRITE_HIGH_WATER = 256 * 1024
 WRITE_LOW_WATER = 64 * 1024
 HANDSHAKE_BUFFER_LIMIT = 128 * 1024  # handshake mode stops reading past this
+# splice(kernel_after=...): a direction hands its bytes to the kernel (zerocopy) only once it has
+# carried this much through the event loop.  A TCP tunnel's short connections (a request and
+# its answer) then skip the pump's set-up and teardown (two pipes and four duplicated
+# descriptors per side: measured about 100 us of CPU per connection on relay and client alike),
+# while a bulk transfer moves all but its first bytes inside the kernel.
+KERNEL_AFTER = 256 * 1024
 
 
 class ConnClosed(Exception):
@@ -266,8 +272,10 @@ def run(main) -> object:
     return asyncio.run(main)
 
 
-def splice(a: Conn, b: Conn, on_close: Callable[[], None] | None = None) -> None:
-    """Copy raw bytes both ways until either side closes; mirror half-closes."""
+def splice(a: Conn, b: Conn, on_close: Callable[[], None] | None = None, kernel_after: int = 0) -> None:
+    """Copy raw bytes both ways until either side closes; mirror half-closes.  ``kernel_after``:
+    each direction goes through the event loop for that many bytes before the kernel takes it
+    (0: the kernel at once, when it can)."""
     b.feeders.append(a)
     a.feeders.append(b)
 
@@ -285,16 +293,16 @@ def splice(a: Conn, b: Conn, on_close: Callable[[], None] | None = None) -> None
     if b.eof:
         a.write_eof()
     for src, dst in ((a, b), (b, a)):
-        _forward(src, dst)
+        _forward(src, dst, kernel_after)
     if a.closed:
         b.close()
     if b.closed:
         a.close()
 
 
-def _forward(src: Conn, dst: Conn) -> None:
+def _forward(src: Conn, dst: Conn, kernel_after: int = 0) -> None:
     """src's bytes to dst: inside the kernel when both are plain TCP sockets and nobody
-    watches the bytes, else through the event loop."""
+    watches the bytes (after ``kernel_after`` bytes through the loop), else through the event loop."""
     if src.buffer and src.taps is None:
         pending, src.buffer = bytes(src.buffer), bytearray()
         dst.write(pending)
@@ -305,6 +313,9 @@ def _forward(src: Conn, dst: Conn) -> None:
 
     def through_the_loop():
         src.forward_to(_forwarder(src, dst))
+    if kernel_after > 0 and src.taps is None and not src.eof and zerocopy.AVAILABLE:
+        src.forward_to(_kernel_later(src, dst, kernel_after, failed, through_the_loop))
+        return
     if src.taps is not None or src.eof or \
             not pump_through_kernel(src, dst, src.eof_received, failed, on_refused=through_the_loop):
         through_the_loop()
@@ -346,6 +357,21 @@ def pump_through_kernel(src: Conn, dst: Conn, on_eof: Callable[[], None], on_err
     src.pumps.append(pump)
     dst.pumps.append(pump)
     return True
+
+
+def _kernel_later(src: Conn, dst: Conn, after: int, failed, through_the_loop) -> Callable[[bytes], None]:
+    """Write src's chunks to dst; past ``after`` bytes, at the first chunk that leaves dst's
+    buffer empty, let the kernel move the rest (pump_through_kernel refuses while it holds any)."""
+    moved = 0
+
+    def forward(data: bytes) -> None:
+        nonlocal moved
+        dst.write(data)
+        moved += len(data)
+        if moved >= after and src.pump is None and not src.closed and \
+                pump_through_kernel(src, dst, src.eof_received, failed, on_refused=through_the_loop):
+            src.on_data = dst.write   # (bytes already read before the pump took over)
+    return forward
 
 
 def _forwarder(src: Conn, dst: Conn) -> Callable[[bytes], None]:

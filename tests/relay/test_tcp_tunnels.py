@@ -20,7 +20,7 @@ from tests.support.tunnel import ClientThread, RelayThread, visit, wait_for
 
 def free_range(count: int) -> str:
     """A range of ``count`` consecutive ports free on loopback right now (at least 1024)."""
-    for _ in range(50):
+    for _ in range(200):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             start = s.getsockname()[1]
@@ -29,6 +29,7 @@ def free_range(count: int) -> str:
         ok = True
         for port in range(start, start + count):
             with socket.socket() as s:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the relay listens (TIME_WAIT ok)
                 try:
                     s.bind(("127.0.0.1", port))
                 except OSError:
