@@ -86,7 +86,11 @@ SCHEMAS = {
         "status": {"type": "string", "enum": ["active", "inactive"]},
         "created_at": TIME, "last_connected": NULL_TIME,
         "ephemeral": {"type": "boolean", "description": "made by `intunnel http` without a name: deleted when "
-                      "its client stops (or relay_ephemeral_grace after its agent left)"}}},
+                      "its client stops (or relay_ephemeral_grace after its agent left)"},
+        "protocol": {"type": "string", "enum": ["http", "tcp"], "description": "tcp: raw TCP at remote_port of "
+                     "<domain> (url tcp://<domain>:<port>); its IP rules are its only access control"},
+        "remote_port": {"type": "integer", "description": "a TCP tunnel's public port (relay_tcp_ports); "
+                        "absent for HTTP tunnels"}}},
     "TunnelDetail": {"allOf": [_ref("TunnelSummary"), {"type": "object", "properties": {
         "domain": STR, "url": {"type": "string", "format": "uri"}, "access": _ref("Access"),
         "session_access": {"type": "object", "nullable": True, "description": "what the connected client added "
@@ -96,7 +100,9 @@ SCHEMAS = {
             "basic_auth": {"type": "array", "items": STR}, "ip_allow": {"type": "array", "items": CIDR},
             "ip_deny": {"type": "array", "items": CIDR}}},
         "traffic_view": {"type": "boolean", "description": "the relays keep its recent requests for the "
-                         "dashboard (GET /api/tunnels/{id}/traffic); false: nothing is kept"}}}]},
+                         "dashboard (GET /api/tunnels/{id}/traffic); false: nothing is kept"},
+        "command": {"type": "string", "description": "the client command that serves it (intunnel http|tcp "
+                    "PORT --server URL --token TOKEN)"}}}]},
     "Access": {"type": "object", "description": "Who may visit the tunnel, enforced by the relay before "
                "a request reaches the client. Password hashes are never shown.", "properties": {
         "public": {"type": "boolean", "description": "true: no rule, anyone may visit (the default)"},
@@ -140,9 +146,15 @@ SCHEMAS = {
                          "(/webhooks/stripe covers /webhooks/stripe/x and /webhooks/stripe?x, not "
                          "/webhooks/stripe-admin); a request path with . or .. segments, //, a backslash "
                          "or %2e, %2f, %5c, %25 never bypasses"}}},
-    "TunnelCreate": _obj(["name", "subdomain", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT,
+    "TunnelCreate": _obj(["name", "local_port"], name=NAME, subdomain=SUBDOMAIN, local_port=PORT,
                          ephemeral={"type": "boolean", "default": False, "description": "deleted when its "
-                                    "client stops; at most ephemeral_max_per_user (a setting) at once"}),
+                                    "client stops; at most ephemeral_max_per_user (a setting) at once"},
+                         protocol={"type": "string", "enum": ["http", "tcp"], "default": "http",
+                                   "description": "tcp: a TCP tunnel, given a port of relay_tcp_ports (403 when "
+                                   "TCP is off or past tcp_max_per_user, 409 when the range is used up); "
+                                   "subdomain is required for http only"},
+                         remote_port={"type": "integer", "description": "tcp only: this port of relay_tcp_ports "
+                                      "(400 outside it, 409 taken); default: the next free one"}),
     "TunnelUpdate": {**_obj([], name=NAME, local_port=PORT, access=_ref("AccessUpdate"), traffic_view={
         "type": "boolean", "description": "the dashboard's traffic view; false also deletes the requests kept"}),
         "minProperties": 1},
