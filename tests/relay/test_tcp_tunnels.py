@@ -208,3 +208,40 @@ def test_deleting_the_tunnel_stops_listening(db, settings, echo):
         wait_for(lambda: tunnel.remote_port not in relay.relay.tcp.servers, 10, message="stopped listening")
         with pytest.raises(OSError):
             connect(tunnel.remote_port, timeout=2).close()
+
+
+def test_a_bulk_transfer_moves_into_the_kernel_a_short_one_never_does(db, settings):
+    """A TCP visitor's bytes go through the event loop first (netio.KERNEL_AFTER), so a short
+    exchange costs no pump; a bulk one is handed to splice(2) past that, byte-exact."""
+    from intunnel.wire import netio, zerocopy
+    from tests.relay.test_tcp_processes import BulkService
+    from tests.support.tunnel import pattern_sha256
+    if not zerocopy.AVAILABLE:
+        pytest.skip("splice(2) is Linux only")
+    service = BulkService()
+    settings = tcp_settings(settings)
+    tunnel = tunnels.create(settings, make_user(), "bulk", None, service.port, protocol="tcp")
+    try:
+        with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, service.port) as client:
+            client.wait_connected()
+            session = relay.relay.sessions[tunnel.subdomain]
+            pumped = []
+
+            def download(size: int) -> str:
+                import hashlib
+                h = hashlib.sha256()
+                with connect(tunnel.remote_port) as s:
+                    s.sendall(b"D" + size.to_bytes(8, "big"))
+                    while True:
+                        data = s.recv(1 << 16)
+                        if not data:
+                            return h.hexdigest()
+                        h.update(data)
+                        if any(c.pump is not None for c in list(session.active)):
+                            pumped.append(True)
+            assert download(1000) == pattern_sha256(1000) and not pumped
+            size = 64 * netio.KERNEL_AFTER
+            assert download(size) == pattern_sha256(size)
+            assert pumped, "the kernel never took the bulk transfer over"
+    finally:
+        service.close()
