@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tool
-from intunnel import domains, nginxconf
+from intunnel import domains, nginxconf, nginxvhost
 from intunnel.certs import acme
-from intunnel.certs.reconcile import Reconciler
+from intunnel.certs.reconcile import Nginx, Reconciler, install
 from intunnel.models import CustomDomain
 from tests.deploy.nginx_support import free_port, make_self_signed_cert, nginx_test, running_nginx, write_main_config
 from tests.support.acme_ca import Pebble, StubDNS
@@ -204,3 +204,23 @@ def test_failed_validation_and_broken_certificate_spare_the_others(world):
     assert world.visit("good.customer.test")[:2][0] == 200
     assert world.visit("good.customer.test")[2] == good_serial
     wait_for(lambda: "stale.customer.test" not in world.relay.relay.custom_hosts, message="unrouted")
+
+
+def test_a_vhost_nginx_rejects_is_put_back_and_never_reloaded(world):
+    world.add("good.customer.test")
+    assert world.reconcile().issued == ["good.customer.test"]
+    wait_for(lambda: world.served("good.customer.test"), message="good served")
+    nginx, vhosts = Nginx(world.settings), Path(world.settings.nginx_domain_dir)
+    missing = (str(world.tmp / "missing" / "fullchain.pem"), str(world.tmp / "missing" / "privkey.pem"))
+    # a new file that fails nginx -t: removed again
+    changed, error = install(nginx, vhosts / "new.customer.test.conf",
+                             nginxvhost.render(world.settings, "new.customer.test", "myapp", missing))
+    assert (changed, error.startswith("nginx rejected the vhost: ")) == (False, True), error
+    assert "fullchain.pem" in error and not (vhosts / "new.customer.test.conf").exists()
+    # a change to an existing file that fails: the old text is back
+    path = vhosts / "good.customer.test.conf"
+    before = path.read_text()
+    changed, error = install(nginx, path, nginxvhost.render(world.settings, "good.customer.test", "myapp", missing))
+    assert not changed and error and path.read_text() == before
+    world.nginx_ok()
+    assert world.served("good.customer.test")
