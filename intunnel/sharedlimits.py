@@ -30,7 +30,7 @@ import peewee as pw
 from .models import BaseModel, database
 from .ratelimit import Clock, Decision, RateLimiter
 from .security import sha256_hex
-from .web.sqlcache import cached_sql
+from .sqlcache import cached_sql
 
 PRUNE_INTERVAL = 60.0
 

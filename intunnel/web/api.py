@@ -17,7 +17,7 @@ from ..errors import ValidationError
 from ..models import Tunnel, database
 from ..timeutil import iso
 from . import device_api, jsonbody, openapi
-from .sqlcache import cached_sql
+from ..sqlcache import cached_sql
 from .auth import require_user
 from .state import current as current_state
 

@@ -50,7 +50,7 @@ from ..models import ApiToken, Session, User
 from ..timeutil import utcnow
 from . import cookies
 from . import state as web_state
-from .sqlcache import cached_sql
+from ..sqlcache import cached_sql
 
 SESSION_COOKIE = "intunnel_session"  # the base name; see session_cookie_name()
 CSRF_FIELD = "csrf_token"
