@@ -16,7 +16,8 @@ visitor's (``upstream.open_data``: Bind, the agent dials its local service, Data
 mirrored.  Nothing is parsed.  Before a data connection is taken: the tunnel's IP rules
 (``access.raw_admitted``: the only access control a raw TCP visitor can have) and its
 ``relay_max_visitors_per_tunnel`` slots.  Refused, offline, or the local service refusing:
-the connection is closed at once (no banner can be written for an unknown protocol).
+the connection is closed at once (no banner can be written for an unknown protocol), logged
+at debug level only (a port scanner must not flood the log).
 
 Several relays: a visitor whose tunnel's agent is on another relay is forwarded there over
 an authenticated peer connection (relay/peers), opened with one request head naming the
@@ -170,11 +171,11 @@ class TcpListeners:
         gate = session.gate
         narrow = getattr(gate, "narrow", None)
         if not access.raw_admitted((gate.policy, narrow.rules if narrow is not None else None), address):
-            log.info("tunnel %s: TCP visitor %s refused by the IP rules", session.subdomain, address)
+            log.debug("tunnel %s: TCP visitor %s refused by the IP rules", session.subdomain, address)
             conn.close()
             return
         if session.visitors >= self.relay.tunables.relay_max_visitors_per_tunnel:
-            log.info("tunnel %s: TCP visitor %s refused: too many open connections", session.subdomain, address)
+            log.debug("tunnel %s: TCP visitor %s refused: too many open connections", session.subdomain, address)
             conn.close()
             return
         self.relay.spawn(self._bind(conn, session, address))
@@ -183,7 +184,7 @@ class TcpListeners:
         try:
             data, rest = await open_data(session, address)
         except Refused as e:
-            log.info("tunnel %s: TCP visitor %s closed: %s", session.subdomain, address,
+            log.debug("tunnel %s: TCP visitor %s closed: %s", session.subdomain, address,
                      "the agent is offline" if e.kind == "offline" else "the local service refused it")
             conn.close()
             return

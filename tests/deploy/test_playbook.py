@@ -239,4 +239,5 @@ def test_bad_multi_host_settings_stop_the_play_naming_the_variable(tmp_path, ext
 def test_tcp_tunnel_ports_reach_the_config(tmp_path, ports):
     """intunnel_tcp_ports is the relays' relay_tcp_ports (empty: TCP tunnels off)."""
     out = render_wiring(tmp_path, intunnel_tcp_ports=f"'{ports}'" if not ports else ports)
-    assert load_settings(out / "intunnel.toml", env={}).relay_tcp_ports == ports
+    settings = load_settings(out / "intunnel.toml", env={})
+    assert settings.relay_tcp_ports == ports and settings.relay_tcp_listen_host == "0.0.0.0"

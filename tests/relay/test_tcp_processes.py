@@ -249,6 +249,16 @@ def test_the_reserved_port_is_back_after_a_relay_restart_before_the_agent(db, se
         s.sendall(b"ping")
         s.shutdown(socket.SHUT_WR)
         assert recv_all(s) == b"ping<bye>", (again.lines, client.lines)
+    # --upstream HOST:PORT instead of PORT (the same local service, named by address)
+    client.stop()
+    upstream = stack.enter_context(_Process(["tcp", "--upstream", f"127.0.0.1:{echo.port}", "--server", again.url,
+                                             "--token", tunnel.token], _python_env({})))
+    upstream.wait_line(rf"^connected: tcp://localhost:{tunnel.remote_port}")
+    client = upstream
+    with connect(tunnel.remote_port) as s:
+        s.sendall(b"up")
+        s.shutdown(socket.SHUT_WR)
+        assert recv_all(s) == b"up<bye>"
     # ...and it stays reserved across the client's reconnects: stop the relay, start it, same port
     again.stop()
     third = stack.enter_context(RelayProcess(settings, port=relay.port, env=tcp_env(ports)))

@@ -93,3 +93,19 @@ def test_tcp_turned_off(settings, db):
     create_user("carol@example.com", "carol")
     with running_web_app(settings, relay_tcp_ports="") as web, login_session(web, "carol@example.com") as s:
         seed_error(create(s, web, protocol="tcp"), 403, "FORBIDDEN", "TCP tunnels are disabled")
+
+
+def test_the_database_itself_refuses_two_tunnels_on_one_port(db):
+    """The UNIQUE index of migration 10 (both backends): the last word when two creates race."""
+    import peewee as pw
+    from intunnel.models import Tunnel, database
+    user = create_user("dave@example.com", "dave")
+    Tunnel.create(owner=user, name="a", subdomain="tcp-a", local_port=22, token="t-a", protocol="tcp",
+                  remote_port=21000)
+    with pytest.raises(pw.IntegrityError), database.atomic():
+        Tunnel.create(owner=user, name="b", subdomain="tcp-b", local_port=22, token="t-b", protocol="tcp",
+                      remote_port=21000)
+    # HTTP tunnels all have none: many NULLs are fine
+    for i in range(3):
+        Tunnel.create(owner=user, name=f"h{i}", subdomain=f"h{i}", local_port=80, token=f"t-h{i}")
+    assert Tunnel.select().where(Tunnel.remote_port.is_null()).count() == 3
