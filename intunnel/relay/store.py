@@ -320,6 +320,10 @@ class Store:
         """The live access grants among ``token_hashes`` (memberpass.grants)."""
         return await self._run(self._grants, token_hashes)
 
+    async def custom_routes(self) -> dict[str, str]:
+        """{hostname: subdomain} of the active custom domains (intunnel.domains)."""
+        return await self._run(domains.active_routes)
+
     async def tcp_ports(self) -> dict[int, str]:
         """{public port: subdomain} of every TCP tunnel (relay/tcp_listeners)."""
         return await self._run(self._tcp_ports)
@@ -363,10 +367,6 @@ class Store:
         if not live:
             return []
         return await self._run(self._revoked, live)
-    async def custom_routes(self) -> dict[str, str]:
-        """{hostname: subdomain} of the active custom domains (intunnel.domains)."""
-        return await self._run(domains.active_routes)
-
 
     async def traffic_views(self, tunnel_ids: list[int]) -> dict[int, bool]:
         return await self._run(self._traffic_views, tunnel_ids)
