@@ -1,7 +1,7 @@
 """`intunnel web`: serve the web app with cheroot or waitress (``web_server``); ``make_server`` for embedding.
 
     server = make_server(settings)        # bound and listening (port 0 works)
-    thread = start_in_thread(server)      # or server.run() in the foreground
+    thread = start_in_thread(server)
     ...
     stop_server(server, thread)
 
@@ -44,6 +44,10 @@ KEEPALIVE_CONNECTIONS = 100
 SHUTDOWN_TIMEOUT = 5.0
 # How often a waitress server run by start_in_thread looks at its stop flag (seconds).
 STOP_POLL_INTERVAL = 0.05
+# Seconds a stop waits past SHUTDOWN_TIMEOUT for the server's threads before it gives up on them.
+STOP_GRACE = 1.0
+# How often `intunnel web` looks whether its serving thread died while it waits for a stop signal.
+LIVENESS_INTERVAL = 1.0
 
 
 def add_arguments(parser) -> None:
@@ -101,10 +105,6 @@ class WaitressServer:
         self.effective_host, self.effective_port = server.effective_host, server.effective_port
         self._stop = threading.Event()
 
-    def run(self) -> None:
-        """Serve in this thread; SystemExit (the SIGTERM handler) stops it and its workers."""
-        self.server.run()   # waitress's run() shuts its workers down on SystemExit
-
     def serve_until_stopped(self) -> None:
         """Serve until ``stop``; the loop checks a flag, so stopping needs no cross-thread
         write to waitress's trigger pipe."""
@@ -147,21 +147,20 @@ class CherootServer:
         self.server = server
         self.effective_host, self.effective_port = server.bind_addr[:2]
 
-    def run(self) -> None:
-        """Serve in this thread; SystemExit (the SIGTERM handler) stops it: listener closed,
-        requests in progress given SHUTDOWN_TIMEOUT to finish, workers joined."""
-        try:
-            self.server.serve()
-        finally:
-            self.server.stop()
-
     def serve_until_stopped(self) -> None:
         self.server.serve()
 
     def stop(self, thread: threading.Thread, timeout: float) -> None:
+        """Listener closed, requests in progress given ``timeout`` to finish, workers joined: all
+        bounded, because cheroot's own stop ends in an untimed join of a worker that outlived its
+        timeout; it runs in a daemon thread that the process may leave behind."""
         self.server.shutdown_timeout = timeout
-        self.server.stop()
-        thread.join(timeout)
+        stopper = threading.Thread(target=self.server.stop, name="intunnel-web-stop", daemon=True)
+        stopper.start()
+        stopper.join(timeout + STOP_GRACE)
+        thread.join(STOP_GRACE)
+        if stopper.is_alive():
+            log.warning("web server workers still busy %.0f s after the stop; leaving them", timeout)
 
 
 _CHEROOT = []
@@ -235,7 +234,16 @@ def configure_logging(settings) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
+# `intunnel web` stops on these, taken by the main thread with sigwait rather than by a handler:
+# a handler raising SystemExit into the serving loop at an arbitrary bytecode once left cheroot's
+# worker pool unjoinable, and the stop hung until systemd's SIGKILL.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
 def run(args) -> int:
+    # Blocked before any thread starts, so that every thread inherits the mask and the signals
+    # stay pending until the main thread's sigtimedwait takes them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     settings = prepare_data_dir(load_settings(args.config))
     configure_logging(settings)
     from .app import create_app
@@ -244,14 +252,18 @@ def run(args) -> int:
     server = make_server(settings, app)
     metrics = start_listener(settings.web_metrics_address, app.metrics.registry) \
         if settings.web_metrics_address else None
-
-    def terminate(signum, frame):
-        raise SystemExit(0)  # either server's run() stops on SystemExit
-
-    signal.signal(signal.SIGTERM, terminate)
+    thread = start_in_thread(server)
     try:
-        server.run()
+        while thread.is_alive():
+            received = signal.sigtimedwait(STOP_SIGNALS, LIVENESS_INTERVAL)
+            if received is not None:
+                log.info("stopping on %s", signal.Signals(received.si_signo).name)
+                break
+        else:
+            log.error("the web server's thread ended by itself")
+            return 1
     finally:
+        stop_server(server, thread)
         if metrics is not None:
             stop_listener(metrics)
     return 0

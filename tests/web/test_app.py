@@ -102,7 +102,10 @@ def test_disabled_mid_session(web, alice, alice_session):
     assert alice_session.get(web.url + "/api/user/profile").status_code == 401
 
 
-def test_intunnel_web_command(settings):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT])
+def test_intunnel_web_command(settings, stop_signal):
+    """`intunnel web` serves, and stops on SIGTERM (systemd) or SIGINT (Ctrl-C) with status 0 and
+    no traceback, a visitor's keep-alive connection still open."""
     env = {**os.environ, "INTUNNEL_DATA_DIR": str(settings.data_dir), "INTUNNEL_WEB_LISTEN": "127.0.0.1:0",
            "INTUNNEL_CONFIG": "", **database_env(settings)}
     proc = subprocess.Popen([sys.executable, "-m", "intunnel.cli", "web"], env=env, stderr=subprocess.PIPE,
@@ -115,13 +118,16 @@ def test_intunnel_web_command(settings):
             assert line or proc.poll() is None, "intunnel web exited"
         assert "web app listening on http://127.0.0.1:" in line
         url = line.rsplit(" ", 1)[1].strip()
-        assert requests.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
-        access = ""
-        while "GET /healthz 200" not in access and time.monotonic() < deadline:
-            access = proc.stderr.readline()
-        assert "GET /healthz 200" in access
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 0
+        with requests.Session() as keep_alive:
+            assert keep_alive.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
+            access = ""
+            while "GET /healthz 200" not in access and time.monotonic() < deadline:
+                access = proc.stderr.readline()
+            assert "GET /healthz 200" in access
+            proc.send_signal(stop_signal)
+            assert proc.wait(10) == 0
+        rest = proc.stderr.read()
+        assert f"stopping on {stop_signal.name}" in rest and "Traceback" not in rest
     finally:
         if proc.poll() is None:
             proc.kill()
