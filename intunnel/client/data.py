@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..wire import protocol as p
-from ..wire.netio import Conn, ConnClosed, pump_through_kernel, splice
+from ..wire.netio import Conn, ConnClosed, pump_through_kernel, splice, wait_for
 from .errors import HandshakeFailed, TokenRefused, WrongServer, describe
 from .exchanges import ExchangeLog
 from .inspect.capture import UNTIL_CLOSE
@@ -71,7 +71,7 @@ async def serve_visitor(conn: Conn, first_bytes: bytes, upstream: Upstream, say:
     kernel's splice(2) (netio._forward), each chunk written on before it is shown."""
     loop = asyncio.get_running_loop()
     try:
-        _, local = await asyncio.wait_for(loop.create_connection(Conn, upstream.host, upstream.port),
+        _, local = await wait_for(loop.create_connection(Conn, upstream.host, upstream.port),
                                           p.LOCAL_CONNECT_TIMEOUT)
     except (OSError, asyncio.TimeoutError) as e:
         conn.write(p.encode(p.DataRefused(upstream.port, describe(e))))

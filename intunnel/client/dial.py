@@ -17,7 +17,7 @@ import ssl
 from .. import __version__
 from ..wire import protocol as p
 from ..wire.http1 import HttpError, ResponseHead, parse_response_head
-from ..wire.netio import Conn, ConnClosed
+from ..wire.netio import Conn, ConnClosed, wait_for
 from .address import ServerAddress
 from .errors import NOT_THE_RELAY, HandshakeFailed, TokenRefused, WrongServer
 
@@ -88,7 +88,7 @@ class Dialer:
     async def resolve(self) -> str:
         """The server's address, resolved now (every session: the relay may have moved)."""
         loop = asyncio.get_running_loop()
-        infos = await asyncio.wait_for(
+        infos = await wait_for(
             loop.getaddrinfo(self.server.host, self.server.port, type=socket.SOCK_STREAM), self.timeout)
         if not infos:
             raise OSError(f"cannot resolve {self.server.host}")
@@ -100,12 +100,12 @@ class Dialer:
         loop = asyncio.get_running_loop()
         kwargs = {"ssl": self.ssl, "server_hostname": self.server.host} if self.ssl else {}
         # By address: the name was resolved once for the session (no resolver thread per visitor).
-        _, conn = await asyncio.wait_for(
+        _, conn = await wait_for(
             loop.create_connection(Conn, address, self.server.port, **kwargs), self.timeout)
         try:
             conn.write(upgrade_request(self.server, path, headers))
             try:
-                raw = await asyncio.wait_for(conn.read_head(p.MAX_HANDSHAKE_RESPONSE), self.timeout)
+                raw = await wait_for(conn.read_head(p.MAX_HANDSHAKE_RESPONSE), self.timeout)
             except ValueError:
                 raise HandshakeFailed("the relay answered with something that is not HTTP") from None
             head = parse_answer(raw)
@@ -121,6 +121,6 @@ class Dialer:
         if head.body != "length" or head.length > p.MAX_HANDSHAKE_RESPONSE:
             return b""
         try:
-            return await asyncio.wait_for(conn.read_exactly(head.length), ERROR_BODY_TIMEOUT)
+            return await wait_for(conn.read_exactly(head.length), ERROR_BODY_TIMEOUT)
         except (asyncio.TimeoutError, ConnClosed):
             return b""

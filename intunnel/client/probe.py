@@ -7,6 +7,7 @@ import asyncio
 import socket
 import ssl
 
+from ..wire.netio import wait_for
 from .address import ServerAddress
 from .errors import TokenRefused
 
@@ -41,7 +42,7 @@ async def answers_plain_http(server: ServerAddress) -> bool:
         finally:
             writer.close()
     try:
-        return await asyncio.wait_for(ask(), PROBE_TIMEOUT)
+        return await wait_for(ask(), PROBE_TIMEOUT)
     except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
         return False
 
@@ -51,7 +52,7 @@ async def answers_tls(server: ServerAddress) -> bool:
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE  # only asking whether it speaks TLS: nothing is sent
     try:
-        _, writer = await asyncio.wait_for(
+        _, writer = await wait_for(
             asyncio.open_connection(server.host, server.port, ssl=context, server_hostname=server.host),
             PROBE_TIMEOUT)
         writer.close()

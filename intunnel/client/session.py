@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..wire import protocol as p
-from ..wire.netio import KERNEL_AFTER, Conn
+from ..wire.netio import KERNEL_AFTER, Conn, wait_for
 from .data import DIALING, IDLE, DataLink, Upstream, run_link
 from .dial import Dialer
 from .errors import ACCESS_UNSUPPORTED, HandshakeFailed, TokenRefused, describe
@@ -57,7 +57,7 @@ async def open_session(dialer: Dialer, token: str, placement: str, hello: p.Hell
     try:
         control = p.ControlSession(p.AGENT, time.monotonic())
         conn.write(control.send(hello))
-        messages = await asyncio.wait_for(conn.read_messages(control.decoder, limit=1), dialer.timeout)
+        messages = await wait_for(conn.read_messages(control.decoder, limit=1), dialer.timeout)
         welcome = welcomed(control.receive_messages(messages)[0], hello)
         return Opened(conn, control, welcome, address, placed)
     except BaseException:

@@ -38,6 +38,7 @@ import logging
 import time
 
 from ..changes import CHANNEL, TUNNEL, USER, parse
+from ..wire.netio import wait_for
 from . import access, members, traffic
 
 log = logging.getLogger("intunnel.relay")
@@ -169,7 +170,7 @@ class Revocations:
             if delay > 0:
                 self._mode.clear()
                 try:
-                    await asyncio.wait_for(self._mode.wait(), delay)
+                    await wait_for(self._mode.wait(), delay)
                 except asyncio.TimeoutError:
                     pass
                 continue  # the mode may have changed: recompute the interval

@@ -251,6 +251,18 @@ class Conn(asyncio.Protocol):
         self.resume()
 
 
+if hasattr(asyncio, "timeout"):   # Python 3.11+
+    async def wait_for(awaitable, timeout: float):
+        """``asyncio.wait_for`` that never loses the caller's cancellation: 3.11's returns the
+        result when the cancel and the result come in the same loop turn, so a loop around it
+        outlives a cancel-and-gather (revocations' timer once hung a relay's stop).  3.12's
+        ``wait_for`` is this same ``asyncio.timeout`` block."""
+        async with asyncio.timeout(timeout):
+            return await awaitable
+else:   # 3.9 and 3.10 (the client only): their wait_for, race included
+    wait_for = asyncio.wait_for
+
+
 def run(main) -> object:
     """``asyncio.run`` on uvloop when it is installed (about twice the packets per CPU second),
     else on asyncio's own loop.  ``INTUNNEL_EVENT_LOOP=asyncio`` forces the latter, and so does

@@ -12,6 +12,7 @@ import base64
 import re
 from typing import Optional
 
+from ...wire.netio import wait_for
 from . import views
 from .capture import Capture, Record, Store
 
@@ -81,14 +82,14 @@ async def replay(store: Store, record: Record, edits: dict, host: str, port: int
     data = build(record, edits)
     cap = Capture(store, replay_of=record.id, origin=record.origin)
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), REPLAY_TIMEOUT)
+        reader, writer = await wait_for(asyncio.open_connection(host, port), REPLAY_TIMEOUT)
     except (OSError, asyncio.TimeoutError) as e:
         raise ReplayError(502, "LOCAL_APP_UNREACHABLE", f"the local app on {host}:{port} refused: {e}") from None
     cap.requests(data)
     new = store.records()[0] if store.records() else None
     try:
         writer.write(data)
-        await asyncio.wait_for(_read_all(reader, cap), REPLAY_TIMEOUT)
+        await wait_for(_read_all(reader, cap), REPLAY_TIMEOUT)
     except (OSError, asyncio.TimeoutError):
         pass    # what came is recorded; the record says it closed early
     finally:

@@ -26,6 +26,7 @@ import urllib.parse
 from typing import Callable, Optional, Tuple
 
 from ...wire.http1 import HttpError, parse_request_head
+from ...wire.netio import wait_for
 from . import page, views
 from .capture import Capture, Store
 from .replay import MAX_REPLAY_BODY, ReplayError, replay
@@ -109,7 +110,7 @@ class Inspector:
     # --- one request per connection ------------------------------------------------------------
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            status, headers, body = await asyncio.wait_for(self._answer(reader), READ_TIMEOUT * 2)
+            status, headers, body = await wait_for(self._answer(reader), READ_TIMEOUT * 2)
         except asyncio.TimeoutError:
             status, headers, body = _error(408, "TIMEOUT", "the request took too long")
         except Exception:   # a bug here must not end the client: the page gets a 500
@@ -127,7 +128,7 @@ class Inspector:
 
     async def _answer(self, reader: asyncio.StreamReader):
         try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
+            raw = await wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             head = parse_request_head(raw[:-4])
         except (asyncio.LimitOverrunError, ValueError):
             return _error(431, "HEAD_TOO_LARGE", "request head too large")
@@ -141,7 +142,7 @@ class Inspector:
             return _error(411, "LENGTH_REQUIRED", "send a Content-Length")
         if head.length > MAX_BODY:
             return _error(413, "BODY_TOO_LARGE", f"at most {MAX_BODY} bytes")
-        body = await asyncio.wait_for(reader.readexactly(head.length), READ_TIMEOUT) if head.length else b""
+        body = await wait_for(reader.readexactly(head.length), READ_TIMEOUT) if head.length else b""
         url = urllib.parse.urlsplit(head.target)
         query = dict(urllib.parse.parse_qsl(url.query))
         method, path = head.method, url.path
