@@ -251,7 +251,10 @@ class _Process:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-            raise
+            self._reader.join(5)
+            # what it printed says where it was stuck (the exception alone names only the command)
+            raise AssertionError(f"{self.proc.args[-1]!r} still running {timeout:g} s after SIGTERM; its output:\n"
+                                 + "\n".join(self.lines)) from None
 
     def close(self):
         if self.proc.poll() is None:
