@@ -35,3 +35,16 @@ def test_list_and_reconcile_a_name_not_pointing_here(admin, tmp_path):
         assert reason == ("shop.customer.test resolves to 192.0.2.9, not only to this server (203.0.113.5)")
         # a second run within the backoff leaves it alone
         assert admin.json("certs", "reconcile", env=env)["waiting"] == ["shop.customer.test"]
+
+
+def test_reconcile_leaves_an_unmigrated_database_to_db_migrate(admin):
+    """The timer runs reconcile every minute, also in the seconds between the playbook writing a
+    new database_url and its `db migrate`: it must not make the schema (the playbook's migrate
+    task would then report no change and not restart the services)."""
+    if not admin.database_url:   # SQLite: a database file with no schema yet
+        admin.db_path.parent.mkdir(parents=True, exist_ok=True)
+        admin.db_path.touch()
+    report = admin.json("certs", "reconcile")
+    assert report["schema_version"] == 0 and report["issued"] == [] and "db migrate" in report["message"]
+    migrated = admin.json("db", "migrate")
+    assert migrated["from_version"] == 0 and migrated["applied"]
