@@ -5,7 +5,7 @@ from __future__ import annotations
 import peewee as pw
 import pytest
 
-from intunnel.models import ApiToken, Session, Tunnel, User, database
+from intunnel.models import ApiToken, Session, Tunnel, User, connect_settings, database
 from intunnel.timeutil import utcnow
 
 
@@ -17,6 +17,31 @@ def user(n: int) -> User:
 def test_pragmas(db):
     assert db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute_sql("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_a_read_then_write_transaction_is_not_failed_by_another_writer(settings, db):
+    """The web app checks, then writes (a limit, then the new row) while the relay writes the
+    same file.  A deferred SQLite transaction that has read cannot take the write lock once
+    another connection has committed since: "database is locked" at once, busy_timeout or not.
+    Every transaction takes the write lock at BEGIN instead, so the other writer waits."""
+    user(1)
+    other = connect_settings(settings)
+    other.connect()
+    if isinstance(other, pw.SqliteDatabase):
+        other.execute_sql("PRAGMA busy_timeout = 0")   # say at once whether it got in
+    insert = ('INSERT INTO "user" (username, email, password_hash, is_admin, disabled, created_at) '
+              f"VALUES ({other.param}, {other.param}, 'x', {other.param}, {other.param}, {other.param})")
+    try:
+        with database.atomic():
+            assert User.select().count() == 1
+            try:
+                other.execute_sql(insert, ("relay", "relay@example.com", False, False, utcnow()))
+            except pw.OperationalError:
+                pass   # SQLite: our transaction holds the write lock (a real writer would wait)
+            user(2)
+    finally:
+        other.close()
+    assert User.select().where(User.username == "user2").exists()
 
 
 @pytest.mark.parametrize("field", ["username", "email"])
