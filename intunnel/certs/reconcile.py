@@ -101,10 +101,15 @@ def install(nginx: Nginx, path: Path, text: str | None, reload: bool = False) ->
 def wait_live(settings, hostname: str) -> bool:
     """After a reload: does the name's port-80 vhost serve the challenge web root yet?"""
     token = "intunnel-probe-" + secrets.token_hex(8)
-    challenge = Path(settings.nginx_acme_root) / ".well-known" / "acme-challenge"
-    challenge.mkdir(parents=True, exist_ok=True)
-    probe = challenge / token
+    # Readable by nginx's workers (another user) whatever the umask (the unit's is 0077), as
+    # certbot makes its own challenge files.
+    probe = Path(settings.nginx_acme_root) / ".well-known" / "acme-challenge" / token
+    for directory in (probe.parent.parent, probe.parent):
+        if not directory.is_dir():
+            directory.mkdir(parents=True, exist_ok=True)
+            directory.chmod(0o755)
     probe.write_text(token)
+    probe.chmod(0o644)
     deadline = time.monotonic() + settings.nginx_reload_wait
     try:
         while True:

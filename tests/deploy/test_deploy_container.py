@@ -4,31 +4,39 @@ A Debian bookworm root (debootstrap, cached) boots with systemd-nspawn; the
 playbook runs over SSH with TLS mode `selfsigned` and domain `intunnel.test` on
 free ports; then, from outside: log in over HTTPS, create a tunnel through the
 API, run the client on this machine against the container's nginx, fetch a page
-and a WebSocket echo through https://<sub>.intunnel.test, check the units, run
-the backup job as cron would, restore it, and run the playbook again: changed=0.  Last, the same booted host
+and a WebSocket echo through https://<sub>.intunnel.test, give the tunnel a custom domain
+that the host's own intunnel-certs unit gets a certificate for from Debian's pebble (on this
+machine, validating HTTP-01 against the container's nginx), check the units, run the backup job as cron would, restore it, and run the playbook again: changed=0.  Last, the same booted host
 is switched to `intunnel_database: postgresql` (a server installed by the playbook on a free
 port): two more runs, the second changed=0, then the web app, the relay and `doctor` on it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shlex
 import shutil
 import socket
+import ssl
 import time
+from urllib.parse import quote
 
 import pytest
 
 from bench.procs import wait_until
+from conftest import require_tool
 from container_support import (ADMIN_EMAIL, BIG_PAGE, DOMAIN, Container, Site, Upstream, create_tunnel, deploy_workdir, freeze_checkout,
                                prepare_root, recap, run_playbook, ssh_host_vars, tunnel_client, web_is_up)
 from nginx_support import free_port
+from tests.support.acme_ca import Pebble, StubDNS
 
 pytestmark = [pytest.mark.deploy, pytest.mark.slow]
 
 UNITS = ("intunnel-web.service", "intunnel-relay.service")
+# Where the container finds pebble's HTTPS certificate (acme_ca_bundle).
+PEBBLE_CA_IN_ROOT = "/usr/local/share/intunnel-test/pebble-ca.pem"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +49,20 @@ def site(tmp_path_factory):
     prepare_root(root, ssh_port, (work / "id_ed25519.pub").read_text())
     timings["root"] = time.monotonic() - started
     container = Container(root, ssh_port, key, work / "console.log")
+    acme = contextlib.ExitStack()
     try:
+        # The ACME side of custom domains, on this machine (the container shares its network):
+        # pebble validates HTTP-01 at the container's nginx, asking its own stub DNS; the
+        # appliance's reconciler asks another ("does the name point here?").
+        for tool in ("pebble", "openssl"):
+            require_tool(tool)
+        ca_dns = acme.enter_context(StubDNS({}))
+        server_dns = acme.enter_context(StubDNS({}))
+        pebble = acme.enter_context(Pebble(work / "pebble", http_port, ca_dns.address))
+        bundle = root / PEBBLE_CA_IN_ROOT.lstrip("/")
+        bundle.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(pebble.ca_bundle, bundle)
+        bundle.chmod(0o644)
         container.wait_ready()
         timings["boot"] = time.monotonic() - started - timings["root"]
         # Both runs install the same checkout, frozen now (others may edit the working tree meanwhile).
@@ -63,6 +84,12 @@ intunnel_nginx_https_port={https_port}
 intunnel_web_listen=127.0.0.1:{free_port()}
 intunnel_relay_listen=127.0.0.1:{free_port()}
 """)
+        # Beside the inventory, where Ansible reads group variables (INI would make the dict a string).
+        (work / "group_vars").mkdir(exist_ok=True)
+        (work / "group_vars" / "intunnel.yml").write_text(json.dumps({"intunnel_extra_settings": {
+            "acme_directory": pebble.directory, "acme_ca_bundle": PEBBLE_CA_IN_ROOT,
+            "custom_domain_resolver": server_dns.address, "custom_domain_addresses": ["127.0.0.1"],
+            "acme_email": ADMIN_EMAIL}}))
         log = work / "ansible.log"
         t0 = time.monotonic()
         first = run_playbook(inventory, log)
@@ -75,9 +102,11 @@ intunnel_relay_listen=127.0.0.1:{free_port()}
         s = Site(container, https_port, ca_file, password, inventory, log)
         s.checkout = checkout
         s.timings = timings
+        s.pebble, s.ca_dns, s.server_dns = pebble, ca_dns, server_dns
         yield s
     finally:
         container.stop()
+        acme.close()
         shutil.rmtree(root, ignore_errors=True)
         print(f"deploy test timings (s): { {k: round(v, 1) for k, v in timings.items()} }")
 
@@ -140,6 +169,68 @@ def test_tunnel_through_the_deployed_host(site):
             assert status == 200 and b"active" in body
     finally:
         upstream.close()
+
+
+def test_custom_domain_gets_a_certificate_from_the_acme_ca(site):
+    """Issue 16: the deployed intunnel-certs unit (as its timer starts it) checks the name's DNS,
+    gets a certificate by HTTP-01 through the host's nginx, writes and loads the vhost; the name
+    is served over TLS with the CA's chain, to the tunnel's app; removed, it is no longer served."""
+    site.login()
+    token = create_tunnel(site, "Shop", "shop", 3000)
+    status, _, body = site.request("GET", "/api/tunnels")
+    tunnel_id = next(t["id"] for t in json.loads(body)["tunnels"] if t["subdomain"] == "shop")
+    name = "shop.customer.test"
+    site.server_dns.names[name] = ["127.0.0.1"]
+    site.ca_dns.names[name] = ["127.0.0.1"]
+    status, _, body = site.request("POST", f"/api/tunnels/{tunnel_id}/domains", {"hostname": name})
+    assert status in (200, 201) and json.loads(body)["domain"]["status"] == "pending-dns", body
+    root = site.pebble.root_pem()
+
+    def visit():
+        context = ssl.create_default_context(cadata=root)
+        with socket.create_connection(("127.0.0.1", site.https_port), timeout=10) as raw:
+            with context.wrap_socket(raw, server_hostname=name) as tls:
+                tls.sendall(f"GET /shop HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+                reply = b""
+                while chunk := tls.recv(65536):
+                    reply += chunk
+                return reply
+
+    def certs_run():
+        done = site.container.ssh("systemctl start intunnel-certs.service", check=False)
+        journal = site.container.ssh("journalctl -u intunnel-certs.service --no-pager -n 40", check=False).stdout
+        assert done.returncode == 0, journal
+        return journal
+
+    def domain():
+        _, _, body = site.request("GET", f"/api/tunnels/{tunnel_id}/domains")
+        return next(d for d in json.loads(body)["domains"] if d["hostname"] == name)
+
+    upstream = Upstream()
+    try:
+        with tunnel_client(site, upstream.port, token, site.log.with_name("shop-client.log")):
+            journal = certs_run()
+            assert domain()["status"] == "active", (domain(), journal)
+            assert domain()["certificate_expires_at"]
+
+            def served():
+                try:
+                    return visit().endswith(b"hello from the laptop, path /shop\n")
+                except (ssl.SSLError, OSError):
+                    return False   # the relay routes the name within relay_custom_domain_refresh
+            wait_until(served, 30, "the custom domain over TLS with pebble's chain")
+
+            status, _, body = site.request("DELETE", f"/api/tunnels/{tunnel_id}/domains/{quote(name)}")
+            assert status == 200, body
+            certs_run()
+            vhosts = site.container.ssh("ls /etc/nginx/intunnel-domains").stdout.split()
+            assert not [v for v in vhosts if name in v], vhosts
+            assert site.container.ssh("nginx -t", check=False).returncode == 0
+            with pytest.raises(ssl.SSLError):
+                visit()
+    finally:
+        upstream.close()
+        site.request("DELETE", f"/api/tunnels/{tunnel_id}")
 
 
 def run_backup_as_cron(container) -> list[str]:
