@@ -132,7 +132,8 @@ SETTINGS: tuple[Setting, ...] = (
             "until deleted, and every relay listens on every reserved one; empty: TCP tunnels are off."),
     Setting("relay_tcp_listen_host", str, "127.0.0.1", "Address the relay listens on for TCP tunnels' visitors (their ports "
             "come from relay_tcp_ports, straight from the internet, not through nginx): loopback by default like every "
-            "listener (a laptop's `intunnel serve`); a server facing the internet sets 0.0.0.0 (the playbook does)."),
+            "listener (a laptop's `intunnel serve`); a server facing the internet sets * (every address, IPv4 and IPv6: the "
+            "playbook does when intunnel_nginx_ipv6 is on) or 0.0.0.0 (IPv4 only)."),
     Setting("tcp_max_per_user", int, 5, "TCP tunnels one user may have (each holds a public port); creating one more is "
             "refused with a message saying so."),
     Setting("relay_tcp_refresh", float, 2.0, "Seconds between the relay's reloads of the reserved TCP ports (a TCP tunnel "

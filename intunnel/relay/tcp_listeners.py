@@ -2,7 +2,7 @@
 
 A TCP tunnel (``tunnel.protocol`` "tcp") holds a public port of ``relay_tcp_ports``
 (intunnel.tcpports) until it is deleted.  Every relay listens on every reserved port, on
-``relay_tcp_listen_host``:
+``relay_tcp_listen_host`` (``*``: every address, IPv4 and IPv6):
 
   * at start, before its agent endpoint listens (so a restarted relay has its ports back
     before the first agent reconnects), then every ``relay_tcp_refresh`` seconds (tunnels
@@ -38,6 +38,7 @@ from .upstream import Refused, Upstream, open_data
 
 log = logging.getLogger("intunnel.relay")
 
+EVERY_ADDRESS = "*"                      # relay_tcp_listen_host: IPv4 and IPv6
 FORWARD_PATH = "/_intunnel/tcp"          # a peer relay's opening for a forwarded TCP visitor
 FORWARD_PREFIX = f"GET {FORWARD_PATH} ".encode()
 TUNNEL_HEADER = "X-InTunnel-Tcp-Tunnel"  # its tunnel (subdomain); the visitor's address in X-Forwarded-For
@@ -73,6 +74,8 @@ class TcpListeners:
         settings = relay.settings
         self.enabled = bool(tcpports.parse_ranges(settings.relay_tcp_ports))   # ConfigError at start if bad
         self.host = settings.relay_tcp_listen_host
+        # "*": every address of both families (asyncio binds one socket per family for None).
+        self.bind_host = None if self.host == EVERY_ADDRESS else self.host
         self.ports: dict[int, str] = {}                       # reserved port -> tunnel's subdomain
         self.servers: dict[int, asyncio.AbstractServer] = {}
         self.opening: set[int] = set()
@@ -122,7 +125,7 @@ class TcpListeners:
             return
         self.opening.add(port)
         try:
-            server = await self.relay.loop.create_server(lambda: self._conn(port), self.host, port,
+            server = await self.relay.loop.create_server(lambda: self._conn(port), self.bind_host, port,
                                                          backlog=1024, reuse_address=True)
         except OSError as e:
             if port not in self.skipped:

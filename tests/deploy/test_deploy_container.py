@@ -44,7 +44,7 @@ def site(tmp_path_factory):
     work, key = deploy_workdir(tmp_path_factory, "deploy")
     timings = {}
     started = time.monotonic()
-    ssh_port, http_port, https_port = free_port(), free_port(), free_port()
+    ssh_port, http_port, https_port, tcp_port = free_port(), free_port(), free_port(), free_port()
     root = work / "root"
     prepare_root(root, ssh_port, (work / "id_ed25519.pub").read_text())
     timings["root"] = time.monotonic() - started
@@ -83,6 +83,7 @@ intunnel_nginx_http_port={http_port}
 intunnel_nginx_https_port={https_port}
 intunnel_web_listen=127.0.0.1:{free_port()}
 intunnel_relay_listen=127.0.0.1:{free_port()}
+intunnel_tcp_ports={tcp_port}
 """)
         # Beside the inventory, where Ansible reads group variables (INI would make the dict a string).
         (work / "group_vars").mkdir(exist_ok=True)
@@ -169,6 +170,43 @@ def test_tunnel_through_the_deployed_host(site):
             assert status == 200 and b"active" in body
     finally:
         upstream.close()
+
+
+def test_tcp_tunnel_through_the_deployed_relay_on_ipv4_and_ipv6(site):
+    """Issue 16: a TCP tunnel made through the API gets the host's one reserved port; the hardened
+    relay listens there on every address (intunnel_tcp_listen_host "*"), and `intunnel tcp` on
+    this machine serves it: raw bytes to the local service from 127.0.0.1 and from ::1."""
+    site.login()
+    status, _, body = site.request("POST", "/api/tunnels", {"name": "Raw", "subdomain": "raw", "local_port": 3000,
+                                                            "protocol": "tcp"})
+    assert status in (200, 201), body
+    made = json.loads(body)
+    tunnel = made.get("tunnel", made)
+    token, port = tunnel["token"], tunnel["remote_port"]
+    assert tunnel["url"] == f"tcp://{DOMAIN}:{port}", tunnel
+
+    def fetch(host: str) -> bytes:
+        with socket.create_connection((host, port), timeout=10) as s:
+            s.sendall(b"GET /raw HTTP/1.1\r\nHost: anything\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+            return reply
+
+    def served(host: str) -> bool:
+        try:
+            return fetch(host).endswith(b"hello from the laptop, path /raw\n")
+        except OSError:
+            return False
+
+    upstream = Upstream()
+    try:
+        with tunnel_client(site, upstream.port, token, site.log.with_name("tcp-client.log"), kind="tcp"):
+            wait_until(lambda: served("127.0.0.1"), 30, "the TCP tunnel on IPv4")
+            assert served("::1"), "the TCP tunnel on IPv6"
+    finally:
+        upstream.close()
+        site.request("DELETE", f"/api/tunnels/{tunnel['id']}")
 
 
 def test_custom_domain_gets_a_certificate_from_the_acme_ca(site):

@@ -240,4 +240,11 @@ def test_tcp_tunnel_ports_reach_the_config(tmp_path, ports):
     """intunnel_tcp_ports is the relays' relay_tcp_ports (empty: TCP tunnels off)."""
     out = render_wiring(tmp_path, intunnel_tcp_ports=f"'{ports}'" if not ports else ports)
     settings = load_settings(out / "intunnel.toml", env={})
-    assert settings.relay_tcp_ports == ports and settings.relay_tcp_listen_host == "0.0.0.0"
+    assert settings.relay_tcp_ports == ports and settings.relay_tcp_listen_host == "*"
+
+
+@pytest.mark.parametrize("ipv6, host", [("true", "*"), ("false", "0.0.0.0")])
+def test_tcp_tunnels_listen_on_ipv6_as_nginx_does(tmp_path, ipv6, host):
+    """Every address of both families, unless the host has no IPv6 (intunnel_nginx_ipv6 off)."""
+    out = render_wiring(tmp_path, intunnel_nginx_ipv6=ipv6)
+    assert load_settings(out / "intunnel.toml", env={}).relay_tcp_listen_host == host

@@ -121,14 +121,25 @@ def test_echo_and_half_close(db, settings, echo):
             assert recv_all(s) == b"<bye>"    # ...which still answers, then closes its side
 
 
-def echoes(port: int, payload: bytes = b"abc") -> bool:
-    with connect(port) as s:
+def echoes(port: int, payload: bytes = b"abc", host: str = "127.0.0.1") -> bool:
+    with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(payload)
         s.shutdown(socket.SHUT_WR)
         try:
             return recv_all(s) == payload + b"<bye>"
         except ConnectionResetError:
             return False
+
+
+def test_every_address_means_ipv4_and_ipv6(db, settings, echo):
+    """relay_tcp_listen_host "*": the reserved port on every address of both families (a server's
+    IPv6 visitors reach its TCP tunnels as its nginx serves them HTTP on IPv6 too)."""
+    settings = tcp_settings(settings).replace(relay_tcp_listen_host="*")
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port) as client:
+        client.wait_connected()
+        wait_for(lambda: echoes(tunnel.remote_port), message="the port on IPv4")
+        assert echoes(tunnel.remote_port, host="::1"), "the port on IPv6"
 
 
 @pytest.mark.parametrize("rules, admitted", [
