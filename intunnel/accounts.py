@@ -8,7 +8,7 @@ import peewee as pw
 
 from . import changes, validation
 from .errors import Conflict
-from .models import User, database
+from .models import User, database, write_transaction
 from .security import hash_password, verify_password
 from .timeutil import utcnow
 
@@ -79,7 +79,7 @@ def end_sessions(condition) -> int:
     ON DELETE CASCADE); the relays forget those grants on the notification (PostgreSQL) or
     their next poll (SQLite).  Returns how many sessions ended."""
     from .models import Session
-    with database.atomic():
+    with write_transaction():
         users = [u for (u,) in Session.select(Session.user).where(condition).distinct().tuples()]
         count = Session.delete().where(condition).execute()
         for user_id in users:
@@ -110,7 +110,7 @@ def delete_user(user: User) -> int:
     from .models import Tunnel
     if _is_last_enabled_admin(user):
         raise LastAdmin(f"'{user.username}' is the last enabled admin; promote someone else first")
-    with database.atomic():
+    with write_transaction():
         count = Tunnel.select().where(Tunnel.owner == user).count()
         user.delete_instance()  # ON DELETE CASCADE takes tunnels, sessions and tokens
         changes.user_changed(user.id)

@@ -15,7 +15,6 @@ settings loads no database library.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
@@ -128,32 +127,13 @@ def import_peewee(url: str):
     return peewee
 
 
-@functools.cache   # one class; peewee is imported on first use, not with the settings
-def _sqlite_database():
-    import peewee as pw
-
-    class ImmediateSqliteDatabase(pw.SqliteDatabase):
-        """Every transaction takes SQLite's write lock at BEGIN (BEGIN IMMEDIATE).
-
-        A deferred transaction that has read cannot upgrade to writing once another
-        connection (the relay, the web app, the admin CLI) has committed since its read:
-        SQLite fails it at once with "database is locked", without busy_timeout's wait.
-        Taken at BEGIN, the lock is waited for like any other.
-        """
-
-        def begin(self, lock_type=None):
-            super().begin(lock_type or "IMMEDIATE")
-
-    return ImmediateSqliteDatabase
-
-
 def make_database(url: str, password_file: str = "", sqlite_pragmas: dict | None = None) -> pw.Database:
     """An unconnected peewee database for ``url`` (not bound to the models)."""
     import peewee as pw
     backend = check_url(url)
     if backend == SQLITE:
-        return _sqlite_database()(str(sqlite_path(url)), pragmas=sqlite_pragmas or {},
-                                  check_same_thread=False)
+        return pw.SqliteDatabase(str(sqlite_path(url)), pragmas=sqlite_pragmas or {},
+                                 check_same_thread=False)
     params: dict = {}
     if password_file:
         if has_password(url):

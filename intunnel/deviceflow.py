@@ -19,7 +19,7 @@ from typing import Optional
 
 from . import apitokens, device_auth
 from .errors import AccessDenied, AuthorizationPending, ExpiredToken, RateLimited, SlowDown, ValidationError
-from .models import ApiToken, DeviceAuthorization, User, database
+from .models import ApiToken, DeviceAuthorization, User, database, write_transaction
 from .security import new_api_token, sha256_hex
 from .timeutil import utcnow
 
@@ -74,7 +74,7 @@ def redeem(device_code) -> tuple[DeviceAuthorization, str]:
     if not isinstance(device_code, str) or not device_code or len(device_code) > 128:
         raise ValidationError("device_code must be the device_code from POST /api/device/code", field="device_code")
     digest = sha256_hex(device_code)
-    with database.atomic():
+    with write_transaction():
         row = DeviceAuthorization.get_or_none(DeviceAuthorization.device_code_hash == digest)
         if row is None:
             raise ExpiredToken("This login code is unknown or has expired")

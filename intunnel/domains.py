@@ -16,7 +16,7 @@ import peewee as pw
 
 from .certs import names, plan
 from .errors import Conflict, Forbidden, NotFound, ValidationError
-from .models import CustomDomain, Tunnel, database
+from .models import CustomDomain, Tunnel, database, write_transaction
 from .timeutil import iso
 
 
@@ -31,7 +31,7 @@ def add(settings, tunnel: Tunnel, hostname: Any) -> CustomDomain:
     if getattr(tunnel, "protocol", "http") != "http":
         raise ValidationError("custom domains are for HTTP tunnels", field="hostname")
     name = names.normalize(hostname, settings.domain)
-    with database.atomic():
+    with write_transaction():
         if CustomDomain.select().where(CustomDomain.tunnel == tunnel).count() >= limit:
             raise Forbidden(f"this tunnel has {limit} custom domains already (custom_domains_per_tunnel)")
         try:

@@ -29,7 +29,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from .models import AccessGrant, AccessTicket, Session, User, database
+from .models import AccessGrant, AccessTicket, Session, User, database, write_transaction
 from .members import Identity
 from .security import sha256_hex
 from .timeutil import utcnow
@@ -67,7 +67,7 @@ def redeem(ticket: str, tunnel_id: int, max_age: int) -> tuple[str, str, int, Gr
     if not ticket or len(ticket) > 128:
         return None
     digest, now = sha256_hex(ticket), utcnow()
-    with database.atomic():
+    with write_transaction():
         row = AccessTicket.get_or_none(AccessTicket.token_hash == digest)
         if row is None:
             return None

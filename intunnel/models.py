@@ -207,6 +207,21 @@ MODELS = (User, Tunnel, Session, ApiToken, Route, RelayNode, AccessTicket, Acces
           TrafficEntry, CustomDomain)
 
 
+def write_transaction():
+    """A transaction that reads and then writes (a limit checked, then the row made).
+
+    On SQLite it takes the write lock at BEGIN (BEGIN IMMEDIATE): a deferred transaction that has
+    read cannot upgrade to writing once another connection (the relay, another process) has
+    committed since its read, and SQLite fails it at once with "database is locked", without
+    busy_timeout's wait.  Taken at BEGIN, the lock is waited for like any other.  Only for
+    transactions whose every statement goes through the models' ``database`` (one connection):
+    a write on another connection of the same thread would wait for this one's lock.
+    """
+    if isinstance(database.obj, pw.SqliteDatabase):
+        return database.atomic(lock_type="IMMEDIATE")
+    return database.atomic()
+
+
 def connect_settings(settings) -> pw.Database:
     """The configured database, unconnected and not bound to the models (checks, doctor)."""
     return dburl.make_database(settings.db_url, settings.database_password_file, SQLITE_PRAGMAS)

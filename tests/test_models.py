@@ -5,7 +5,7 @@ from __future__ import annotations
 import peewee as pw
 import pytest
 
-from intunnel.models import ApiToken, Session, Tunnel, User, connect_settings, database
+from intunnel.models import ApiToken, Session, Tunnel, User, connect_settings, database, write_transaction
 from intunnel.timeutil import utcnow
 
 
@@ -23,7 +23,7 @@ def test_a_read_then_write_transaction_is_not_failed_by_another_writer(settings,
     """The web app checks, then writes (a limit, then the new row) while the relay writes the
     same file.  A deferred SQLite transaction that has read cannot take the write lock once
     another connection has committed since: "database is locked" at once, busy_timeout or not.
-    Every transaction takes the write lock at BEGIN instead, so the other writer waits."""
+    write_transaction takes the write lock at BEGIN instead, so the other writer waits."""
     user(1)
     other = connect_settings(settings)
     other.connect()
@@ -32,7 +32,7 @@ def test_a_read_then_write_transaction_is_not_failed_by_another_writer(settings,
     insert = ('INSERT INTO "user" (username, email, password_hash, is_admin, disabled, created_at) '
               f"VALUES ({other.param}, {other.param}, 'x', {other.param}, {other.param}, {other.param})")
     try:
-        with database.atomic():
+        with write_transaction():
             assert User.select().count() == 1
             try:
                 other.execute_sql(insert, ("relay", "relay@example.com", False, False, utcnow()))

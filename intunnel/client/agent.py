@@ -27,7 +27,7 @@ from ..wire.netio import ConnClosed
 from .address import ServerAddress, complete_server, parse_server
 from .data import Upstream
 from .dial import Dialer
-from .errors import (ACCESS_UNSUPPORTED, ADVICE, NOT_THE_RELAY, HandshakeFailed, NeedPort, TokenRefused,
+from .errors import (ACCESS_UNSUPPORTED, ADVICE, NOT_THE_RELAY, HandshakeFailed, NeedPort, TokenRefused, WrongCommand,
                      WrongServer, advice_for, describe)
 from .probe import PROBE_TIMEOUT, other_scheme_hint
 from .session import Opened, Session, open_session
@@ -42,8 +42,11 @@ class Agent:
                  host_header: str = "preserve", insecure: bool = False, verbose: bool = False,
                  say: Callable[[str], None] = print, handshake_timeout: float = 10.0,
                  access: dict | None = None, upstream_given: bool = False, inspector=None,
-                 renew_token: Callable[[str], str | None] | None = None):
+                 renew_token: Callable[[str], str | None] | None = None, protocol: str | None = None):
         self.server = parse_server(server)
+        # "http" (`intunnel http`) or "tcp" (`intunnel tcp`): a tunnel of the other kind is refused
+        # at its Welcome; None (`intunnel start`): whichever the token's tunnel is.
+        self.protocol = protocol
         self.token = token
         # None: the tunnel's stored local port, from each Welcome (``local_port`` is then the
         # one of the last Welcome, 0 before the first).
@@ -94,7 +97,7 @@ class Agent:
             self._failure = None
             try:
                 reason, up, opened = await self._one_session(was_connected, opened)
-            except (WrongServer, NeedPort) as e:
+            except (WrongServer, NeedPort, WrongCommand) as e:
                 self.say(f"intunnel: {e}")
                 return 2
             except Exception as e:  # a bug must not end a tunnel that would work after a reconnect
@@ -146,6 +149,13 @@ class Agent:
         self.local_port = welcome.local_port
         return self._host_header == "rewrite" and sent != self.host_header
 
+    def _check_protocol(self, welcome: p.Welcome) -> None:
+        tcp = welcome.url.startswith("tcp://")
+        if self.protocol is None or tcp == (self.protocol == "tcp"):
+            return
+        kind, command = ("a TCP tunnel's", "intunnel tcp") if tcp else ("an HTTP tunnel's", "intunnel http")
+        raise WrongCommand(f"this token is {kind}: serve it with `{command}` ({welcome.url})")
+
     def _port_line(self, welcome: p.Welcome) -> str:
         """The banner's "forwarding to" line, when the port is the stored one or overrides it
         ("" when there is nothing to say, or it was said already)."""
@@ -184,6 +194,7 @@ class Agent:
                     first.conn.close()
                 self._follow(opened.welcome)
             welcome = opened.welcome
+            self._check_protocol(welcome)
             up = True
             self.url = welcome.url
             self._placement = placement_of(welcome)

@@ -167,7 +167,7 @@ def _run(args, server: str, token: str, renew_token=None) -> int:
         return 2
     agent = Agent(server, token, port, upstream_host=host, host_header=args.host_header,
                   insecure=args.insecure, verbose=args.verbose, say=_say, access=rules,
-                  upstream_given=bool(args.upstream), renew_token=renew_token)
+                  upstream_given=bool(args.upstream), renew_token=renew_token, protocol="http")
     return netio.run(_main(agent, where))
 
 

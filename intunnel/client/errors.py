@@ -6,6 +6,8 @@ The tree (``run()`` in agent.py decides on these):
   rules: final (exit 1), with ``advice_for(code)``.
 - ``WrongServer``: the URL reaches something that is not the relay: final (exit 2), the
   message says what to type instead.
+- ``WrongCommand``: the token is a TCP tunnel's and the command `intunnel http`, or the other
+  way round: final (exit 2), the message names the command to use.
 - ``NeedPort``: no PORT was given and the relay does not say the tunnel's stored local port
   (an older relay): final (exit 2).
 - ``HandshakeFailed``: the relay answered, but not with an upgrade (restarting, a proxy's
@@ -37,6 +39,10 @@ class HandshakeFailed(Exception):
 class WrongServer(Exception):
     """The URL reaches something that is not the relay (the web app, the other scheme): the
     message says what to type instead.  Final, exit status 2."""
+
+
+class WrongCommand(Exception):
+    """The tunnel is of the other protocol than the command serves (http / tcp).  Final, exit 2."""
 
 
 class NeedPort(Exception):

@@ -52,5 +52,5 @@ def run(args) -> int:
     except KeyboardInterrupt:
         return 130
     agent = Agent(server, target.token, port, upstream_host=host, insecure=args.insecure, say=_say,
-                  upstream_given=bool(args.upstream))
+                  upstream_given=bool(args.upstream), protocol="tcp")
     return netio.run(_main(agent, None))

@@ -131,6 +131,22 @@ def echoes(port: int, payload: bytes = b"abc", host: str = "127.0.0.1") -> bool:
             return False
 
 
+@pytest.mark.parametrize("made, served_as, says", [
+    ("http", "tcp", "is an HTTP tunnel's: serve it with `intunnel http`"),
+    ("tcp", "http", "is a TCP tunnel's: serve it with `intunnel tcp`"),
+])
+def test_the_wrong_command_for_the_tunnel_stops_at_once_saying_which(db, settings, echo, made, served_as, says):
+    """`intunnel tcp 22` with an HTTP tunnel's token would put SSH behind https://<sub>, and
+    `intunnel http` with a TCP tunnel's would read raw TCP as HTTP: neither serves, exit 2."""
+    settings = tcp_settings(settings)
+    user = make_user()
+    tunnel = tunnels.create(settings, user, "mixed", "mixed" if made == "http" else None, echo.port, protocol=made)
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port, protocol=served_as) as client:
+        assert client.wait_exit() == 2, client.lines
+        assert any(says in line for line in client.lines), client.lines
+        assert not any(line.startswith("connected:") for line in client.lines), client.lines
+
+
 def test_every_address_means_ipv4_and_ipv6(db, settings, echo):
     """relay_tcp_listen_host "*": the reserved port on every address of both families (a server's
     IPv6 visitors reach its TCP tunnels as its nginx serves them HTTP on IPv6 too)."""
