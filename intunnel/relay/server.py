@@ -329,13 +329,14 @@ class Relay:
                                              p.ACCESS_INVALID)))
             conn.close()
             return
+        # What the Welcome announces (the client checks it is the kind of tunnel it serves).
+        url = self.settings.tcp_url(tunnel.remote_port) if tunnel.remote_port else self.settings.tunnel_url(tunnel.subdomain)
         if self.peers is not None and self.placement.bounce(head, tunnel.subdomain, time.monotonic()):
             # Its session named no tunnel, so nginx placed it by the main domain, not with its
             # visitors: welcome it (it learns its subdomain), have it reconnect naming it.
             log.info("tunnel %s: the agent named no tunnel; asking it to reconnect naming it, to be "
                      "placed with its visitors", tunnel.subdomain)
-            conn.write(control.send(p.Welcome(url=self.settings.tunnel_url(tunnel.subdomain),
-                                              subdomain=tunnel.subdomain, session="",
+            conn.write(control.send(p.Welcome(url=url, subdomain=tunnel.subdomain, session="",
                                               heartbeat_interval=self.settings.relay_heartbeat_interval,
                                               dead_peer_timeout=self.settings.relay_dead_peer_timeout,
                                               pool_size=0,
@@ -345,7 +346,6 @@ class Relay:
             conn.close()
             return
         session = AgentSession(self, conn, tunnel, hello, control, narrow)
-        url = self.settings.tcp_url(tunnel.remote_port) if tunnel.remote_port else self.settings.tunnel_url(tunnel.subdomain)
         session.named = bool(head.get(p.PLACEMENT_HEADER))
         old = self.sessions.get(tunnel.subdomain)
         if old is not None:
