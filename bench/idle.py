@@ -16,7 +16,10 @@
   connected (bench/agents.py: control channel plus warm data pool each), divided by their number;
 - **restart**: SIGTERM the relay with every agent connected, start a new one and time, from its
   start, until it listens, until the light client's tunnel serves again, and until every agent
-  is back (``/_intunnel/healthz``'s count).
+  is back (``/_intunnel/healthz``'s count).  As deployed, the port is held across the restart
+  (this process keeps the listening socket, as intunnel-relay.socket does: what connects meanwhile
+  waits in its backlog); ``--no-socket-activation`` lets each relay bind it itself (a tree from
+  before the socket unit needs it).
 
 Everything runs on loopback ports chosen at run time, files in a temporary directory (in
 ``/dev/shm`` when there is one); every process started here is stopped at the end.  RSS is
@@ -123,11 +126,10 @@ def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60) -> d
     stopping = time.monotonic()
     st.stop_relay()
     start = time.monotonic()
-    st.relay = procs.start([*st.intunnel, "relay", "--config", str(st.config)], st.home / "relay-restarted.log",
-                           env=st.env)
+    st.launch_relay()
     marks: dict[str, float] = {"stop_s": start - stopping}
     deadline = start + timeout
-    while len(marks) < 5 and time.monotonic() < deadline:
+    while len(marks) < 6 and time.monotonic() < deadline:
         if st.relay.poll() is not None:
             raise RuntimeError(f"relay exited with {st.relay.returncode}: {st.logs()}")
         count = healthz_agents(st)
@@ -139,18 +141,21 @@ def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60) -> d
         if count >= expected and "all_agents_s" not in marks:
             marks["all_agents_s"] = now
             marks["relay_cpu_s"] = procs.tree_cpu_seconds(st.relay.pid)  # its start-up included
+            marks["down_s"] = marks["stop_s"] + now
         time.sleep(0.005)
-    if len(marks) < 5:
+    if len(marks) < 6:
         raise TimeoutError(f"after {timeout:.0f}s only {marks} (agents {healthz_agents(st)}/{expected})")
     return marks
 
 
-def measure(home: Path, count: int, restarts: int, log=print) -> dict:
+def measure(home: Path, count: int, restarts: int, log=print, activation: bool = True) -> dict:
     app = start_app()
-    figures: dict = {}
+    figures: dict = {"socket_activation": activation}
     try:
         with stack.Stack(home) as st:
             st.intunnel = console_script()
+            if activation:   # as deployed: intunnel-relay.socket holds the port across restarts
+                st.hold_relay_port()
             token = st.add_tunnel("idle-one", app.server_port)
             st.close_db()
             st.start_relay()
@@ -216,7 +221,8 @@ ROWS = [("relay RSS, one tunnel idle", "MiB", "relay_rss_mib", 25),
         ("new relay: start to listening", "s", "listening_s", None),
         ("new relay: start to the tunnel serving", "s", "serving_s", 1),
         ("new relay: start to every agent back", "s", "all_agents_s", 1),
-        ("new relay: its CPU until every agent is back", "s", "relay_cpu_s", None)]
+        ("new relay: its CPU until every agent is back", "s", "relay_cpu_s", None),
+        ("SIGTERM to every agent back (old relay's stop included)", "s", "down_s", None)]
 
 
 def value(figures: dict, key: str) -> float | None:
@@ -238,7 +244,10 @@ def section(figures: dict, count: int, before: dict | None = None, note: str = "
     lines = [HEADING, "", f"<!-- {MARKER} -->",
              f"`python -m bench.idle --agents {count}`, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
              f"load average {load:.1f} at the end (restart times: median and range of the restarts; RSS barely "
-             f"moves with load, times do).{(' ' + note) if note else ''}", "", head,
+             f"moves with load, times do); the relay's port "
+             + ("held across restarts as intunnel-relay.socket holds it" if figures.get("socket_activation", False)
+                else "bound by each relay itself") + (f" (before: {'held' if before.get('socket_activation') else 'bound by each relay'})" if before else "")
+             + f".{(' ' + note) if note else ''}", "", head,
              "|---|---|" + ("---|---|" if before else "---|") + "---|"]
     for label, unit, key, limit in ROWS:
         cells = []
@@ -259,6 +268,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.idle", description=__doc__.split("\n\n")[0])
     ap.add_argument("--agents", type=int, default=1000, help="idle agents for the per-agent figure (0: skip)")
     ap.add_argument("--restarts", type=int, default=3, help="relay restarts with the agents connected")
+    ap.add_argument("--no-socket-activation", dest="socket_activation", action="store_false",
+                    help="each relay binds relay_listen itself (a relay started without intunnel-relay.socket, "
+                         "or a tree before it)")
     ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     ap.add_argument("--before", metavar="FILE", help="figures of another tree (its --json) for a before column")
     ap.add_argument("--note", default="", help="a sentence for the section (e.g. what 'before' is)")
@@ -268,7 +280,7 @@ def main(argv=None) -> int:
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     home = Path(tempfile.mkdtemp(prefix="intunnel-idle-", dir=base))
     try:
-        figures = measure(home, args.agents, args.restarts)
+        figures = measure(home, args.agents, args.restarts, activation=args.socket_activation)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     if args.json:

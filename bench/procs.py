@@ -11,6 +11,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,14 +43,27 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
-def start(argv: list[str], log: Path, env: dict | None = None, stdin=subprocess.DEVNULL) -> subprocess.Popen:
+def start(argv: list[str], log: Path, env: dict | None = None, stdin=subprocess.DEVNULL,
+          pass_fds: tuple = ()) -> subprocess.Popen:
     """Start ``argv`` in its own process group with stdout+stderr going to ``log``."""
     out = open(log, "ab")
     try:
         return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=stdin,
-                                env=env, start_new_session=True)
+                                env=env, start_new_session=True, pass_fds=pass_fds)
     finally:
         out.close()
+
+
+def socket_activated(argv: list[str], sock: socket.socket) -> list[str]:
+    """``argv`` started as systemd starts a socket-activated service (sd_listen_fds(3)): ``sock``,
+    a listening socket the caller keeps open across restarts as intunnel-relay.socket does, as
+    fd 3, with LISTEN_FDS and LISTEN_PID naming the process.  Start it with
+    ``pass_fds=(sock.fileno(),)``; the trampoline execs, so the pid it names is the program's
+    (a Python one: dash's redirections stop at fd 9)."""
+    fd = sock.fileno()
+    move = "" if fd == 3 else f"os.dup2({fd}, 3, inheritable=True); os.close({fd}); "
+    return [sys.executable, "-c", "import os, sys; " + move + "os.environ.update(LISTEN_FDS='1', "
+            "LISTEN_PID=str(os.getpid())); os.execvp(sys.argv[1], sys.argv[1:])", *argv]
 
 
 def stop(proc: subprocess.Popen | None, timeout: float = 5.0, sig: int = signal.SIGTERM) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,7 @@ class Stack:
         self.home = Path(home)
         self.home.mkdir(parents=True, exist_ok=True)
         self.relay_port = relay_port or procs.free_port()
+        self.relay_socket: socket.socket | None = None   # hold_relay_port()
         self.domain = domain
         values = {"data_dir": str(self.home / "data"), "domain": domain,
                   "relay_listen": f"127.0.0.1:{self.relay_port}", "web_listen": "127.0.0.1:0",
@@ -144,9 +146,22 @@ class Stack:
     def public_host(self, subdomain: str) -> str:
         return f"{subdomain}.{self.domain}:{self.relay_port}"
 
+    def hold_relay_port(self) -> None:
+        """Keep the relay's listening socket in this process, as intunnel-relay.socket does on a
+        deployed host: every relay started after this takes it by socket activation."""
+        from intunnel.relay.server import ACCEPT_BACKLOG
+        self.relay_socket = socket.create_server(("127.0.0.1", self.relay_port), backlog=ACCEPT_BACKLOG)
+
+    def launch_relay(self) -> subprocess.Popen:
+        """Start a relay process (on the held socket when there is one); don't wait for it."""
+        argv, fds = [*self.intunnel, "relay", "--config", str(self.config)], ()
+        if self.relay_socket is not None:
+            argv, fds = procs.socket_activated(argv, self.relay_socket), (self.relay_socket.fileno(),)
+        self.relay = procs.start(argv, self._log("relay"), env=self.env, pass_fds=fds)
+        return self.relay
+
     def start_relay(self) -> subprocess.Popen:
-        self.relay = procs.start([*self.intunnel, "relay", "--config", str(self.config)],
-                                 self._log("relay"), env=self.env)
+        self.launch_relay()
         procs.wait_until(lambda: self.relay.poll() is not None or self.relay_healthy(), 20, "the relay to listen")
         if self.relay.poll() is not None:
             raise RuntimeError(f"relay exited with {self.relay.returncode}: {self.logs()}")
@@ -201,6 +216,8 @@ class Stack:
         for proc in self.clients:
             procs.stop(proc)
         self.stop_relay()
+        if self.relay_socket is not None:
+            self.relay_socket.close()
         self.close_db()
 
     def __enter__(self):

@@ -10,6 +10,9 @@ import subprocess
 from dataclasses import dataclass
 
 UNITS = ("intunnel-web", "intunnel-relay")
+# What stops InTunnel for good: the relay's socket too, or the next connection to its port (a
+# probe's included) starts the relay again (socket activation: systemd/intunnel-relay.socket).
+STOP_UNITS = ("intunnel-web", "intunnel-relay.socket", "intunnel-relay")
 TIMEOUT = 2.0
 
 

@@ -34,7 +34,7 @@ from .backup import lock_path, verify_dump, write_postgresql_dump
 from .common import AdminError, Context, give_to_owner_of, owner_of, sqlite_files
 from .dbfiles import (admin_lock, fsync_dir, integrity_problems, online_copy, schema_version_of, set_owner,
                       unpack_to)
-from .probe import UNITS, probe_services, systemd_active_units
+from .probe import STOP_UNITS, UNITS, probe_services, systemd_active_units
 
 
 def running_services(settings) -> list[str]:
@@ -86,7 +86,7 @@ def refuse_if_running(settings, force: bool) -> list[str]:
     running = running_services(settings)
     if running and not force:
         raise AdminError("refusing to restore while InTunnel is running: " + ", ".join(running)
-                         + f"; stop it first (systemctl stop {' '.join(UNITS)}) or pass --force")
+                         + f"; stop it first (systemctl stop {' '.join(STOP_UNITS)}) or pass --force")
     return running
 
 

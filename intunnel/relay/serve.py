@@ -12,6 +12,7 @@ from ..wire import netio
 from ..cli import add_config_argument
 from ..errors import ConfigError
 from ..settings import load_settings, prepare_data_dir
+from .activation import inherited_socket
 
 HELP = "Run the relay: public tunnel traffic and agent connections (asyncio)."
 
@@ -38,8 +39,9 @@ def listening(setting: str, address: str):
                           + (f" (intunnel serve: {flag})" if setting in ("relay_listen", "web_listen") else "")) from None
 
 
-async def serve(relay, extra_start=None) -> None:
-    """Start ``relay`` (a relay.server.Relay; and its metrics listener, ``relay_metrics_listen``),
+async def serve(relay, extra_start=None, sock=None) -> None:
+    """Start ``relay`` (a relay.server.Relay; and its metrics listener, ``relay_metrics_listen``)
+    on ``sock`` (a listening socket systemd passed: relay/activation) or on ``relay_listen``,
     wait for SIGTERM/SIGINT, stop it within its grace period."""
     from .metrics import start_listener
     loop = asyncio.get_running_loop()
@@ -50,7 +52,7 @@ async def serve(relay, extra_start=None) -> None:
     with listening("relay_metrics_listen", relay.settings.relay_metrics_listen):
         metrics = await start_listener(where, relay.registry) if where else None
     with listening("relay_listen", relay.settings.relay_listen):
-        await relay.start()
+        await relay.start(sock)
     if extra_start is not None:
         extra_start(relay)
     await stop.wait()
@@ -66,5 +68,14 @@ def run(args) -> int:
     # The relay's modules after its settings: on SQLite, peewee without the PostgreSQL driver.
     dburl.import_peewee(settings.db_url)
     from .server import Relay
-    netio.run(serve(Relay(settings)))
+    sock = inherited_socket()
+    if sock is not None:
+        bound = sock.getsockname()[:2]
+        log = logging.getLogger("intunnel.relay")
+        log.info("listening on the socket systemd passed (intunnel-relay.socket): %s port %d", *bound)
+        if settings.relay_address != (bound[0], bound[1]):
+            log.warning("setting 'relay_listen' is %s but intunnel-relay.socket listens on %s port %d: the "
+                        "socket is used; make its ListenStream= the same address (doctor probes relay_listen)",
+                        settings.relay_listen, *bound)
+    netio.run(serve(Relay(settings), sock=sock))
     return 0

@@ -35,6 +35,10 @@ from .. import access as access_rules, session_access
 from ..settings import relay_identity
 
 log = logging.getLogger("intunnel.relay")
+# Connections the kernel completes before the relay accepts them: after a restart under
+# intunnel-relay.socket every agent's control channel waits there at once (1,000 agents: 1,000),
+# and the socket keeps the last value a relay gave it (the kernel caps it at net.core.somaxconn).
+ACCEPT_BACKLOG = 4096
 
 SWITCHING = ("HTTP/1.1 101 Switching Protocols\r\nUpgrade: " + p.UPGRADE_TOKEN +
              "\r\nConnection: Upgrade\r\n\r\n").encode()
@@ -92,10 +96,10 @@ class Relay:
         await self.tcp.start()   # every reserved TCP port before the agent endpoint: agents find them listened
         visitor = lambda: self.make_conn(self._dispatch)  # noqa: E731
         if sock is not None:
-            self.server = await loop.create_server(visitor, sock=sock, backlog=1024)
+            self.server = await loop.create_server(visitor, sock=sock, backlog=ACCEPT_BACKLOG)
         else:
             host, port = self.settings.relay_address
-            self.server = await loop.create_server(visitor, host, port, backlog=1024, reuse_address=True)
+            self.server = await loop.create_server(visitor, host, port, backlog=ACCEPT_BACKLOG, reuse_address=True)
         self.address = self.server.sockets[0].getsockname()[:2]
         if self.settings.relay_address[1] == 0 or sock is not None:
             # Public URLs must name the port we really got.

@@ -70,6 +70,8 @@ def test_refuses_while_services_run_unless_forced(backed_up, fake_services):
     before = digest(backed_up.db_path)
     line = backed_up.fails("restore", backed_up.backup_file, match="refusing to restore while InTunnel is running")
     assert f"web (http://127.0.0.1:{backed_up.web_port}/healthz)" in line and "--force" in line
+    # the relay's socket too: stopped alone, the relay is started again by the next connection
+    assert "systemctl stop intunnel-web intunnel-relay.socket intunnel-relay" in line
     assert digest(backed_up.db_path) == before and not list(backed_up.data_dir.glob("*.pre-restore-*"))
     out = backed_up.ok("restore", backed_up.backup_file, "--force").stdout
     assert "restart the services now" in out and "systemctl restart intunnel-web intunnel-relay" in out

@@ -349,13 +349,13 @@ def create_tunnel(site, name: str, subdomain: str, local_port: int) -> str:
 
 
 @contextlib.contextmanager
-def tunnel_client(site, upstream_port: int, token: str, log_file: Path, kind: str = "http"):
+def tunnel_client(site, upstream_port: int, token: str, log_file: Path, kind: str = "http", *extra: str):
     """The real `intunnel http` (or `intunnel tcp`) client on this machine, against the deployed
     front; stopped on exit."""
     env = {**os.environ, "INTUNNEL_TEST_HOSTS": f"{DOMAIN}=127.0.0.1", "PYTHONUNBUFFERED": "1"}
     env.pop("INTUNNEL_CONFIG", None)
     client = start([sys.executable, str(HERE / "resolving_client.py"), kind, str(upstream_port),
-                    "--server", site.server_url, "--token", token, "--insecure"], log_file, env=env)
+                    "--server", site.server_url, "--token", token, "--insecure", *extra], log_file, env=env)
     try:
         yield client
     finally:

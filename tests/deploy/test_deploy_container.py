@@ -123,6 +123,11 @@ def test_units_are_active_and_hardened(site):
         exposure = re.search(r"Overall exposure level for \S+: ([0-9.]+)", security)
         assert exposure and float(exposure.group(1)) < 4.0, security
     assert site.container.ssh("systemctl is-active nginx").stdout.strip() == "active"
+    assert site.container.ssh("systemctl is-active intunnel-relay.socket", check=False).stdout.strip() == "active"
+    listen = site.container.ssh("systemctl show -P Listen intunnel-relay.socket").stdout.strip()
+    relay_listen = re.search(r'^relay_listen = "(.*)"$', site.container.ssh("cat /etc/intunnel/intunnel.toml").stdout,
+                             re.M).group(1)
+    assert listen == f"{relay_listen} (Stream)", listen   # from the playbook's drop-in
     config = site.container.ssh("stat -c '%a %U %G' /etc/intunnel/intunnel.toml").stdout.split()
     assert config == ["640", "root", "intunnel"]
 
@@ -170,6 +175,44 @@ def test_tunnel_through_the_deployed_host(site):
             assert status == 200 and b"active" in body
     finally:
         upstream.close()
+
+
+def test_a_relay_restart_keeps_its_port_and_the_agent_is_never_refused(site):
+    """`systemctl restart intunnel-relay` (an upgrade, a config change): intunnel-relay.socket keeps
+    the port, so the agent's first reconnect attempt through nginx waits for the new relay instead
+    of nginx answering 502 and the agent backing off; the tunnel serves again."""
+    c = site.container
+    site.login()
+    token = create_tunnel(site, "Steady", "steady", 3000)
+    upstream = Upstream()
+    client_log = site.log.with_name("restart-client.log")
+    host = f"steady.{DOMAIN}"
+
+    def page_served():
+        status, _, body = site.request("GET", "/again", host=host)
+        return status == 200 and body == b"hello from the laptop, path /again\n"
+    try:
+        with tunnel_client(site, upstream.port, token, client_log, "http", "-v"):
+            wait_until(page_served, 30, f"the page through the tunnel (client log: {client_log})")
+            socket_unit = c.ssh("systemctl show -P InvocationID intunnel-relay.socket").stdout.strip()
+            relay_unit = c.ssh("systemctl show -P InvocationID intunnel-relay.service").stdout.strip()
+            c.ssh("systemctl restart intunnel-relay.service")
+            wait_until(lambda: "reconnected: " in client_log.read_text(), 30, f"the agent back ({client_log})")
+            wait_until(page_served, 30, "the page after the restart")
+            assert c.ssh("systemctl show -P InvocationID intunnel-relay.service").stdout.strip() != relay_unit
+            assert c.ssh("systemctl show -P InvocationID intunnel-relay.socket").stdout.strip() == socket_unit
+            log = client_log.read_text()
+            after = log[log.index("disconnected: "):]
+            # -v prints every failed attempt; waiting out the client's step timeout is not a refusal
+            refused = [line for line in after.splitlines()
+                       if line.startswith("cannot connect") and "did not answer in time" not in line]
+            assert not refused, log
+    finally:
+        upstream.close()
+        status, _, body = site.request("GET", "/api/tunnels")
+        for made in json.loads(body)["tunnels"] if status == 200 else ():
+            if made["subdomain"] == "steady":   # the later tests expect their own tunnels only
+                site.request("DELETE", f"/api/tunnels/{made['id']}")
 
 
 def test_tcp_tunnel_through_the_deployed_relay_on_ipv4_and_ipv6(site):
@@ -293,7 +336,7 @@ def test_backup_as_cron_runs_it_and_restore(site):
     status, _, body = site.request("POST", "/api/tunnels", {"name": "After backup", "subdomain": "later",
                                                             "local_port": 4000})
     assert status in (200, 201), body
-    c.ssh("systemctl stop intunnel-web intunnel-relay")
+    c.ssh("systemctl stop intunnel-web intunnel-relay.socket intunnel-relay")
     for unit in UNITS:  # a stop drains and exits by itself, before systemd would kill it
         assert c.ssh(f"systemctl show -P Result {unit}").stdout.strip() == "success", unit
     c.ssh(f"/usr/sbin/runuser -u intunnel -- /opt/intunnel/venv/bin/intunnel-admin restore "

@@ -189,6 +189,7 @@ def test_multi_host_inventory_gives_each_host_its_part(tmp_path):
     assert sorted(db["postgresql_clients"]) == ["10.0.0.11", "10.0.0.12", "10.0.0.3"]
     assert sorted(db["firewall"]) == [["10.0.0.11", 5432], ["10.0.0.12", 5432], ["10.0.0.3", 5432]]
     assert front["services"] == ["intunnel-web.service"] and front["firewall"] == []
+    assert front["sockets"] == [] == db["sockets"]
     # TCP tunnels' ports: opened on the relays only (they listen on them), as ufw ranges
     assert front["tcp_ports"] == [] and db["tcp_ports"] == []
 
@@ -201,6 +202,10 @@ def test_multi_host_inventory_gives_each_host_its_part(tmp_path):
 
     for host, number, other in (("relay1.example.com", 11, 12), ("relay2.example.com", 12, 11)):
         assert derived[host]["services"] == ["intunnel-relay.service"]
+        assert derived[host]["sockets"] == ["intunnel-relay.socket"]
+        # its socket unit listens where its relay_listen says (the relay takes the port from it)
+        listen = (out / host / "relay-socket-listen.conf").read_text().splitlines()
+        assert listen[-2:] == ["ListenStream=", f"ListenStream=10.0.0.{number}:8080"]
         assert sorted(derived[host]["firewall"]) == sorted([["10.0.0.3", 8080], [f"10.0.0.{other}", 8081]])
         relay = load_settings(out / host / "intunnel.toml", env={})
         assert relay.relay_id == host.split(".")[0]
@@ -219,6 +224,9 @@ def test_the_single_host_inventory_is_not_multi_host(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     derived = json.loads((out / "vps.example.com" / "derived.json").read_text())
     assert derived["services"] == ["intunnel-web.service", "intunnel-relay.service"] and derived["firewall"] == []
+    assert derived["sockets"] == ["intunnel-relay.socket"]
+    assert (out / "vps.example.com" / "relay-socket-listen.conf").read_text().splitlines()[-1] \
+        == "ListenStream=127.0.0.1:8080"
     text = (out / "vps.example.com" / "intunnel.toml").read_text()
     assert "nginx_relays" not in text and "relay_peer" not in text and "relay_id" not in text
 

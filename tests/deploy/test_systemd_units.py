@@ -40,6 +40,18 @@ def test_unit_runs_the_service_unprivileged_and_hardened(unit, command):
         assert options[key] == [value], key
 
 
+def test_the_relay_takes_its_port_from_a_socket_unit_kept_across_its_restarts():
+    """intunnel-relay.socket holds the port (relay/activation.py takes it); the service requires it,
+    so restarting the socket restarts the relay, and a restart of the relay alone keeps the port."""
+    service = unit_options((UNITS_DIR / "intunnel-relay.service").read_text())
+    assert service["Requires"] == ["intunnel-relay.socket"] and "intunnel-relay.socket" in service["After"][0]
+    sock = unit_options((UNITS_DIR / "intunnel-relay.socket").read_text())
+    assert sock["Service"] == ["intunnel-relay.service"] and sock["WantedBy"] == ["sockets.target"]
+    assert len(sock["ListenStream"]) == 1   # the relay takes exactly one socket (LISTEN_FDS=1)
+    from intunnel.relay.server import ACCEPT_BACKLOG
+    assert sock["Backlog"] == [str(ACCEPT_BACKLOG)]   # the relay's listen() keeps what systemd set
+
+
 @pytest.fixture
 def units_runnable_here(tmp_path):
     """Copies of the units whose ExecStart is this checkout's entry point (same program, same
@@ -52,7 +64,9 @@ def units_runnable_here(tmp_path):
         copy = tmp_path / unit
         copy.write_text((UNITS_DIR / unit).read_text().replace(INSTALLED_ENTRY_POINT, str(entry_point)))
         copies.append(copy)
-    return copies
+    socket_unit = tmp_path / "intunnel-relay.socket"   # what the relay's unit requires
+    socket_unit.write_text((UNITS_DIR / socket_unit.name).read_text())
+    return [*copies, socket_unit]
 
 
 def test_systemd_analyze_verify_is_clean(units_runnable_here):

@@ -210,12 +210,14 @@ def _python_env(extra: dict) -> dict:
 
 
 class _Process:
-    def __init__(self, argv, env, prefix: tuple = (), command: tuple = (sys.executable, "-m", "intunnel.cli")):
-        # prefix: what runs the command elsewhere (``ip netns exec HOST``: support/netns.py);
-        # command: the client as installed elsewhere (tests/client_install: a venv's, a zipapp)
+    def __init__(self, argv, env, prefix: tuple = (), command: tuple = (sys.executable, "-m", "intunnel.cli"),
+                 pass_fds: tuple = ()):
+        # prefix: what runs the command elsewhere (``ip netns exec HOST``: support/netns.py, or
+        # bench.procs.socket_activated's shell with pass_fds); command: the client as installed
+        # elsewhere (tests/client_install: a venv's, a zipapp)
         self.proc = subprocess.Popen([*prefix, *command, *argv], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, pass_fds=pass_fds)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -271,11 +273,13 @@ class _Process:
 class RelayProcess(_Process):
     """``intunnel relay`` as a real process on ``port`` (0 = pick one; read from its log)."""
 
-    def __init__(self, settings, port: int = 0, env: dict | None = None, command: tuple = ()):
+    def __init__(self, settings, port: int = 0, env: dict | None = None, command: tuple = (), sock=None):
+        # sock: a listening socket passed as systemd's socket activation does (relay/activation)
         super().__init__(["relay"], _python_env({
             "INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
             "INTUNNEL_DOMAIN": settings.domain, "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{port}",
-            **(env or {})}), **({"command": command} if command else {}))
+            **(env or {})}), **({"command": command} if command else {}),
+            **({"prefix": tuple(procs.socket_activated([], sock)), "pass_fds": (sock.fileno(),)} if sock else {}))
         m = self.wait_line(r"relay listening on http://127\.0\.0\.1:(\d+)")
         self.port = int(m.group(1))
         self.url = f"http://{settings.domain}:{self.port}"
