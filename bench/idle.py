@@ -119,11 +119,12 @@ def serves(st: stack.Stack, host: str) -> bool:
         return False
 
 
-def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60) -> dict[str, float]:
+def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60, swarm_pid: int | None = None) -> dict[str, float]:
     """Stop the relay gracefully (``stop_s``: SIGTERM to its exit), start a new one; seconds from
     its start to listening, to the light client's tunnel serving, and to ``expected`` agents connected
     (``relay_cpu_s``: the CPU seconds the new relay had used by then, its start-up included)."""
     stopping = time.monotonic()
+    swarm_cpu = procs.tree_cpu_seconds(swarm_pid) if swarm_pid else 0.0
     st.stop_relay()
     start = time.monotonic()
     st.launch_relay()
@@ -142,6 +143,8 @@ def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60) -> d
             marks["all_agents_s"] = now
             marks["relay_cpu_s"] = procs.tree_cpu_seconds(st.relay.pid)  # its start-up included
             marks["down_s"] = marks["stop_s"] + now
+            if swarm_pid:   # the 1,000 agents' own CPU (one process, on the relay's cores) from the SIGTERM
+                marks["agents_cpu_s"] = procs.tree_cpu_seconds(swarm_pid) - swarm_cpu
         time.sleep(0.005)
     if len(marks) < 6:
         raise TimeoutError(f"after {timeout:.0f}s only {marks} (agents {healthz_agents(st)}/{expected})")
@@ -196,11 +199,11 @@ def measure(home: Path, count: int, restarts: int, log=print, activation: bool =
                         f"({figures['kib_per_agent']:.1f} KiB each)")
                     runs = []
                     for i in range(restarts):
-                        marks = restart(st, host, count + 1)
+                        marks = restart(st, host, count + 1, swarm_pid=swarm.pid)
                         runs.append(marks)
                         log(f"restart {i + 1}: old relay stopped in {marks['stop_s']:.2f} s; new one listening {marks['listening_s']:.2f} s, tunnel serving "
                             f"{marks['serving_s']:.2f} s, all {count + 1} agents back {marks['all_agents_s']:.2f} s "
-                            f"(the relay's CPU by then: {marks['relay_cpu_s']:.2f} s)")
+                            f"(the relay's CPU by then: {marks['relay_cpu_s']:.2f} s, the agents' {marks.get('agents_cpu_s', 0):.2f} s)")
                     figures["restarts"] = runs
                 finally:
                     procs.stop(swarm)
@@ -222,7 +225,8 @@ ROWS = [("relay RSS, one tunnel idle", "MiB", "relay_rss_mib", 25),
         ("new relay: start to the tunnel serving", "s", "serving_s", 1),
         ("new relay: start to every agent back", "s", "all_agents_s", 1),
         ("new relay: its CPU until every agent is back", "s", "relay_cpu_s", None),
-        ("SIGTERM to every agent back (old relay's stop included)", "s", "down_s", None)]
+        ("SIGTERM to every agent back (old relay's stop included)", "s", "down_s", None),
+        ("the agents' process: its CPU from the SIGTERM until all are back", "s", "agents_cpu_s", None)]
 
 
 def value(figures: dict, key: str) -> float | None:
