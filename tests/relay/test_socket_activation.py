@@ -13,7 +13,8 @@ import pytest
 
 from intunnel.errors import ConfigError
 from intunnel.relay.activation import inherited_socket
-from tests.support.tunnel import ClientProcess, HttpUpstream, RelayProcess, make_tunnel, visit, wait_for
+from tests.support.tunnel import (ClientProcess, HttpUpstream, RelayProcess, _Process, make_tunnel, passing_socket,
+                                  relay_env, visit, wait_for)
 from tests.relay.test_forwarding import stack  # noqa: F401 (fixture)
 
 
@@ -81,19 +82,12 @@ def test_a_restart_keeps_the_port_what_connects_meanwhile_is_answered_by_the_new
 
 
 def test_a_socket_that_is_not_listening_stops_the_relay_with_one_line(db, settings, stack):
-    import subprocess
-    import sys
-    from bench import procs
-    from support.backends import database_env
-    from tests.support.tunnel import _python_env
     odd = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # bound, never listening
     stack.callback(odd.close)
     odd.bind(("127.0.0.1", 0))
-    env = _python_env({"INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
-                       "INTUNNEL_DOMAIN": settings.domain, "INTUNNEL_RELAY_LISTEN": "127.0.0.1:0"})
-    r = subprocess.run(procs.socket_activated([sys.executable, "-m", "intunnel.cli", "relay"], odd), env=env,
-                       pass_fds=(odd.fileno(),), capture_output=True, text=True, timeout=60)
-    out = r.stdout + r.stderr
-    assert r.returncode == 2, out
+    relay = stack.enter_context(_Process(["relay"], relay_env(settings), **passing_socket(odd)))
+    assert relay.proc.wait(60) == 2
+    relay.close()   # its output read to the end
+    out = "\n".join(relay.lines)
     assert "is not a listening TCP socket: intunnel-relay.socket needs ListenStream=HOST:PORT" in out
     assert "Traceback" not in out

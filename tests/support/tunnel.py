@@ -213,7 +213,7 @@ class _Process:
     def __init__(self, argv, env, prefix: tuple = (), command: tuple = (sys.executable, "-m", "intunnel.cli"),
                  pass_fds: tuple = ()):
         # prefix: what runs the command elsewhere (``ip netns exec HOST``: support/netns.py, or
-        # bench.procs.socket_activated's shell with pass_fds); command: the client as installed
+        # passing_socket's trampoline with its pass_fds); command: the client as installed
         # elsewhere (tests/client_install: a venv's, a zipapp)
         self.proc = subprocess.Popen([*prefix, *command, *argv], env=env,
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -270,16 +270,26 @@ class _Process:
         self.close()
 
 
+def relay_env(settings, port: int = 0, env: dict | None = None) -> dict:
+    """The environment of an ``intunnel relay`` process for ``settings`` on 127.0.0.1:``port``."""
+    return _python_env({"INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
+                        "INTUNNEL_DOMAIN": settings.domain, "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{port}",
+                        **(env or {})})
+
+
+def passing_socket(sock) -> dict:
+    """_Process arguments that hand ``sock`` to the command as systemd's socket activation does
+    (relay/activation)."""
+    return {"prefix": tuple(procs.socket_activated([], sock)), "pass_fds": (sock.fileno(),)}
+
+
 class RelayProcess(_Process):
-    """``intunnel relay`` as a real process on ``port`` (0 = pick one; read from its log)."""
+    """``intunnel relay`` as a real process on ``port`` (0 = pick one; read from its log), or on
+    ``sock``, a listening socket passed as systemd passes intunnel-relay.socket's."""
 
     def __init__(self, settings, port: int = 0, env: dict | None = None, command: tuple = (), sock=None):
-        # sock: a listening socket passed as systemd's socket activation does (relay/activation)
-        super().__init__(["relay"], _python_env({
-            "INTUNNEL_DATA_DIR": str(settings.data_dir), **database_env(settings),
-            "INTUNNEL_DOMAIN": settings.domain, "INTUNNEL_RELAY_LISTEN": f"127.0.0.1:{port}",
-            **(env or {})}), **({"command": command} if command else {}),
-            **({"prefix": tuple(procs.socket_activated([], sock)), "pass_fds": (sock.fileno(),)} if sock else {}))
+        super().__init__(["relay"], relay_env(settings, port, env), **({"command": command} if command else {}),
+                         **(passing_socket(sock) if sock else {}))
         m = self.wait_line(r"relay listening on http://127\.0\.0\.1:(\d+)")
         self.port = int(m.group(1))
         self.url = f"http://{settings.domain}:{self.port}"
