@@ -98,8 +98,16 @@ def install(nginx: Nginx, path: Path, text: str | None, reload: bool = False) ->
     return True, nginx.reload()
 
 
+# nginx's master lets the old workers go on accepting for 100 ms after the new ones have started
+# (ngx_master_process_cycle sleeps before telling them to shut down), and the kernel hands them
+# most new connections meanwhile: one answer from the new vhost proves nothing yet.  The name is
+# live once every fresh connection has been answered by it for this long.
+RELOAD_SETTLE = 0.5
+
+
 def wait_live(settings, hostname: str) -> bool:
-    """After a reload: does the name's port-80 vhost serve the challenge web root yet?"""
+    """After a reload: does every new connection to the name's port-80 vhost get the challenge
+    web root (``RELOAD_SETTLE`` seconds of answers, within ``nginx_reload_wait``)?"""
     token = "intunnel-probe-" + secrets.token_hex(8)
     # Readable by nginx's workers (another user) whatever the umask (the unit's is 0077), as
     # certbot makes its own challenge files.
@@ -111,19 +119,34 @@ def wait_live(settings, hostname: str) -> bool:
     probe.write_text(token)
     probe.chmod(0o644)
     deadline = time.monotonic() + settings.nginx_reload_wait
+    answered_since = None
     try:
         while True:
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                conn = http.client.HTTPConnection("127.0.0.1", settings.nginx_http_port, timeout=2)
-                conn.request("GET", f"/.well-known/acme-challenge/{token}", headers={"Host": hostname})
-                response = conn.getresponse()
-                if response.status == 200 and response.read() == token.encode():
+            now = time.monotonic()
+            if _serves(settings, hostname, token):
+                answered_since = now if answered_since is None else answered_since
+                if now - answered_since >= RELOAD_SETTLE:
                     return True
-            if time.monotonic() > deadline:
+            else:
+                answered_since = None
+            if now > deadline:
                 return False
-            time.sleep(0.05)
+            time.sleep(0.01)
     finally:
         probe.unlink(missing_ok=True)
+
+
+def _serves(settings, hostname: str, token: str) -> bool:
+    """One fresh connection: is the probe ``token`` served for ``hostname``?"""
+    with contextlib.suppress(OSError, http.client.HTTPException):
+        conn = http.client.HTTPConnection("127.0.0.1", settings.nginx_http_port, timeout=2)
+        try:
+            conn.request("GET", f"/.well-known/acme-challenge/{token}", headers={"Host": hostname})
+            response = conn.getresponse()
+            return response.status == 200 and response.read() == token.encode()
+        finally:
+            conn.close()
+    return False
 
 
 class Reconciler:

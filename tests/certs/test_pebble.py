@@ -106,6 +106,10 @@ class World:
         row = CustomDomain.get(CustomDomain.hostname == hostname)
         return domains.view(self.settings, self.tunnel, row)["status"]
 
+    def statuses(self) -> dict[str, str]:
+        """Every name's status with its reason: what a failed assertion should show."""
+        return {row.hostname: f"{row.state}: {row.reason}" for row in CustomDomain.select()}
+
     def visit(self, hostname: str, path: str = "/hello"):
         """GET over TLS through nginx, the chain verified against pebble's root for ``hostname``:
         (status, body, the served certificate's serial)."""
@@ -153,7 +157,7 @@ def test_issue_serve_renew_remove(world):
 
     # renewal: due now when renew_before exceeds the certificate's whole life
     report = world.reconcile(cert_renew_before=100 * 365 * 24 * 3600)
-    assert report.renewed == ["app.customer.test"], report
+    assert report.renewed == ["app.customer.test"], (report, world.statuses())
     assert world.status("app.customer.test") == "active"
     wait_for(lambda: world.served("app.customer.test", unlike_serial=serial), message="the renewed certificate served")
 
@@ -177,8 +181,8 @@ def test_failed_validation_and_broken_certificate_spare_the_others(world):
     world.add("stale.customer.test", ca_sees="::1")   # nginx listens on IPv4 only here
     world.add("nowhere.customer.test", server_sees="192.0.2.7")
     report = world.reconcile()
-    assert report.issued == ["good.customer.test"], report
-    assert report.failed == ["stale.customer.test"], report
+    assert report.issued == ["good.customer.test"], (report, world.statuses())
+    assert report.failed == ["stale.customer.test"], (report, world.statuses())
     stale = world.status("stale.customer.test")
     assert stale.startswith("failed: ") and "::1" in stale, stale
     nowhere = world.status("nowhere.customer.test")
@@ -208,7 +212,8 @@ def test_failed_validation_and_broken_certificate_spare_the_others(world):
 
 def test_a_vhost_nginx_rejects_is_put_back_and_never_reloaded(world):
     world.add("good.customer.test")
-    assert world.reconcile().issued == ["good.customer.test"]
+    report = world.reconcile()
+    assert report.issued == ["good.customer.test"], (report, world.statuses())
     wait_for(lambda: world.served("good.customer.test"), message="good served")
     nginx, vhosts = Nginx(world.settings), Path(world.settings.nginx_domain_dir)
     missing = (str(world.tmp / "missing" / "fullchain.pem"), str(world.tmp / "missing" / "privkey.pem"))

@@ -9,13 +9,20 @@ for nginx here serves a file only when another user could read it.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import http.server
 import os
 import stat
+import subprocess
 import threading
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from intunnel.certs.reconcile import wait_live
+from tests.conftest import require_tool
+from tests.deploy.nginx_support import free_port, running_nginx, write_main_config
 
 
 class OtherUsersFiles(http.server.BaseHTTPRequestHandler):
@@ -61,3 +68,39 @@ def test_the_probe_is_readable_by_nginx_workers_under_the_units_umask(settings, 
         finally:
             os.umask(old)
     assert not list((root / ".well-known" / "acme-challenge").iterdir()), "the probe is removed"
+
+
+@pytest.mark.nginx
+def test_after_a_reload_every_new_connection_gets_the_new_vhost(tmp_path):
+    """nginx's master lets the old workers go on accepting for 100 ms after the new ones start
+    (ngx_master_process_cycle: ngx_msleep(100) before it tells them to shut down), and the kernel
+    hands the old ones most connections: one probe answered by the new vhost was no proof, and the
+    CA's validation, made right after it, met the old configuration's catch-all (a CI failure
+    of the pebble tests).  wait_live returns only when fresh connections keep getting the new one."""
+    nginx = require_tool("nginx")
+    root, port = tmp_path / "acme", free_port()
+    root.mkdir()
+    (root / "probe.txt").write_text("probe")
+    catch_all = f"server {{ listen 127.0.0.1:{port} default_server; server_name _; return 444; }}\n"
+    main = write_main_config(tmp_path / "nginx", {"default.conf": catch_all})
+    settings = SimpleNamespace(nginx_acme_root=str(root), nginx_http_port=port, nginx_reload_wait=10.0)
+    command = [nginx, "-p", str(main.parent), "-e", str(main.parent / "error.log"), "-c", str(main)]
+
+    def answered(hostname: str) -> bool:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/probe.txt", headers={"Host": hostname})
+            return conn.getresponse().status == 200
+        return False
+
+    with running_nginx(nginx, main, port):
+        for attempt in range(6):
+            hostname = f"name{attempt}.customer.test"
+            for old in main.parent.glob("conf.d/name*.conf"):
+                old.unlink()
+            (main.parent / "conf.d" / f"{hostname}.conf").write_text(
+                f"server {{ listen 127.0.0.1:{port}; server_name {hostname}; root {root}; }}\n")
+            subprocess.run([*command, "-s", "reload"], check=True, capture_output=True, timeout=30)
+            assert wait_live(settings, hostname)
+            old_answers = sum(not answered(hostname) for _ in range(30))
+            assert old_answers == 0, f"reload {attempt}: {old_answers} of 30 connections met the old configuration"
