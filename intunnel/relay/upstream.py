@@ -54,24 +54,36 @@ class Refused(Exception):
 
 async def open_data(session, peer: str) -> tuple[Conn, bytes]:
     """A fresh data connection of ``session``, bound to ``peer`` and dialed through to the local
-    app by the agent; returns it with the bytes that followed the agent's DataReady."""
-    data = await session.acquire_data(p.DATA_CONNECT_TIMEOUT)
-    if data is None:
-        raise Refused("offline")
-    data.write(p.encode(p.Bind(peer)))
-    decoder = p.FrameDecoder()
-    try:
-        # The agent answers as soon as it has dialed the local app (which it bounds itself).
-        async with asyncio.timeout(p.DATA_CONNECT_TIMEOUT + p.LOCAL_CONNECT_TIMEOUT):
-            reply = (await data.read_messages(decoder, limit=1))[0]
-    except (ConnClosed, p.ProtocolError, TimeoutError) as e:
-        log.info("tunnel %s: data connection failed: %s", session.subdomain, e)
-        session.active.discard(data)
-        data.close()
-        raise Refused("offline") from None
-    if not isinstance(reply, p.DataReady):
-        session.active.discard(data)
-        data.close()
-        raise Refused("local", reply.port if isinstance(reply, p.DataRefused) else 0)
-    session.active.discard(data)   # the Upstream adds it back while it holds it
-    return data, decoder.take_rest()
+    app by the agent; returns it with the bytes that followed the agent's DataReady.
+
+    An idle connection may close unanswered after its Bind: the agent's pool closes idle ones
+    when it shrinks (client/pool.py rule 5), and the close can cross the Bind.  No byte of the
+    visitor's has gone out before DataReady, so another connection is taken, up to
+    ``DATA_BIND_ATTEMPTS`` in all."""
+    for attempt in range(1, p.DATA_BIND_ATTEMPTS + 1):
+        data = await session.acquire_data(p.DATA_CONNECT_TIMEOUT)
+        if data is None:
+            raise Refused("offline")
+        data.write(p.encode(p.Bind(peer)))
+        decoder = p.FrameDecoder()
+        try:
+            # The agent answers as soon as it has dialed the local app (which it bounds itself).
+            async with asyncio.timeout(p.DATA_CONNECT_TIMEOUT + p.LOCAL_CONNECT_TIMEOUT):
+                reply = (await data.read_messages(decoder, limit=1))[0]
+        except ConnClosed:
+            session.active.discard(data)
+            data.close()
+            log.info("tunnel %s: a data connection closed unanswered after its Bind (attempt %d of %d)",
+                     session.subdomain, attempt, p.DATA_BIND_ATTEMPTS)
+            continue
+        except (p.ProtocolError, TimeoutError) as e:
+            log.info("tunnel %s: data connection failed: %s", session.subdomain, str(e) or type(e).__name__)
+            session.active.discard(data)
+            data.close()
+            raise Refused("offline") from None
+        session.active.discard(data)   # the Upstream adds it back while it holds it, or it is closed
+        if not isinstance(reply, p.DataReady):
+            data.close()
+            raise Refused("local", reply.port if isinstance(reply, p.DataRefused) else 0)
+        return data, decoder.take_rest()
+    raise Refused("offline")

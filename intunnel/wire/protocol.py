@@ -74,6 +74,9 @@ MAX_POOL_SIZE = 64                   # an agent grows its pool up to this under 
 POOL_SHRINK_AFTER = 10.0             # ...and shrinks it back after this many calm seconds
 MAX_OPEN_DATA_BATCH = 16             # OpenData.count upper bound
 DATA_CONNECT_TIMEOUT = 10.0          # relay: seconds to wait for a data connection for a visitor
+# relay: data connections one visitor may be given that close unanswered after their Bind (the
+# agent's pool closing an idle one as the Bind crossed it) before the tunnel counts as offline
+DATA_BIND_ATTEMPTS = 3
 LOCAL_CONNECT_TIMEOUT = 10.0         # agent: seconds to dial the local app
 SHUTDOWN_GRACE = 5.0                 # relay: seconds visitors get to finish after SIGTERM
 # Agent reconnects: capped exponential backoff with jitter.

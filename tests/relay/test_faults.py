@@ -281,3 +281,22 @@ def test_tokens_never_reach_the_relay_log(settings, db, caplog):
     text = caplog.text
     assert "agent connected" in text and "unknown token" in text  # we did log those events...
     assert token not in text and token[4:] not in text            # ...without the secret
+
+
+def test_an_idle_data_connection_closed_as_the_relay_binds_it_does_not_fail_the_visitor(
+        settings, db, client_drops_bound_connections):
+    """The benchmark's TCP bulk run met this after its new-connection run (the client's pool
+    shrinking back 10 s after the burst): the relay answered the visitor "offline" (HTTP: the
+    tunnel-offline page; TCP: closed at once), though the agent was there with other idle
+    connections.  Nothing of the visitor's has gone out before DataReady, so the relay takes
+    another data connection (a bounded number of times)."""
+    with tunnel_setup(settings.replace(relay_upstream_keepalive=0)) as t:   # every visitor a Bind
+        client_drops_bound_connections[0] = 2
+        status, _, body = visit(t.relay.port, t.host, "/hello")
+        assert status == 200, body[:300]
+        assert client_drops_bound_connections[0] == 0   # both drops happened
+        # An agent that closes every data connection it is given is offline, not retried for ever.
+        client_drops_bound_connections[0] = 10 ** 6
+        status, _, _ = visit(t.relay.port, t.host, "/hello")
+        assert status == 503
+        assert client_drops_bound_connections[0] == 10 ** 6 - p.DATA_BIND_ATTEMPTS

@@ -121,6 +121,19 @@ def test_echo_and_half_close(db, settings, echo):
             assert recv_all(s) == b"<bye>"    # ...which still answers, then closes its side
 
 
+def test_a_data_connection_closed_as_the_relay_binds_it_does_not_close_the_visitor(
+        db, settings, echo, client_drops_bound_connections):
+    """The benchmark's TCP bulk download was closed at once (after its new-connection run, as the
+    client's pool shrank): the relay takes another of the agent's data connections instead."""
+    settings = tcp_settings(settings)
+    tunnel = tunnels.create(settings, make_user(), "echo", None, echo.port, protocol="tcp")
+    with RelayThread(settings) as relay, ClientThread(relay.url, tunnel.token, echo.port) as client:
+        client.wait_connected()
+        client_drops_bound_connections[0] = 1
+        assert echoes(tunnel.remote_port)
+        assert client_drops_bound_connections[0] == 0
+
+
 def echoes(port: int, payload: bytes = b"abc", host: str = "127.0.0.1") -> bool:
     with socket.create_connection((host, port), timeout=10) as s:
         s.sendall(payload)
