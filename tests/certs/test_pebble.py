@@ -17,6 +17,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,7 +25,8 @@ import pytest
 from tests.conftest import require_tool
 from intunnel import domains, nginxconf, nginxvhost
 from intunnel.certs import acme
-from intunnel.certs.reconcile import Nginx, Reconciler, install
+from bench.procs import descendants
+from intunnel.certs.reconcile import RELOAD_SETTLE, Nginx, Reconciler, install
 from intunnel.models import CustomDomain
 from tests.deploy.nginx_support import free_port, make_self_signed_cert, nginx_test, running_nginx, write_main_config
 from tests.support.acme_ca import Pebble, StubDNS
@@ -70,7 +72,7 @@ class World:
         self.main = write_main_config(nginx_dir, nginxconf.render(self.settings))
         self.nginx = nginx
         assert self.nginx_ok()
-        self.stack.enter_context(running_nginx(nginx, self.main, https_port))
+        self.nginx_master = self.stack.enter_context(running_nginx(nginx, self.main, https_port)).pid
         self.tunnel = make_tunnel(self.settings, "myapp", self.upstream.port)
         self.stack.enter_context(ClientThread(self.relay.url, self.tunnel.token, self.upstream.port)).wait_connected()
         self.root = self.pebble.root_pem()
@@ -131,6 +133,26 @@ class World:
             return None
         return answer if answer[0] == 200 and answer[2] != unlike_serial else None
 
+    def settled(self, probe, message: str):
+        """Wait until ``probe()`` has held on every fresh connection for RELOAD_SETTLE seconds; its
+        last answer.  nginx's old workers go on accepting for 100 ms after a reload, so one answer
+        from the new ones proves nothing about the next connection."""
+        since = None
+
+        def held():
+            nonlocal since
+            answer, now = probe(), time.monotonic()
+            if not answer:
+                since = None
+                return None
+            since = now if since is None else since
+            return answer if now - since >= RELOAD_SETTLE else None
+        return wait_for(held, message=message)
+
+    def workers(self) -> set[int]:
+        """nginx's worker processes: a reload replaces every one of them."""
+        return set(descendants(self.nginx_master))
+
     def close(self):
         self.stack.close()
 
@@ -170,7 +192,7 @@ def test_issue_serve_renew_remove(world):
     assert report.removed == ["app.customer.test"]
     assert not list(Path(world.settings.nginx_domain_dir).glob("*.conf"))
     assert not acme.have_cert(world.settings, "app.customer.test")
-    wait_for(lambda: world.served("app.customer.test") is None, message="no longer served")
+    world.settled(lambda: world.served("app.customer.test") is None, message="no longer served")
     with pytest.raises(ssl.SSLError, match="UNRECOGNIZED_NAME"):
         world.visit("app.customer.test")   # the catch-all refuses the handshake
 
@@ -214,7 +236,8 @@ def test_a_vhost_nginx_rejects_is_put_back_and_never_reloaded(world):
     world.add("good.customer.test")
     report = world.reconcile()
     assert report.issued == ["good.customer.test"], (report, world.statuses())
-    wait_for(lambda: world.served("good.customer.test"), message="good served")
+    world.settled(lambda: world.served("good.customer.test"), message="good served")
+    workers = world.workers()
     nginx, vhosts = Nginx(world.settings), Path(world.settings.nginx_domain_dir)
     missing = (str(world.tmp / "missing" / "fullchain.pem"), str(world.tmp / "missing" / "privkey.pem"))
     # a new file that fails nginx -t: removed again
@@ -228,4 +251,5 @@ def test_a_vhost_nginx_rejects_is_put_back_and_never_reloaded(world):
     changed, error = install(nginx, path, nginxvhost.render(world.settings, "good.customer.test", "myapp", missing))
     assert not changed and error and path.read_text() == before
     world.nginx_ok()
+    assert world.workers() == workers   # never reloaded
     assert world.served("good.customer.test")
