@@ -213,16 +213,11 @@ def serve_bare(server: str, port: int, threads: int) -> int:
     """``--serve-bare``: ``hello_app`` under ``server``, set up by the web app's own make_server."""
     import signal
     from intunnel.settings import load_settings
-    from intunnel.web.serve import make_server
+    from intunnel.web.serve import STOP_SIGNALS, make_server, serve_until_signalled
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)   # as `intunnel web`: before any thread starts
     settings = load_settings(env={}, overrides={"web_listen": f"127.0.0.1:{port}", "web_server": server,
                                                 "web_threads": str(threads)})
-
-    def terminate(signum, frame):
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, terminate)
-    make_server(settings, app=hello_app).run()
-    return 0
+    return serve_until_signalled(make_server(settings, app=hello_app))
 
 
 @contextlib.contextmanager

@@ -252,18 +252,24 @@ def run(args) -> int:
     server = make_server(settings, app)
     metrics = start_listener(settings.web_metrics_address, app.metrics.registry) \
         if settings.web_metrics_address else None
+    try:
+        return serve_until_signalled(server)
+    finally:
+        if metrics is not None:
+            stop_listener(metrics)
+
+
+def serve_until_signalled(server) -> int:
+    """Serve ``server`` (made after ``STOP_SIGNALS`` were blocked) until one of them arrives, then
+    stop it; 1 if its thread ended by itself."""
     thread = start_in_thread(server)
     try:
         while thread.is_alive():
             received = signal.sigtimedwait(STOP_SIGNALS, LIVENESS_INTERVAL)
             if received is not None:
                 log.info("stopping on %s", signal.Signals(received.si_signo).name)
-                break
-        else:
-            log.error("the web server's thread ended by itself")
-            return 1
+                return 0
+        log.error("the web server's thread ended by itself")
+        return 1
     finally:
         stop_server(server, thread)
-        if metrics is not None:
-            stop_listener(metrics)
-    return 0

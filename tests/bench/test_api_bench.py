@@ -62,3 +62,17 @@ def test_report_puts_backends_and_servers_side_by_side():
     assert [row.split("|")[3].strip() for row in bare] == ["cheroot", "cheroot", "waitress", "waitress"]
     assert "| GET /api/tunnels | sqlite | 1,000 / 500 (2.00x) | 0.25 / 0.50 | 9.0 / 9.0 ms |" in text
     assert "--db sqlite,postgresql --server cheroot,waitress" in text and "PostgreSQL 15" in text
+
+
+@pytest.mark.parametrize("server", api_bench.SERVERS)
+def test_bare_app_serves_under_each_server(tmp_path, server):
+    """The bare hello-world app the ratios are taken against starts, answers and stops (SIGTERM)."""
+    import http.client
+    port = api_bench.free_port()
+    with api_bench.web_subprocess(str(tmp_path), port, tmp_path / "bare.log", 2, server=server, bare=True) as proc:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request("GET", "/")
+        response = conn.getresponse()
+        assert (response.status, response.read()) == (200, b"Hello, world!\n")
+        conn.close()
+    assert proc.returncode == 0, (tmp_path / "bare.log").read_text()
