@@ -58,7 +58,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("web_listen", str, "127.0.0.1:8000", "HOST:PORT the web app listens on."),
     Setting("web_server", str, "cheroot", "WSGI server of the web app: cheroot or waitress (measured side by side: "
             "bench/RESULTS.md, API); both set up alike (threads, body and header limits, proxy headers).", choices=("cheroot", "waitress")),
-    Setting("web_threads", int, 8, "Worker threads of the web app."),
+    Setting("web_threads", int, 4, "Worker threads of the web app (requests in progress at once; kept-alive "
+            "connections wait in the server's poller, not in a thread). More threads than this take turns on one "
+            "interpreter lock: measured on 2 cores, 8 threads gave GET /api/tunnels a p99 of 26-37 ms, 4 gave 14-19 ms "
+            "(bench/RESULTS.md, API)."),
     Setting("web_trust_proxy", bool, False, "Trust X-Forwarded-For/-Proto from a proxy on loopback (nginx) for client addresses."),
     Setting("reserved_subdomains", list, ["www", "api", "admin", "app", "mail", "static"],
             "Subdomains users may not claim (the web host's own label is always reserved)."),

@@ -1,4 +1,5 @@
 import os
+import re
 import stat
 
 import pytest
@@ -13,6 +14,35 @@ def test_readme_documents_every_setting():
     text = open(README).read()
     for s in SETTINGS:
         assert f"`{s.name}`" in text and f"`INTUNNEL_{s.name.upper()}`" in text, s.name
+
+
+def _readme_default(cell: str) -> str:
+    """A settings-table default cell as text: its first `code` span ("``", "empty" and a quoted
+    empty string all mean empty; a parenthetical after it explains)."""
+    cell = cell.strip()
+    if cell.startswith("`"):
+        cell = cell[1:cell.index("`", 1)]
+    elif cell == "empty":
+        cell = ""
+    return cell.strip('"')
+
+
+def test_readme_gives_every_setting_its_real_default():
+    text = open(README).read()
+    for s in SETTINGS:
+        row = re.search(rf"^\| `{s.name}` \| `INTUNNEL_{s.name.upper()}` \| ([^|]*) \|", text, re.M)
+        assert row, s.name
+        default = s.default
+        if isinstance(default, bool):
+            expected = str(default).lower()
+        elif isinstance(default, list):
+            expected = ",".join(default)
+        else:
+            expected = str(default)
+        shown = _readme_default(row.group(1))
+        if s.name == "data_dir":
+            shown = os.path.expanduser(shown)
+        assert shown.lower() == expected.lower(), (s.name, shown, expected)
 
 
 def test_defaults_and_embedded_urls():

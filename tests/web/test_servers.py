@@ -18,6 +18,7 @@ import bottle
 import pytest
 import requests
 
+from intunnel.settings import load_settings
 from intunnel.web import auth
 from intunnel.web.serve import BODY_CEILING, make_server, stop_server, start_in_thread
 from support.backends import database_env
@@ -145,7 +146,7 @@ def test_intunnel_web_stops_on_sigterm_with_a_keepalive_connection_open(settings
             line = proc.stderr.readline()
             assert line or proc.poll() is None, "intunnel web exited: " + "".join(lines)
             lines.append(line)
-        assert any(f"web server: {server_name}, 8 threads" in line for line in lines), lines
+        assert any(f"web server: {server_name}, {load_settings(env={}).web_threads} threads" in line for line in lines), lines
         url = lines[-1].rsplit(" ", 1)[1].strip()
         with requests.Session() as keepalive:
             assert keepalive.get(url + "/healthz", timeout=5).json() == {"status": "ok"}
