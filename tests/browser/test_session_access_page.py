@@ -9,9 +9,9 @@ import pytest
 from playwright.sync_api import expect
 
 from intunnel import accounts, tunnels
-from intunnel.models import database
+from intunnel.models import Tunnel, database
 from support.browser import PASSWORD, browser, login, shot  # noqa: F401
-from support.tunnel import ClientProcess
+from support.tunnel import ClientProcess, wait_for
 from test_live_tunnel import stack  # noqa: F401
 
 pytestmark = pytest.mark.browser
@@ -30,6 +30,9 @@ def test_the_tunnel_page_shows_the_sessions_narrowing(stack):
     client = processes.enter_context(ClientProcess(relay.url, tunnel.token, app.port, "--basic-auth",
                                                    "carol:sesame-open", "--deny-ip", "127.0.0.2"))
     client.wait_line(r"^access: basic auth \(1 user\), not from 1 address range for this session$")
+    # The client prints that line on the relay's Welcome, which goes out before the relay's write
+    # of the session's rules to the database: the page shows what is stored, so wait for it.
+    wait_for(lambda: _stored_session_access(tunnel.id), message="the relay stored the session's rules")
     page.reload()
     note = page.locator("#session-access")
     expect(note).to_contain_text("Narrowed by the connected client")
@@ -44,3 +47,8 @@ def test_the_tunnel_page_shows_the_sessions_narrowing(stack):
     assert page.evaluate("window.__no_reload") is True
     page.reload()
     expect(page.locator("#session-access")).to_have_count(0)
+
+
+def _stored_session_access(tunnel_id: int) -> str | None:
+    with database.connection_context():
+        return Tunnel.get_by_id(tunnel_id).session_access
