@@ -60,8 +60,8 @@ SETTINGS: tuple[Setting, ...] = (
             "bench/RESULTS.md, API); both set up alike (threads, body and header limits, proxy headers).", choices=("cheroot", "waitress")),
     Setting("web_threads", int, 4, "Worker threads of the web app (requests in progress at once; kept-alive "
             "connections wait in the server's poller, not in a thread). More threads than this take turns on one "
-            "interpreter lock: measured on 2 cores, 8 threads gave GET /api/tunnels a p99 of 26-37 ms, 4 gave 14-19 ms "
-            "(bench/RESULTS.md, API)."),
+            "interpreter lock: measured on 2 cores, 8 threads gave GET /api/tunnels a p99 of 26-37 ms, 4 gave 11-19 ms "
+            "(bench/NOTES.md, web_threads 4; bench/RESULTS.md, API)."),
     Setting("web_trust_proxy", bool, False, "Trust X-Forwarded-For/-Proto from a proxy on loopback (nginx) for client addresses."),
     Setting("reserved_subdomains", list, ["www", "api", "admin", "app", "mail", "static"],
             "Subdomains users may not claim (the web host's own label is always reserved)."),
