@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 
 from tests.support.backends import database_env
-from tests.support.tunnel import HttpUpstream, _Process, _python_env, free_port, visit
+from tests.support.tunnel import HttpUpstream, _Process, _python_env, free_port, visit, wait_for
 
 
 class ServeProcess(_Process):
@@ -65,8 +65,9 @@ def test_serve_creates_the_first_admin_once_and_tunnels_work(settings, tmp_path)
                 client.wait_line(rf"^connected: http://myapp\.localhost:{relay_port}")
                 status, _, body = visit(relay_port, f"myapp.localhost:{relay_port}", "/hi")
                 assert status == 200 and json.loads(body)["path"] == "/hi"
-                tunnel_list, _ = api(web_port, "GET", "/api/tunnels", cookie=cookie)
-                assert tunnel_list["tunnels"][0]["status"] == "active"
+                # The relay stores "active" after its Welcome (which the client's line follows): wait.
+                wait_for(lambda: api(web_port, "GET", "/api/tunnels", cookie=cookie)[0]["tunnels"][0]["status"]
+                         == "active", message="the tunnel listed as active")
             finally:
                 client.close()
         assert serve.stop() == 0
