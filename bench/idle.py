@@ -151,11 +151,12 @@ def restart(st: stack.Stack, host: str, expected: int, timeout: float = 60, swar
     return marks
 
 
-def measure(home: Path, count: int, restarts: int, log=print, activation: bool = True) -> dict:
+def measure(home: Path, count: int, restarts: int, log=print, activation: bool = True,
+            settings: dict | None = None) -> dict:
     app = start_app()
     figures: dict = {"socket_activation": activation}
     try:
-        with stack.Stack(home) as st:
+        with stack.Stack(home, settings=settings) as st:
             st.intunnel = console_script()
             if activation:   # as deployed: intunnel-relay.socket holds the port across restarts
                 st.hold_relay_port()
@@ -275,16 +276,22 @@ def main(argv=None) -> int:
     ap.add_argument("--no-socket-activation", dest="socket_activation", action="store_false",
                     help="each relay binds relay_listen itself (a relay started without intunnel-relay.socket, "
                          "or a tree before it)")
+    ap.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="a relay setting (repeatable), e.g. relay_agent_pool=2")
     ap.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     ap.add_argument("--before", metavar="FILE", help="figures of another tree (its --json) for a before column")
     ap.add_argument("--note", default="", help="a sentence for the section (e.g. what 'before' is)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "RESULTS.md"))
     ap.add_argument("--no-write", action="store_true", help="print the section instead of updating --out")
     args = ap.parse_args(argv)
+    try:
+        settings = dict(stack.parse_setting(s) for s in args.setting)
+    except ValueError as e:
+        ap.error(str(e))
     base = "/dev/shm" if os.path.isdir("/dev/shm") else None
     home = Path(tempfile.mkdtemp(prefix="intunnel-idle-", dir=base))
     try:
-        figures = measure(home, args.agents, args.restarts, activation=args.socket_activation)
+        figures = measure(home, args.agents, args.restarts, activation=args.socket_activation, settings=settings)
     finally:
         shutil.rmtree(home, ignore_errors=True)
     if args.json:

@@ -104,18 +104,6 @@ def relay_instructions(work: Path, app: servers.App, requests: int, new_connecti
     return sum(int(n) for n in TOTALS.findall(out.read_text(errors="replace")))
 
 
-def _setting(text: str) -> tuple:
-    """``NAME=VALUE`` as the settings table types it (the config file is TOML)."""
-    from intunnel.settings import BY_NAME
-    name, sep, value = text.partition("=")
-    if not sep or name not in BY_NAME:
-        raise ValueError(f"--setting takes NAME=VALUE with a setting's name, got {text!r}")
-    kind = BY_NAME[name].type
-    if kind is bool:
-        return name, value.lower() in ("1", "true", "yes", "on")
-    return name, kind(value) if kind in (int, float) else value
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=1000, help="requests counted (default 1000)")
@@ -130,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="an option for `intunnel http` in both runs (repeatable), e.g. --client-arg=--no-inspect")
     opts = ap.parse_args(argv)
     try:
-        extra = dict(_setting(s) for s in opts.setting)
+        extra = dict(stack.parse_setting(s) for s in opts.setting)
     except ValueError as e:
         ap.error(str(e))
     if shutil.which("valgrind") is None:

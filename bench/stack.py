@@ -32,6 +32,18 @@ def clean_env(home: Path) -> dict[str, str]:
     return env
 
 
+def parse_setting(text: str) -> tuple:
+    """``NAME=VALUE`` as the settings table types it (the config file is TOML)."""
+    from intunnel.settings import BY_NAME
+    name, sep, value = text.partition("=")
+    if not sep or name not in BY_NAME:
+        raise ValueError(f"--setting takes NAME=VALUE with a setting's name, got {text!r}")
+    kind = BY_NAME[name].type
+    if kind is bool:
+        return name, value.lower() in ("1", "true", "yes", "on")
+    return name, kind(value) if kind in (int, float) else value
+
+
 def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

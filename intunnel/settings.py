@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from . import dburl, tcpports
 from .errors import ConfigError
+from .wire.protocol import DEFAULT_POOL_SIZE, MAX_POOL_SIZE
 
 DEFAULT_CONFIG_FILE = Path("/etc/intunnel/intunnel.toml")
 ENV_PREFIX = "INTUNNEL_"
@@ -110,6 +111,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("traffic_rows_per_tunnel", int, 200, "Dashboard traffic view: recent requests kept in the database per tunnel "
             "(the relays delete older ones as they write)."),
     Setting("relay_max_agents", int, 10000, "Concurrently connected agents."),
+    Setting("relay_agent_pool", int, DEFAULT_POOL_SIZE, "Warm data connections each agent keeps open, ready for new visitors (the "
+            "relay's Welcome tells the agent; during a burst it grows past this, up to 64, and shrinks back after 10 calm "
+            "seconds). Each is a socket on the relay and on the agent; 0: every new visitor waits for one to be dialed."),
     Setting("relay_revocation_poll", float, 0.25, "Seconds between checks for revoked or deleted tunnels (SQLite; on PostgreSQL only while the relay's LISTEN connection is down)."),
     Setting("relay_reconcile_interval", float, 30.0, "PostgreSQL: changes reach the relay by LISTEN/NOTIFY; seconds between full re-checks of every live session all the same (a safety net)."),
     Setting("relay_upstream_keepalive", float, 1.0, "Seconds a finished visitor's connection to the local app is kept for the next visitor (0: never reuse)."),
@@ -424,6 +428,8 @@ def load_settings(config_file: str | os.PathLike | None = None,
     for name in ("relay_traffic_ring", "traffic_rows_per_tunnel", "relay_traffic_flush", "traffic_path_max"):
         if getattr(settings, name) <= 0:
             raise ConfigError(f"setting '{name}': must be above 0")
+    if not 0 <= settings.relay_agent_pool <= MAX_POOL_SIZE:   # what an agent's pool may grow to
+        raise ConfigError(f"setting 'relay_agent_pool': must be between 0 and {MAX_POOL_SIZE}")
     if settings.relay_route_lease < 3:
         raise ConfigError("setting 'relay_route_lease': at least 3 seconds (it is renewed every second)")
     return settings

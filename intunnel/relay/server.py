@@ -367,7 +367,7 @@ class Relay:
                                session=session.secret,
                                heartbeat_interval=self.settings.relay_heartbeat_interval,
                                dead_peer_timeout=self.settings.relay_dead_peer_timeout,
-                               pool_size=p.DEFAULT_POOL_SIZE,
+                               pool_size=self.settings.relay_agent_pool,
                                access=session_access.summary(session_access.view(narrow)),
                                local_port=tunnel.local_port))  # a client given no PORT forwards there
         log.info("tunnel %s: agent connected from %s (token %s)", tunnel.subdomain, conn.peername,
