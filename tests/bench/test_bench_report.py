@@ -120,11 +120,11 @@ def test_route_quantiles_from_two_scrapes():
     assert histogram_quantile(0.5, before, before) != histogram_quantile(0.5, before, before)  # nan: no traffic
 
 
-def test_instruction_count_settings_are_typed_by_the_settings_table():
-    from bench.instructions import _setting
-    assert _setting("relay_traffic_flush=2.5") == ("relay_traffic_flush", 2.5)
-    assert _setting("relay_trust_proxy=on") == ("relay_trust_proxy", True)
-    assert _setting("relay_traffic_ring=16") == ("relay_traffic_ring", 16)
+def test_bench_settings_are_typed_by_the_settings_table():
+    from bench.stack import parse_setting
+    assert parse_setting("relay_traffic_flush=2.5") == ("relay_traffic_flush", 2.5)
+    assert parse_setting("relay_trust_proxy=on") == ("relay_trust_proxy", True)
+    assert parse_setting("relay_traffic_ring=16") == ("relay_traffic_ring", 16)
     for bad in ("relay_traffic_ring", "no_such_setting=1"):
         with pytest.raises(ValueError, match="NAME=VALUE"):
-            _setting(bad)
+            parse_setting(bad)
