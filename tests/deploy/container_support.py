@@ -245,6 +245,25 @@ def recap(output: str) -> dict[str, int]:
     return counts
 
 
+def changed_tasks(output: str) -> list[str]:
+    """``TASK [role : name] -> host`` for every task a host reported ``changed`` in a play's
+    output (ansible's default callback), in play order: what an idempotence failure names."""
+    found, task = [], None
+    for line in output.splitlines():
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line.rstrip(" *")
+        elif task and (m := re.match(r"changed: \[([^\]]+)\]", line)):
+            found.append(f"{task} -> {m.group(1)}")
+    return found
+
+
+def assert_nothing_changed(output: str) -> None:
+    """A second run of the play: no host changed anything, nothing failed."""
+    counts = recap(output)
+    assert counts["failed"] == 0, output[-8000:]
+    assert counts["changed"] == 0, f"changed on a second run: {changed_tasks(output)}\n{output[-4000:]}"
+
+
 class Site:
     """What the tests need to reach the deployed host."""
 
