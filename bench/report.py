@@ -45,8 +45,8 @@ FIGURES = (
     Figure("restart_s", "relay restart to serving", "s", False, "{:.2f}"),
 )
 
-TARGET_ORDER = ("direct", "nginx-hop", "ssh-R -N", "ssh-R -tt", "intunnel", "intunnel-no-inspect", "intunnel-nginx",
-                "intunnel-tcp")
+TARGET_ORDER = ("direct", "nginx-hop", "ssh-R -N", "ssh-R -tt", "python-2hop", "intunnel", "intunnel-no-inspect",
+                "intunnel-nginx", "intunnel-tcp")
 SSH_BASELINE = "ssh-R -tt"  # the usable ssh -R (Nagle off); the "ratio to ssh-R" column
 
 

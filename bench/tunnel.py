@@ -1,5 +1,6 @@
 """Tunnel benchmark: direct, nginx-hop, ssh -R (-N and -tt), intunnel-tcp (a TCP tunnel), intunnel (its inspector on, the
-default, and off: intunnel-no-inspect), intunnel-nginx.
+default, and off: intunnel-no-inspect), intunnel-nginx, python-2hop (the floor of any Python relay and client:
+bench/forwarder.py).
 
     .venv/bin/python -m bench.tunnel                 # everything, ~4 minutes
     .venv/bin/python -m bench.tunnel --quick         # shorter runs, fewer agents
@@ -327,6 +328,32 @@ def run_intunnel_tcp(results, work: Path, app: servers.App, opts) -> None:
         results["intunnel-tcp"] = figures
 
 
+def run_python_2hop(results, work: Path, app: servers.App, opts) -> None:
+    """The floor of a Python relay and client (bench/forwarder.py): two forwarders that parse
+    nothing, chained where the relay and the client sit, wrk at the first.  What they cost per
+    request is spent before any work of InTunnel's own (routing, framing, safety)."""
+    second_port, first_port = procs.free_port(), procs.free_port()
+    hops = []
+    try:
+        for name, listen, to in (("client", second_port, app.port), ("relay", first_port, second_port)):
+            hops.append(procs.start([sys.executable, "-m", "bench.forwarder", "--listen", f"127.0.0.1:{listen}",
+                                     "--to", f"127.0.0.1:{to}"], work / f"python-2hop-{name}.log",
+                                    env={**os.environ, "PYTHONPATH": str(REPO)}))
+        host = f"127.0.0.1:{first_port}"
+        procs.wait_until(lambda: any(h.poll() is not None for h in hops) or serving(first_port, host), 15,
+                         "the Python forwarders")
+        if any(h.poll() is not None for h in hops):
+            raise RuntimeError("a Python forwarder exited")
+        figures = {"relay_rss": procs.status_kib(hops[1].pid, "VmRSS") / 1024,
+                   "client_rss": procs.status_kib(hops[0].pid, "VmRSS") / 1024}
+        figures.update(measure_http("python-2hop", first_port, host, opts, app=app,
+                                    sides={"relay": hops[1].pid, "client": hops[0].pid, "app": app.proc.pid}))
+        results["python-2hop"] = figures
+    finally:
+        for hop in hops:
+            procs.stop(hop)
+
+
 def machine_line() -> str:
     cpu = "unknown CPU"
     with contextlib.suppress(OSError):
@@ -407,6 +434,8 @@ def main(argv=None) -> int:
                 run_intunnel(results, work, app, front, relay_port, opts)
             if opts.wants("intunnel-tcp"):
                 run_intunnel_tcp(results, work, app, opts)
+            if opts.wants("python-2hop"):
+                run_python_2hop(results, work, app, opts)
             if len(results) > 1:
                 # direct once more at the end, best of both: other load on the machine must not
                 # lower the baseline and so flatter every ratio.
