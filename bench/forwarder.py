@@ -1,4 +1,4 @@
-"""The least a Python hop can cost: a TCP forwarder on uvloop that parses nothing (bench floor).
+"""The least a Python hop can cost: a TCP forwarder on asyncio that parses nothing (bench floor).
 
     python -m bench.forwarder --listen 127.0.0.1:PORT --to 127.0.0.1:PORT
 
@@ -9,6 +9,7 @@ head is parsed, nothing is routed, no state machine runs: two of these chained i
 and the client's places (``python-2hop`` in bench.tunnel) measure what any relay and client
 written in Python on this event loop cost per request before they do any work of their own,
 which is the CPU budget a ratio to ``direct`` is checked against (issue 17, "Done when").
+Asyncio's own loop by default (``--uvloop`` for the relay's: see its help).
 """
 
 from __future__ import annotations
@@ -39,7 +40,11 @@ class Hop(asyncio.Protocol):
         try:
             _, outbound = await asyncio.get_running_loop().create_connection(lambda: Hop(self), *self.target)
         except OSError:
-            self.transport.close()
+            if not self.transport.is_closing():
+                self.transport.close()
+            return
+        if self.transport.is_closing():   # the visitor left while this was dialed
+            outbound.transport.close()
             return
         self.peer = outbound
         for data in self.early:
@@ -93,9 +98,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.forwarder", description=__doc__.splitlines()[0])
     ap.add_argument("--listen", required=True, type=_address, metavar="HOST:PORT")
     ap.add_argument("--to", required=True, type=_address, metavar="HOST:PORT")
+    ap.add_argument("--uvloop", action="store_true",
+                    help="on uvloop, as the relay runs (keep-alive only: uvloop 0.x aborted with a double free "
+                         "in this forwarder under a storm of closed connections, 2026-12-05)")
     args = ap.parse_args(argv)
-    import uvloop   # as the relay runs (the [server] extra), and the client where it is installed
-    uvloop.install()
+    if args.uvloop:
+        import uvloop
+        uvloop.install()
     asyncio.run(serve(args.listen, args.to))
     return 0
 
